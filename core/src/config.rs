@@ -1,0 +1,319 @@
+//! Configuration sections shared by nodes and helpers, and the loader (TOML file overlaid by
+//! `IMPUSH_SECTION__KEY` environment variables, via figment).
+//!
+//! The root structs live where all their sections are known: `impush_server::Config` for a node,
+//! `impush_helper::HelperConfig` for a helper. Broker and presence sections are in
+//! `impush-brokers`, next to the backends they select. Every loading error is turned into one line
+//! naming the offending key and where it came from.
+
+use std::{fmt, net::SocketAddr, path::Path, time::Duration};
+
+use figment::{
+    error::Kind,
+    providers::{Env, Format, Toml},
+    Figment,
+};
+use serde::{de::DeserializeOwned, Deserialize, Deserializer};
+
+use crate::{Error, NodeEntry, NodeId, PartitionerKind, Result};
+
+/// Prefix of environment overrides: `IMPUSH_NODE__LISTEN=...` sets `node.listen`.
+pub const ENV_PREFIX: &str = "IMPUSH_";
+
+/// `[node]`: this node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's id, one of `cluster.nodes` (default `n1`).
+    pub id: NodeId,
+    /// Address to listen on (default `127.0.0.1:6001`).
+    pub listen: SocketAddr,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: NodeId::new("n1").expect("`n1` is a valid node id"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 6001)),
+        }
+    }
+}
+
+/// `[cluster]`: the static node list and the partitioner.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `rendezvous` (default) or `modulo`.
+    pub partitioner: PartitionerKind,
+    /// All nodes. Empty means "this node alone, advertised as `ws://<listen address>`".
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// A secret string whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself; keep it out of logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        // figment parses env values as TOML-ish, so `IMPUSH_AUTH__SECRET=111111` arrives as an
+        // integer; a secret is text, so take numbers as their digits instead of failing.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+            U(u64),
+        }
+        Ok(Secret(match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::I(i) => i.to_string(),
+            Raw::U(u) => u.to_string(),
+        }))
+    }
+}
+
+/// `[auth]`: token signing secret, HTTP API key, token lifetime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HMAC key for connect tokens, shared by all nodes and helpers. Generated when absent
+    /// (single node only).
+    pub secret: Option<Secret>,
+    /// Bearer key for the HTTP API. Generated when absent.
+    pub api_key: Option<Secret>,
+    /// How long a connect token stays valid (default `30s`).
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            api_key: None,
+            token_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[limits]`: sizes, queues and timers that keep a node's memory and CPU bounded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest inbound WebSocket frame/message; larger closes the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Outbound queue per connection, in frames; a full queue closes the socket with 4008.
+    pub outbound_queue: usize,
+    /// Outbound queue per connection, in bytes; exceeding it closes the socket with 4008.
+    pub outbound_queue_bytes: usize,
+    /// Interval of server WebSocket pings.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A connection silent for `ping_interval + pong_timeout` is closed as dead.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Largest connect metadata, in bytes of JSON.
+    pub max_metadata_bytes: usize,
+    /// Most unexpired connect tokens a node remembers (single-use check).
+    pub max_pending_tokens: usize,
+    /// Most receipt-requesting messages per connection awaiting the client's ack.
+    pub max_pending_acks: usize,
+    /// Connections allowed per client id; the oldest is closed with 4009 beyond it.
+    /// `0` means unlimited (the default).
+    pub max_connections_per_client: usize,
+    /// Largest HTTP API request body.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for connections to close.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(20),
+            max_metadata_bytes: 1024,
+            max_pending_tokens: 1_000_000,
+            max_pending_acks: 256,
+            max_connections_per_client: 0,
+            max_body_bytes: 4 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[channels]`: channel membership policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// Keep a client's memberships after its last connection closes (default: they end then).
+    pub persist: bool,
+}
+
+/// Figment over an optional TOML file and the `IMPUSH_` environment, restricted to `sections`.
+///
+/// Environment variables whose first segment is not one of `sections` are ignored, so unrelated
+/// variables such as `IMPUSH_TEST_REDIS_URL` never reach the config.
+pub fn figment(file: Option<&Path>, sections: &'static [&'static str]) -> Figment {
+    let mut fig = Figment::new();
+    if let Some(path) = file {
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    fig.merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(move |key| {
+                let first = key.as_str().split("__").next().unwrap_or("");
+                key.as_str().contains("__")
+                    && sections.iter().any(|s| s.eq_ignore_ascii_case(first))
+            })
+            .split("__"),
+    )
+}
+
+/// Extracts `T` from [`figment`], turning any error into a one-line [`Error::Config`].
+///
+/// # Errors
+/// [`Error::Config`] naming the key and its source.
+pub fn load<T: DeserializeOwned>(
+    file: Option<&Path>,
+    sections: &'static [&'static str],
+) -> Result<T> {
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(Error::Config(format!(
+                "config file {} does not exist or is not a file",
+                path.display()
+            )));
+        }
+    }
+    figment(file, sections)
+        .extract()
+        .map_err(|e| Error::Config(describe(&e)))
+}
+
+/// One line naming the key, the problem and where the value came from.
+pub fn describe(err: &figment::Error) -> String {
+    let mut path = err.path.clone();
+    match &err.kind {
+        Kind::MissingField(f) => path.push(f.to_string()),
+        Kind::UnknownField(f, _) => path.push(f.clone()),
+        _ => {}
+    }
+    let key = if path.is_empty() {
+        "(top level)".to_owned()
+    } else {
+        path.join(".")
+    };
+    let origin = err.metadata.as_ref().map(|m| {
+        // figment names env keys `NODE.ID`; show the variable the user actually sets.
+        let native = if m.name.contains("environment") {
+            format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase())
+        } else {
+            let profile = err.profile.clone().unwrap_or_default();
+            m.interpolate(&profile, &path)
+        };
+        match &m.source {
+            Some(src) => format!("{native} in {src}"),
+            None => native,
+        }
+    });
+    let problem = err.kind.to_string().replace('\n', " ");
+    match origin {
+        Some(o) => format!("config key `{key}`: {problem} (from {o})"),
+        None => format!("config key `{key}`: {problem}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Root {
+        #[serde(default)]
+        node: NodeConfig,
+        #[serde(default)]
+        auth: AuthConfig,
+        #[serde(default)]
+        #[allow(dead_code)]
+        limits: LimitsConfig,
+    }
+
+    const SECTIONS: &[&str] = &["node", "auth", "limits"];
+
+    #[test]
+    fn file_then_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "impush.toml",
+                "[node]\nid = \"a1\"\nlisten = \"127.0.0.1:7000\"\n[auth]\ntoken_ttl = \"5s\"\n",
+            )?;
+            jail.set_env("IMPUSH_NODE__LISTEN", "127.0.0.1:7001");
+            jail.set_env("IMPUSH_AUTH__SECRET", "111111");
+            jail.set_env("IMPUSH_TEST_REDIS_URL", "redis://ignored");
+            let root: Root = load(Some(Path::new("impush.toml")), SECTIONS).unwrap();
+            assert_eq!(root.node.id.as_str(), "a1");
+            assert_eq!(root.node.listen.port(), 7001);
+            assert_eq!(root.auth.token_ttl, Duration::from_secs(5));
+            assert_eq!(root.auth.secret.unwrap().expose(), "111111");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[limits]\nmax_frame_bytes = \"big\"\n")?;
+            let err = load::<Root>(Some(Path::new("bad.toml")), SECTIONS).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("limits.max_frame_bytes"), "{msg}");
+            assert!(!msg.contains('\n'));
+
+            jail.create_file("typo.toml", "[limits]\nmax_frame_bytez = 1\n")?;
+            let msg = load::<Root>(Some(Path::new("typo.toml")), SECTIONS)
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("limits.max_frame_bytez"), "{msg}");
+
+            jail.set_env("IMPUSH_NODE__ID", "bad id!");
+            let msg = load::<Root>(None, SECTIONS).unwrap_err().to_string();
+            assert!(msg.contains("node.id"), "{msg}");
+            assert!(msg.contains("IMPUSH_NODE__ID"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = load::<Root>(Some(Path::new("/nonexistent/impush.toml")), SECTIONS).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+}

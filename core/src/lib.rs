@@ -1,0 +1,43 @@
+//! impush-core: the vocabulary every impush crate shares.
+//!
+//! - ids ([`ClientId`], [`ChannelName`], [`NodeId`], [`MessageId`], [`ConnectionId`]), validated
+//!   once where they enter;
+//! - the three extension points: [`Broker`] (publish/subscribe with [`SubscribeMode::Fanout`] and
+//!   [`SubscribeMode::Queue`]), [`PresenceStore`] (who is online, channel membership) and
+//!   [`Partitioner`] (which node owns a client);
+//! - the in-memory backends [`MemoryBroker`] and [`MemoryPresenceStore`];
+//! - what travels between helpers and nodes ([`envelope`]) and between nodes and clients
+//!   ([`protocol`]); connect [`token`]s; shared [`config`] sections; one [`Error`].
+//!
+//! ```
+//! use futures_util::StreamExt;
+//! use impush_core::{Broker, MemoryBroker, SubscribeMode};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> impush_core::Result<()> {
+//! let broker = MemoryBroker::default();
+//! let mut sub = broker.subscribe("impush.all", SubscribeMode::Fanout).await?;
+//! broker.publish("impush.all", "hello".into()).await?;
+//! assert_eq!(sub.next().await.transpose()?.as_deref(), Some(&b"hello"[..]));
+//! # Ok(()) }
+//! ```
+
+mod broker;
+mod cluster;
+pub mod config;
+pub mod envelope;
+mod error;
+mod id;
+mod memory;
+mod partition;
+mod presence;
+pub mod protocol;
+pub mod token;
+
+pub use broker::{Broker, SubscribeMode, Subscription};
+pub use cluster::{Cluster, NodeEntry};
+pub use envelope::{Event, ReceiptStatus, Topics};
+pub use error::{BoxError, Error, Result, TokenError};
+pub use id::{parse_all, ChannelName, ClientId, ConnectionId, MessageId, NodeId, MAX_ID_BYTES};
+pub use memory::{MemoryBroker, MemoryPresenceStore};
+pub use partition::{ModuloPartitioner, Partitioner, PartitionerKind, RendezvousPartitioner};
+pub use presence::{ChannelInfo, PresenceStore};

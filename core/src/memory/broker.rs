@@ -1,0 +1,196 @@
+//! [`MemoryBroker`]: `tokio::sync::broadcast` per topic for `Fanout`, a bounded queue per
+//! (topic, group) for `Queue`.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, Notify};
+use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+
+use crate::{Broker, Error, Result, SubscribeMode, Subscription};
+
+const BACKEND: &str = "memory";
+
+/// An in-process broker: publishers and subscribers must share one `MemoryBroker` (clone the
+/// `Arc`).
+///
+/// Bounded: a fanout subscriber more than `fanout_capacity` messages behind gets
+/// `Err(Error::Lagged)`; a queue group holds at most `queue_capacity` undelivered messages and
+/// drops the oldest beyond that (reported as `Lagged` to the next member that reads). Messages
+/// published on a topic before any group subscribed to it are not retained.
+#[derive(Debug)]
+pub struct MemoryBroker {
+    fanout_capacity: usize,
+    queue_capacity: usize,
+    closed: AtomicBool,
+    topics: Mutex<HashMap<String, Topic>>,
+}
+
+#[derive(Debug)]
+struct Topic {
+    fanout: broadcast::Sender<Bytes>,
+    groups: HashMap<String, Arc<GroupQueue>>,
+}
+
+#[derive(Debug)]
+struct GroupQueue {
+    capacity: usize,
+    items: Mutex<VecDeque<Bytes>>,
+    dropped: AtomicU64,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        Self::new(16 * 1024, 64 * 1024)
+    }
+}
+
+impl MemoryBroker {
+    /// A broker with the given per-subscriber fanout buffer and per-group queue retention.
+    pub fn new(fanout_capacity: usize, queue_capacity: usize) -> Self {
+        Self {
+            fanout_capacity: fanout_capacity.max(1),
+            queue_capacity: queue_capacity.max(1),
+            closed: AtomicBool::new(false),
+            topics: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with_topic<R>(&self, name: &str, f: impl FnOnce(&mut Topic) -> R) -> Result<R> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("memory broker"));
+        }
+        let mut topics = self.topics.lock().map_err(|_| poisoned())?;
+        let topic = topics.entry(name.to_owned()).or_insert_with(|| Topic {
+            fanout: broadcast::channel(self.fanout_capacity).0,
+            groups: HashMap::new(),
+        });
+        Ok(f(topic))
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Unavailable {
+        backend: BACKEND,
+        source: Some("a thread panicked while holding the topic table".into()),
+    }
+}
+
+impl GroupQueue {
+    fn push(&self, payload: Bytes) {
+        if let Ok(mut items) = self.items.lock() {
+            if items.len() >= self.capacity {
+                items.pop_front();
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            items.push_back(payload);
+        }
+        self.notify.notify_one();
+    }
+
+    fn pop(&self) -> Option<Result<Bytes>> {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            return Some(Err(Error::Lagged { dropped }));
+        }
+        self.items.lock().ok()?.pop_front().map(Ok)
+    }
+
+    async fn next(&self) -> Option<Result<Bytes>> {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(item) = self.pop() {
+                // Pass the wake-up on: another member may be waiting while items remain.
+                self.notify.notify_one();
+                return Some(item);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
+        let groups: Vec<Arc<GroupQueue>> = self.with_topic(topic, |t| {
+            // No fanout subscriber is fine: fanout is at-most-once.
+            let _ = t.fanout.send(payload.clone());
+            t.groups.values().cloned().collect()
+        })?;
+        for g in groups {
+            g.push(payload.clone());
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, topic: &str, mode: SubscribeMode) -> Result<Subscription> {
+        match mode {
+            SubscribeMode::Fanout => {
+                let rx = self.with_topic(topic, |t| t.fanout.subscribe())?;
+                Ok(BroadcastStream::new(rx)
+                    .map(|item| {
+                        item.map_err(|BroadcastStreamRecvError::Lagged(dropped)| {
+                            Error::Lagged { dropped }
+                        })
+                    })
+                    .boxed())
+            }
+            SubscribeMode::Queue { group } => {
+                let capacity = self.queue_capacity;
+                let queue = self.with_topic(topic, |t| {
+                    t.groups
+                        .entry(group)
+                        .or_insert_with(|| {
+                            Arc::new(GroupQueue {
+                                capacity,
+                                items: Mutex::new(VecDeque::new()),
+                                dropped: AtomicU64::new(0),
+                                notify: Notify::new(),
+                                closed: AtomicBool::new(false),
+                            })
+                        })
+                        .clone()
+                })?;
+                Ok(futures_util::stream::unfold(queue, |q| async move {
+                    let item = q.next().await?;
+                    Some((item, q))
+                })
+                .boxed())
+            }
+        }
+    }
+
+    async fn ping(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("memory broker"));
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        // Dropping the senders ends fanout streams; queue streams end on the closed flag.
+        let topics = std::mem::take(&mut *self.topics.lock().map_err(|_| poisoned())?);
+        for t in topics.into_values() {
+            for g in t.groups.into_values() {
+                g.closed.store(true, Ordering::Release);
+                g.notify.notify_waiters();
+                g.notify.notify_one();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,229 @@
+//! [`MemoryPresenceStore`]: presence and channel membership in process memory.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Mutex, MutexGuard},
+};
+
+use async_trait::async_trait;
+
+use crate::{
+    ChannelInfo, ChannelName, ClientId, ConnectionId, Error, NodeId, PresenceStore, Result,
+};
+
+/// Presence for one process (the embedded default). All methods are O(size of the answer), under
+/// one short `std::sync::Mutex` section that is never held across an `.await`.
+#[derive(Debug, Default)]
+pub struct MemoryPresenceStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Clients that are online or belong to a channel.
+    clients: HashMap<ClientId, ClientState>,
+    /// Channel -> members. Ordered so listings come out sorted without a sort.
+    channels: BTreeMap<ChannelName, BTreeSet<ClientId>>,
+}
+
+#[derive(Debug, Default)]
+struct ClientState {
+    connections: HashMap<ConnectionId, NodeId>,
+    channels: BTreeSet<ChannelName>,
+}
+
+impl State {
+    fn is_online(&self, c: &ClientId) -> bool {
+        self.clients
+            .get(c)
+            .is_some_and(|s| !s.connections.is_empty())
+    }
+
+    /// Drops the client's channels (when asked) and forgets a client that is neither online nor
+    /// in a channel, so the map does not grow with every id ever seen.
+    fn after_offline(&mut self, client: &ClientId, clear_channels: bool) {
+        let Some(state) = self.clients.get_mut(client) else {
+            return;
+        };
+        if !state.connections.is_empty() {
+            return;
+        }
+        if clear_channels {
+            for ch in std::mem::take(&mut state.channels) {
+                remove_member(&mut self.channels, &ch, client);
+            }
+        }
+        if state.channels.is_empty() {
+            self.clients.remove(client);
+        }
+    }
+}
+
+fn remove_member(
+    channels: &mut BTreeMap<ChannelName, BTreeSet<ClientId>>,
+    ch: &ChannelName,
+    client: &ClientId,
+) {
+    if let Some(members) = channels.get_mut(ch) {
+        members.remove(client);
+        if members.is_empty() {
+            channels.remove(ch);
+        }
+    }
+}
+
+impl MemoryPresenceStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| Error::Unavailable {
+            backend: "memory",
+            source: Some("a thread panicked while holding the presence state".into()),
+        })
+    }
+}
+
+#[async_trait]
+impl PresenceStore for MemoryPresenceStore {
+    async fn connect(
+        &self,
+        node: &NodeId,
+        client: &ClientId,
+        connection: &ConnectionId,
+    ) -> Result<usize> {
+        let mut s = self.lock()?;
+        let entry = s.clients.entry(client.clone()).or_default();
+        entry.connections.insert(connection.clone(), node.clone());
+        Ok(entry.connections.len())
+    }
+
+    async fn disconnect(
+        &self,
+        _node: &NodeId,
+        client: &ClientId,
+        connection: &ConnectionId,
+        clear_channels: bool,
+    ) -> Result<usize> {
+        let mut s = self.lock()?;
+        let Some(entry) = s.clients.get_mut(client) else {
+            return Ok(0);
+        };
+        entry.connections.remove(connection);
+        let left = entry.connections.len();
+        s.after_offline(client, clear_channels);
+        Ok(left)
+    }
+
+    async fn clear_node(&self, node: &NodeId, clear_channels: bool) -> Result<Vec<ClientId>> {
+        let mut s = self.lock()?;
+        let mut gone = Vec::new();
+        for (client, state) in s.clients.iter_mut() {
+            let before = state.connections.len();
+            state.connections.retain(|_, n| n != node);
+            if before > 0 && state.connections.is_empty() {
+                gone.push(client.clone());
+            }
+        }
+        for c in &gone {
+            s.after_offline(c, clear_channels);
+        }
+        gone.sort();
+        Ok(gone)
+    }
+
+    async fn connections(&self, client: &ClientId) -> Result<usize> {
+        Ok(self
+            .lock()?
+            .clients
+            .get(client)
+            .map_or(0, |s| s.connections.len()))
+    }
+
+    async fn online(&self, clients: &[ClientId]) -> Result<Vec<bool>> {
+        let s = self.lock()?;
+        Ok(clients.iter().map(|c| s.is_online(c)).collect())
+    }
+
+    async fn online_clients(&self) -> Result<Vec<ClientId>> {
+        let s = self.lock()?;
+        let mut v: Vec<ClientId> = s
+            .clients
+            .iter()
+            .filter(|(_, st)| !st.connections.is_empty())
+            .map(|(c, _)| c.clone())
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
+        let mut s = self.lock()?;
+        for c in clients {
+            s.clients
+                .entry(c.clone())
+                .or_default()
+                .channels
+                .insert(channel.clone());
+            s.channels
+                .entry(channel.clone())
+                .or_default()
+                .insert(c.clone());
+        }
+        Ok(())
+    }
+
+    async fn leave_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
+        let mut s = self.lock()?;
+        for c in clients {
+            if let Some(st) = s.clients.get_mut(c) {
+                st.channels.remove(channel);
+            }
+            remove_member(&mut s.channels, channel, c);
+            // Forget a client that is now neither online nor in any channel.
+            s.after_offline(c, false);
+        }
+        Ok(())
+    }
+
+    async fn channel_members(&self, channel: &ChannelName) -> Result<Vec<ClientId>> {
+        let s = self.lock()?;
+        Ok(s.channels
+            .get(channel)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn channel_online(&self, channel: &ChannelName) -> Result<usize> {
+        let s = self.lock()?;
+        Ok(s.channels
+            .get(channel)
+            .map_or(0, |m| m.iter().filter(|c| s.is_online(c)).count()))
+    }
+
+    async fn client_channels(&self, client: &ClientId) -> Result<Vec<ChannelName>> {
+        let s = self.lock()?;
+        Ok(s.clients
+            .get(client)
+            .map(|st| st.channels.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelInfo>> {
+        let s = self.lock()?;
+        Ok(s.channels
+            .iter()
+            .map(|(name, members)| ChannelInfo {
+                name: name.clone(),
+                members: members.len(),
+                online: members.iter().filter(|c| s.is_online(c)).count(),
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.lock().map(drop)
+    }
+}

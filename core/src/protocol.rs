@@ -1,0 +1,125 @@
+//! The client protocol of DESIGN.md section 4: frames a node writes to WebSocket clients and the
+//! two frames clients may send.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::{ChannelName, ClientId, MessageId, ReceiptStatus};
+
+/// A frame from server to client, serialised to one JSON text frame.
+///
+/// Borrowing keeps serialisation allocation-free apart from the output buffer; `data` is written
+/// verbatim.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame<'a> {
+    /// A point-to-point message.
+    Message {
+        /// Message id (what the client acks).
+        id: &'a MessageId,
+        /// Sender.
+        from: &'a ClientId,
+        /// Business payload.
+        data: &'a RawValue,
+        /// Publish time, unix milliseconds.
+        ts: u64,
+        /// Whether the sender asked for a receipt (the client should ack).
+        receipt: bool,
+    },
+    /// A channel message.
+    Channel {
+        /// Message id.
+        id: &'a MessageId,
+        /// Channel name.
+        channel: &'a ChannelName,
+        /// Sender.
+        from: &'a ClientId,
+        /// Business payload.
+        data: &'a RawValue,
+        /// Publish time, unix milliseconds.
+        ts: u64,
+    },
+    /// A broadcast to everyone.
+    Broadcast {
+        /// Message id.
+        id: &'a MessageId,
+        /// Business payload.
+        data: &'a RawValue,
+        /// Publish time, unix milliseconds.
+        ts: u64,
+    },
+    /// A delivery receipt for a message this client sent.
+    Receipt {
+        /// The message.
+        id: &'a MessageId,
+        /// The receiver the status is about.
+        to: &'a ClientId,
+        /// What happened.
+        status: ReceiptStatus,
+    },
+    /// Answer to a client `ping`.
+    Pong,
+}
+
+impl ServerFrame<'_> {
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Serialising these borrowed shapes into a String cannot fail: every field is a string,
+        // a number, a bool or already-valid JSON.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A frame a client may send. Anything else is ignored (and counted) by the node.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientFrame {
+    /// Application-level ping; answered with `{"type":"pong"}`.
+    Ping,
+    /// Acknowledges a message; its sender gets a receipt with status `acked`.
+    Ack {
+        /// The message id.
+        id: MessageId,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_frame_passes_data_through() {
+        let id = MessageId::new("m1").unwrap();
+        let from = ClientId::new("bob").unwrap();
+        let data = RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap();
+        let json = ServerFrame::Message {
+            id: &id,
+            from: &from,
+            data: &data,
+            ts: 5,
+            receipt: true,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"message","id":"m1","from":"bob","data":{"text":"hi"},"ts":5,"receipt":true}"#
+        );
+        assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn client_frames_parse() {
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"ping"}"#).unwrap(),
+            ClientFrame::Ping
+        );
+        let ack: ClientFrame = serde_json::from_str(r#"{"type":"ack","id":"m1"}"#).unwrap();
+        assert_eq!(
+            ack,
+            ClientFrame::Ack {
+                id: MessageId::new("m1").unwrap()
+            }
+        );
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"send"}"#).is_err());
+    }
+}

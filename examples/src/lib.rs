@@ -1,0 +1,1 @@
+//! Runnable impush scenarios; see the `examples/` files.
