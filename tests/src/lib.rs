@@ -1,0 +1,1 @@
+//! impush conformance suite (being written).
