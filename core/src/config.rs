@@ -221,32 +221,41 @@ pub fn describe(err: &figment::Error) -> String {
         Kind::UnknownField(f, _) => path.push(f.clone()),
         _ => {}
     }
-    let key = if path.is_empty() {
-        "(top level)".to_owned()
-    } else {
-        path.join(".")
-    };
     let origin = err.metadata.as_ref().map(|m| {
         // figment names env keys `NODE.ID`; show the variable the user actually sets.
         let native = if m.name.contains("environment") {
             format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase())
         } else {
-            let profile = err.profile.clone().unwrap_or_default();
-            m.interpolate(&profile, &path)
+            path.join(".")
         };
-        match &m.source {
-            Some(src) => format!("{native} in {src}"),
-            None => native,
+        match (&m.source, native.is_empty()) {
+            (Some(src), true) => src.to_string(),
+            (Some(src), false) => format!("{native} in {src}"),
+            (None, _) => native,
         }
     });
-    let problem = err.kind.to_string().replace('\n', " ");
+    // Parser errors come with a multi-line source excerpt (`1 | ...`, `^`); keep the prose.
+    let problem = err
+        .kind
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains('|'))
+        .collect::<Vec<_>>()
+        .join(": ");
+    let subject = if path.is_empty() {
+        "config".to_owned()
+    } else {
+        format!("config key `{}`", path.join("."))
+    };
     match origin {
-        Some(o) => format!("config key `{key}`: {problem} (from {o})"),
-        None => format!("config key `{key}`: {problem}"),
+        Some(o) => format!("{subject}: {problem} (from {o})"),
+        None => format!("{subject}: {problem}"),
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
 

@@ -24,8 +24,9 @@ const BACKEND: &str = "memory";
 ///
 /// Bounded: a fanout subscriber more than `fanout_capacity` messages behind gets
 /// `Err(Error::Lagged)`; a queue group holds at most `queue_capacity` undelivered messages and
-/// drops the oldest beyond that (reported as `Lagged` to the next member that reads). Messages
-/// published on a topic before any group subscribed to it are not retained.
+/// [`MemoryBroker::QUEUE_MAX_BYTES`] bytes and drops the oldest beyond that (reported as `Lagged`
+/// to the next member that reads). Messages published on a topic before any group subscribed to
+/// it are not retained.
 #[derive(Debug)]
 pub struct MemoryBroker {
     fanout_capacity: usize,
@@ -43,10 +44,16 @@ struct Topic {
 #[derive(Debug)]
 struct GroupQueue {
     capacity: usize,
-    items: Mutex<VecDeque<Bytes>>,
+    items: Mutex<Items>,
     dropped: AtomicU64,
     notify: Notify,
     closed: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Items {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
 }
 
 impl Default for MemoryBroker {
@@ -56,6 +63,9 @@ impl Default for MemoryBroker {
 }
 
 impl MemoryBroker {
+    /// Most bytes of undelivered payloads one queue group retains.
+    pub const QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
+
     /// A broker with the given per-subscriber fanout buffer and per-group queue retention.
     pub fn new(fanout_capacity: usize, queue_capacity: usize) -> Self {
         Self {
@@ -89,11 +99,15 @@ fn poisoned() -> Error {
 impl GroupQueue {
     fn push(&self, payload: Bytes) {
         if let Ok(mut items) = self.items.lock() {
-            if items.len() >= self.capacity {
-                items.pop_front();
+            items.bytes += payload.len();
+            items.queue.push_back(payload);
+            while items.queue.len() > self.capacity || items.bytes > MemoryBroker::QUEUE_MAX_BYTES {
+                let Some(old) = items.queue.pop_front() else {
+                    break;
+                };
+                items.bytes -= old.len();
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            items.push_back(payload);
         }
         self.notify.notify_one();
     }
@@ -103,7 +117,10 @@ impl GroupQueue {
         if dropped > 0 {
             return Some(Err(Error::Lagged { dropped }));
         }
-        self.items.lock().ok()?.pop_front().map(Ok)
+        let mut items = self.items.lock().ok()?;
+        let item = items.queue.pop_front()?;
+        items.bytes -= item.len();
+        Some(Ok(item))
     }
 
     async fn next(&self) -> Option<Result<Bytes>> {
@@ -142,8 +159,8 @@ impl Broker for MemoryBroker {
                 let rx = self.with_topic(topic, |t| t.fanout.subscribe())?;
                 Ok(BroadcastStream::new(rx)
                     .map(|item| {
-                        item.map_err(|BroadcastStreamRecvError::Lagged(dropped)| {
-                            Error::Lagged { dropped }
+                        item.map_err(|BroadcastStreamRecvError::Lagged(dropped)| Error::Lagged {
+                            dropped,
                         })
                     })
                     .boxed())
@@ -156,7 +173,7 @@ impl Broker for MemoryBroker {
                         .or_insert_with(|| {
                             Arc::new(GroupQueue {
                                 capacity,
-                                items: Mutex::new(VecDeque::new()),
+                                items: Mutex::new(Items::default()),
                                 dropped: AtomicU64::new(0),
                                 notify: Notify::new(),
                                 closed: AtomicBool::new(false),
@@ -192,5 +209,31 @@ impl Broker for MemoryBroker {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn queue_retention_is_bounded_in_bytes() {
+        let b = MemoryBroker::new(16, 1_000_000);
+        let group = SubscribeMode::Queue { group: "g".into() };
+        drop(b.subscribe("t", group.clone()).await.unwrap());
+        let mb = Bytes::from(vec![0u8; 1024 * 1024]);
+        for _ in 0..70 {
+            b.publish("t", mb.clone()).await.unwrap();
+        }
+        let mut sub = b.subscribe("t", group).await.unwrap();
+        match sub.next().await {
+            Some(Err(Error::Lagged { dropped })) => assert_eq!(dropped, 6),
+            other => panic!("expected Lagged, got {other:?}"),
+        }
+        for _ in 0..64 {
+            assert_eq!(sub.next().await.unwrap().unwrap().len(), mb.len());
+        }
     }
 }
