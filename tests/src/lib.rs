@@ -1,1 +1,1132 @@
-//! impush conformance suite (being written).
+//! The impush conformance suite: one set of behaviours, run against every backend.
+//!
+//! Each behaviour is a `pub async fn` taking the trait object (`&dyn Broker` or
+//! `&dyn PresenceStore`) and a namespace from [`unique_ns`], in the style of object_store's
+//! `integration` module. A backend's test file calls [`broker_conformance!`] or
+//! [`presence_conformance!`] with an async `setup` function; the macros expand to one
+//! `#[tokio::test]` per behaviour, so failures are named per case:
+//!
+//! ```ignore
+//! async fn setup() -> Option<Arc<dyn Broker>> {
+//!     let url = impush_tests::env_or_skip("IMPUSH_TEST_REDIS_URL")?;
+//!     Some(Arc::new(RedisBroker::connect(&RedisConfig::from_url(&url)).await.expect("connect")))
+//! }
+//! impush_tests::broker_conformance!(setup);
+//! ```
+//!
+//! Rules every case follows, so that it can run against a real, shared broker or store:
+//! - every topic, queue group, client id, channel name, node id and connection id contains the
+//!   namespace, and global listings (`online_clients`, `channels`) are filtered to it;
+//! - every call and every receive is wrapped in [`tokio::time::timeout`], so a broken backend
+//!   fails instead of hanging;
+//! - an `Err` item on a subscription (e.g. `Error::Lagged`) fails the test;
+//! - only what the trait contracts in `impush-core` state is asserted.
+
+use std::{
+    collections::BTreeSet,
+    fmt::Debug,
+    future::Future,
+    io::Write,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use impush_core::{
+    Broker, ChannelInfo, ChannelName, ClientId, ConnectionId, NodeId, PresenceStore, Result,
+    SubscribeMode, Subscription,
+};
+
+/// Re-exported so that the conformance macros work in crates that do not depend on tokio.
+pub use tokio;
+
+/// How long a case waits for one expected message before failing.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a case waits for any single call (publish, subscribe, a presence query) to return.
+/// Generous, because joining a consumer group (Kafka) can take several seconds.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a case watches a subscription to make sure that nothing more arrives.
+pub const QUIET_PERIOD: Duration = Duration::from_millis(500);
+
+/// Returns the value of the environment variable `var`, or `None` after printing
+/// `SKIPPED: set {var} to run this test` to stderr.
+///
+/// The message goes to [`std::io::stderr`] directly, not through `eprintln!`, so libtest does not
+/// capture it and a skip shows up in normal `cargo test` output.
+///
+/// # Panics
+/// When `var` is unset and `IMPUSH_REQUIRE_BROKERS` is set (CI with real brokers running), so a
+/// missing URL fails instead of silently skipping.
+pub fn env_or_skip(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) => Some(v),
+        Err(_) if std::env::var_os("IMPUSH_REQUIRE_BROKERS").is_some() => {
+            panic!("{var} must be set (IMPUSH_REQUIRE_BROKERS is set)")
+        }
+        Err(_) => {
+            let _ = writeln!(std::io::stderr(), "SKIPPED: set {var} to run this test");
+            None
+        }
+    }
+}
+
+/// A namespace unique to this call: `t{pid}x{nanos since the epoch}x{counter}`.
+///
+/// It only uses ASCII letters and digits, so it fits every id kind (node ids allow only
+/// `[A-Za-z0-9._-]`) and every broker's topic and queue naming rules. Cases append `-` or `.`
+/// and a suffix, so one namespace is never a prefix of another's ids.
+pub fn unique_ns() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("t{}x{nanos}x{n}", std::process::id())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Awaits `fut` within [`CALL_TIMEOUT`] and unwraps its `Ok` value; panics naming `what` on an
+/// error or a timeout.
+pub async fn call<T, F>(what: &str, fut: F) -> T
+where
+    F: Future<Output = Result<T>>,
+{
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => panic!("{what}: failed: {e} ({e:?})"),
+        Err(_) => panic!("{what}: no answer within {CALL_TIMEOUT:?}"),
+    }
+}
+
+/// Receives the next payload from `sub` within [`RECV_TIMEOUT`].
+///
+/// # Panics
+/// On a timeout, on an `Err` item (a lagging backend fails the test) and when the stream ends.
+pub async fn recv(sub: &mut Subscription, what: &str) -> Bytes {
+    match tokio::time::timeout(RECV_TIMEOUT, sub.next()).await {
+        Ok(Some(Ok(payload))) => payload,
+        Ok(Some(Err(e))) => panic!("{what}: subscription yielded an error: {e} ({e:?})"),
+        Ok(None) => panic!("{what}: subscription ended"),
+        Err(_) => panic!("{what}: nothing received within {RECV_TIMEOUT:?}"),
+    }
+}
+
+/// Receives `n` payloads from `sub` (each within [`RECV_TIMEOUT`]), in arrival order.
+pub async fn recv_n(sub: &mut Subscription, n: usize, what: &str) -> Vec<Bytes> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(recv(sub, &format!("{what} (message {i} of {n})")).await);
+    }
+    out
+}
+
+/// Asserts that nothing arrives on `sub` during [`QUIET_PERIOD`] (an ended stream also counts as
+/// quiet).
+pub async fn expect_quiet(sub: &mut Subscription, what: &str) {
+    if let Ok(Some(item)) = tokio::time::timeout(QUIET_PERIOD, sub.next()).await {
+        panic!("{what}: expected nothing more, got {item:?}");
+    }
+}
+
+async fn subscribe(b: &dyn Broker, topic: &str, mode: SubscribeMode) -> Subscription {
+    let what = format!("subscribe({topic}, {mode:?})");
+    call(&what, b.subscribe(topic, mode)).await
+}
+
+async fn publish(b: &dyn Broker, topic: &str, payload: impl Into<Bytes>) {
+    call(
+        &format!("publish({topic})"),
+        b.publish(topic, payload.into()),
+    )
+    .await;
+}
+
+fn queue(group: String) -> SubscribeMode {
+    SubscribeMode::Queue { group }
+}
+
+/// `prefix0`, `prefix1`, ... as payloads.
+fn numbered(prefix: &str, n: usize) -> Vec<Bytes> {
+    (0..n)
+        .map(|i| Bytes::from(format!("{prefix}{i}")))
+        .collect()
+}
+
+fn sorted(mut v: Vec<Bytes>) -> Vec<Bytes> {
+    v.sort();
+    v
+}
+
+/// Compares payload lists without printing megabytes on failure.
+#[track_caller]
+fn assert_payloads(got: &[Bytes], want: &[Bytes], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: wrong number of messages");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if g != w {
+            let show = |b: &Bytes| {
+                if b.len() > 64 {
+                    format!("{} bytes starting {:?}", b.len(), b.slice(..64))
+                } else {
+                    format!("{b:?}")
+                }
+            };
+            panic!(
+                "{what}: message {i} differs: got {}, want {}",
+                show(g),
+                show(w)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broker cases
+// ---------------------------------------------------------------------------------------------
+
+/// Every fanout subscriber of a topic receives every message, in publish order.
+pub async fn fanout_reaches_every_subscriber(b: &dyn Broker, ns: &str) {
+    let topic = format!("{ns}.fanout");
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        subs.push(subscribe(b, &topic, SubscribeMode::Fanout).await);
+    }
+    let msgs = numbered("m", 5);
+    for m in &msgs {
+        publish(b, &topic, m.clone()).await;
+    }
+    for (k, sub) in subs.iter_mut().enumerate() {
+        let got = recv_n(sub, msgs.len(), &format!("subscriber {k}")).await;
+        assert_payloads(&got, &msgs, &format!("subscriber {k}"));
+    }
+    for (k, sub) in subs.iter_mut().enumerate() {
+        expect_quiet(sub, &format!("subscriber {k}")).await;
+    }
+}
+
+/// A fanout subscriber gets only messages published after its `subscribe` returned.
+pub async fn fanout_delivers_only_messages_published_after_subscribe(b: &dyn Broker, ns: &str) {
+    let topic = format!("{ns}.fanout");
+    // Nobody is listening: at-most-once fanout may drop this.
+    publish(b, &topic, "before-anyone").await;
+    let mut early = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    publish(b, &topic, "after-early").await;
+    let mut late = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    publish(b, &topic, "after-late").await;
+
+    assert_eq!(recv(&mut early, "early").await, "after-early");
+    assert_eq!(recv(&mut early, "early").await, "after-late");
+    assert_eq!(recv(&mut late, "late").await, "after-late");
+    expect_quiet(&mut early, "early").await;
+    expect_quiet(&mut late, "late").await;
+}
+
+/// Messages from one publisher on one topic arrive in publish order (1000 messages).
+pub async fn fanout_preserves_publisher_order(b: &dyn Broker, ns: &str) {
+    const N: usize = 1000;
+    let topic = format!("{ns}.order");
+    let mut sub = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    let msgs = numbered("", N);
+    for m in &msgs {
+        publish(b, &topic, m.clone()).await;
+    }
+    let got = recv_n(&mut sub, N, "ordered subscriber").await;
+    assert_payloads(&got, &msgs, "ordered subscriber");
+}
+
+/// Messages stay on their topic, also for topics whose names are prefixes of each other, and
+/// a queue group name used on two topics is two independent groups.
+pub async fn topics_are_isolated(b: &dyn Broker, ns: &str) {
+    let topics = [format!("{ns}.a"), format!("{ns}.b"), format!("{ns}.a.b")];
+    let group = format!("{ns}-shared-group");
+    let mut fanout = Vec::new();
+    let mut queues = Vec::new();
+    for t in &topics {
+        fanout.push(subscribe(b, t, SubscribeMode::Fanout).await);
+        queues.push(subscribe(b, t, queue(group.clone())).await);
+    }
+    for t in &topics {
+        publish(b, t, format!("only-{t}")).await;
+    }
+    // A marker after the real message: receiving it right after our own message proves that no
+    // other topic's message got in between.
+    for t in &topics {
+        publish(b, t, format!("end-{t}")).await;
+    }
+    for (i, t) in topics.iter().enumerate() {
+        let want = vec![
+            Bytes::from(format!("only-{t}")),
+            Bytes::from(format!("end-{t}")),
+        ];
+        let got = recv_n(&mut fanout[i], 2, &format!("fanout on {t}")).await;
+        assert_payloads(&got, &want, &format!("fanout on {t}"));
+        let got = recv_n(&mut queues[i], 2, &format!("queue on {t}")).await;
+        assert_payloads(&sorted(got), &sorted(want), &format!("queue on {t}"));
+    }
+    for (i, t) in topics.iter().enumerate() {
+        expect_quiet(&mut fanout[i], &format!("fanout on {t}")).await;
+        expect_quiet(&mut queues[i], &format!("queue on {t}")).await;
+    }
+}
+
+/// Two members of one queue group: every message reaches exactly one of them (the union is
+/// every message, with no duplicates). How the work is split is up to the backend.
+pub async fn queue_delivers_each_message_to_one_member(b: &dyn Broker, ns: &str) {
+    const N: usize = 200;
+    let topic = format!("{ns}.work");
+    let group = format!("{ns}-workers");
+    let m0 = subscribe(b, &topic, queue(group.clone())).await;
+    let m1 = subscribe(b, &topic, queue(group.clone())).await;
+    // Merge the two members into one stream, tagging each payload with a leading member byte.
+    let tag = |member: u8| {
+        move |item: Result<Bytes>| {
+            item.map(|p| {
+                let mut v = Vec::with_capacity(p.len() + 1);
+                v.push(member);
+                v.extend_from_slice(&p);
+                Bytes::from(v)
+            })
+        }
+    };
+    let mut both: Subscription =
+        futures_util::stream::select(m0.map(tag(0)), m1.map(tag(1))).boxed();
+    let msgs = numbered("job-", N);
+    for m in &msgs {
+        publish(b, &topic, m.clone()).await;
+    }
+    let tagged = recv_n(&mut both, N, "queue group").await;
+    expect_quiet(&mut both, "queue group (after every message arrived once)").await;
+
+    let mut per_member = [0usize; 2];
+    let mut got = Vec::with_capacity(N);
+    for t in tagged {
+        let (member, payload) = untag(&t);
+        per_member[member] += 1;
+        got.push(payload);
+    }
+    let unique: BTreeSet<&Bytes> = got.iter().collect();
+    assert_eq!(
+        unique.len(),
+        got.len(),
+        "queue group: a message was delivered twice (split {per_member:?})"
+    );
+    assert_payloads(&sorted(got), &sorted(msgs), "queue group union");
+}
+
+fn untag(tagged: &Bytes) -> (usize, Bytes) {
+    let member = *tagged.first().expect("a tagged payload has a member byte");
+    (usize::from(member), tagged.slice(1..))
+}
+
+/// Two different queue groups on one topic each get every message.
+pub async fn queue_groups_each_get_every_message(b: &dyn Broker, ns: &str) {
+    const N: usize = 50;
+    let topic = format!("{ns}.jobs");
+    let mut g1 = subscribe(b, &topic, queue(format!("{ns}-g1"))).await;
+    let mut g2 = subscribe(b, &topic, queue(format!("{ns}-g2"))).await;
+    let msgs = numbered("job-", N);
+    for m in &msgs {
+        publish(b, &topic, m.clone()).await;
+    }
+    let got1 = recv_n(&mut g1, N, "group g1").await;
+    let got2 = recv_n(&mut g2, N, "group g2").await;
+    assert_payloads(&sorted(got1), &sorted(msgs.clone()), "group g1");
+    assert_payloads(&sorted(got2), &sorted(msgs), "group g2");
+    expect_quiet(&mut g1, "group g1").await;
+    expect_quiet(&mut g2, "group g2").await;
+}
+
+/// Messages published while a queue group has no member (it had one, which was dropped) wait
+/// and are delivered to the next member that subscribes.
+pub async fn queue_retains_messages_while_group_has_no_member(b: &dyn Broker, ns: &str) {
+    const N: usize = 10;
+    let topic = format!("{ns}.inbox");
+    let group = format!("{ns}-node");
+    // Subscribing once creates the group; dropping the subscription leaves it memberless.
+    drop(subscribe(b, &topic, queue(group.clone())).await);
+    let msgs = numbered("waiting-", N);
+    for m in &msgs {
+        publish(b, &topic, m.clone()).await;
+    }
+    let mut next = subscribe(b, &topic, queue(group)).await;
+    let got = recv_n(&mut next, N, "next member").await;
+    assert_payloads(&sorted(got), &sorted(msgs), "next member");
+    expect_quiet(&mut next, "next member").await;
+}
+
+/// A fanout subscriber and a queue group on the same topic both receive every message.
+pub async fn fanout_and_queue_on_same_topic_both_receive(b: &dyn Broker, ns: &str) {
+    const N: usize = 10;
+    let topic = format!("{ns}.mixed");
+    let mut f = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    let mut q = subscribe(b, &topic, queue(format!("{ns}-g"))).await;
+    let msgs = numbered("m", N);
+    for m in &msgs {
+        publish(b, &topic, m.clone()).await;
+    }
+    let got_f = recv_n(&mut f, N, "fanout subscriber").await;
+    assert_payloads(&got_f, &msgs, "fanout subscriber");
+    let got_q = recv_n(&mut q, N, "queue member").await;
+    assert_payloads(&sorted(got_q), &sorted(msgs), "queue member");
+    expect_quiet(&mut f, "fanout subscriber").await;
+    expect_quiet(&mut q, "queue member").await;
+}
+
+/// Dropping a subscription unsubscribes: publishing keeps working (also well past any
+/// per-subscriber buffer a dropped subscriber could have filled) and other subscribers still
+/// receive.
+pub async fn dropping_subscription_unsubscribes(b: &dyn Broker, ns: &str) {
+    let topic = format!("{ns}.drop");
+    let gone = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    let mut kept = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    publish(b, &topic, "both").await;
+    drop(gone);
+    publish(b, &topic, "after-drop").await;
+    assert_eq!(recv(&mut kept, "kept subscriber").await, "both");
+    assert_eq!(recv(&mut kept, "kept subscriber").await, "after-drop");
+
+    // Everyone gone: publishing still succeeds and does not block.
+    drop(kept);
+    for m in numbered("nobody-", 100) {
+        publish(b, &topic, m).await;
+    }
+    // And a new subscriber starts fresh.
+    let mut fresh = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    publish(b, &topic, "fresh").await;
+    assert_eq!(recv(&mut fresh, "fresh subscriber").await, "fresh");
+}
+
+/// Payloads come out byte for byte as they went in: empty, every byte value, invalid UTF-8,
+/// multi-byte UTF-8; through fanout and through a queue group.
+pub async fn payloads_are_byte_exact(b: &dyn Broker, ns: &str) {
+    let topic = format!("{ns}.bytes");
+    let mut f = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    let mut q = subscribe(b, &topic, queue(format!("{ns}-g"))).await;
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    let msgs = vec![
+        Bytes::new(),
+        Bytes::from(all_bytes.clone()),
+        Bytes::from(all_bytes.into_iter().rev().collect::<Vec<u8>>()),
+        Bytes::from_static(b"\0"),
+        Bytes::from_static(b"\xff\xfe\x00not utf-8\x80"),
+        Bytes::from("用户 ✓ \r\n\t \"quoted\" {json}".to_owned()),
+        Bytes::from_static(b"   "),
+    ];
+    for m in &msgs {
+        publish(b, &topic, m.clone()).await;
+    }
+    let got_f = recv_n(&mut f, msgs.len(), "fanout").await;
+    assert_payloads(&got_f, &msgs, "fanout");
+    let got_q = recv_n(&mut q, msgs.len(), "queue").await;
+    assert_payloads(&sorted(got_q), &sorted(msgs), "queue");
+}
+
+/// A 1 MiB payload comes out byte for byte, through fanout and through a queue group.
+pub async fn large_payload_is_byte_exact(b: &dyn Broker, ns: &str) {
+    const SIZE: usize = 1024 * 1024;
+    let topic = format!("{ns}.large");
+    let mut f = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    let mut q = subscribe(b, &topic, queue(format!("{ns}-g"))).await;
+    // A pattern that is not periodic in any power of two, so a misplaced chunk shows.
+    let big: Bytes = (0..SIZE)
+        .map(|i| u8::try_from((i * 31 + i / 251) % 251).expect("below 251"))
+        .collect::<Vec<u8>>()
+        .into();
+    publish(b, &topic, big.clone()).await;
+    let got_f = recv(&mut f, "fanout").await;
+    assert_payloads(&[got_f], std::slice::from_ref(&big), "fanout");
+    let got_q = recv(&mut q, "queue").await;
+    assert_payloads(&[got_q], &[big], "queue");
+}
+
+/// `ping` succeeds on a working broker.
+pub async fn broker_ping_succeeds(b: &dyn Broker, _ns: &str) {
+    call("ping", b.ping()).await;
+}
+
+/// `shutdown` succeeds and calling it twice is fine (the contract); a publish afterwards returns
+/// (with whatever result) instead of hanging.
+pub async fn shutdown_twice_is_fine(b: &dyn Broker, ns: &str) {
+    let topic = format!("{ns}.shutdown");
+    let _live = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    let _live_queue = subscribe(b, &topic, queue(format!("{ns}-g"))).await;
+    publish(b, &topic, "before-shutdown").await;
+    call("first shutdown", b.shutdown()).await;
+    call("second shutdown", b.shutdown()).await;
+    let after = tokio::time::timeout(CALL_TIMEOUT, b.publish(&topic, "late".into())).await;
+    assert!(after.is_ok(), "publish after shutdown hung");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence helpers
+// ---------------------------------------------------------------------------------------------
+
+fn client(ns: &str, name: &str) -> ClientId {
+    ClientId::new(format!("{ns}-{name}")).expect("test client id is valid")
+}
+
+fn clients(ns: &str, names: &[&str]) -> Vec<ClientId> {
+    names.iter().map(|n| client(ns, n)).collect()
+}
+
+fn channel(ns: &str, name: &str) -> ChannelName {
+    ChannelName::new(format!("{ns}-{name}")).expect("test channel name is valid")
+}
+
+fn node(ns: &str, name: &str) -> NodeId {
+    NodeId::new(format!("{ns}-{name}")).expect("test node id is valid")
+}
+
+fn conn(ns: &str, name: &str) -> ConnectionId {
+    ConnectionId::new(format!("{ns}-{name}")).expect("test connection id is valid")
+}
+
+async fn my_online_clients(p: &dyn PresenceStore, ns: &str) -> Vec<ClientId> {
+    let all = call("online_clients", p.online_clients()).await;
+    assert_sorted(&all, "online_clients");
+    let prefix = format!("{ns}-");
+    all.into_iter()
+        .filter(|c| c.as_str().starts_with(&prefix))
+        .collect()
+}
+
+async fn my_channels(p: &dyn PresenceStore, ns: &str) -> Vec<ChannelInfo> {
+    let all = call("channels", p.channels()).await;
+    let names: Vec<&ChannelName> = all.iter().map(|c| &c.name).collect();
+    assert_sorted(&names, "channels");
+    let prefix = format!("{ns}-");
+    all.into_iter()
+        .filter(|c| c.name.as_str().starts_with(&prefix))
+        .collect()
+}
+
+#[track_caller]
+fn assert_sorted<T: Ord + Debug>(v: &[T], what: &str) {
+    assert!(
+        v.windows(2).all(|w| w[0] <= w[1]),
+        "{what} is not sorted: {v:?}"
+    );
+}
+
+fn info(ns: &str, name: &str, members: usize, online: usize) -> ChannelInfo {
+    ChannelInfo {
+        name: channel(ns, name),
+        members,
+        online,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence cases
+// ---------------------------------------------------------------------------------------------
+
+/// Connection counts are per client across nodes; a client is online while it has one.
+pub async fn presence_counts_connections_across_nodes(p: &dyn PresenceStore, ns: &str) {
+    let (n1, n2) = (node(ns, "n1"), node(ns, "n2"));
+    let (alice, bob) = (client(ns, "alice"), client(ns, "bob"));
+    let (k1, k2, k3, k4) = (
+        conn(ns, "k1"),
+        conn(ns, "k2"),
+        conn(ns, "k3"),
+        conn(ns, "k4"),
+    );
+
+    assert_eq!(call("connections", p.connections(&alice)).await, 0);
+    assert_eq!(call("connect k1", p.connect(&n1, &alice, &k1)).await, 1);
+    assert_eq!(call("connect k2", p.connect(&n1, &alice, &k2)).await, 2);
+    assert_eq!(call("connect k3", p.connect(&n2, &alice, &k3)).await, 3);
+    assert_eq!(call("connect k4", p.connect(&n2, &bob, &k4)).await, 1);
+    assert_eq!(call("connections", p.connections(&alice)).await, 3);
+    assert_eq!(call("connections", p.connections(&bob)).await, 1);
+    let both = [alice.clone(), bob.clone()];
+    assert_eq!(call("online", p.online(&both)).await, vec![true, true]);
+
+    assert_eq!(
+        call("disconnect k2", p.disconnect(&n1, &alice, &k2, false)).await,
+        2
+    );
+    assert_eq!(
+        call("disconnect k3", p.disconnect(&n2, &alice, &k3, false)).await,
+        1
+    );
+    assert_eq!(call("connections", p.connections(&alice)).await, 1);
+    assert_eq!(call("online", p.online(&both)).await, vec![true, true]);
+    assert_eq!(
+        call("disconnect k1", p.disconnect(&n1, &alice, &k1, false)).await,
+        0
+    );
+    assert_eq!(call("connections", p.connections(&alice)).await, 0);
+    assert_eq!(call("online", p.online(&both)).await, vec![false, true]);
+    assert_eq!(my_online_clients(p, ns).await, vec![bob.clone()]);
+    assert_eq!(
+        call("disconnect k4", p.disconnect(&n2, &bob, &k4, true)).await,
+        0
+    );
+    assert_eq!(call("online", p.online(&both)).await, vec![false, false]);
+    assert!(my_online_clients(p, ns).await.is_empty());
+}
+
+/// `online` answers in the order asked (duplicates and unknown ids included);
+/// `online_clients` is sorted.
+pub async fn presence_online_lists_are_sorted(p: &dyn PresenceStore, ns: &str) {
+    let n1 = node(ns, "n1");
+    // Connected in non-sorted order, including a non-ASCII id (sorted by bytes like `str`).
+    for (i, name) in ["carol", "用户", "alice", "bob", "Zed"].iter().enumerate() {
+        let k = conn(ns, &format!("k{i}"));
+        call("connect", p.connect(&n1, &client(ns, name), &k)).await;
+    }
+    let mut want = clients(ns, &["carol", "用户", "alice", "bob", "Zed"]);
+    want.sort();
+    assert_eq!(my_online_clients(p, ns).await, want);
+
+    let ask = clients(ns, &["bob", "nobody", "alice", "bob", "用户", "ghost"]);
+    assert_eq!(
+        call("online", p.online(&ask)).await,
+        vec![true, false, true, true, true, false]
+    );
+    assert_eq!(
+        call("online of nothing", p.online(&[])).await,
+        Vec::<bool>::new()
+    );
+}
+
+/// `disconnect(.., clear_channels = true)` removes channel memberships only when the client's
+/// last connection goes.
+pub async fn presence_disconnect_clears_channels_on_last_connection(
+    p: &dyn PresenceStore,
+    ns: &str,
+) {
+    let (n1, n2) = (node(ns, "n1"), node(ns, "n2"));
+    let (alice, bob) = (client(ns, "alice"), client(ns, "bob"));
+    let (ch1, ch2) = (channel(ns, "ch1"), channel(ns, "ch2"));
+    let (k1, k2) = (conn(ns, "k1"), conn(ns, "k2"));
+    call("connect", p.connect(&n1, &alice, &k1)).await;
+    call("connect", p.connect(&n2, &alice, &k2)).await;
+    call("join", p.join_channel(&ch1, &[alice.clone(), bob.clone()])).await;
+    call("join", p.join_channel(&ch2, std::slice::from_ref(&alice))).await;
+
+    assert_eq!(
+        call("disconnect k1", p.disconnect(&n1, &alice, &k1, true)).await,
+        1
+    );
+    assert_eq!(
+        call("client_channels", p.client_channels(&alice)).await,
+        vec![ch1.clone(), ch2.clone()]
+    );
+    assert_eq!(
+        call("channel_members", p.channel_members(&ch1)).await,
+        vec![alice.clone(), bob.clone()]
+    );
+
+    assert_eq!(
+        call("disconnect k2", p.disconnect(&n2, &alice, &k2, true)).await,
+        0
+    );
+    assert!(call("client_channels", p.client_channels(&alice))
+        .await
+        .is_empty());
+    assert_eq!(
+        call("channel_members", p.channel_members(&ch1)).await,
+        vec![bob.clone()]
+    );
+    assert!(call("channel_members", p.channel_members(&ch2))
+        .await
+        .is_empty());
+    // ch2 lost its only member and disappears; ch1 keeps (offline) bob.
+    assert_eq!(my_channels(p, ns).await, vec![info(ns, "ch1", 1, 0)]);
+    // Bob never connected; his membership is untouched.
+    assert_eq!(
+        call("client_channels", p.client_channels(&bob)).await,
+        vec![ch1]
+    );
+}
+
+/// `disconnect(.., clear_channels = false)` keeps the client's channel memberships.
+pub async fn presence_disconnect_without_clear_keeps_channels(p: &dyn PresenceStore, ns: &str) {
+    let n1 = node(ns, "n1");
+    let alice = client(ns, "alice");
+    let ch = channel(ns, "room");
+    let k1 = conn(ns, "k1");
+    call("connect", p.connect(&n1, &alice, &k1)).await;
+    call("join", p.join_channel(&ch, std::slice::from_ref(&alice))).await;
+    assert_eq!(call("channel_online", p.channel_online(&ch)).await, 1);
+    assert_eq!(
+        call("disconnect", p.disconnect(&n1, &alice, &k1, false)).await,
+        0
+    );
+
+    assert_eq!(
+        call("client_channels", p.client_channels(&alice)).await,
+        vec![ch.clone()]
+    );
+    assert_eq!(
+        call("channel_members", p.channel_members(&ch)).await,
+        vec![alice.clone()]
+    );
+    assert_eq!(call("channel_online", p.channel_online(&ch)).await, 0);
+    assert_eq!(my_channels(p, ns).await, vec![info(ns, "room", 1, 0)]);
+
+    // Coming back online counts again.
+    call("connect", p.connect(&n1, &alice, &conn(ns, "k2"))).await;
+    assert_eq!(call("channel_online", p.channel_online(&ch)).await, 1);
+    assert_eq!(my_channels(p, ns).await, vec![info(ns, "room", 1, 1)]);
+}
+
+/// `clear_node` removes only that node's connections and returns, sorted, the clients that went
+/// fully offline; with `clear_channels = false` memberships stay.
+pub async fn presence_clear_node_removes_only_that_node(p: &dyn PresenceStore, ns: &str) {
+    let (n1, n2) = (node(ns, "n1"), node(ns, "n2"));
+    let [dave, carol, bob, alice] = ["dave", "carol", "bob", "alice"].map(|n| client(ns, n));
+    let ch = channel(ns, "room");
+    // Connected in reverse order so that a sorted answer is not an accident of insertion order.
+    call("connect", p.connect(&n1, &dave, &conn(ns, "d1"))).await;
+    call("connect", p.connect(&n1, &dave, &conn(ns, "d2"))).await; // two on n1 only
+    call("connect", p.connect(&n2, &carol, &conn(ns, "c1"))).await; // n2 only
+    call("connect", p.connect(&n1, &bob, &conn(ns, "b1"))).await; // n1 and n2
+    call("connect", p.connect(&n2, &bob, &conn(ns, "b2"))).await;
+    call("connect", p.connect(&n1, &alice, &conn(ns, "a1"))).await; // n1 only
+    let everyone = [alice.clone(), bob.clone(), carol.clone(), dave.clone()];
+    call("join", p.join_channel(&ch, &everyone)).await;
+
+    let gone = call("clear_node n1", p.clear_node(&n1, false)).await;
+    assert_eq!(gone, vec![alice.clone(), dave.clone()]);
+
+    assert_eq!(
+        call("online", p.online(&everyone)).await,
+        vec![false, true, true, false]
+    );
+    assert_eq!(call("connections", p.connections(&bob)).await, 1);
+    assert_eq!(call("connections", p.connections(&carol)).await, 1);
+    assert_eq!(call("connections", p.connections(&dave)).await, 0);
+    assert_eq!(
+        my_online_clients(p, ns).await,
+        vec![bob.clone(), carol.clone()]
+    );
+    assert_eq!(
+        call("channel_members", p.channel_members(&ch)).await,
+        everyone.to_vec()
+    );
+    assert_eq!(call("channel_online", p.channel_online(&ch)).await, 2);
+    assert_eq!(
+        call("client_channels", p.client_channels(&alice)).await,
+        vec![ch.clone()]
+    );
+
+    // Clearing it again, or a node that never held anything, finds nobody.
+    assert!(call("clear_node n1 again", p.clear_node(&n1, false))
+        .await
+        .is_empty());
+    assert!(
+        call("clear_node unknown", p.clear_node(&node(ns, "n9"), true))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        call("channel_members", p.channel_members(&ch)).await,
+        everyone.to_vec()
+    );
+}
+
+/// `clear_node(.., clear_channels = true)`: the clients that went offline leave their channels;
+/// clients still connected elsewhere keep theirs.
+pub async fn presence_clear_node_clears_channels(p: &dyn PresenceStore, ns: &str) {
+    let (n1, n2) = (node(ns, "n1"), node(ns, "n2"));
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|n| client(ns, n));
+    let (ch1, ch2) = (channel(ns, "ch1"), channel(ns, "ch2"));
+    call("connect", p.connect(&n1, &alice, &conn(ns, "a1"))).await;
+    call("connect", p.connect(&n1, &bob, &conn(ns, "b1"))).await;
+    call("connect", p.connect(&n2, &bob, &conn(ns, "b2"))).await;
+    // carol is a member but offline; clearing n1 must not touch her.
+    call(
+        "join",
+        p.join_channel(&ch1, &[alice.clone(), bob.clone(), carol.clone()]),
+    )
+    .await;
+    call("join", p.join_channel(&ch2, std::slice::from_ref(&alice))).await;
+
+    let gone = call("clear_node n1", p.clear_node(&n1, true)).await;
+    assert_eq!(gone, vec![alice.clone()]);
+
+    assert!(call("client_channels", p.client_channels(&alice))
+        .await
+        .is_empty());
+    assert_eq!(
+        call("client_channels", p.client_channels(&bob)).await,
+        vec![ch1.clone()]
+    );
+    assert_eq!(
+        call("client_channels", p.client_channels(&carol)).await,
+        vec![ch1.clone()]
+    );
+    assert_eq!(
+        call("channel_members", p.channel_members(&ch1)).await,
+        vec![bob.clone(), carol.clone()]
+    );
+    assert!(call("channel_members", p.channel_members(&ch2))
+        .await
+        .is_empty());
+    assert_eq!(my_channels(p, ns).await, vec![info(ns, "ch1", 2, 1)]);
+    assert_eq!(my_online_clients(p, ns).await, vec![bob]);
+}
+
+/// Joining and leaving are idempotent, duplicates in one call included; leaving an unknown
+/// channel or as a non-member is harmless.
+pub async fn presence_join_and_leave_are_idempotent(p: &dyn PresenceStore, ns: &str) {
+    let ch = channel(ns, "room");
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(|n| client(ns, n));
+    call("join", p.join_channel(&ch, &[bob.clone(), alice.clone()])).await;
+    call(
+        "join again",
+        p.join_channel(&ch, &[alice.clone(), bob.clone()]),
+    )
+    .await;
+    call(
+        "join with duplicates",
+        p.join_channel(&ch, &[alice.clone(), alice.clone()]),
+    )
+    .await;
+    call("join nobody", p.join_channel(&ch, &[])).await;
+    assert_eq!(
+        call("channel_members", p.channel_members(&ch)).await,
+        vec![alice.clone(), bob.clone()]
+    );
+    assert_eq!(
+        call("client_channels", p.client_channels(&alice)).await,
+        vec![ch.clone()]
+    );
+    assert_eq!(my_channels(p, ns).await, vec![info(ns, "room", 2, 0)]);
+
+    call("leave", p.leave_channel(&ch, std::slice::from_ref(&alice))).await;
+    call(
+        "leave again",
+        p.leave_channel(&ch, std::slice::from_ref(&alice)),
+    )
+    .await;
+    call(
+        "leave as non-member",
+        p.leave_channel(&ch, std::slice::from_ref(&carol)),
+    )
+    .await;
+    call("leave nobody", p.leave_channel(&ch, &[])).await;
+    call(
+        "leave unknown channel",
+        p.leave_channel(&channel(ns, "nowhere"), &[alice.clone(), bob.clone()]),
+    )
+    .await;
+    assert_eq!(
+        call("channel_members", p.channel_members(&ch)).await,
+        vec![bob.clone()]
+    );
+    assert!(call("client_channels", p.client_channels(&alice))
+        .await
+        .is_empty());
+    assert!(call("client_channels", p.client_channels(&carol))
+        .await
+        .is_empty());
+    assert_eq!(my_channels(p, ns).await, vec![info(ns, "room", 1, 0)]);
+}
+
+/// `channel_members`, `client_channels` and `channels` are sorted and `channels` carries the
+/// right member and online counts. Names with spaces, `:` and non-ASCII are kept intact.
+pub async fn presence_channel_listings_are_sorted_with_counts(p: &dyn PresenceStore, ns: &str) {
+    let n1 = node(ns, "n1");
+    let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|n| client(ns, n));
+    call("connect", p.connect(&n1, &carol, &conn(ns, "c1"))).await;
+    call("connect", p.connect(&n1, &alice, &conn(ns, "a1"))).await;
+    let names = ["zeta", "alpha", "room: 1", "聊天", "Beta"];
+    let chans: Vec<ChannelName> = names.iter().map(|n| channel(ns, n)).collect();
+    // zeta: dave, carol, alice (2 online) / alpha: bob (0 online) / "room: 1": alice, bob /
+    // 聊天: carol / Beta: dave, bob.
+    call(
+        "join",
+        p.join_channel(&chans[0], &[dave.clone(), carol.clone(), alice.clone()]),
+    )
+    .await;
+    call(
+        "join",
+        p.join_channel(&chans[1], std::slice::from_ref(&bob)),
+    )
+    .await;
+    call(
+        "join",
+        p.join_channel(&chans[2], &[bob.clone(), alice.clone()]),
+    )
+    .await;
+    call(
+        "join",
+        p.join_channel(&chans[3], std::slice::from_ref(&carol)),
+    )
+    .await;
+    call(
+        "join",
+        p.join_channel(&chans[4], &[dave.clone(), bob.clone()]),
+    )
+    .await;
+
+    assert_eq!(
+        call("channel_members zeta", p.channel_members(&chans[0])).await,
+        vec![alice.clone(), carol.clone(), dave.clone()]
+    );
+    assert_eq!(
+        call("channel_members Beta", p.channel_members(&chans[4])).await,
+        vec![bob.clone(), dave.clone()]
+    );
+    let mut bobs = vec![chans[1].clone(), chans[2].clone(), chans[4].clone()];
+    bobs.sort();
+    assert_eq!(
+        call("client_channels bob", p.client_channels(&bob)).await,
+        bobs
+    );
+    let mut alices = vec![chans[0].clone(), chans[2].clone()];
+    alices.sort();
+    assert_eq!(
+        call("client_channels alice", p.client_channels(&alice)).await,
+        alices
+    );
+
+    let mut want = vec![
+        info(ns, "zeta", 3, 2),
+        info(ns, "alpha", 1, 0),
+        info(ns, "room: 1", 2, 1),
+        info(ns, "聊天", 1, 1),
+        info(ns, "Beta", 2, 0),
+    ];
+    want.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(my_channels(p, ns).await, want);
+    assert!(call(
+        "unknown channel",
+        p.channel_members(&channel(ns, "unknown"))
+    )
+    .await
+    .is_empty());
+    assert!(call(
+        "client in no channel",
+        p.client_channels(&client(ns, "nobody"))
+    )
+    .await
+    .is_empty());
+}
+
+/// A channel whose last member leaves disappears from `channels`.
+pub async fn presence_empty_channel_disappears(p: &dyn PresenceStore, ns: &str) {
+    let n1 = node(ns, "n1");
+    let [alice, bob] = ["alice", "bob"].map(|n| client(ns, n));
+    let (ch, other) = (channel(ns, "room"), channel(ns, "other"));
+    call("connect", p.connect(&n1, &alice, &conn(ns, "a1"))).await;
+    call("join", p.join_channel(&ch, &[alice.clone(), bob.clone()])).await;
+    call("join", p.join_channel(&other, std::slice::from_ref(&bob))).await;
+    assert_eq!(
+        my_channels(p, ns).await,
+        vec![info(ns, "other", 1, 0), info(ns, "room", 2, 1)]
+    );
+    call("leave", p.leave_channel(&ch, &[alice.clone(), bob.clone()])).await;
+    assert_eq!(my_channels(p, ns).await, vec![info(ns, "other", 1, 0)]);
+    assert!(call("channel_members", p.channel_members(&ch))
+        .await
+        .is_empty());
+    assert_eq!(call("channel_online", p.channel_online(&ch)).await, 0);
+    assert!(call("client_channels", p.client_channels(&alice))
+        .await
+        .is_empty());
+    // Leaving a channel does not affect presence.
+    assert_eq!(call("connections", p.connections(&alice)).await, 1);
+    call("leave", p.leave_channel(&other, std::slice::from_ref(&bob))).await;
+    assert!(my_channels(p, ns).await.is_empty());
+}
+
+/// Membership may be recorded for a client that is offline (never connected).
+pub async fn presence_offline_client_can_join(p: &dyn PresenceStore, ns: &str) {
+    let n1 = node(ns, "n1");
+    let ghost = client(ns, "ghost");
+    let ch = channel(ns, "room");
+    call("join", p.join_channel(&ch, std::slice::from_ref(&ghost))).await;
+    assert_eq!(
+        call("channel_members", p.channel_members(&ch)).await,
+        vec![ghost.clone()]
+    );
+    assert_eq!(
+        call("client_channels", p.client_channels(&ghost)).await,
+        vec![ch.clone()]
+    );
+    assert_eq!(call("connections", p.connections(&ghost)).await, 0);
+    assert_eq!(
+        call("online", p.online(std::slice::from_ref(&ghost))).await,
+        vec![false]
+    );
+    assert!(my_online_clients(p, ns).await.is_empty());
+    assert_eq!(call("channel_online", p.channel_online(&ch)).await, 0);
+    assert_eq!(my_channels(p, ns).await, vec![info(ns, "room", 1, 0)]);
+
+    let k = conn(ns, "g1");
+    call("connect", p.connect(&n1, &ghost, &k)).await;
+    assert_eq!(call("channel_online", p.channel_online(&ch)).await, 1);
+    assert_eq!(my_channels(p, ns).await, vec![info(ns, "room", 1, 1)]);
+    call("disconnect", p.disconnect(&n1, &ghost, &k, false)).await;
+    assert_eq!(
+        call("channel_members", p.channel_members(&ch)).await,
+        vec![ghost]
+    );
+}
+
+/// `channel_online` counts only the online members, across nodes and connections.
+pub async fn presence_channel_online_counts_online_members(p: &dyn PresenceStore, ns: &str) {
+    let (n1, n2) = (node(ns, "n1"), node(ns, "n2"));
+    let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|n| client(ns, n));
+    let ch = channel(ns, "room");
+    call(
+        "join",
+        p.join_channel(&ch, &[alice.clone(), bob.clone(), carol.clone()]),
+    )
+    .await;
+    assert_eq!(call("channel_online", p.channel_online(&ch)).await, 0);
+    call("connect", p.connect(&n1, &alice, &conn(ns, "a1"))).await;
+    call("connect", p.connect(&n2, &alice, &conn(ns, "a2"))).await; // counted once
+    call("connect", p.connect(&n2, &bob, &conn(ns, "b1"))).await;
+    call("connect", p.connect(&n1, &dave, &conn(ns, "d1"))).await; // online, not a member
+    assert_eq!(call("channel_online", p.channel_online(&ch)).await, 2);
+    assert_eq!(my_channels(p, ns).await, vec![info(ns, "room", 3, 2)]);
+
+    call(
+        "disconnect",
+        p.disconnect(&n2, &bob, &conn(ns, "b1"), false),
+    )
+    .await;
+    assert_eq!(call("channel_online", p.channel_online(&ch)).await, 1);
+    call("connect", p.connect(&n1, &carol, &conn(ns, "c1"))).await;
+    assert_eq!(call("channel_online", p.channel_online(&ch)).await, 2);
+    assert_eq!(
+        call("unknown channel", p.channel_online(&channel(ns, "nowhere"))).await,
+        0
+    );
+}
+
+/// Disconnecting a connection the store does not know is harmless: unknown client, or a known
+/// client with an unknown connection id (even with `clear_channels`).
+pub async fn presence_disconnect_unknown_is_harmless(p: &dyn PresenceStore, ns: &str) {
+    let n1 = node(ns, "n1");
+    let alice = client(ns, "alice");
+    let ch = channel(ns, "room");
+    let k1 = conn(ns, "k1");
+    assert_eq!(
+        call(
+            "disconnect unknown client",
+            p.disconnect(&n1, &client(ns, "nobody"), &conn(ns, "zz"), true)
+        )
+        .await,
+        0
+    );
+    call("connect", p.connect(&n1, &alice, &k1)).await;
+    call("join", p.join_channel(&ch, std::slice::from_ref(&alice))).await;
+    assert_eq!(
+        call(
+            "disconnect unknown connection",
+            p.disconnect(&n1, &alice, &conn(ns, "zz"), true)
+        )
+        .await,
+        1
+    );
+    assert_eq!(call("connections", p.connections(&alice)).await, 1);
+    assert_eq!(
+        call("client_channels", p.client_channels(&alice)).await,
+        vec![ch.clone()]
+    );
+    // The real disconnect, then the same one again.
+    assert_eq!(
+        call("disconnect", p.disconnect(&n1, &alice, &k1, false)).await,
+        0
+    );
+    assert_eq!(
+        call("disconnect twice", p.disconnect(&n1, &alice, &k1, true)).await,
+        0
+    );
+    assert_eq!(call("connections", p.connections(&alice)).await, 0);
+    assert!(my_online_clients(p, ns).await.is_empty());
+    assert!(my_channels(p, ns).await.iter().all(|c| c.online == 0));
+}
+
+/// `ping` succeeds on a working store.
+pub async fn presence_ping_succeeds(p: &dyn PresenceStore, _ns: &str) {
+    call("ping", p.ping()).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Macros
+// ---------------------------------------------------------------------------------------------
+
+/// One `#[tokio::test]` per listed case, calling `$crate::$case(&*store, &$crate::unique_ns())`.
+///
+/// The runtime is reached through this crate's re-export (`crate = "impush_tests::tokio"`), so
+/// callers need no tokio dependency but must not rename the `impush-tests` dependency.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($setup:path; $($case:ident),+ $(,)?) => {
+        $(
+            #[$crate::tokio::test(
+                crate = "impush_tests::tokio",
+                flavor = "multi_thread",
+                worker_threads = 2
+            )]
+            async fn $case() {
+                // None means the backend is not configured; setup has already said so.
+                let Some(backend) = $setup().await else { return };
+                $crate::$case(&*backend, &$crate::unique_ns()).await;
+            }
+        )+
+    };
+}
+
+/// Expands to one `#[tokio::test]` per [`Broker`] behaviour.
+///
+/// `$setup` is an `async fn() -> Option<Arc<dyn Broker>>`, called once per test (each test has
+/// its own runtime, so it must create a fresh client); `None` skips the test (use
+/// [`env_or_skip`]). Test names are the case function names of this crate.
+#[macro_export]
+macro_rules! broker_conformance {
+    ($setup:path) => {
+        $crate::__conformance_cases!($setup;
+            fanout_reaches_every_subscriber,
+            fanout_delivers_only_messages_published_after_subscribe,
+            fanout_preserves_publisher_order,
+            topics_are_isolated,
+            queue_delivers_each_message_to_one_member,
+            queue_groups_each_get_every_message,
+            queue_retains_messages_while_group_has_no_member,
+            fanout_and_queue_on_same_topic_both_receive,
+            dropping_subscription_unsubscribes,
+            payloads_are_byte_exact,
+            large_payload_is_byte_exact,
+            broker_ping_succeeds,
+            shutdown_twice_is_fine,
+        );
+    };
+}
+
+/// Expands to one `#[tokio::test]` per [`PresenceStore`] behaviour.
+///
+/// `$setup` is an `async fn() -> Option<Arc<dyn PresenceStore>>`, called once per test; `None`
+/// skips the test. The cases only touch ids inside their namespace, so they may share a store
+/// (one Redis database) with each other and with leftovers of earlier runs.
+#[macro_export]
+macro_rules! presence_conformance {
+    ($setup:path) => {
+        $crate::__conformance_cases!($setup;
+            presence_counts_connections_across_nodes,
+            presence_online_lists_are_sorted,
+            presence_disconnect_clears_channels_on_last_connection,
+            presence_disconnect_without_clear_keeps_channels,
+            presence_clear_node_removes_only_that_node,
+            presence_clear_node_clears_channels,
+            presence_join_and_leave_are_idempotent,
+            presence_channel_listings_are_sorted_with_counts,
+            presence_empty_channel_disappears,
+            presence_offline_client_can_join,
+            presence_channel_online_counts_online_members,
+            presence_disconnect_unknown_is_harmless,
+            presence_ping_succeeds,
+        );
+    };
+}

@@ -1,0 +1,19 @@
+//! The conformance suite against the in-process backends (always runs: nothing to install).
+
+use std::sync::Arc;
+
+use impush_core::{Broker, MemoryBroker, MemoryPresenceStore, PresenceStore};
+
+// The macros want `async fn() -> Option<..>`; the memory backends need nothing awaited.
+#[allow(clippy::unused_async)]
+async fn broker() -> Option<Arc<dyn Broker>> {
+    Some(Arc::new(MemoryBroker::default()))
+}
+
+#[allow(clippy::unused_async)]
+async fn presence() -> Option<Arc<dyn PresenceStore>> {
+    Some(Arc::new(MemoryPresenceStore::new()))
+}
+
+impush_tests::broker_conformance!(broker);
+impush_tests::presence_conformance!(presence);
