@@ -1,0 +1,427 @@
+//! impush-helper: [`ImHelper`], the library a business backend uses to push through impush.
+//!
+//! The business authenticates its users and decides who may talk to whom; then it asks the
+//! helper to hand a client a connect URL ([`ImHelper::prepare_connect`]), to send messages, to
+//! manage channels, and to watch online/offline [`events`](ImHelper::events). The helper computes
+//! each receiver's owning node locally (the cluster's [`Partitioner`](impush_core::Partitioner))
+//! and publishes straight to that node's inbox: no lookup on the hot path.
+//!
+//! In one process with the memory backends, get a helper from the running server
+//! (`ImServer::helper()`); against a broker-backed cluster, build one with
+//! [`ImHelper::connect`] from the same configuration file the nodes use.
+//!
+//! Method names follow FreeIM's ImHelper: `PrevConnectServer` is [`ImHelper::prepare_connect`],
+//! `SendMessage` is [`ImHelper::send_message`], `JoinChan` is [`ImHelper::join_channel`], and so on.
+
+mod config;
+
+use std::sync::Arc;
+
+use futures_util::{stream::BoxStream, StreamExt};
+use impush_core::{
+    envelope::{self, ClusterCommand, Deliver, NodeCommand},
+    token::TokenSigner,
+    ChannelInfo, ChannelName, ClientId, Cluster, Event, MessageId, NodeId, PresenceStore,
+    SubscribeMode, Topics,
+};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+pub use config::HelperConfig;
+pub use impush_core::{Broker, Error, Result};
+
+/// A stream of online/offline events. `Err(Error::Lagged)` items report events this helper
+/// missed because it read too slowly; the stream continues after them.
+pub type EventStream = BoxStream<'static, Result<Event>>;
+
+/// What [`ImHelper::prepare_connect`] returns: where the client should connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectInfo {
+    /// `ws(s)://host:port/ws?token=...` of the owning node. Single use, expires after the
+    /// configured `auth.token_ttl`.
+    pub url: String,
+    /// The node that owns the client.
+    pub node: NodeId,
+}
+
+/// What [`ImHelper::send_message`] returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SendReport {
+    /// The id the message got; receipts refer to it.
+    pub id: MessageId,
+    /// To how many node inboxes it was published.
+    pub nodes: usize,
+}
+
+/// The pieces an [`ImHelper`] is made of, for embedding with backends you already hold.
+#[derive(Debug, Clone)]
+pub struct HelperParts {
+    /// The cluster's nodes and partitioner.
+    pub cluster: Cluster,
+    /// Signs connect tokens (shared secret with the nodes).
+    pub signer: TokenSigner,
+    /// The broker the nodes subscribe to.
+    pub broker: Arc<dyn Broker>,
+    /// The presence store the nodes write.
+    pub presence: Arc<dyn PresenceStore>,
+    /// Topic prefix (`broker.prefix`).
+    pub prefix: String,
+}
+
+/// The business backend's handle on an impush cluster. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ImHelper {
+    inner: Arc<HelperParts>,
+    topics: Arc<Topics>,
+}
+
+impl ImHelper {
+    /// A helper from parts you already hold (used by the server for its HTTP API and by
+    /// embedded setups sharing memory backends).
+    pub fn new(parts: HelperParts) -> Self {
+        let topics = Arc::new(Topics::new(&parts.prefix));
+        Self {
+            inner: Arc::new(parts),
+            topics,
+        }
+    }
+
+    /// Connects to the cluster described by `config` (its broker and presence store).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an incomplete configuration (a helper needs `cluster.nodes` and
+    /// `auth.secret`); connection errors of the backends.
+    pub async fn connect(config: &HelperConfig) -> Result<Self> {
+        let cluster = Cluster::new(config.cluster.nodes.clone(), config.cluster.partitioner)?;
+        let secret = config.auth.secret.as_ref().ok_or_else(|| {
+            Error::Config("auth.secret: a helper needs the cluster's shared secret".into())
+        })?;
+        let signer = TokenSigner::new(
+            secret.expose().as_bytes(),
+            config.auth.token_ttl,
+            config.limits.max_metadata_bytes,
+        )?;
+        let broker = impush_brokers::connect_broker(&config.broker).await?;
+        let presence = impush_brokers::connect_presence(&config.presence, &config.broker).await?;
+        Ok(Self::new(HelperParts {
+            cluster,
+            signer,
+            broker,
+            presence,
+            prefix: config.broker.prefix().to_owned(),
+        }))
+    }
+
+    /// The cluster this helper talks to.
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
+    }
+
+    /// The broker this helper publishes to.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    /// The presence store this helper reads.
+    pub fn presence(&self) -> &Arc<dyn PresenceStore> {
+        &self.inner.presence
+    }
+
+    /// A single-use connect URL for `client` on its owning node (FreeIM `PrevConnectServer`).
+    ///
+    /// `metadata` (JSON, `Value::Null` for none) is signed into the token and comes back in the
+    /// client's online/offline events.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] for metadata over `limits.max_metadata_bytes`.
+    pub fn prepare_connect(
+        &self,
+        client: &ClientId,
+        metadata: serde_json::Value,
+    ) -> Result<ConnectInfo> {
+        let node = self.inner.cluster.owner(client);
+        let token = self.inner.signer.sign(client, &node.id, metadata)?;
+        Ok(ConnectInfo {
+            url: format!("{}/ws?token={token}", node.url.trim_end_matches('/')),
+            node: node.id.clone(),
+        })
+    }
+
+    /// Sends `data` (any `Serialize`, delivered to clients as that JSON) from `from` to every
+    /// client in `to` (FreeIM `SendMessage`).
+    ///
+    /// `from` need not be a connected client. With `receipt`, the sender's connections get one
+    /// `receipt` frame per receiver (`delivered`/`offline`, later `acked`). The sender gets its
+    /// own message only if it is listed in `to`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty `to`; broker errors.
+    pub async fn send_message<T: Serialize + ?Sized>(
+        &self,
+        from: &ClientId,
+        to: &[ClientId],
+        data: &T,
+        receipt: bool,
+    ) -> Result<SendReport> {
+        let data = to_raw(data)?;
+        self.send_message_raw(from, to, data, receipt).await
+    }
+
+    /// [`ImHelper::send_message`] with `data` already as JSON text.
+    ///
+    /// # Errors
+    /// As [`ImHelper::send_message`].
+    pub async fn send_message_raw(
+        &self,
+        from: &ClientId,
+        to: &[ClientId],
+        data: Box<RawValue>,
+        receipt: bool,
+    ) -> Result<SendReport> {
+        if to.is_empty() {
+            return Err(Error::InvalidArgument("no receivers given".into()));
+        }
+        let id = MessageId::generate();
+        let ts = envelope::now_ms();
+        // Group receivers by owning node, dropping duplicates (a receiver listed twice gets the
+        // message once).
+        let mut by_node: Vec<(&NodeId, Vec<ClientId>)> = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(to.len());
+        for client in to {
+            if !seen.insert(client) {
+                continue;
+            }
+            let node = &self.inner.cluster.owner(client).id;
+            match by_node.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, list)) => list.push(client.clone()),
+                None => by_node.push((node, vec![client.clone()])),
+            }
+        }
+        let nodes = by_node.len();
+        for (node, receivers) in by_node {
+            let cmd = NodeCommand::Deliver(Deliver {
+                id: id.clone(),
+                from: from.clone(),
+                to: receivers,
+                data: data.clone(),
+                ts,
+                receipt,
+            });
+            self.publish(&self.topics.inbox(node), &cmd).await?;
+        }
+        Ok(SendReport { id, nodes })
+    }
+
+    /// Every online client, sorted (FreeIM `GetClientListByOnline`).
+    ///
+    /// # Errors
+    /// Presence store errors.
+    pub async fn online_clients(&self) -> Result<Vec<ClientId>> {
+        self.inner.presence.online_clients().await
+    }
+
+    /// Whether `client` has at least one connection (FreeIM `HasOnline`).
+    ///
+    /// # Errors
+    /// Presence store errors.
+    pub async fn is_online(&self, client: &ClientId) -> Result<bool> {
+        Ok(self.connections(client).await? > 0)
+    }
+
+    /// [`ImHelper::is_online`] for many clients at once, in the same order.
+    ///
+    /// # Errors
+    /// Presence store errors.
+    pub async fn is_online_many(&self, clients: &[ClientId]) -> Result<Vec<bool>> {
+        self.inner.presence.online(clients).await
+    }
+
+    /// How many connections `client` has across the cluster.
+    ///
+    /// # Errors
+    /// Presence store errors.
+    pub async fn connections(&self, client: &ClientId) -> Result<usize> {
+        self.inner.presence.connections(client).await
+    }
+
+    /// Closes every connection of `client` with close code 4001 (FreeIM `ForceOffline`) and
+    /// returns how many connections it had.
+    ///
+    /// # Errors
+    /// Presence store or broker errors.
+    pub async fn force_offline(&self, client: &ClientId) -> Result<usize> {
+        let n = self.connections(client).await?;
+        let node = &self.inner.cluster.owner(client).id;
+        let cmd = NodeCommand::Kick {
+            client: client.clone(),
+        };
+        self.publish(&self.topics.inbox(node), &cmd).await?;
+        Ok(n)
+    }
+
+    /// Online/offline events of the whole cluster; every helper calling this sees every event
+    /// (FreeIM's EventBus).
+    ///
+    /// # Errors
+    /// Broker errors while subscribing.
+    pub async fn events(&self) -> Result<EventStream> {
+        self.events_with(SubscribeMode::Fanout).await
+    }
+
+    /// Online/offline events shared by the helpers of `group`: each event reaches one of them,
+    /// so a business service with several instances handles each event once.
+    ///
+    /// # Errors
+    /// Broker errors while subscribing.
+    pub async fn events_in_group(&self, group: &str) -> Result<EventStream> {
+        self.events_with(SubscribeMode::Queue {
+            group: group.to_owned(),
+        })
+        .await
+    }
+
+    async fn events_with(&self, mode: SubscribeMode) -> Result<EventStream> {
+        let sub = self
+            .inner
+            .broker
+            .subscribe(self.topics.events(), mode)
+            .await?;
+        Ok(sub
+            .map(|item| item.and_then(|bytes| envelope::decode::<Event>("event", &bytes)))
+            .boxed())
+    }
+
+    /// Adds `clients` to `channel` (FreeIM `JoinChan`). Membership is per client id and, unless
+    /// `channels.persist` is set, ends when the client's last connection closes.
+    ///
+    /// # Errors
+    /// Presence store or broker errors.
+    pub async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
+        if clients.is_empty() {
+            return Ok(());
+        }
+        self.inner.presence.join_channel(channel, clients).await?;
+        let cmd = ClusterCommand::Joined {
+            channel: channel.clone(),
+            clients: clients.to_vec(),
+        };
+        self.publish(self.topics.all(), &cmd).await
+    }
+
+    /// Removes `clients` from `channel` (FreeIM `LeaveChan`).
+    ///
+    /// # Errors
+    /// Presence store or broker errors.
+    pub async fn leave_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
+        if clients.is_empty() {
+            return Ok(());
+        }
+        self.inner.presence.leave_channel(channel, clients).await?;
+        let cmd = ClusterCommand::Left {
+            channel: channel.clone(),
+            clients: clients.to_vec(),
+        };
+        self.publish(self.topics.all(), &cmd).await
+    }
+
+    /// The members of `channel`, sorted (FreeIM `GetChanClientList`).
+    ///
+    /// # Errors
+    /// Presence store errors.
+    pub async fn channel_members(&self, channel: &ChannelName) -> Result<Vec<ClientId>> {
+        self.inner.presence.channel_members(channel).await
+    }
+
+    /// Every channel with member and online counts (FreeIM `GetChanList`).
+    ///
+    /// # Errors
+    /// Presence store errors.
+    pub async fn channels(&self) -> Result<Vec<ChannelInfo>> {
+        self.inner.presence.channels().await
+    }
+
+    /// The channels `client` belongs to (FreeIM `GetChanListByClientId`).
+    ///
+    /// # Errors
+    /// Presence store errors.
+    pub async fn client_channels(&self, client: &ClientId) -> Result<Vec<ChannelName>> {
+        self.inner.presence.client_channels(client).await
+    }
+
+    /// How many members of `channel` are online (FreeIM `GetChanOnline`).
+    ///
+    /// # Errors
+    /// Presence store errors.
+    pub async fn channel_online(&self, channel: &ChannelName) -> Result<usize> {
+        self.inner.presence.channel_online(channel).await
+    }
+
+    /// Sends `data` to every member of `channel`, the sender included if it is a member
+    /// (FreeIM `SendChanMessage`).
+    ///
+    /// # Errors
+    /// Broker errors.
+    pub async fn send_channel_message<T: Serialize + ?Sized>(
+        &self,
+        from: &ClientId,
+        channel: &ChannelName,
+        data: &T,
+    ) -> Result<MessageId> {
+        self.send_channel_message_raw(from, channel, to_raw(data)?)
+            .await
+    }
+
+    /// [`ImHelper::send_channel_message`] with `data` already as JSON text.
+    ///
+    /// # Errors
+    /// Broker errors.
+    pub async fn send_channel_message_raw(
+        &self,
+        from: &ClientId,
+        channel: &ChannelName,
+        data: Box<RawValue>,
+    ) -> Result<MessageId> {
+        let id = MessageId::generate();
+        let cmd = ClusterCommand::Channel {
+            id: id.clone(),
+            channel: channel.clone(),
+            from: from.clone(),
+            data,
+            ts: envelope::now_ms(),
+        };
+        self.publish(self.topics.all(), &cmd).await?;
+        Ok(id)
+    }
+
+    /// Sends `data` to every connected client (FreeIM `SendBroadcastMessage`).
+    ///
+    /// # Errors
+    /// Broker errors.
+    pub async fn broadcast<T: Serialize + ?Sized>(&self, data: &T) -> Result<MessageId> {
+        self.broadcast_raw(to_raw(data)?).await
+    }
+
+    /// [`ImHelper::broadcast`] with `data` already as JSON text.
+    ///
+    /// # Errors
+    /// Broker errors.
+    pub async fn broadcast_raw(&self, data: Box<RawValue>) -> Result<MessageId> {
+        let id = MessageId::generate();
+        let cmd = ClusterCommand::Broadcast {
+            id: id.clone(),
+            data,
+            ts: envelope::now_ms(),
+        };
+        self.publish(self.topics.all(), &cmd).await?;
+        Ok(id)
+    }
+
+    async fn publish<T: Serialize>(&self, topic: &str, value: &T) -> Result<()> {
+        let payload = envelope::encode("command", value)?;
+        self.inner.broker.publish(topic, payload).await
+    }
+}
+
+fn to_raw<T: Serialize + ?Sized>(data: &T) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(data).map_err(|e| Error::codec("message data", e))
+}
