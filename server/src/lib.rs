@@ -1,0 +1,51 @@
+//! impush-server: the ImServer node, as a library and as the `impush` binary.
+//!
+//! A node holds the WebSocket connections of the clients the cluster's partitioner assigns to
+//! it, pushes what arrives on its broker inbox and on the cluster topic to them, and publishes
+//! online/offline events. It runs no business logic: the business backend decides everything and
+//! talks to the cluster through [`impush_helper::ImHelper`].
+//!
+//! Layout:
+//! - [`server`](ImServer): start, run, shut down;
+//! - `node`: the node's shared state and the broker dispatch;
+//! - `session`: one connection (bounded outbound queue, pings, close codes);
+//! - `registry`: the in-memory index of local connections and channel members;
+//! - `http`: `/ws` (token check before the upgrade), `/healthz`, `/readyz`.
+
+mod config;
+mod error;
+mod http;
+mod metrics;
+mod node;
+mod registry;
+mod server;
+mod session;
+
+pub use config::{Config, OfflineConfig};
+pub use error::{Error, Result};
+pub use metrics::Metrics;
+pub use server::{Generated, ImServer};
+
+/// Resolves on Ctrl-C or SIGTERM: the signals that start a graceful shutdown.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,136 @@
+//! The node's HTTP surface: `/ws` (token check, then upgrade), `/healthz`, `/readyz`, and JSON
+//! errors for everything else.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{
+        rejection::QueryRejection,
+        ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade},
+        Query, State,
+    },
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use impush_core::{
+    envelope::now_ms,
+    token::{NonceCache, TokenSigner},
+    TokenError,
+};
+use serde::Deserialize;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{metrics::Metrics, node::Node, session};
+
+/// What request handlers share.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub(crate) node: Arc<Node>,
+    pub(crate) signer: TokenSigner,
+    pub(crate) nonces: NonceCache,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) sessions: TaskTracker,
+}
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/ws", get(ws))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(app)
+}
+
+/// A JSON error body `{"error": code, "message": ...}` with its status.
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": code, "message": message.into() });
+    (status, Json(body)).into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+}
+
+async fn ws(
+    State(app): State<Arc<App>>,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // The token is checked before anything else, so a refused client never gets a socket.
+    let token = query.ok().and_then(|q| q.0.token);
+    let claims = match token {
+        None => Err(TokenError::Missing),
+        Some(t) => app.nonces.verify(&app.signer, &t, now_ms()),
+    };
+    let claims = match claims {
+        Ok(c) => c,
+        Err(e) => {
+            Metrics::bump(&app.node.metrics.token_rejections);
+            tracing::debug!(reason = e.code(), "refused connect token");
+            return error(StatusCode::UNAUTHORIZED, e.code(), e.to_string());
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => return rejection.into_response(),
+    };
+    if app.shutdown.is_cancelled() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "node is shutting down",
+        );
+    }
+    let limits = &app.node.limits;
+    let node = app.node.clone();
+    let cancel = app.shutdown.child_token();
+    let sessions = app.sessions.clone();
+    upgrade
+        .max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        .on_upgrade(move |socket| {
+            sessions.track_future(session::run(
+                socket,
+                node,
+                claims.client,
+                claims.metadata,
+                cancel,
+            ))
+        })
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.shutdown.is_cancelled() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "node is shutting down",
+        );
+    }
+    if let Err(e) = app.node.broker.ping().await {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            e.to_string(),
+        );
+    }
+    if let Err(e) = app.node.presence.ping().await {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "presence_unavailable",
+            e.to_string(),
+        );
+    }
+    Json(serde_json::json!({ "status": "ready" })).into_response()
+}

@@ -1,0 +1,521 @@
+//! [`Node`]: what one ImServer node knows and does, shared by its sessions and its two broker
+//! subscriptions.
+//!
+//! - The inbox (`{prefix}.inbox.{node}`, `Queue{group = node id}`) carries [`NodeCommand`]s:
+//!   point-to-point deliveries, receipts for local senders, kicks.
+//! - `{prefix}.all` (`Fanout`) carries [`ClusterCommand`]s: channel messages, broadcasts and
+//!   membership changes, each applied to local connections only.
+//!
+//! Connections opening and closing update the presence store and publish online/offline events;
+//! both happen under a per-client async lock so that a device reconnecting while its last other
+//! connection closes cannot leave the store and the local index disagreeing.
+
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::StreamExt;
+use impush_core::{
+    config::LimitsConfig,
+    envelope::{self, ClusterCommand, Deliver, NodeCommand},
+    protocol::ServerFrame,
+    Broker, ClientId, Cluster, ConnectionId, Error, Event, MessageId, NodeId, PresenceStore,
+    ReceiptStatus, SubscribeMode, Subscription, Topics,
+};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    metrics::{InKind, Metrics, OutKind},
+    registry::Registry,
+    session::{self, Outgoing, SessionHandle},
+};
+
+const CLIENT_LOCK_STRIPES: usize = 256;
+const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
+
+/// One node's shared state.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) id: NodeId,
+    pub(crate) cluster: Cluster,
+    pub(crate) topics: Topics,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) presence: Arc<dyn PresenceStore>,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) persist_channels: bool,
+    pub(crate) metrics: Arc<Metrics>,
+    registry: Registry,
+    boot: u64,
+    conn_seq: AtomicU64,
+    lock_hasher: RandomState,
+    client_locks: Box<[AsyncMutex<()>]>,
+}
+
+/// The pieces a [`Node`] is built from.
+pub(crate) struct NodeParts {
+    pub(crate) id: NodeId,
+    pub(crate) cluster: Cluster,
+    pub(crate) topics: Topics,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) presence: Arc<dyn PresenceStore>,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) persist_channels: bool,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Node {
+    pub(crate) fn new(p: NodeParts) -> Self {
+        Self {
+            id: p.id,
+            cluster: p.cluster,
+            topics: p.topics,
+            broker: p.broker,
+            presence: p.presence,
+            limits: p.limits,
+            persist_channels: p.persist_channels,
+            metrics: p.metrics,
+            registry: Registry::default(),
+            boot: envelope::now_ms(),
+            conn_seq: AtomicU64::new(0),
+            lock_hasher: RandomState::new(),
+            client_locks: (0..CLIENT_LOCK_STRIPES)
+                .map(|_| AsyncMutex::new(()))
+                .collect(),
+        }
+    }
+
+    /// A connection id unique across the cluster and across restarts of this node.
+    pub(crate) fn next_connection_id(&self) -> ConnectionId {
+        let seq = self.conn_seq.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{:x}-{seq}", self.id, self.boot);
+        ConnectionId::new(id).expect("node id and numbers form a valid connection id")
+    }
+
+    fn client_lock(&self, client: &ClientId) -> &AsyncMutex<()> {
+        let i = self.lock_hasher.hash_one(client.as_str()) as usize % self.client_locks.len();
+        &self.client_locks[i]
+    }
+
+    /// Registers a new connection: local index, presence, channels, online event.
+    pub(crate) async fn attach(&self, handle: &Arc<SessionHandle>, metadata: &serde_json::Value) {
+        let client = &handle.client;
+        let _guard = self.client_lock(client).lock().await;
+        let (first, excess) = self
+            .registry
+            .add(handle, self.limits.max_connections_per_client);
+        for old in excess {
+            session::replace(&old, self);
+        }
+        self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        Metrics::bump(&self.metrics.connections_total);
+        if let Err(e) = self
+            .presence
+            .connect(&self.id, client, &handle.connection)
+            .await
+        {
+            self.presence_error("connect", &e);
+        }
+        if first {
+            match self.presence.client_channels(client).await {
+                Ok(chans) => self.registry.join_all(client, &chans),
+                Err(e) => self.presence_error("client_channels", &e),
+            }
+        }
+        tracing::info!(%client, connection = %handle.connection, first, "connected");
+        self.publish_event(&Event::Online {
+            client: client.clone(),
+            node: self.id.clone(),
+            connection: handle.connection.clone(),
+            metadata: metadata.clone(),
+            first,
+        })
+        .await;
+    }
+
+    /// Unregisters a closed connection: local index, presence (and channel membership when it
+    /// was the last one), offline event.
+    pub(crate) async fn detach(&self, handle: &Arc<SessionHandle>, metadata: &serde_json::Value) {
+        let client = &handle.client;
+        let _guard = self.client_lock(client).lock().await;
+        let last = self.registry.remove(handle);
+        self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        let clear = last && !self.persist_channels;
+        if let Err(e) = self
+            .presence
+            .disconnect(&self.id, client, &handle.connection, clear)
+            .await
+        {
+            self.presence_error("disconnect", &e);
+        }
+        if last {
+            self.registry.forget_channels(client);
+        }
+        tracing::info!(%client, connection = %handle.connection, last, "disconnected");
+        self.publish_event(&Event::Offline {
+            client: client.clone(),
+            node: self.id.clone(),
+            connection: handle.connection.clone(),
+            metadata: metadata.clone(),
+            last,
+        })
+        .await;
+    }
+
+    fn presence_error(&self, op: &'static str, e: &Error) {
+        Metrics::bump(&self.metrics.presence_errors);
+        tracing::warn!(
+            op,
+            error = e as &dyn std::error::Error,
+            "presence store call failed"
+        );
+    }
+
+    async fn publish_event(&self, event: &Event) {
+        match envelope::encode("event", event) {
+            Ok(payload) => self.publish(self.topics.events(), payload).await,
+            Err(e) => tracing::error!(error = &e as &dyn std::error::Error, "cannot encode event"),
+        }
+    }
+
+    async fn publish(&self, topic: &str, payload: bytes::Bytes) {
+        if let Err(e) = self.broker.publish(topic, payload).await {
+            Metrics::bump(&self.metrics.broker_publish_errors);
+            tracing::warn!(
+                topic,
+                error = &e as &dyn std::error::Error,
+                "broker publish failed"
+            );
+        }
+    }
+
+    pub(crate) fn push_pong(&self, handle: &SessionHandle) {
+        if handle.push(
+            Outgoing {
+                frame: PONG,
+                ack: None,
+            },
+            self,
+        ) {
+            self.metrics.out(OutKind::Pong, 1);
+        }
+    }
+
+    /// The client `receiver` acked message `id` from `sender`.
+    pub(crate) async fn acked(&self, id: &MessageId, sender: &ClientId, receiver: &ClientId) {
+        self.route_receipts(id, sender, vec![(receiver.clone(), ReceiptStatus::Acked)])
+            .await;
+    }
+
+    /// Sends receipts to `sender`'s connections, on this node or via its owner's inbox.
+    async fn route_receipts(
+        &self,
+        id: &MessageId,
+        sender: &ClientId,
+        receipts: Vec<(ClientId, ReceiptStatus)>,
+    ) {
+        for (_, status) in &receipts {
+            self.metrics.receipt(*status);
+        }
+        let owner = &self.cluster.owner(sender).id;
+        if *owner == self.id {
+            self.local_receipts(id, sender, &receipts);
+            return;
+        }
+        let cmd = NodeCommand::Receipts {
+            id: id.clone(),
+            sender: sender.clone(),
+            receipts,
+        };
+        match envelope::encode("receipts", &cmd) {
+            Ok(payload) => self.publish(&self.topics.inbox(owner), payload).await,
+            Err(e) => tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "cannot encode receipts"
+            ),
+        }
+    }
+
+    fn local_receipts(
+        &self,
+        id: &MessageId,
+        sender: &ClientId,
+        receipts: &[(ClientId, ReceiptStatus)],
+    ) {
+        for (to, status) in receipts {
+            let frame: Utf8Bytes = ServerFrame::Receipt {
+                id,
+                to,
+                status: *status,
+            }
+            .to_json()
+            .into();
+            let n = self.registry.for_client(sender, |s| {
+                s.push(
+                    Outgoing {
+                        frame: frame.clone(),
+                        ack: None,
+                    },
+                    self,
+                );
+            });
+            self.metrics.out(OutKind::Receipt, n as u64);
+        }
+    }
+
+    async fn deliver(&self, d: Deliver) {
+        let frame: Utf8Bytes = ServerFrame::Message {
+            id: &d.id,
+            from: &d.from,
+            data: &d.data,
+            ts: d.ts,
+            receipt: d.receipt,
+        }
+        .to_json()
+        .into();
+        let ack = d.receipt.then(|| (d.id.clone(), d.from.clone()));
+        let mut receipts = Vec::with_capacity(if d.receipt { d.to.len() } else { 0 });
+        let mut written = 0u64;
+        for to in &d.to {
+            let mut delivered = false;
+            self.registry.for_client(to, |s| {
+                let ok = s.push(
+                    Outgoing {
+                        frame: frame.clone(),
+                        ack: ack.clone(),
+                    },
+                    self,
+                );
+                delivered |= ok;
+                written += u64::from(ok);
+            });
+            if d.receipt {
+                let status = if delivered {
+                    ReceiptStatus::Delivered
+                } else {
+                    ReceiptStatus::Offline
+                };
+                receipts.push((to.clone(), status));
+            }
+        }
+        self.metrics.out(OutKind::Message, written);
+        if d.receipt {
+            self.route_receipts(&d.id, &d.from, receipts).await;
+        }
+    }
+
+    async fn on_node_command(&self, cmd: NodeCommand) {
+        match cmd {
+            NodeCommand::Deliver(d) => self.deliver(d).await,
+            NodeCommand::Receipts {
+                id,
+                sender,
+                receipts,
+            } => self.local_receipts(&id, &sender, &receipts),
+            NodeCommand::Kick { client } => {
+                let n = self
+                    .registry
+                    .for_client(&client, |s| session::kick(s, self));
+                tracing::info!(%client, connections = n, "kicked");
+            }
+        }
+    }
+
+    fn on_cluster_command(&self, cmd: ClusterCommand) {
+        match cmd {
+            ClusterCommand::Channel {
+                id,
+                channel,
+                from,
+                data,
+                ts,
+            } => {
+                let frame: Utf8Bytes = ServerFrame::Channel {
+                    id: &id,
+                    channel: &channel,
+                    from: &from,
+                    data: &data,
+                    ts,
+                }
+                .to_json()
+                .into();
+                let n = self.registry.for_channel(&channel, |s| {
+                    s.push(
+                        Outgoing {
+                            frame: frame.clone(),
+                            ack: None,
+                        },
+                        self,
+                    );
+                });
+                self.metrics.out(OutKind::Channel, n as u64);
+            }
+            ClusterCommand::Broadcast { id, data, ts } => {
+                let frame: Utf8Bytes = ServerFrame::Broadcast {
+                    id: &id,
+                    data: &data,
+                    ts,
+                }
+                .to_json()
+                .into();
+                let n = self.registry.for_all(|s| {
+                    s.push(
+                        Outgoing {
+                            frame: frame.clone(),
+                            ack: None,
+                        },
+                        self,
+                    );
+                });
+                self.metrics.out(OutKind::Broadcast, n as u64);
+            }
+            ClusterCommand::Joined { channel, clients } => self.registry.join(&channel, &clients),
+            ClusterCommand::Left { channel, clients } => self.registry.leave(&channel, &clients),
+        }
+    }
+
+    /// Subscribes to this node's inbox.
+    pub(crate) async fn subscribe_inbox(&self) -> impush_core::Result<Subscription> {
+        let mode = SubscribeMode::Queue {
+            group: self.id.to_string(),
+        };
+        self.broker
+            .subscribe(&self.topics.inbox(&self.id), mode)
+            .await
+    }
+
+    /// Subscribes to the cluster-wide command topic.
+    pub(crate) async fn subscribe_all(&self) -> impush_core::Result<Subscription> {
+        self.broker
+            .subscribe(self.topics.all(), SubscribeMode::Fanout)
+            .await
+    }
+
+    /// Consumes the inbox until `cancel`, resubscribing when the stream ends.
+    pub(crate) async fn run_inbox(self: Arc<Self>, first: Subscription, cancel: CancellationToken) {
+        let node = self.clone();
+        consume(
+            first,
+            cancel,
+            "inbox",
+            &self.metrics,
+            move || {
+                let node = node.clone();
+                async move { node.subscribe_inbox().await }
+            },
+            |bytes| {
+                let node = self.clone();
+                async move {
+                    match envelope::decode::<NodeCommand>("node command", &bytes) {
+                        Ok(cmd) => node.on_node_command(cmd).await,
+                        Err(e) => node.undecodable(&e),
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Consumes `{prefix}.all` until `cancel`, resubscribing when the stream ends.
+    pub(crate) async fn run_all(self: Arc<Self>, first: Subscription, cancel: CancellationToken) {
+        let node = self.clone();
+        consume(
+            first,
+            cancel,
+            "all",
+            &self.metrics,
+            move || {
+                let node = node.clone();
+                async move { node.subscribe_all().await }
+            },
+            |bytes| {
+                let node = self.clone();
+                async move {
+                    match envelope::decode::<ClusterCommand>("cluster command", &bytes) {
+                        Ok(cmd) => node.on_cluster_command(cmd),
+                        Err(e) => node.undecodable(&e),
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    fn undecodable(&self, e: &Error) {
+        Metrics::bump(&self.metrics.undecodable);
+        self.metrics.inbound(InKind::Ignored);
+        tracing::warn!(
+            error = e as &dyn std::error::Error,
+            "dropping undecodable broker message"
+        );
+    }
+}
+
+/// The shared subscription loop: handle items in order, report lag, resubscribe with backoff
+/// when the stream ends or errors persistently, stop on `cancel`.
+async fn consume<S, SF, H, HF>(
+    first: Subscription,
+    cancel: CancellationToken,
+    name: &'static str,
+    metrics: &Metrics,
+    mut subscribe: S,
+    mut handle: H,
+) where
+    S: FnMut() -> SF,
+    SF: std::future::Future<Output = impush_core::Result<Subscription>>,
+    H: FnMut(bytes::Bytes) -> HF,
+    HF: std::future::Future<Output = ()>,
+{
+    let mut sub = Some(first);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Some(mut stream) = sub.take() {
+            backoff = Duration::from_millis(100);
+            loop {
+                let item = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    item = stream.next() => item,
+                };
+                match item {
+                    Some(Ok(bytes)) => handle(bytes).await,
+                    Some(Err(Error::Lagged { dropped })) => {
+                        metrics.broker_lagged.fetch_add(dropped, Ordering::Relaxed);
+                        tracing::warn!(subscription = name, dropped, "subscription lagged");
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(
+                            subscription = name,
+                            error = &e as &dyn std::error::Error,
+                            "subscription error"
+                        );
+                    }
+                    None => {
+                        tracing::warn!(subscription = name, "subscription ended; resubscribing");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        match subscribe().await {
+            Ok(s) => sub = Some(s),
+            Err(e) => {
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tracing::warn!(
+                    subscription = name,
+                    error = &e as &dyn std::error::Error,
+                    "resubscribe failed"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The node's in-memory index of its own connections: client id -> sessions, and channel ->
+//! local members.
+//!
+//! Delivery reads only this (never the presence store). Two `std::sync::RwLock`s, each held for
+//! a short, non-async section; when both are needed the channel index is locked first.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
+};
+
+use impush_core::{ChannelName, ClientId};
+
+use crate::session::SessionHandle;
+
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    clients: RwLock<HashMap<ClientId, Vec<Arc<SessionHandle>>>>,
+    channels: RwLock<ChannelIndex>,
+}
+
+#[derive(Debug, Default)]
+struct ChannelIndex {
+    members: HashMap<ChannelName, HashSet<ClientId>>,
+    member_of: HashMap<ClientId, HashSet<ChannelName>>,
+}
+
+impl ChannelIndex {
+    fn add(&mut self, channel: &ChannelName, client: &ClientId) {
+        self.members
+            .entry(channel.clone())
+            .or_default()
+            .insert(client.clone());
+        self.member_of
+            .entry(client.clone())
+            .or_default()
+            .insert(channel.clone());
+    }
+
+    fn remove(&mut self, channel: &ChannelName, client: &ClientId) {
+        if let Some(m) = self.members.get_mut(channel) {
+            m.remove(client);
+            if m.is_empty() {
+                self.members.remove(channel);
+            }
+        }
+        if let Some(c) = self.member_of.get_mut(client) {
+            c.remove(channel);
+            if c.is_empty() {
+                self.member_of.remove(client);
+            }
+        }
+    }
+}
+
+// A poisoned lock means a panic elsewhere already; the data (sets of ids) stays consistent
+// enough to keep serving, so recover the guard instead of propagating the panic.
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    /// Adds a session; returns whether it is the client's first and the sessions over `limit`
+    /// (oldest first) that should be replaced. `limit == 0` means unlimited.
+    pub(crate) fn add(
+        &self,
+        handle: &Arc<SessionHandle>,
+        limit: usize,
+    ) -> (bool, Vec<Arc<SessionHandle>>) {
+        let mut clients = write(&self.clients);
+        let sessions = clients.entry(handle.client.clone()).or_default();
+        let first = sessions.is_empty();
+        sessions.push(handle.clone());
+        let excess = if limit > 0 && sessions.len() > limit {
+            sessions[..sessions.len() - limit].to_vec()
+        } else {
+            Vec::new()
+        };
+        (first, excess)
+    }
+
+    /// Removes a session; returns whether it was the client's last.
+    pub(crate) fn remove(&self, handle: &Arc<SessionHandle>) -> bool {
+        let mut clients = write(&self.clients);
+        let Some(sessions) = clients.get_mut(&handle.client) else {
+            return true;
+        };
+        sessions.retain(|s| !Arc::ptr_eq(s, handle));
+        if sessions.is_empty() {
+            clients.remove(&handle.client);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Calls `f` for every session of `client`; returns how many there were.
+    pub(crate) fn for_client(&self, client: &ClientId, mut f: impl FnMut(&SessionHandle)) -> usize {
+        let clients = read(&self.clients);
+        let Some(sessions) = clients.get(client) else {
+            return 0;
+        };
+        sessions.iter().for_each(|s| f(s));
+        sessions.len()
+    }
+
+    /// Calls `f` for every session of every local member of `channel`; returns the count.
+    pub(crate) fn for_channel(
+        &self,
+        channel: &ChannelName,
+        mut f: impl FnMut(&SessionHandle),
+    ) -> usize {
+        let index = read(&self.channels);
+        let Some(members) = index.members.get(channel) else {
+            return 0;
+        };
+        let clients = read(&self.clients);
+        let mut n = 0;
+        for sessions in members.iter().filter_map(|c| clients.get(c)) {
+            for s in sessions {
+                f(s);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Calls `f` for every session on this node; returns the count.
+    pub(crate) fn for_all(&self, mut f: impl FnMut(&SessionHandle)) -> usize {
+        let clients = read(&self.clients);
+        let mut n = 0;
+        for s in clients.values().flatten() {
+            f(s);
+            n += 1;
+        }
+        n
+    }
+
+    /// Records that the local ones among `clients` joined `channel`.
+    pub(crate) fn join(&self, channel: &ChannelName, clients: &[ClientId]) {
+        let mut index = write(&self.channels);
+        let local = read(&self.clients);
+        for c in clients.iter().filter(|c| local.contains_key(*c)) {
+            index.add(channel, c);
+        }
+    }
+
+    /// Records that `client` (local) belongs to `channels` (loaded when it connects).
+    pub(crate) fn join_all(&self, client: &ClientId, channels: &[ChannelName]) {
+        let mut index = write(&self.channels);
+        if !read(&self.clients).contains_key(client) {
+            return;
+        }
+        for ch in channels {
+            index.add(ch, client);
+        }
+    }
+
+    pub(crate) fn leave(&self, channel: &ChannelName, clients: &[ClientId]) {
+        let mut index = write(&self.channels);
+        for c in clients {
+            index.remove(channel, c);
+        }
+    }
+
+    /// Forgets every channel of `client` (its last local connection closed).
+    pub(crate) fn forget_channels(&self, client: &ClientId) {
+        let mut index = write(&self.channels);
+        let Some(chans) = index.member_of.remove(client) else {
+            return;
+        };
+        for ch in chans {
+            if let Some(m) = index.members.get_mut(&ch) {
+                m.remove(client);
+                if m.is_empty() {
+                    index.members.remove(&ch);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! [`ImServer`]: starting, running and stopping one node.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use impush_core::{
+    token::{NonceCache, TokenSigner},
+    Broker, Cluster, NodeEntry, PresenceStore, Topics,
+};
+use impush_helper::{HelperParts, ImHelper};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Config,
+    http::{self, App},
+    metrics::Metrics,
+    node::{Node, NodeParts},
+    Error, Result,
+};
+
+/// Credentials a node generated because the configuration did not set them. Show them to the
+/// operator once; they change at every start.
+#[derive(Debug, Clone, Default)]
+pub struct Generated {
+    /// The generated `auth.secret`, if it was generated.
+    pub secret: Option<String>,
+    /// The generated `auth.api_key`, if it was generated.
+    pub api_key: Option<String>,
+}
+
+/// A running ImServer node.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> impush_server::Result<()> {
+/// let server = impush_server::ImServer::start(impush_server::Config::default()).await?;
+/// let helper = server.helper();
+/// let alice = "alice".parse()?;
+/// println!("connect to {}", helper.prepare_connect(&alice, serde_json::Value::Null)?.url);
+/// server.shutdown().await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ImServer {
+    app: Arc<App>,
+    helper: ImHelper,
+    local_addr: SocketAddr,
+    generated: Generated,
+    api_key: String,
+    serve: JoinHandle<std::io::Result<()>>,
+    loops: TaskTracker,
+}
+
+fn random_key() -> String {
+    let bytes: [u8; 24] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ImServer {
+    /// Starts a node with the backends its configuration names.
+    ///
+    /// # Errors
+    /// Invalid configuration, unreachable backends, or a listen address that cannot be bound.
+    pub async fn start(config: Config) -> Result<Self> {
+        config.validate()?;
+        let broker = impush_brokers::connect_broker(&config.broker).await?;
+        let presence = impush_brokers::connect_presence(&config.presence, &config.broker).await?;
+        Self::start_with(config, broker, presence).await
+    }
+
+    /// Starts a node with backends you provide (a custom broker, or memory backends shared with
+    /// other parts of your process).
+    ///
+    /// # Errors
+    /// As [`ImServer::start`].
+    pub async fn start_with(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+    ) -> Result<Self> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.node.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.node.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr()?;
+
+        let nodes = if config.cluster.nodes.is_empty() {
+            vec![NodeEntry {
+                id: config.node.id.clone(),
+                url: format!("ws://{local_addr}"),
+            }]
+        } else {
+            config.cluster.nodes.clone()
+        };
+        let cluster = Cluster::new(nodes, config.cluster.partitioner)?;
+
+        let mut generated = Generated::default();
+        let secret = match &config.auth.secret {
+            Some(s) => s.expose().to_owned(),
+            None => generated.secret.insert(random_key()).clone(),
+        };
+        let api_key = match &config.auth.api_key {
+            Some(s) => s.expose().to_owned(),
+            None => generated.api_key.insert(random_key()).clone(),
+        };
+        let signer = TokenSigner::new(
+            secret.as_bytes(),
+            config.auth.token_ttl,
+            config.limits.max_metadata_bytes,
+        )?;
+        let topics = Topics::new(config.broker.prefix());
+
+        // Entries left by an earlier run of this node that died without cleaning up.
+        let stale = presence
+            .clear_node(&config.node.id, !config.channels.persist)
+            .await?;
+        if !stale.is_empty() {
+            tracing::warn!(
+                clients = stale.len(),
+                "cleared presence left by a previous run of this node"
+            );
+        }
+
+        let node = Arc::new(Node::new(NodeParts {
+            id: config.node.id.clone(),
+            cluster: cluster.clone(),
+            topics,
+            broker: broker.clone(),
+            presence: presence.clone(),
+            limits: config.limits.clone(),
+            persist_channels: config.channels.persist,
+            metrics: Arc::new(Metrics::default()),
+        }));
+        // Subscribe before accepting anything, so nothing published after `start` returns is missed.
+        let inbox = node.subscribe_inbox().await?;
+        let all = node.subscribe_all().await?;
+
+        let shutdown = CancellationToken::new();
+        let loops = TaskTracker::new();
+        loops.spawn(node.clone().run_inbox(inbox, shutdown.clone()));
+        loops.spawn(node.clone().run_all(all, shutdown.clone()));
+
+        let helper = ImHelper::new(HelperParts {
+            cluster,
+            signer: signer.clone(),
+            broker,
+            presence,
+            prefix: config.broker.prefix().to_owned(),
+        });
+        let app = Arc::new(App {
+            nonces: NonceCache::new(config.node.id.clone(), config.limits.max_pending_tokens),
+            node,
+            signer,
+            shutdown: shutdown.clone(),
+            sessions: TaskTracker::new(),
+        });
+        let router = http::router(app.clone());
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        });
+        tracing::info!(node = %config.node.id, %local_addr, broker = config.broker.kind(), "impush node started");
+        Ok(Self {
+            app,
+            helper,
+            local_addr,
+            generated,
+            api_key,
+            serve,
+            loops,
+        })
+    }
+
+    /// The address the node listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A helper sharing this node's backends and cluster view.
+    pub fn helper(&self) -> ImHelper {
+        self.helper.clone()
+    }
+
+    /// Credentials generated at start because the configuration lacked them.
+    pub fn generated(&self) -> &Generated {
+        &self.generated
+    }
+
+    /// The HTTP API key in force (configured or generated).
+    pub fn api_key(&self) -> &str {
+        &self.api_key
+    }
+
+    /// This node's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.app.node.metrics
+    }
+
+    /// Resolves when the node stops serving on its own (the listener failed).
+    pub async fn closed(&mut self) {
+        let _ = (&mut self.serve).await;
+    }
+
+    /// Graceful shutdown: stop accepting, close every connection with 1001 (publishing offline
+    /// events), wait up to `limits.shutdown_grace`, then flush and close the broker.
+    ///
+    /// # Errors
+    /// Broker errors while flushing.
+    pub async fn shutdown(self) -> Result<()> {
+        let grace = self.app.node.limits.shutdown_grace;
+        self.app.shutdown.cancel();
+        self.app.sessions.close();
+        if tokio::time::timeout(grace, self.app.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?grace, "connections still open after the grace period");
+        }
+        self.loops.close();
+        let _ = tokio::time::timeout(grace, self.loops.wait()).await;
+        self.serve.abort();
+        let node = &self.app.node;
+        node.presence
+            .clear_node(&node.id, !node.persist_channels)
+            .await?;
+        node.broker.shutdown().await?;
+        tracing::info!(node = %node.id, "impush node stopped");
+        Ok(())
+    }
+}

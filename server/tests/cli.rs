@@ -1,0 +1,191 @@
+//! The `impush` binary as a user runs it: embedded default, env overrides, one-line config
+//! errors, graceful exit on SIGTERM.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_impush");
+
+fn impush(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Reads stdout lines until the "listening on" line and returns (address, all lines so far).
+fn wait_listening(child: &mut Child) -> (String, Vec<String>) {
+    let out = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(out).lines() {
+        let line = line.unwrap();
+        lines.push(line.clone());
+        if lines.len() >= 3 {
+            break;
+        }
+    }
+    let addr = lines[0]
+        .strip_prefix("impush listening on ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line {:?}", lines[0]))
+        .to_owned();
+    (addr, lines)
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    buf
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            start.elapsed() < within,
+            "impush did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn embedded_default_runs_prints_generated_secrets_and_stops_on_sigterm() {
+    let mut child = impush(&[], &[("IMPUSH_NODE__LISTEN", "127.0.0.1:0")])
+        .spawn()
+        .unwrap();
+    let (addr, lines) = wait_listening(&mut child);
+    assert!(
+        lines[1].starts_with("generated auth.secret = "),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].starts_with("generated auth.api_key = "),
+        "{lines:?}"
+    );
+    let health = http_get(&addr, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let ready = http_get(&addr, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn configured_secrets_are_not_printed() {
+    let mut child = impush(
+        &[],
+        &[
+            ("IMPUSH_NODE__LISTEN", "127.0.0.1:0"),
+            ("IMPUSH_AUTH__SECRET", "s3cret-value"),
+            ("IMPUSH_AUTH__API_KEY", "key-value"),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let out = child.stdout.take().unwrap();
+    let first = BufReader::new(out).lines().next().unwrap().unwrap();
+    assert!(first.starts_with("impush listening on"), "{first}");
+    child.kill().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        !err.contains("s3cret-value") && !err.contains("key-value"),
+        "{err}"
+    );
+    child.wait().unwrap();
+}
+
+fn run_failing(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = impush(args, env).output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn bad_config_is_one_line_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("impush-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let cases: &[(&str, &str)] = &[
+        ("[node]\nlisten = \"not an address\"\n", "node.listen"),
+        ("[limits]\nmax_frame_bytez = 1\n", "limits.max_frame_bytez"),
+        ("[broker]\nkind = \"nats\"\n", "broker.kind"),
+        (
+            "[cluster]\nnodes = [{ id = \"n2\", url = \"ws://127.0.0.1:1\" }]\n",
+            "node.id",
+        ),
+        ("[auth]\ntoken_ttl = \"soon\"\n", "auth.token_ttl"),
+        ("[offline]\nenabled = true\n", "offline.enabled"),
+        ("this is not toml", "impush.toml"),
+    ];
+    for (i, (toml, key)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let (code, stderr) = run_failing(&["--config", path.to_str().unwrap()], &[]);
+        assert_eq!(code, 2, "{toml}: {stderr}");
+        let text = stderr.trim_end();
+        assert_eq!(text.lines().count(), 1, "{toml}: {stderr}");
+        assert!(text.starts_with("impush: "), "{stderr}");
+        if *key != "impush.toml" {
+            assert!(text.contains(key), "{toml}: expected `{key}` in {stderr}");
+        }
+        assert!(!text.contains("panicked"), "{stderr}");
+    }
+
+    let (code, stderr) = run_failing(&["--config", "/nonexistent/impush.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+
+    let (code, stderr) = run_failing(&[], &[("IMPUSH_LIMITS__OUTBOUND_QUEUE", "lots")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("IMPUSH_LIMITS__OUTBOUND_QUEUE"), "{stderr}");
+
+    let (code, stderr) = run_failing(&[], &[("IMPUSH_BROKER__KIND", "redis")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("not compiled in"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn busy_port_is_a_clear_error() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let (code, stderr) = run_failing(&[], &[("IMPUSH_NODE__LISTEN", &addr)]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
