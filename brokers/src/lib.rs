@@ -178,7 +178,9 @@ mod tests {
         let root = parse("[broker]\nkind = \"memory\"\nprefix = \"app\"\n").unwrap();
         assert_eq!(root.broker.prefix(), "app");
         connect_broker(&root.broker).await.unwrap();
-        connect_presence(&root.presence, &root.broker).await.unwrap();
+        connect_presence(&root.presence, &root.broker)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -43,7 +43,9 @@ impl Cluster {
         partitioner: Arc<dyn Partitioner>,
     ) -> Result<Self> {
         if nodes.is_empty() {
-            return Err(Error::Config("cluster.nodes: at least one node is required".into()));
+            return Err(Error::Config(
+                "cluster.nodes: at least one node is required".into(),
+            ));
         }
         for (i, n) in nodes.iter().enumerate() {
             if nodes[..i].iter().any(|m| m.id == n.id) {

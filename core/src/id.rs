@@ -25,7 +25,10 @@ fn check_text(kind: &'static str, s: &str) -> Result<()> {
         ));
     }
     if s.chars().any(char::is_control) {
-        return Err(Error::invalid_id(kind, "must not contain control characters"));
+        return Err(Error::invalid_id(
+            kind,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }

@@ -37,7 +37,11 @@ pub struct TokenClaims {
     #[serde(rename = "r")]
     pub nonce: String,
     /// Business metadata, echoed in online/offline events.
-    #[serde(rename = "m", default, skip_serializing_if = "serde_json::Value::is_null")]
+    #[serde(
+        rename = "m",
+        default,
+        skip_serializing_if = "serde_json::Value::is_null"
+    )]
     pub metadata: serde_json::Value,
 }
 
@@ -206,7 +210,8 @@ impl NonceCache {
             return Err(TokenError::Overloaded);
         }
         n.seen.insert(claims.nonce.clone(), claims.expires_ms);
-        n.by_expiry.push_back((claims.expires_ms, claims.nonce.clone()));
+        n.by_expiry
+            .push_back((claims.expires_ms, claims.nonce.clone()));
         Ok(claims)
     }
 }
@@ -241,7 +246,10 @@ mod tests {
         let n2 = NodeId::new("n2").unwrap();
         let cache = NonceCache::new(n1.clone(), 10);
         let forged = other.sign(&c, &n1, serde_json::Value::Null).unwrap();
-        assert_eq!(cache.verify(&s, &forged, now_ms()), Err(TokenError::BadSignature));
+        assert_eq!(
+            cache.verify(&s, &forged, now_ms()),
+            Err(TokenError::BadSignature)
+        );
         let t = s.sign(&c, &n1, serde_json::Value::Null).unwrap();
         assert_eq!(
             cache.verify(&s, &t, now_ms() + 31_000),
@@ -249,8 +257,14 @@ mod tests {
         );
         let t2 = s.sign(&c, &n2, serde_json::Value::Null).unwrap();
         assert_eq!(cache.verify(&s, &t2, now_ms()), Err(TokenError::WrongNode));
-        assert_eq!(cache.verify(&s, "garbage", now_ms()), Err(TokenError::Malformed));
-        assert_eq!(cache.verify(&s, "v1.x.y", now_ms()), Err(TokenError::Malformed));
+        assert_eq!(
+            cache.verify(&s, "garbage", now_ms()),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            cache.verify(&s, "v1.x.y", now_ms()),
+            Err(TokenError::Malformed)
+        );
         // Tampering with the claims breaks the signature.
         let (head, sig) = t.rsplit_once('.').unwrap();
         let tampered = format!("{head}A.{sig}");
@@ -262,7 +276,11 @@ mod tests {
         let s = signer();
         let big = serde_json::Value::String("x".repeat(100));
         let err = s
-            .sign(&ClientId::new("a").unwrap(), &NodeId::new("n1").unwrap(), big)
+            .sign(
+                &ClientId::new("a").unwrap(),
+                &NodeId::new("n1").unwrap(),
+                big,
+            )
             .unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }));
     }

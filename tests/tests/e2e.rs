@@ -1,0 +1,614 @@
+//! End-to-end tests of one node (and of in-process clusters over the memory backends): real
+//! WebSocket clients on a real port, every helper method, receipts, multi-device delivery,
+//! channels, kicks, broadcast, shutdown, and the bad inputs.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use impush_core::{token::TokenSigner, ChannelName, Event, NodeId, ReceiptStatus};
+use serde_json::{json, Value};
+use support::{eventually, id, refused_status, start, start_cluster, Client, SECRET};
+use tokio_tungstenite::tungstenite::Message;
+
+fn ch(s: &str) -> ChannelName {
+    ChannelName::new(s).unwrap()
+}
+
+#[tokio::test]
+async fn message_reaches_every_device_with_data_passed_through() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let mut a1 = Client::connect(&h, "alice", 1).await;
+    let mut a2 = Client::connect(&h, "alice", 2).await;
+    let mut bob = Client::connect(&h, "bob", 1).await;
+
+    let report = h
+        .send_message(
+            &id("bob"),
+            &[id("alice")],
+            &json!({"text": "hi", "n": [1, 2]}),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.nodes, 1);
+    for c in [&mut a1, &mut a2] {
+        let f = c.next_json().await;
+        assert_eq!(f["type"], "message");
+        assert_eq!(f["id"], report.id.as_str());
+        assert_eq!(f["from"], "bob");
+        assert_eq!(f["data"], json!({"text": "hi", "n": [1, 2]}));
+        assert_eq!(f["receipt"], false);
+        assert!(f["ts"].as_u64().unwrap() > 0);
+    }
+    // The sender does not get its own message unless listed.
+    bob.expect_silence(Duration::from_millis(200)).await;
+
+    // A string payload stays a JSON string: never double-encoded.
+    h.send_message(&id("bob"), &[id("alice"), id("bob")], "plain", false)
+        .await
+        .unwrap();
+    assert_eq!(a1.next_json().await["data"], "plain");
+    assert_eq!(bob.next_json().await["data"], "plain");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn receipts_delivered_offline_and_acked() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let mut bob = Client::connect(&h, "bob", 1).await;
+    let mut alice = Client::connect(&h, "alice", 1).await;
+
+    let report = h
+        .send_message(
+            &id("bob"),
+            &[id("alice"), id("carol")],
+            &json!("ping"),
+            true,
+        )
+        .await
+        .unwrap();
+    let msg = alice.next_json().await;
+    assert_eq!(msg["receipt"], true);
+
+    let mut receipts = vec![bob.next_json().await, bob.next_json().await];
+    receipts.sort_by_key(|r| r["to"].as_str().unwrap().to_owned());
+    assert_eq!(
+        receipts,
+        vec![
+            json!({"type":"receipt","id":report.id.as_str(),"to":"alice","status":"delivered"}),
+            json!({"type":"receipt","id":report.id.as_str(),"to":"carol","status":"offline"}),
+        ]
+    );
+
+    alice
+        .send_json(json!({"type": "ack", "id": report.id.as_str()}))
+        .await;
+    assert_eq!(
+        bob.next_json().await,
+        json!({"type":"receipt","id":report.id.as_str(),"to":"alice","status":"acked"})
+    );
+    // A second ack, or an ack for an unknown id, produces nothing.
+    alice
+        .send_json(json!({"type": "ack", "id": report.id.as_str()}))
+        .await;
+    alice.send_json(json!({"type": "ack", "id": "nope"})).await;
+    bob.expect_silence(Duration::from_millis(200)).await;
+    assert!(server.metrics().ignored_frames() >= 2);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn ack_without_receipt_request_is_ignored() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let mut bob = Client::connect(&h, "bob", 1).await;
+    let mut alice = Client::connect(&h, "alice", 1).await;
+    let report = h
+        .send_message(&id("bob"), &[id("alice")], &1, false)
+        .await
+        .unwrap();
+    alice.next_json().await;
+    alice
+        .send_json(json!({"type": "ack", "id": report.id.as_str()}))
+        .await;
+    bob.expect_silence(Duration::from_millis(200)).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn ping_pong_and_garbage_frames_are_ignored() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let mut c = Client::connect(&h, "alice", 1).await;
+    c.send_text("not json").await;
+    c.send_text(r#"{"type":"send","to":"x"}"#).await;
+    c.send_text(r#"[1,2,3]"#).await;
+    c.ws.send(Message::Binary(vec![0, 1, 2].into()))
+        .await
+        .unwrap();
+    c.send_json(json!({"type": "ping"})).await;
+    assert_eq!(c.next_json().await, json!({"type": "pong"}));
+    assert!(server.metrics().ignored_frames() >= 4);
+    // Still connected and receiving.
+    h.send_message(&id("x"), &[id("alice")], &2, false)
+        .await
+        .unwrap();
+    assert_eq!(c.next_json().await["data"], 2);
+    server.shutdown().await.unwrap();
+}
+
+use futures_util::SinkExt;
+
+#[tokio::test]
+async fn channels_membership_and_delivery() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let room = ch("room 1");
+    let mut a1 = Client::connect(&h, "alice", 1).await;
+    let mut a2 = Client::connect(&h, "alice", 2).await;
+    let mut bob = Client::connect(&h, "bob", 1).await;
+    let mut carol = Client::connect(&h, "carol", 1).await;
+
+    h.join_channel(&room, &[id("alice"), id("bob"), id("dave")])
+        .await
+        .unwrap();
+    assert_eq!(
+        h.channel_members(&room).await.unwrap(),
+        vec![id("alice"), id("bob"), id("dave")]
+    );
+    assert_eq!(h.channel_online(&room).await.unwrap(), 2);
+    assert_eq!(
+        h.client_channels(&id("alice")).await.unwrap(),
+        vec![room.clone()]
+    );
+    let chans = h.channels().await.unwrap();
+    assert_eq!(chans.len(), 1);
+    assert_eq!((chans[0].members, chans[0].online), (3, 2));
+
+    // Membership commands travel over the broker; wait until a message is seen to be sure the
+    // nodes applied them (they are ordered on the same topic as channel messages).
+    let mid = h
+        .send_channel_message(&id("bob"), &room, &json!({"m": 1}))
+        .await
+        .unwrap();
+    for c in [&mut a1, &mut a2, &mut bob] {
+        let f = c.next_json().await;
+        assert_eq!(f["type"], "channel");
+        assert_eq!(f["id"], mid.as_str());
+        assert_eq!(f["channel"], "room 1");
+        assert_eq!(f["from"], "bob");
+        assert_eq!(f["data"], json!({"m": 1}));
+    }
+    carol.expect_silence(Duration::from_millis(200)).await;
+
+    // One of alice's two devices closing keeps her in the channel...
+    a2.ws.close(None).await.unwrap();
+    eventually(|| async { h.connections(&id("alice")).await.unwrap() == 1 }).await;
+    assert_eq!(
+        h.client_channels(&id("alice")).await.unwrap(),
+        vec![room.clone()]
+    );
+    h.send_channel_message(&id("bob"), &room, &2).await.unwrap();
+    assert_eq!(a1.next_json().await["data"], 2);
+    assert_eq!(bob.next_json().await["data"], 2);
+
+    // ...her last one closing ends her membership.
+    a1.ws.close(None).await.unwrap();
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap() }).await;
+    assert!(h.client_channels(&id("alice")).await.unwrap().is_empty());
+    assert_eq!(
+        h.channel_members(&room).await.unwrap(),
+        vec![id("bob"), id("dave")]
+    );
+
+    // Reconnecting does not bring the membership back.
+    let mut a3 = Client::connect(&h, "alice", 1).await;
+    h.send_channel_message(&id("bob"), &room, &3).await.unwrap();
+    assert_eq!(bob.next_json().await["data"], 3);
+    a3.expect_silence(Duration::from_millis(200)).await;
+
+    // Leaving stops delivery; a channel with no members disappears.
+    h.leave_channel(&room, &[id("bob")]).await.unwrap();
+    h.send_channel_message(&id("x"), &room, &4).await.unwrap();
+    bob.expect_silence(Duration::from_millis(200)).await;
+    h.leave_channel(&room, &[id("dave")]).await.unwrap();
+    assert!(h.channels().await.unwrap().is_empty());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn membership_loaded_when_client_connects_later() {
+    let server = start(|c| c.channels.persist = true).await;
+    let h = server.helper();
+    let room = ch("lobby");
+    h.join_channel(&room, &[id("alice")]).await.unwrap();
+    let mut a = Client::connect(&h, "alice", 1).await;
+    h.send_channel_message(&id("sys"), &room, &"welcome")
+        .await
+        .unwrap();
+    assert_eq!(a.next_json().await["data"], "welcome");
+    // With channels.persist, membership survives the last connection.
+    a.ws.close(None).await.unwrap();
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap() }).await;
+    assert_eq!(h.channel_members(&room).await.unwrap(), vec![id("alice")]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn broadcast_reaches_everyone() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let mut clients = Vec::new();
+    for name in ["a", "b", "c"] {
+        clients.push(Client::connect(&h, name, 1).await);
+    }
+    let bid = h
+        .broadcast(&json!({"notice": "maintenance"}))
+        .await
+        .unwrap();
+    for c in &mut clients {
+        let f = c.next_json().await;
+        assert_eq!(f["type"], "broadcast");
+        assert_eq!(f["id"], bid.as_str());
+        assert_eq!(f["data"]["notice"], "maintenance");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn presence_queries_and_events_with_first_last() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let mut events = h.events().await.unwrap();
+
+    let mut a1 = Client::connect_with(&h, "alice", json!({"device": "ios"})).await;
+    let ev = next_event(&mut events).await;
+    let Event::Online {
+        client,
+        node,
+        metadata,
+        first,
+        ..
+    } = &ev
+    else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(
+        (client.as_str(), node.as_str(), first),
+        ("alice", "n1", &true)
+    );
+    assert_eq!(metadata, &json!({"device": "ios"}));
+
+    let a2 = Client::connect_with(&h, "alice", Value::Null).await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Online { first: false, .. }
+    ));
+    let _b = Client::connect(&h, "bob", 1).await;
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Online { first: true, .. }
+    ));
+
+    assert_eq!(
+        h.online_clients().await.unwrap(),
+        vec![id("alice"), id("bob")]
+    );
+    assert!(h.is_online(&id("alice")).await.unwrap());
+    assert!(!h.is_online(&id("zed")).await.unwrap());
+    assert_eq!(
+        h.is_online_many(&[id("zed"), id("bob"), id("alice")])
+            .await
+            .unwrap(),
+        vec![false, true, true]
+    );
+    assert_eq!(h.connections(&id("alice")).await.unwrap(), 2);
+
+    drop(a2);
+    let ev = next_event(&mut events).await;
+    assert!(matches!(&ev, Event::Offline { last: false, .. }), "{ev:?}");
+    a1.ws.close(None).await.unwrap();
+    let ev = next_event(&mut events).await;
+    let Event::Offline {
+        client,
+        metadata,
+        last,
+        ..
+    } = &ev
+    else {
+        panic!("{ev:?}")
+    };
+    assert_eq!((client.as_str(), last), ("alice", &true));
+    assert_eq!(metadata, &json!({"device": "ios"}));
+    assert_eq!(h.online_clients().await.unwrap(), vec![id("bob")]);
+    server.shutdown().await.unwrap();
+}
+
+async fn next_event(events: &mut impush_helper::EventStream) -> Event {
+    tokio::time::timeout(support::WAIT, events.next())
+        .await
+        .expect("event in time")
+        .expect("stream open")
+        .expect("no error")
+}
+
+#[tokio::test]
+async fn force_offline_closes_every_device_with_4001() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let mut a1 = Client::connect(&h, "alice", 1).await;
+    let mut a2 = Client::connect(&h, "alice", 2).await;
+    let _bob = Client::connect(&h, "bob", 1).await;
+    assert_eq!(h.force_offline(&id("alice")).await.unwrap(), 2);
+    assert_eq!(a1.close_code().await, 4001);
+    assert_eq!(a2.close_code().await, 4001);
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap() }).await;
+    assert!(h.is_online(&id("bob")).await.unwrap());
+    assert_eq!(h.force_offline(&id("nobody")).await.unwrap(), 0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn connection_limit_replaces_the_oldest_with_4009() {
+    let server = start(|c| c.limits.max_connections_per_client = 1).await;
+    let h = server.helper();
+    let mut old = Client::connect(&h, "alice", 1).await;
+    let mut new = Client::connect_with(&h, "alice", Value::Null).await;
+    assert_eq!(old.close_code().await, 4009);
+    eventually(|| async { h.connections(&id("alice")).await.unwrap() == 1 }).await;
+    h.send_message(&id("b"), &[id("alice")], &1, false)
+        .await
+        .unwrap();
+    assert_eq!(new.next_json().await["data"], 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_before_the_upgrade() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let addr = server.local_addr();
+    let base = format!("ws://{addr}/ws");
+
+    let (status, body) = refused_status(&base).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_missing"))
+    );
+
+    let (status, body) = refused_status(&format!("{base}?token=garbage")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_malformed"))
+    );
+
+    let forger = TokenSigner::new(b"not-the-secret", Duration::from_secs(30), 1024).unwrap();
+    let forged = forger
+        .sign(&id("alice"), &"n1".parse().unwrap(), Value::Null)
+        .unwrap();
+    let (status, body) = refused_status(&format!("{base}?token={forged}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_bad_signature"))
+    );
+
+    let short = TokenSigner::new(SECRET.as_bytes(), Duration::from_millis(1), 1024).unwrap();
+    let expired = short
+        .sign(&id("alice"), &"n1".parse().unwrap(), Value::Null)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (status, body) = refused_status(&format!("{base}?token={expired}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_expired"))
+    );
+
+    let signer = TokenSigner::new(SECRET.as_bytes(), Duration::from_secs(30), 1024).unwrap();
+    let other: NodeId = "n2".parse().unwrap();
+    let wrong = signer.sign(&id("alice"), &other, Value::Null).unwrap();
+    let (status, body) = refused_status(&format!("{base}?token={wrong}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_wrong_node"))
+    );
+
+    let url = h.prepare_connect(&id("alice"), Value::Null).unwrap().url;
+    let (_ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    let (status, body) = refused_status(&url).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_reused"))
+    );
+
+    assert_eq!(server.metrics().token_rejections(), 6);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_ids_are_refused_where_they_enter() {
+    assert!(impush_core::ClientId::new("").is_err());
+    assert!(impush_core::ClientId::new("a\u{0}b").is_err());
+    assert!(impush_core::ClientId::new("x".repeat(129)).is_err());
+    assert!(ChannelName::new("").is_err());
+    assert!(ChannelName::new("tab\there").is_err());
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let err = h.send_message(&id("a"), &[], &1, false).await.unwrap_err();
+    assert!(err.to_string().contains("no receivers"), "{err}");
+    let err = h
+        .prepare_connect(&id("a"), json!({"blob": "x".repeat(2000)}))
+        .unwrap_err();
+    assert!(matches!(err, impush_core::Error::TooLarge { .. }), "{err}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let server = start(|c| c.limits.max_frame_bytes = 1024).await;
+    let h = server.helper();
+    let mut c = Client::connect(&h, "alice", 1).await;
+    c.send_text(&format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(512)))
+        .await;
+    assert_eq!(c.next_json().await, json!({"type": "pong"}));
+    c.send_text(&"x".repeat(4096)).await;
+    assert_eq!(c.close_code().await, 1009);
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap() }).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn silent_peer_is_dropped_and_live_peer_kept() {
+    let server = start(|c| {
+        c.limits.ping_interval = Duration::from_millis(100);
+        c.limits.pong_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let h = server.helper();
+    // The live client reads (tungstenite answers pings while reading).
+    let mut live = Client::connect(&h, "live", 1).await;
+    let reader = tokio::spawn(async move {
+        live.expect_silence(Duration::from_millis(1500)).await;
+        live
+    });
+    // The silent one never polls its socket, so it never answers a ping.
+    let _silent = Client::connect(&h, "silent", 1).await;
+    eventually(|| async { !h.is_online(&id("silent")).await.unwrap() }).await;
+    reader.await.unwrap();
+    assert!(h.is_online(&id("live")).await.unwrap());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_with_1001_and_publishes_offline_events() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let mut c = Client::connect(&h, "alice", 1).await;
+    let mut events = h.events().await.unwrap();
+    let closing = tokio::spawn(async move { c.close_code().await });
+    server.shutdown().await.unwrap();
+    assert_eq!(closing.await.unwrap(), 1001);
+    let ev = tokio::time::timeout(support::WAIT, events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ev, Event::Offline { last: true, .. }), "{ev:?}");
+}
+
+#[tokio::test]
+async fn health_endpoints_answer() {
+    let server = start(|_| {}).await;
+    let addr = server.local_addr();
+    for (path, want) in [("/healthz", "200"), ("/readyz", "200"), ("/nope", "404")] {
+        let status = http_status(addr, path).await;
+        assert_eq!(status, want, "{path}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    buf.split_whitespace().nth(1).unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn cluster_in_one_process_routes_across_nodes() {
+    let nodes = start_cluster(3, |_| {}).await;
+    let h = nodes[0].helper();
+    // Find clients owned by different nodes.
+    let mut names = Vec::new();
+    for want in ["n1", "n2", "n3"] {
+        let name = (0..)
+            .map(|i| format!("user{i}"))
+            .find(|n| h.cluster().owner(&id(n)).id.as_str() == want)
+            .unwrap();
+        names.push(name);
+    }
+    let mut clients = Vec::new();
+    for n in &names {
+        clients.push(Client::connect(&h, n, 1).await);
+    }
+    // Point-to-point with receipts from n1's client to the others.
+    let to: Vec<_> = names[1..].iter().map(|n| id(n)).collect();
+    let report = h
+        .send_message(&id(&names[0]), &to, &"x", true)
+        .await
+        .unwrap();
+    assert_eq!(report.nodes, 2);
+    for c in &mut clients[1..] {
+        let f = c.next_json().await;
+        assert_eq!(f["data"], "x");
+        c.send_json(json!({"type":"ack","id": report.id.as_str()}))
+            .await;
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = clients[0].next_json().await;
+        statuses.push(r["status"].as_str().unwrap().to_owned());
+    }
+    statuses.sort();
+    assert_eq!(statuses, ["acked", "acked", "delivered", "delivered"]);
+
+    // A channel with members on every node.
+    let room = ch("all-nodes");
+    let members: Vec<_> = names.iter().map(|n| id(n)).collect();
+    h.join_channel(&room, &members).await.unwrap();
+    h.send_channel_message(&id("sys"), &room, &"hello")
+        .await
+        .unwrap();
+    for c in &mut clients {
+        assert_eq!(c.next_json().await["data"], "hello");
+    }
+    // Kick across nodes: helper of n1 kicks n3's client.
+    assert_eq!(
+        nodes[2]
+            .helper()
+            .force_offline(&id(&names[2]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(clients[2].close_code().await, 4001);
+
+    // A token for n2's client is refused by n1.
+    let info = h.prepare_connect(&id(&names[1]), Value::Null).unwrap();
+    let wrong = info.url.replace(
+        &h.cluster().node(&"n2".parse().unwrap()).unwrap().url,
+        &h.cluster().node(&"n1".parse().unwrap()).unwrap().url,
+    );
+    let (status, body) = refused_status(&wrong).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_wrong_node"))
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn receipt_status_enum_round_trips() {
+    for s in [
+        ReceiptStatus::Delivered,
+        ReceiptStatus::Offline,
+        ReceiptStatus::Stored,
+        ReceiptStatus::Acked,
+    ] {
+        let v = serde_json::to_value(s).unwrap();
+        assert_eq!(v, s.as_str());
+    }
+}

@@ -1,0 +1,39 @@
+//! A client that never reads: the node closes it with 4008 and its memory stays bounded.
+//!
+//! Alone in its own test binary because it measures the process's resident memory, which
+//! parallel tests in the same process would disturb.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use support::{eventually, id, start, Client};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_4008_and_memory_stays_bounded() {
+    let server = start(|c| {
+        c.limits.outbound_queue = 64;
+        c.limits.outbound_queue_bytes = 1024 * 1024;
+    })
+    .await;
+    let h = server.helper();
+    let mut lazy = Client::connect(&h, "lazy", 1).await;
+    let payload = "x".repeat(64 * 1024);
+    let rss_before = support::rss_bytes();
+    // 1600 x 64 KiB = 100 MiB pushed at a socket nobody reads; the node must neither buffer
+    // it nor fall over.
+    for _ in 0..1600 {
+        h.send_message(&id("srv"), &[id("lazy")], &payload, false)
+            .await
+            .unwrap();
+        // Let the node's inbox task keep up, as it would with a real broker in between.
+        tokio::task::yield_now().await;
+    }
+    eventually(|| async { !h.is_online(&id("lazy")).await.unwrap() }).await;
+    assert_eq!(server.metrics().slow_consumer_closes(), 1);
+    let growth = support::rss_bytes().saturating_sub(rss_before);
+    assert!(growth < 48 * 1024 * 1024, "RSS grew by {growth} bytes");
+    // Once the client reads again it drains what the kernel buffered, then sees 4008.
+    assert_eq!(lazy.close_code().await, 4008);
+    server.shutdown().await.unwrap();
+}

@@ -1,0 +1,211 @@
+//! Test harness shared by the end-to-end tests: real nodes on loopback port 0 and real
+//! WebSocket clients.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use impush_core::{
+    config::Secret, Broker, ClientId, MemoryBroker, MemoryPresenceStore, NodeEntry, PresenceStore,
+};
+use impush_helper::ImHelper;
+use impush_server::{Config, ImServer};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    tungstenite::{protocol::frame::coding::CloseCode, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+pub const SECRET: &str = "test-secret";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A config for a test node: port 0, known secret, short shutdown grace.
+pub fn config() -> Config {
+    let mut c = Config::default();
+    c.node.listen = "127.0.0.1:0".parse().unwrap();
+    c.auth.secret = Some(Secret::new(SECRET));
+    c.auth.api_key = Some(Secret::new("test-api-key"));
+    c.limits.shutdown_grace = Duration::from_secs(3);
+    c
+}
+
+pub async fn start(f: impl FnOnce(&mut Config)) -> ImServer {
+    let mut c = config();
+    f(&mut c);
+    ImServer::start(c).await.expect("server starts")
+}
+
+/// Free loopback ports (bound then released) for multi-node configs that need URLs up front.
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let ls: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+/// Starts `n` nodes in this process sharing one memory broker and presence store: a cluster
+/// without any external broker.
+pub async fn start_cluster(n: usize, f: impl Fn(&mut Config)) -> Vec<ImServer> {
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
+    let presence: Arc<dyn PresenceStore> = Arc::new(MemoryPresenceStore::new());
+    let addrs = free_addrs(n);
+    let nodes: Vec<NodeEntry> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| NodeEntry {
+            id: format!("n{}", i + 1).parse().unwrap(),
+            url: format!("ws://{a}"),
+        })
+        .collect();
+    let mut servers = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let mut c = config();
+        c.node.id = nodes[i].id.clone();
+        c.node.listen = *a;
+        c.cluster.nodes = nodes.clone();
+        f(&mut c);
+        servers.push(
+            ImServer::start_with(c, broker.clone(), presence.clone())
+                .await
+                .expect("node starts"),
+        );
+    }
+    servers
+}
+
+pub fn id(s: &str) -> ClientId {
+    ClientId::new(s).unwrap()
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client of the test.
+pub struct Client {
+    pub ws: Ws,
+}
+
+impl Client {
+    /// Connects `client` through `helper.prepare_connect` and waits until the node has
+    /// registered the connection (presence shows `expected_connections`).
+    pub async fn connect(helper: &ImHelper, client: &str, expected_connections: usize) -> Client {
+        let c = Self::connect_with(helper, client, Value::Null).await;
+        let cid = id(client);
+        eventually(|| async { helper.connections(&cid).await.unwrap() >= expected_connections })
+            .await;
+        c
+    }
+
+    pub async fn connect_with(helper: &ImHelper, client: &str, metadata: Value) -> Client {
+        let info = helper.prepare_connect(&id(client), metadata).unwrap();
+        let (ws, _) = tokio_tungstenite::connect_async(info.url.as_str())
+            .await
+            .expect("websocket connects");
+        Client { ws }
+    }
+
+    /// The next JSON frame (skipping WebSocket control frames).
+    pub async fn next_json(&mut self) -> Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("a frame within the timeout")
+    }
+
+    /// Asserts that no text frame arrives within `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        let got = tokio::time::timeout(d, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await;
+        if let Ok(frame) = got {
+            panic!("expected silence, got {frame:?}");
+        }
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.ws
+            .send(Message::Text(s.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    /// Reads until the server's close frame and returns its code (skipping data frames).
+    pub async fn close_code(&mut self) -> u16 {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                    Some(Ok(Message::Close(None))) => return u16::from(CloseCode::Status),
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("a close frame within the timeout")
+    }
+}
+
+/// Polls `cond` until it holds, failing after [`WAIT`].
+pub async fn eventually<F, Fut>(mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Tries to connect with a raw URL and returns the HTTP status of a refusal.
+pub async fn refused_status(url: &str) -> (u16, Value) {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => panic!("connection to {url} was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null);
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+/// Resident set size of this process, in bytes.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
