@@ -32,7 +32,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    metrics::{InKind, Metrics, OutKind},
+    metrics::{Metrics, OutKind},
     registry::Registry,
     session::{self, Outgoing, SessionHandle},
 };
@@ -380,142 +380,117 @@ impl Node {
         }
     }
 
-    /// Subscribes to this node's inbox.
-    pub(crate) async fn subscribe_inbox(&self) -> impush_core::Result<Subscription> {
-        let mode = SubscribeMode::Queue {
-            group: self.id.to_string(),
-        };
-        self.broker
-            .subscribe(&self.topics.inbox(&self.id), mode)
-            .await
-    }
-
-    /// Subscribes to the cluster-wide command topic.
-    pub(crate) async fn subscribe_all(&self) -> impush_core::Result<Subscription> {
-        self.broker
-            .subscribe(self.topics.all(), SubscribeMode::Fanout)
-            .await
-    }
-
-    /// Consumes the inbox until `cancel`, resubscribing when the stream ends.
-    pub(crate) async fn run_inbox(self: Arc<Self>, first: Subscription, cancel: CancellationToken) {
-        let node = self.clone();
-        consume(
-            first,
-            cancel,
-            "inbox",
-            &self.metrics,
-            move || {
-                let node = node.clone();
-                async move { node.subscribe_inbox().await }
-            },
-            |bytes| {
-                let node = self.clone();
-                async move {
-                    match envelope::decode::<NodeCommand>("node command", &bytes) {
-                        Ok(cmd) => node.on_node_command(cmd).await,
-                        Err(e) => node.undecodable(&e),
-                    }
-                }
-            },
-        )
-        .await;
-    }
-
-    /// Consumes `{prefix}.all` until `cancel`, resubscribing when the stream ends.
-    pub(crate) async fn run_all(self: Arc<Self>, first: Subscription, cancel: CancellationToken) {
-        let node = self.clone();
-        consume(
-            first,
-            cancel,
-            "all",
-            &self.metrics,
-            move || {
-                let node = node.clone();
-                async move { node.subscribe_all().await }
-            },
-            |bytes| {
-                let node = self.clone();
-                async move {
-                    match envelope::decode::<ClusterCommand>("cluster command", &bytes) {
-                        Ok(cmd) => node.on_cluster_command(cmd),
-                        Err(e) => node.undecodable(&e),
-                    }
-                }
-            },
-        )
-        .await;
-    }
-
-    fn undecodable(&self, e: &Error) {
-        Metrics::bump(&self.metrics.undecodable);
-        self.metrics.inbound(InKind::Ignored);
-        tracing::warn!(
-            error = e as &dyn std::error::Error,
-            "dropping undecodable broker message"
-        );
-    }
-}
-
-/// The shared subscription loop: handle items in order, report lag, resubscribe with backoff
-/// when the stream ends or errors persistently, stop on `cancel`.
-async fn consume<S, SF, H, HF>(
-    first: Subscription,
-    cancel: CancellationToken,
-    name: &'static str,
-    metrics: &Metrics,
-    mut subscribe: S,
-    mut handle: H,
-) where
-    S: FnMut() -> SF,
-    SF: std::future::Future<Output = impush_core::Result<Subscription>>,
-    H: FnMut(bytes::Bytes) -> HF,
-    HF: std::future::Future<Output = ()>,
-{
-    let mut sub = Some(first);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if let Some(mut stream) = sub.take() {
-            backoff = Duration::from_millis(100);
-            loop {
-                let item = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    item = stream.next() => item,
+    /// Subscribes to one of the node's two feeds.
+    pub(crate) async fn subscribe(&self, feed: Feed) -> impush_core::Result<Subscription> {
+        match feed {
+            Feed::Inbox => {
+                let mode = SubscribeMode::Queue {
+                    group: self.id.to_string(),
                 };
-                match item {
-                    Some(Ok(bytes)) => handle(bytes).await,
-                    Some(Err(Error::Lagged { dropped })) => {
-                        metrics.broker_lagged.fetch_add(dropped, Ordering::Relaxed);
-                        tracing::warn!(subscription = name, dropped, "subscription lagged");
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(
-                            subscription = name,
-                            error = &e as &dyn std::error::Error,
-                            "subscription error"
-                        );
-                    }
-                    None => {
-                        tracing::warn!(subscription = name, "subscription ended; resubscribing");
-                        break;
-                    }
-                }
+                self.broker
+                    .subscribe(&self.topics.inbox(&self.id), mode)
+                    .await
+            }
+            Feed::All => {
+                self.broker
+                    .subscribe(self.topics.all(), SubscribeMode::Fanout)
+                    .await
             }
         }
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        match subscribe().await {
-            Ok(s) => sub = Some(s),
+    }
+
+    async fn dispatch(&self, feed: Feed, bytes: &[u8]) {
+        let decoded = match feed {
+            Feed::Inbox => {
+                envelope::decode::<NodeCommand>("node command", bytes).map(Command::Node)
+            }
+            Feed::All => {
+                envelope::decode::<ClusterCommand>("cluster command", bytes).map(Command::Cluster)
+            }
+        };
+        match decoded {
+            Ok(Command::Node(cmd)) => self.on_node_command(cmd).await,
+            Ok(Command::Cluster(cmd)) => self.on_cluster_command(cmd),
             Err(e) => {
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                Metrics::bump(&self.metrics.undecodable);
                 tracing::warn!(
-                    subscription = name,
                     error = &e as &dyn std::error::Error,
-                    "resubscribe failed"
+                    "dropping undecodable broker message"
                 );
             }
         }
     }
+
+    /// Consumes `feed` until `cancel`: items in order, lag reported, and a resubscribe with
+    /// backoff whenever the stream ends (the broker restarted or dropped us).
+    pub(crate) async fn run_feed(
+        self: Arc<Self>,
+        feed: Feed,
+        first: Subscription,
+        cancel: CancellationToken,
+    ) {
+        let mut sub = Some(first);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if let Some(mut stream) = sub.take() {
+                backoff = Duration::from_millis(100);
+                loop {
+                    let item = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        item = stream.next() => item,
+                    };
+                    match item {
+                        Some(Ok(bytes)) => self.dispatch(feed, &bytes).await,
+                        Some(Err(Error::Lagged { dropped })) => {
+                            self.metrics
+                                .broker_lagged
+                                .fetch_add(dropped, Ordering::Relaxed);
+                            tracing::warn!(?feed, dropped, "subscription lagged");
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(
+                                ?feed,
+                                error = &e as &dyn std::error::Error,
+                                "subscription error"
+                            );
+                        }
+                        None => {
+                            tracing::warn!(?feed, "subscription ended; resubscribing");
+                            break;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            match self.subscribe(feed).await {
+                Ok(s) => sub = Some(s),
+                Err(e) => {
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tracing::warn!(
+                        ?feed,
+                        error = &e as &dyn std::error::Error,
+                        "resubscribe failed"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The node's two broker feeds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Feed {
+    /// `{prefix}.inbox.{node}`, read as `Queue{group = node id}`.
+    Inbox,
+    /// `{prefix}.all`, read `Fanout`.
+    All,
+}
+
+/// A decoded broker message of either feed.
+enum Command {
+    Node(NodeCommand),
+    Cluster(ClusterCommand),
 }

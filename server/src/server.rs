@@ -14,7 +14,7 @@ use crate::{
     config::Config,
     http::{self, App},
     metrics::Metrics,
-    node::{Node, NodeParts},
+    node::{Feed, Node, NodeParts},
     Error, Result,
 };
 
@@ -134,13 +134,13 @@ impl ImServer {
             metrics: Arc::new(Metrics::default()),
         }));
         // Subscribe before accepting anything, so nothing published after `start` returns is missed.
-        let inbox = node.subscribe_inbox().await?;
-        let all = node.subscribe_all().await?;
+        let inbox = node.subscribe(Feed::Inbox).await?;
+        let all = node.subscribe(Feed::All).await?;
 
         let shutdown = CancellationToken::new();
         let loops = TaskTracker::new();
-        loops.spawn(node.clone().run_inbox(inbox, shutdown.clone()));
-        loops.spawn(node.clone().run_all(all, shutdown.clone()));
+        loops.spawn(node.clone().run_feed(Feed::Inbox, inbox, shutdown.clone()));
+        loops.spawn(node.clone().run_feed(Feed::All, all, shutdown.clone()));
 
         let helper = ImHelper::new(HelperParts {
             cluster,
