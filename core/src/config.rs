@@ -144,6 +144,9 @@ pub struct LimitsConfig {
     /// How long shutdown waits for connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Interval of keep-alive comments on the Server-Sent Events stream.
+    #[serde(with = "humantime_serde")]
+    pub sse_keep_alive: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -160,6 +163,7 @@ impl Default for LimitsConfig {
             max_connections_per_client: 0,
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            sse_keep_alive: Duration::from_secs(15),
         }
     }
 }

@@ -1,7 +1,7 @@
-//! The node's HTTP surface: `/ws` (token check, then upgrade), `/healthz`, `/readyz`, and JSON
-//! errors for everything else.
+//! The node's HTTP surface: `/ws` (token check, then upgrade), the HTTP API under `/api/v1`,
+//! `/healthz`, `/readyz`, `/metrics`, and JSON errors for everything else.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::{
@@ -9,7 +9,7 @@ use axum::{
         ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade},
         Query, State,
     },
-    http::StatusCode,
+    http::{header::CONTENT_TYPE, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -22,7 +22,9 @@ use impush_core::{
 use serde::Deserialize;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{metrics::Metrics, node::Node, session};
+use impush_helper::ImHelper;
+
+use crate::{api, metrics::Metrics, node::Node, session};
 
 /// What request handlers share.
 #[derive(Debug)]
@@ -32,14 +34,21 @@ pub(crate) struct App {
     pub(crate) nonces: NonceCache,
     pub(crate) shutdown: CancellationToken,
     pub(crate) sessions: TaskTracker,
+    pub(crate) helper: ImHelper,
+    pub(crate) api_key: String,
+    pub(crate) sse_keep_alive: Duration,
 }
 
 pub(crate) fn router(app: Arc<App>) -> Router {
+    let max_body = app.node.limits.max_body_bytes;
     Router::new()
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api::router(app.clone(), max_body))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
 }
 
@@ -51,6 +60,23 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) 
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = app.node.metrics.render(&app.node.id);
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,8 +10,10 @@
 //! - `node`: the node's shared state and the broker dispatch;
 //! - `session`: one connection (bounded outbound queue, pings, close codes);
 //! - `registry`: the in-memory index of local connections and channel members;
-//! - `http`: `/ws` (token check before the upgrade), `/healthz`, `/readyz`.
+//! - `http`: `/ws` (token check before the upgrade), `/healthz`, `/readyz`, `/metrics`;
+//! - `api`: the HTTP API (`/api/v1/...`, Server-Sent Events, the OpenAPI document).
 
+mod api;
 mod config;
 mod error;
 mod http;
@@ -21,6 +23,7 @@ mod registry;
 mod server;
 mod session;
 
+pub use api::api_routes;
 pub use config::{Config, OfflineConfig};
 pub use error::{Error, Result};
 pub use metrics::Metrics;

@@ -1,9 +1,12 @@
 //! Node counters. Plain atomics bumped on the hot path; rendered in Prometheus text format by
 //! the `/metrics` endpoint.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::{
+    fmt::Write,
+    sync::atomic::{AtomicI64, AtomicU64, Ordering},
+};
 
-use impush_core::ReceiptStatus;
+use impush_core::{NodeId, ReceiptStatus};
 
 /// Kinds of frames a node writes to clients.
 #[derive(Debug, Clone, Copy)]
@@ -94,5 +97,107 @@ impl Metrics {
     /// Client frames that were neither `ping` nor a valid `ack`.
     pub fn ignored_frames(&self) -> u64 {
         self.inbound[InKind::Ignored as usize].load(Ordering::Relaxed)
+    }
+}
+
+const OUT_LABELS: [&str; 5] = ["message", "channel", "broadcast", "receipt", "pong"];
+const IN_LABELS: [&str; 3] = ["ping", "ack", "ignored"];
+const RECEIPT_LABELS: [&str; 4] = ["delivered", "offline", "stored", "acked"];
+const CLOSE_LABELS: [&str; 5] = ["slow", "too_large", "dead_peer", "kicked", "replaced"];
+
+impl Metrics {
+    /// The counters in Prometheus text exposition format, labelled with `node`.
+    pub fn render(&self, node: &NodeId) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut family =
+            |name: &str, kind: &str, help: &str, samples: &[(Option<(&str, &str)>, String)]| {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                for (label, value) in samples {
+                    match label {
+                        Some((k, v)) => {
+                            let _ = writeln!(out, "{name}{{node=\"{node}\",{k}=\"{v}\"}} {value}");
+                        }
+                        None => {
+                            let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
+                        }
+                    }
+                }
+            };
+        let labelled = |key: &'static str, labels: &[&'static str], counters: &[AtomicU64]| {
+            labels
+                .iter()
+                .zip(counters)
+                .map(|(l, c)| (Some((key, *l)), load(c).to_string()))
+                .collect::<Vec<_>>()
+        };
+        family(
+            "impush_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            &[(None, self.connections.load(Ordering::Relaxed).to_string())],
+        );
+        family(
+            "impush_connections_opened_total",
+            "counter",
+            "WebSocket connections accepted.",
+            &[(None, load(&self.connections_total).to_string())],
+        );
+        family(
+            "impush_frames_out_total",
+            "counter",
+            "Frames queued to clients, by type.",
+            &labelled("type", &OUT_LABELS, &self.out),
+        );
+        family(
+            "impush_frames_in_total",
+            "counter",
+            "Frames received from clients, by type (ignored = neither ping nor a valid ack).",
+            &labelled("type", &IN_LABELS, &self.inbound),
+        );
+        family(
+            "impush_receipts_total",
+            "counter",
+            "Receipts produced, by status.",
+            &labelled("status", &RECEIPT_LABELS, &self.receipts),
+        );
+        family(
+            "impush_closes_total",
+            "counter",
+            "Connections closed by the server, by reason (slow = outbound queue full, 4008).",
+            &labelled("reason", &CLOSE_LABELS, &self.closes),
+        );
+        family(
+            "impush_token_rejections_total",
+            "counter",
+            "Connect attempts refused for a missing, forged, expired, reused or wrong-node token.",
+            &[(None, load(&self.token_rejections).to_string())],
+        );
+        family(
+            "impush_broker_publish_errors_total",
+            "counter",
+            "Broker publishes that failed.",
+            &[(None, load(&self.broker_publish_errors).to_string())],
+        );
+        family(
+            "impush_broker_lagged_total",
+            "counter",
+            "Broker messages lost because this node read too slowly.",
+            &[(None, load(&self.broker_lagged).to_string())],
+        );
+        family(
+            "impush_presence_errors_total",
+            "counter",
+            "Presence store calls that failed.",
+            &[(None, load(&self.presence_errors).to_string())],
+        );
+        family(
+            "impush_undecodable_total",
+            "counter",
+            "Broker messages dropped because they could not be decoded.",
+            &[(None, load(&self.undecodable).to_string())],
+        );
+        out
     }
 }

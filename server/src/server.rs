@@ -45,7 +45,6 @@ pub struct ImServer {
     helper: ImHelper,
     local_addr: SocketAddr,
     generated: Generated,
-    api_key: String,
     serve: JoinHandle<std::io::Result<()>>,
     loops: TaskTracker,
 }
@@ -155,6 +154,9 @@ impl ImServer {
             signer,
             shutdown: shutdown.clone(),
             sessions: TaskTracker::new(),
+            helper: helper.clone(),
+            api_key: api_key.clone(),
+            sse_keep_alive: config.limits.sse_keep_alive,
         });
         let router = http::router(app.clone());
         let serve = tokio::spawn(async move {
@@ -168,7 +170,6 @@ impl ImServer {
             helper,
             local_addr,
             generated,
-            api_key,
             serve,
             loops,
         })
@@ -191,7 +192,7 @@ impl ImServer {
 
     /// The HTTP API key in force (configured or generated).
     pub fn api_key(&self) -> &str {
-        &self.api_key
+        &self.app.api_key
     }
 
     /// This node's counters.

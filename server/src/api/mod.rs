@@ -1,0 +1,274 @@
+//! The HTTP API (DESIGN.md section 7): the whole ImHelper over JSON, so business backends in any
+//! language can push through impush.
+//!
+//! Every route lives in one table ([`table`]): the router is built from it and
+//! [`api_routes`] lists it, which is how a test keeps the OpenAPI document
+//! (`/api/v1/openapi.json`) and the served routes telling the same story.
+
+mod error;
+mod extract;
+mod sse;
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{DefaultBodyLimit, State},
+    http::{header::CONTENT_TYPE, Method},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::{get, on, MethodFilter, MethodRouter},
+    Json, Router,
+};
+use impush_core::{ChannelName, ClientId, Error};
+use serde::Deserialize;
+use serde_json::{json, value::RawValue, Value};
+
+pub(crate) use error::ApiError;
+use extract::{require_api_key, ApiJson, ChannelMemberPath, IdPath};
+
+use crate::{http::App, metrics::Metrics};
+
+/// The OpenAPI 3 description of this API.
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+type Handler = MethodRouter<Arc<App>>;
+
+fn route<H, T>(
+    method: &'static str,
+    path: &'static str,
+    h: H,
+) -> (&'static str, &'static str, Handler)
+where
+    H: axum::handler::Handler<T, Arc<App>>,
+    T: 'static,
+{
+    let filter = Method::from_bytes(method.as_bytes())
+        .ok()
+        .and_then(|m| MethodFilter::try_from(m).ok())
+        .unwrap_or(MethodFilter::GET);
+    (method, path, on(filter, h))
+}
+
+/// Every authenticated API route: method, path, handler.
+fn table() -> Vec<(&'static str, &'static str, Handler)> {
+    vec![
+        route("POST", "/api/v1/connect", connect),
+        route("POST", "/api/v1/messages", send_message),
+        route("GET", "/api/v1/clients/online", online_clients),
+        route("GET", "/api/v1/clients/{id}", client_info),
+        route("POST", "/api/v1/clients/{id}/kick", kick),
+        route("GET", "/api/v1/channels", channels),
+        route("GET", "/api/v1/channels/{name}", channel_info),
+        route("POST", "/api/v1/channels/{name}/members", join_channel),
+        route(
+            "DELETE",
+            "/api/v1/channels/{name}/members/{id}",
+            leave_channel,
+        ),
+        route(
+            "POST",
+            "/api/v1/channels/{name}/messages",
+            send_channel_message,
+        ),
+        route("POST", "/api/v1/broadcast", broadcast),
+        route("GET", "/api/v1/events", sse::events),
+    ]
+}
+
+/// Routes served without the API key.
+const PUBLIC: &[(&str, &str)] = &[
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+];
+
+/// The routes the HTTP API serves, as `(method, path)` with `{param}` placeholders: the
+/// authenticated ones first, then the public ones (`openapi.json`, health, readiness, metrics).
+pub fn api_routes() -> Vec<(&'static str, &'static str)> {
+    table()
+        .into_iter()
+        .map(|(m, p, _)| (m, p))
+        .chain(PUBLIC.iter().copied())
+        .collect()
+}
+
+/// The API router: authenticated routes from [`table`], plus `openapi.json`.
+pub(crate) fn router(app: Arc<App>, max_body: usize) -> Router<Arc<App>> {
+    let mut authed = Router::new();
+    for (_, path, handler) in table() {
+        authed = authed.route(path, handler);
+    }
+    authed
+        .route_layer(middleware::from_fn_with_state(app, require_api_key))
+        .route("/api/v1/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(max_body))
+}
+
+async fn openapi() -> Response {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// Counts failures of calls that publish to the broker (input errors are the caller's, not the
+/// broker's).
+fn publishing<T>(app: &App, r: Result<T, Error>) -> Result<T, ApiError> {
+    if let Err(e) = &r {
+        if !matches!(
+            e,
+            Error::InvalidId { .. } | Error::InvalidArgument(_) | Error::TooLarge { .. }
+        ) {
+            Metrics::bump(&app.node.metrics.broker_publish_errors);
+        }
+    }
+    r.map_err(ApiError::from)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectBody {
+    client_id: ClientId,
+    #[serde(default)]
+    metadata: Value,
+}
+
+async fn connect(
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<ConnectBody>,
+) -> Result<Json<Value>, ApiError> {
+    let info = app.helper.prepare_connect(&body.client_id, body.metadata)?;
+    Ok(Json(json!({ "url": info.url, "node": info.node })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody {
+    from: ClientId,
+    to: Vec<ClientId>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    receipt: bool,
+}
+
+async fn send_message(
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<MessageBody>,
+) -> Result<Json<Value>, ApiError> {
+    let r = app
+        .helper
+        .send_message_raw(&body.from, &body.to, body.data, body.receipt)
+        .await;
+    let report = publishing(&app, r)?;
+    Ok(Json(json!({ "id": report.id, "nodes": report.nodes })))
+}
+
+async fn online_clients(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let clients = app.helper.online_clients().await?;
+    Ok(Json(json!({ "clients": clients })))
+}
+
+async fn client_info(
+    State(app): State<Arc<App>>,
+    IdPath(client): IdPath<ClientId>,
+) -> Result<Json<Value>, ApiError> {
+    let connections = app.helper.connections(&client).await?;
+    let channels = app.helper.client_channels(&client).await?;
+    Ok(Json(json!({
+        "client_id": client,
+        "online": connections > 0,
+        "connections": connections,
+        "channels": channels,
+    })))
+}
+
+async fn kick(
+    State(app): State<Arc<App>>,
+    IdPath(client): IdPath<ClientId>,
+) -> Result<Json<Value>, ApiError> {
+    let r = app.helper.force_offline(&client).await;
+    let kicked = publishing(&app, r)?;
+    Ok(Json(json!({ "kicked": kicked })))
+}
+
+async fn channels(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let channels = app.helper.channels().await?;
+    Ok(Json(json!({ "channels": channels })))
+}
+
+async fn channel_info(
+    State(app): State<Arc<App>>,
+    IdPath(channel): IdPath<ChannelName>,
+) -> Result<Json<Value>, ApiError> {
+    let members = app.helper.channel_members(&channel).await?;
+    let online = app.helper.channel_online(&channel).await?;
+    Ok(Json(
+        json!({ "name": channel, "members": members, "online": online }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    client_ids: Vec<ClientId>,
+}
+
+async fn join_channel(
+    State(app): State<Arc<App>>,
+    IdPath(channel): IdPath<ChannelName>,
+    ApiJson(body): ApiJson<JoinBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.client_ids.is_empty() {
+        return Err(ApiError::unprocessable("client_ids must not be empty"));
+    }
+    let r = app.helper.join_channel(&channel, &body.client_ids).await;
+    publishing(&app, r)?;
+    Ok(Json(
+        json!({ "channel": channel, "joined": body.client_ids }),
+    ))
+}
+
+async fn leave_channel(
+    State(app): State<Arc<App>>,
+    ChannelMemberPath(channel, client): ChannelMemberPath,
+) -> Result<Json<Value>, ApiError> {
+    let r = app
+        .helper
+        .leave_channel(&channel, std::slice::from_ref(&client))
+        .await;
+    publishing(&app, r)?;
+    Ok(Json(json!({ "channel": channel, "left": client })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelMessageBody {
+    from: ClientId,
+    data: Box<RawValue>,
+}
+
+async fn send_channel_message(
+    State(app): State<Arc<App>>,
+    IdPath(channel): IdPath<ChannelName>,
+    ApiJson(body): ApiJson<ChannelMessageBody>,
+) -> Result<Json<Value>, ApiError> {
+    let r = app
+        .helper
+        .send_channel_message_raw(&body.from, &channel, body.data)
+        .await;
+    let id = publishing(&app, r)?;
+    Ok(Json(json!({ "id": id })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody {
+    data: Box<RawValue>,
+}
+
+async fn broadcast(
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<BroadcastBody>,
+) -> Result<Json<Value>, ApiError> {
+    let r = app.helper.broadcast_raw(body.data).await;
+    let id = publishing(&app, r)?;
+    Ok(Json(json!({ "id": id })))
+}
