@@ -155,7 +155,7 @@ async fn connect_then_websocket_then_messages_with_receipts() {
     };
     assert_eq!(frame["data"], json!({"text": "hi"}));
     assert_eq!(frame["id"], mid.as_str());
-    let mut statuses = vec![bob.next_json().await, bob.next_json().await];
+    let mut statuses = [bob.next_json().await, bob.next_json().await];
     statuses.sort_by_key(|r| r["to"].as_str().unwrap().to_owned());
     assert_eq!(statuses[0]["status"], "delivered");
     assert_eq!(statuses[1]["status"], "offline");
