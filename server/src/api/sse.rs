@@ -9,7 +9,7 @@
 use std::{convert::Infallible, sync::Arc};
 
 use axum::{
-    extract::{Query, State},
+    extract::{rejection::QueryRejection, Query, State},
     response::sse::{Event as SseEvent, KeepAlive, Sse},
 };
 use futures_util::{Stream, StreamExt};
@@ -27,8 +27,9 @@ pub(crate) struct EventsQuery {
 
 pub(crate) async fn events(
     State(app): State<Arc<App>>,
-    Query(q): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(q) = query.map_err(|rej| ApiError::bad_request("invalid_query", rej.body_text()))?;
     let stream = match q.group.as_deref() {
         Some("") => return Err(ApiError::unprocessable("group must not be empty")),
         Some(group) => app.helper.events_in_group(group).await?,
@@ -49,6 +50,6 @@ pub(crate) async fn events(
                     .data(serde_json::json!({ "message": e.to_string() }).to_string()),
             })
         })
-        .take_until(app.shutdown.clone().cancelled_owned());
+        .take_until(app.streams.clone().cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(app.sse_keep_alive)))
 }
