@@ -32,7 +32,11 @@ pub(crate) struct App {
     pub(crate) node: Arc<Node>,
     pub(crate) signer: TokenSigner,
     pub(crate) nonces: NonceCache,
+    /// Cancelled first at shutdown: no new connections, sessions close with 1001.
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled once sessions are gone: ends long-lived HTTP responses (SSE), so their
+    /// readers still see the offline events of this node's own connections.
+    pub(crate) streams: CancellationToken,
     pub(crate) sessions: TaskTracker,
     pub(crate) helper: ImHelper,
     pub(crate) api_key: String,

@@ -49,6 +49,9 @@ pub struct ImServer {
     loops: TaskTracker,
 }
 
+/// How long SSE streams keep forwarding after the last connection closed at shutdown.
+const STREAM_DRAIN: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn random_key() -> String {
     let bytes: [u8; 24] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -140,6 +143,10 @@ impl ImServer {
         let loops = TaskTracker::new();
         loops.spawn(node.clone().run_feed(Feed::Inbox, inbox, shutdown.clone()));
         loops.spawn(node.clone().run_feed(Feed::All, all, shutdown.clone()));
+        loops.spawn(
+            node.clone()
+                .run_presence_lease(config.cluster.node_lease, shutdown.clone()),
+        );
 
         let helper = ImHelper::new(HelperParts {
             cluster,
@@ -153,15 +160,17 @@ impl ImServer {
             node,
             signer,
             shutdown: shutdown.clone(),
+            streams: CancellationToken::new(),
             sessions: TaskTracker::new(),
             helper: helper.clone(),
             api_key: api_key.clone(),
             sse_keep_alive: config.limits.sse_keep_alive,
         });
         let router = http::router(app.clone());
+        let streams_done = app.streams.clone();
         let serve = tokio::spawn(async move {
             axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .with_graceful_shutdown(streams_done.cancelled_owned())
                 .await
         });
         tracing::info!(node = %config.node.id, %local_addr, broker = config.broker.kind(), "impush node started");
@@ -220,6 +229,9 @@ impl ImServer {
         {
             tracing::warn!(?grace, "connections still open after the grace period");
         }
+        // Let SSE readers forward the offline events just published before their streams end.
+        tokio::time::sleep(STREAM_DRAIN).await;
+        self.app.streams.cancel();
         self.loops.close();
         let _ = tokio::time::timeout(grace, self.loops.wait()).await;
         self.serve.abort();

@@ -233,7 +233,13 @@ async fn drive(
             msg = socket.next() => {
                 last_seen = Instant::now();
                 match msg {
-                    None | Some(Ok(Message::Close(_))) => break End::Gone,
+                    None => break End::Gone,
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the close reply; send it so the client sees a
+                        // clean close instead of 1006.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
+                        break End::Gone;
+                    }
                     Some(Err(err)) => {
                         if is_too_large(err) {
                             node.metrics.close(CloseKind::TooLarge);

@@ -241,6 +241,23 @@ async fn membership_loaded_when_client_connects_later() {
 }
 
 #[tokio::test]
+async fn a_client_close_gets_a_clean_close_reply() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let mut c = Client::connect(&h, "alice", 1).await;
+    c.ws.close(None).await.unwrap();
+    let reply = tokio::time::timeout(support::WAIT, c.ws.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, Some(Ok(Message::Close(_))) | None),
+        "expected the server's close reply, got {reply:?}"
+    );
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap() }).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn broadcast_reaches_everyone() {
     let server = start(|_| {}).await;
     let h = server.helper();
