@@ -40,13 +40,28 @@ impl Default for NodeConfig {
 }
 
 /// `[cluster]`: the static node list and the partitioner.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// `rendezvous` (default) or `modulo`.
     pub partitioner: PartitionerKind,
     /// All nodes. Empty means "this node alone, advertised as `ws://<listen address>`".
     pub nodes: Vec<NodeEntry>,
+    /// How long a node's presence entries outlive its last heartbeat. A node that dies without
+    /// a goodbye has its clients dropped (and offline events published) within this time.
+    /// Nodes heartbeat every third of it.
+    #[serde(with = "humantime_serde")]
+    pub node_lease: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            partitioner: PartitionerKind::default(),
+            nodes: Vec::new(),
+            node_lease: Duration::from_secs(10),
+        }
+    }
 }
 
 /// A secret string whose `Debug` never shows it.

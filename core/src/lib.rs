@@ -40,4 +40,4 @@ pub use error::{BoxError, Error, Result, TokenError};
 pub use id::{parse_all, ChannelName, ClientId, ConnectionId, MessageId, NodeId, MAX_ID_BYTES};
 pub use memory::{MemoryBroker, MemoryPresenceStore};
 pub use partition::{ModuloPartitioner, Partitioner, PartitionerKind, RendezvousPartitioner};
-pub use presence::{ChannelInfo, PresenceStore};
+pub use presence::{ChannelInfo, DroppedConnection, PresenceStore};

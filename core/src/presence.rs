@@ -4,7 +4,7 @@
 //! to answer queries and write channel membership. Delivery never reads it: nodes keep their own
 //! in-memory index of local channel members.
 
-use std::{fmt::Debug, sync::Arc};
+use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,19 @@ pub struct ChannelInfo {
     pub online: usize,
 }
 
+/// A connection removed because its node's lease ran out (see [`PresenceStore::reap_expired`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedConnection {
+    /// The node that held it and stopped renewing its lease.
+    pub node: NodeId,
+    /// The client.
+    pub client: ClientId,
+    /// The connection.
+    pub connection: ConnectionId,
+    /// The client has no connection left.
+    pub last: bool,
+}
+
 /// Presence and channel membership for the whole cluster.
 ///
 /// # Contract
@@ -30,6 +43,10 @@ pub struct ChannelInfo {
 ///   step as removing the connection, so membership never outlives the last connection by a race.
 /// - Channel membership is per client id and may be recorded for offline clients.
 /// - Methods that return lists return them sorted, so callers and tests get stable output.
+/// - Nodes renew a lease with [`heartbeat`](PresenceStore::heartbeat); the connections of a node
+///   whose lease ran out are removed by the next [`reap_expired`](PresenceStore::reap_expired)
+///   (any node may call it; each dropped connection is returned to exactly one caller), so a
+///   crashed node's clients stop counting as online.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + Debug + 'static {
     /// Records a connection of `client` held by `node`; returns the client's connection count.
@@ -54,6 +71,17 @@ pub trait PresenceStore: Send + Sync + Debug + 'static {
     /// and returns the clients left with no connection, sorted. With `clear_channels` those
     /// clients leave their channels.
     async fn clear_node(&self, node: &NodeId, clear_channels: bool) -> Result<Vec<ClientId>>;
+
+    /// Marks `node` alive for `lease` from now. Returns whether the store already held a live
+    /// lease for it: `false` on a node's first heartbeat, and after the store lost its data or
+    /// reaped the node, which tells the node to register its connections again.
+    async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<bool>;
+
+    /// Removes every connection of every node whose lease has run out, and those nodes' leases,
+    /// returning the connections (sorted by node, client, connection) so the caller can publish
+    /// offline events. With `clear_channels`, clients left with no connection leave their
+    /// channels.
+    async fn reap_expired(&self, clear_channels: bool) -> Result<Vec<DroppedConnection>>;
 
     /// How many connections `client` has.
     async fn connections(&self, client: &ClientId) -> Result<usize>;
@@ -104,6 +132,12 @@ macro_rules! forward_presence {
             }
             async fn clear_node(&self, n: &NodeId, clear: bool) -> Result<Vec<ClientId>> {
                 (**self).clear_node(n, clear).await
+            }
+            async fn heartbeat(&self, n: &NodeId, lease: Duration) -> Result<bool> {
+                (**self).heartbeat(n, lease).await
+            }
+            async fn reap_expired(&self, clear: bool) -> Result<Vec<DroppedConnection>> {
+                (**self).reap_expired(clear).await
             }
             async fn connections(&self, c: &ClientId) -> Result<usize> {
                 (**self).connections(c).await

@@ -92,6 +92,9 @@ impl Config {
                 "required when cluster.nodes lists several nodes (they must share it)",
             );
         }
+        if self.cluster.node_lease < Duration::from_millis(300) {
+            return bad("cluster.node_lease", "must be at least 300ms");
+        }
         if self.auth.token_ttl.is_zero() {
             return bad("auth.token_ttl", "must be greater than zero");
         }

@@ -380,6 +380,74 @@ impl Node {
         }
     }
 
+    /// Keeps this node's presence lease alive, reaps nodes whose lease ran out (publishing their
+    /// clients' offline events), and registers local connections again when the store has
+    /// forgotten this node (it restarted, or reaped us after a long stall).
+    pub(crate) async fn run_presence_lease(
+        self: Arc<Self>,
+        lease: Duration,
+        cancel: CancellationToken,
+    ) {
+        let every = lease / 3;
+        let mut first = true;
+        loop {
+            match self.presence.heartbeat(&self.id, lease).await {
+                Ok(known) => {
+                    if !known && !first {
+                        tracing::warn!(
+                            "presence store lost this node's entries; registering them again"
+                        );
+                        self.resync_presence().await;
+                    }
+                    first = false;
+                }
+                Err(e) => self.presence_error("heartbeat", &e),
+            }
+            match self.presence.reap_expired(!self.persist_channels).await {
+                Ok(dropped) => {
+                    for d in dropped {
+                        tracing::warn!(node = %d.node, client = %d.client, "dropping connection of a node whose lease expired");
+                        self.publish_event(&Event::Offline {
+                            client: d.client,
+                            node: d.node,
+                            connection: d.connection,
+                            metadata: serde_json::Value::Null,
+                            last: d.last,
+                        })
+                        .await;
+                    }
+                }
+                Err(e) => self.presence_error("reap_expired", &e),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// Writes every local connection and local channel membership to the presence store again.
+    async fn resync_presence(&self) {
+        let (connections, memberships) = self.registry.snapshot();
+        for (client, connection) in &connections {
+            if let Err(e) = self.presence.connect(&self.id, client, connection).await {
+                self.presence_error("connect (resync)", &e);
+                return;
+            }
+        }
+        for (channel, members) in &memberships {
+            if let Err(e) = self.presence.join_channel(channel, members).await {
+                self.presence_error("join_channel (resync)", &e);
+                return;
+            }
+        }
+        tracing::info!(
+            connections = connections.len(),
+            channels = memberships.len(),
+            "presence registered again"
+        );
+    }
+
     /// Subscribes to one of the node's two feeds.
     pub(crate) async fn subscribe(&self, feed: Feed) -> impush_core::Result<Subscription> {
         match feed {

@@ -9,9 +9,15 @@ use std::{
     sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
 
-use impush_core::{ChannelName, ClientId};
+use impush_core::{ChannelName, ClientId, ConnectionId};
 
 use crate::session::SessionHandle;
+
+/// Local connections and local channel members, as returned by [`Registry::snapshot`].
+pub(crate) type Snapshot = (
+    Vec<(ClientId, ConnectionId)>,
+    Vec<(ChannelName, Vec<ClientId>)>,
+);
 
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
@@ -181,5 +187,22 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// Every local connection and every channel's local members, for re-registering them.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let index = read(&self.channels);
+        let clients = read(&self.clients);
+        let connections = clients
+            .values()
+            .flatten()
+            .map(|s| (s.client.clone(), s.connection.clone()))
+            .collect();
+        let memberships = index
+            .members
+            .iter()
+            .map(|(ch, m)| (ch.clone(), m.iter().cloned().collect()))
+            .collect();
+        (connections, memberships)
     }
 }

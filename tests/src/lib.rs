@@ -34,8 +34,8 @@ use std::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use impush_core::{
-    Broker, ChannelInfo, ChannelName, ClientId, ConnectionId, NodeId, PresenceStore, Result,
-    SubscribeMode, Subscription,
+    Broker, ChannelInfo, ChannelName, ClientId, ConnectionId, DroppedConnection, NodeId,
+    PresenceStore, Result, SubscribeMode, Subscription,
 };
 
 /// Re-exported so that the conformance macros work in crates that do not depend on tokio.
@@ -1047,6 +1047,71 @@ pub async fn presence_disconnect_unknown_is_harmless(p: &dyn PresenceStore, ns: 
     assert!(my_channels(p, ns).await.iter().all(|c| c.online == 0));
 }
 
+/// Leases: a node that stops heartbeating loses its connections to the next `reap_expired`,
+/// which returns each of them once; live nodes and their connections are untouched.
+pub async fn presence_leases_expire_and_reap_drops_connections(p: &dyn PresenceStore, ns: &str) {
+    use std::time::Duration;
+    let (n1, n2) = (node(ns, "n1"), node(ns, "n2"));
+    let (alice, bob) = (client(ns, "alice"), client(ns, "bob"));
+    let (k1, k2, k3) = (conn(ns, "k1"), conn(ns, "k2"), conn(ns, "k3"));
+    let room = channel(ns, "room");
+    let mine = |d: &Vec<DroppedConnection>| -> Vec<DroppedConnection> {
+        d.iter()
+            .filter(|x| x.node == n1 || x.node == n2)
+            .cloned()
+            .collect()
+    };
+
+    let short = Duration::from_millis(300);
+    assert!(!call("first heartbeat", p.heartbeat(&n1, short)).await);
+    assert!(call("renewed heartbeat", p.heartbeat(&n1, short)).await);
+    assert!(!call("heartbeat n2", p.heartbeat(&n2, Duration::from_secs(60))).await);
+    call("connect k1", p.connect(&n1, &alice, &k1)).await;
+    call("connect k2", p.connect(&n2, &alice, &k2)).await;
+    call("connect k3", p.connect(&n1, &bob, &k3)).await;
+    call("join", p.join_channel(&room, &[alice.clone(), bob.clone()])).await;
+
+    let early = call("reap before expiry", p.reap_expired(true)).await;
+    assert!(mine(&early).is_empty(), "reaped live node: {early:?}");
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let dropped = mine(&call("reap", p.reap_expired(true)).await);
+    assert_eq!(
+        dropped,
+        vec![
+            DroppedConnection {
+                node: n1.clone(),
+                client: alice.clone(),
+                connection: k1.clone(),
+                last: false
+            },
+            DroppedConnection {
+                node: n1.clone(),
+                client: bob.clone(),
+                connection: k3.clone(),
+                last: true
+            },
+        ]
+    );
+    assert_eq!(call("connections", p.connections(&alice)).await, 1);
+    assert_eq!(
+        call("online", p.online(&[alice.clone(), bob.clone()])).await,
+        vec![true, false]
+    );
+    assert_eq!(
+        call("members", p.channel_members(&room)).await,
+        vec![alice.clone()]
+    );
+
+    let again = call("second reap", p.reap_expired(true)).await;
+    assert!(mine(&again).is_empty(), "reaped twice: {again:?}");
+    // The reaped node learns from its next heartbeat that it must register again.
+    assert!(!call("heartbeat after reap", p.heartbeat(&n1, short)).await);
+    assert!(call("n2 still alive", p.heartbeat(&n2, Duration::from_secs(60))).await);
+    call("clear n2", p.clear_node(&n2, true)).await;
+    call("clear n1", p.clear_node(&n1, true)).await;
+}
+
 /// `ping` succeeds on a working store.
 pub async fn presence_ping_succeeds(p: &dyn PresenceStore, _ns: &str) {
     call("ping", p.ping()).await;
@@ -1127,6 +1192,7 @@ macro_rules! presence_conformance {
             presence_channel_online_counts_online_members,
             presence_disconnect_unknown_is_harmless,
             presence_ping_succeeds,
+            presence_leases_expire_and_reap_drops_connections,
         );
     };
 }

@@ -3,12 +3,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Mutex, MutexGuard},
+    time::Duration,
 };
 
 use async_trait::async_trait;
 
 use crate::{
-    ChannelInfo, ChannelName, ClientId, ConnectionId, Error, NodeId, PresenceStore, Result,
+    envelope::now_ms, ChannelInfo, ChannelName, ClientId, ConnectionId, DroppedConnection, Error,
+    NodeId, PresenceStore, Result,
 };
 
 /// Presence for one process (the embedded default). All methods are O(size of the answer), under
@@ -24,6 +26,8 @@ struct State {
     clients: HashMap<ClientId, ClientState>,
     /// Channel -> members. Ordered so listings come out sorted without a sort.
     channels: BTreeMap<ChannelName, BTreeSet<ClientId>>,
+    /// Node -> lease expiry (unix ms).
+    leases: HashMap<NodeId, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +37,47 @@ struct ClientState {
 }
 
 impl State {
+    /// Removes every connection held by `node`, sorted by client and connection.
+    fn drop_node(&mut self, node: &NodeId, clear_channels: bool) -> Vec<DroppedConnection> {
+        self.leases.remove(node);
+        let mut dropped = Vec::new();
+        for (client, state) in self.clients.iter_mut() {
+            let mut conns: Vec<ConnectionId> = state
+                .connections
+                .iter()
+                .filter(|(_, n)| *n == node)
+                .map(|(c, _)| c.clone())
+                .collect();
+            if conns.is_empty() {
+                continue;
+            }
+            conns.sort();
+            for c in &conns {
+                state.connections.remove(c);
+            }
+            let n = conns.len();
+            let offline = state.connections.is_empty();
+            for (i, connection) in conns.into_iter().enumerate() {
+                dropped.push(DroppedConnection {
+                    node: node.clone(),
+                    client: client.clone(),
+                    connection,
+                    last: offline && i + 1 == n,
+                });
+            }
+        }
+        dropped.sort_by(|a, b| (&a.client, &a.connection).cmp(&(&b.client, &b.connection)));
+        let gone: Vec<ClientId> = dropped
+            .iter()
+            .filter(|d| d.last)
+            .map(|d| d.client.clone())
+            .collect();
+        for c in &gone {
+            self.after_offline(c, clear_channels);
+        }
+        dropped
+    }
+
     fn is_online(&self, c: &ClientId) -> bool {
         self.clients
             .get(c)
@@ -118,20 +163,36 @@ impl PresenceStore for MemoryPresenceStore {
     }
 
     async fn clear_node(&self, node: &NodeId, clear_channels: bool) -> Result<Vec<ClientId>> {
+        let dropped = self.lock()?.drop_node(node, clear_channels);
+        Ok(dropped
+            .into_iter()
+            .filter(|d| d.last)
+            .map(|d| d.client)
+            .collect())
+    }
+
+    async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<bool> {
+        let now = now_ms();
+        let expiry = now.saturating_add(lease.as_millis() as u64);
+        let previous = self.lock()?.leases.insert(node.clone(), expiry);
+        Ok(previous.is_some_and(|e| e > now))
+    }
+
+    async fn reap_expired(&self, clear_channels: bool) -> Result<Vec<DroppedConnection>> {
+        let now = now_ms();
         let mut s = self.lock()?;
-        let mut gone = Vec::new();
-        for (client, state) in s.clients.iter_mut() {
-            let before = state.connections.len();
-            state.connections.retain(|_, n| n != node);
-            if before > 0 && state.connections.is_empty() {
-                gone.push(client.clone());
-            }
+        let mut expired: Vec<NodeId> = s
+            .leases
+            .iter()
+            .filter(|(_, e)| **e <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        expired.sort();
+        let mut dropped = Vec::new();
+        for node in expired {
+            dropped.extend(s.drop_node(&node, clear_channels));
         }
-        for c in &gone {
-            s.after_offline(c, clear_channels);
-        }
-        gone.sort();
-        Ok(gone)
+        Ok(dropped)
     }
 
     async fn connections(&self, client: &ClientId) -> Result<usize> {
