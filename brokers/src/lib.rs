@@ -6,11 +6,14 @@
 //! its own crate (`brokers/redis`, `brokers/rabbitmq`, `brokers/kafka`) behind a Cargo feature of
 //! this crate of the same name, so that building with memory only never compiles a broker client.
 //!
-//! Backends in this build:
+//! Backends:
 //! - `memory` (always): [`MemoryBroker`](impush_core::MemoryBroker) and
 //!   [`MemoryPresenceStore`](impush_core::MemoryPresenceStore), one process only.
-//! - `redis`, `rabbitmq`, `kafka`: recognised in config; without their feature, connecting
-//!   fails with "backend `redis` is not compiled in; rebuild with `--features redis`".
+//! - `redis` (feature `redis`): `impush_broker_redis::RedisBroker` and `RedisPresenceStore`.
+//! - `rabbitmq`, `kafka`: recognised in config; connecting fails with "backend `kafka` is not
+//!   compiled in; rebuild with `--features kafka`" until their crates land.
+//!
+//! A backend recognised in config but compiled out fails the same way.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> impush_core::Result<()> {
@@ -70,7 +73,11 @@ impl Default for MemoryBrokerConfig {
 pub enum BrokerConfig {
     /// In-process (single node, the embedded default).
     Memory(MemoryBrokerConfig),
+    /// Redis streams.
+    #[cfg(feature = "redis")]
+    Redis(impush_broker_redis::RedisConfig),
     /// Redis (not compiled into this build).
+    #[cfg(not(feature = "redis"))]
     Redis(serde::de::IgnoredAny),
     /// RabbitMQ (not compiled into this build).
     #[serde(rename = "rabbitmq")]
@@ -90,6 +97,8 @@ impl BrokerConfig {
     pub fn prefix(&self) -> &str {
         match self {
             BrokerConfig::Memory(c) => &c.prefix,
+            #[cfg(feature = "redis")]
+            BrokerConfig::Redis(c) => &c.prefix,
             _ => "impush",
         }
     }
@@ -113,8 +122,61 @@ pub enum PresenceConfig {
     /// In-process (single node, the embedded default).
     #[default]
     Memory,
+    /// Redis, with node leases.
+    #[cfg(feature = "redis")]
+    Redis(RedisPresenceConfig),
     /// Redis (not compiled into this build).
+    #[cfg(not(feature = "redis"))]
     Redis(serde::de::IgnoredAny),
+}
+
+/// `[presence] kind = "redis"`: every field defaults to the broker's when the broker is Redis too.
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisPresenceConfig {
+    /// `redis://...`; defaults to `broker.url` when `broker.kind = "redis"`.
+    pub url: Option<String>,
+    /// Key prefix; defaults to the broker's prefix.
+    pub prefix: Option<String>,
+    /// Connections in the pool (default 4).
+    pub pool_size: Option<usize>,
+    /// How long a command may take before it fails as unavailable (default 3s).
+    #[serde(default, with = "humantime_serde::option")]
+    pub command_timeout: Option<std::time::Duration>,
+}
+
+#[cfg(feature = "redis")]
+fn redis_presence_config(
+    p: &RedisPresenceConfig,
+    broker: &BrokerConfig,
+) -> Result<impush_broker_redis::RedisConfig> {
+    let mut cfg = match broker {
+        BrokerConfig::Redis(b) => b.clone(),
+        _ => impush_broker_redis::RedisConfig {
+            prefix: broker.prefix().to_owned(),
+            ..Default::default()
+        },
+    };
+    match (&p.url, broker) {
+        (Some(url), _) => cfg.url.clone_from(url),
+        (None, BrokerConfig::Redis(_)) => {}
+        (None, _) => {
+            return Err(Error::Config(
+                "config key `presence.url`: required when the broker is not Redis".into(),
+            ))
+        }
+    }
+    if let Some(prefix) = &p.prefix {
+        cfg.prefix.clone_from(prefix);
+    }
+    if let Some(n) = p.pool_size {
+        cfg.pool_size = n;
+    }
+    if let Some(t) = p.command_timeout {
+        cfg.command_timeout = t;
+    }
+    Ok(cfg)
 }
 
 impl PresenceConfig {
@@ -135,6 +197,9 @@ impl PresenceConfig {
 pub async fn connect_broker(cfg: &BrokerConfig) -> Result<Arc<dyn Broker>> {
     Ok(match cfg {
         BrokerConfig::Memory(c) => Arc::new(MemoryBroker::new(c.fanout_capacity, c.queue_capacity)),
+        #[cfg(feature = "redis")]
+        BrokerConfig::Redis(c) => Arc::new(impush_broker_redis::RedisBroker::connect(c).await?),
+        #[allow(unreachable_patterns)] // every kind may be compiled in
         other => return Err(Error::NotCompiled(other.kind())),
     })
 }
@@ -146,10 +211,17 @@ pub async fn connect_broker(cfg: &BrokerConfig) -> Result<Arc<dyn Broker>> {
 #[allow(clippy::unused_async)]
 pub async fn connect_presence(
     cfg: &PresenceConfig,
-    _broker: &BrokerConfig,
+    broker: &BrokerConfig,
 ) -> Result<Arc<dyn PresenceStore>> {
+    let _ = broker; // only Redis presence reads it
     Ok(match cfg {
         PresenceConfig::Memory => Arc::new(MemoryPresenceStore::new()),
+        #[cfg(feature = "redis")]
+        PresenceConfig::Redis(p) => {
+            let c = redis_presence_config(p, broker)?;
+            Arc::new(impush_broker_redis::RedisPresenceStore::connect(&c).await?)
+        }
+        #[allow(unreachable_patterns)]
         other => return Err(Error::NotCompiled(other.kind())),
     })
 }

@@ -172,7 +172,7 @@ fn bad_config_is_one_line_naming_the_key() {
     assert_eq!(code, 2);
     assert!(stderr.contains("IMPUSH_LIMITS__OUTBOUND_QUEUE"), "{stderr}");
 
-    let (code, stderr) = run_failing(&[], &[("IMPUSH_BROKER__KIND", "redis")]);
+    let (code, stderr) = run_failing(&[], &[("IMPUSH_BROKER__KIND", "kafka")]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("not compiled in"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();

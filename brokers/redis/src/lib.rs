@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+
+mod broker;
+mod client;
+mod config;
+mod error;
+mod presence;
+
+pub use broker::RedisBroker;
+pub use config::RedisConfig;
+pub use presence::RedisPresenceStore;

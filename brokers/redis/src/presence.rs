@@ -1,0 +1,319 @@
+//! [`RedisPresenceStore`]: presence and channel membership in Redis, with node leases.
+//!
+//! Every write that touches several keys runs in one Lua script (`presence.lua`, which also
+//! documents the key layout), so it is atomic. Reads of a single key use plain commands.
+
+use std::{sync::Mutex, time::Duration};
+
+use async_trait::async_trait;
+use fred::{
+    clients::Pool,
+    interfaces::{ClientLike, HashesInterface, LuaInterface, SetsInterface},
+    types::Value,
+};
+use impush_core::{
+    envelope::now_ms, ChannelInfo, ChannelName, ClientId, ConnectionId, DroppedConnection, NodeId,
+    PresenceStore, Result,
+};
+
+use crate::{
+    client,
+    config::RedisConfig,
+    error::{core, Error},
+};
+
+const SCRIPT: &str = include_str!("presence.lua");
+
+/// A [`PresenceStore`] in Redis, shared by every node and helper of a cluster.
+#[derive(Debug)]
+pub struct RedisPresenceStore {
+    pool: Pool,
+    prefix: String,
+    sha: Mutex<String>,
+}
+
+fn flag(b: bool) -> String {
+    if b { "1" } else { "0" }.to_owned()
+}
+
+fn parse<T: std::str::FromStr<Err = impush_core::Error>>(op: &'static str, s: String) -> Result<T> {
+    s.parse().map_err(|_| {
+        Error::Reply {
+            op,
+            detail: format!("`{s}` is not a valid id"),
+        }
+        .into()
+    })
+}
+
+fn parse_sorted<T>(op: &'static str, items: Vec<String>) -> Result<Vec<T>>
+where
+    T: std::str::FromStr<Err = impush_core::Error> + Ord,
+{
+    let mut v = items
+        .into_iter()
+        .map(|s| parse(op, s))
+        .collect::<Result<Vec<T>>>()?;
+    v.sort();
+    Ok(v)
+}
+
+impl RedisPresenceStore {
+    /// Connects and loads the presence script. Keys live under `{cfg.prefix}:`.
+    ///
+    /// # Errors
+    /// `Error::Unavailable` when Redis cannot be reached.
+    pub async fn connect(cfg: &RedisConfig) -> Result<Self> {
+        let pool = client::pool(cfg).await?;
+        let sha: String = pool
+            .script_load(SCRIPT)
+            .await
+            .map_err(core("SCRIPT LOAD"))?;
+        Ok(Self {
+            pool,
+            prefix: cfg.prefix.clone(),
+            sha: Mutex::new(sha),
+        })
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}:{kind}:{id}", self.prefix)
+    }
+
+    /// Runs operation `op` of the script; reloads it once if Redis forgot it (a restart).
+    async fn run(&self, op: &'static str, args: Vec<String>) -> Result<Value> {
+        let mut argv = Vec::with_capacity(args.len() + 2);
+        argv.push(op.to_owned());
+        argv.push(self.prefix.clone());
+        argv.extend(args);
+        let sha = self.sha.lock().map(|s| s.clone()).unwrap_or_default();
+        match self
+            .pool
+            .evalsha::<Value, _, _, _>(sha, (), argv.clone())
+            .await
+        {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                let sha: String = self
+                    .pool
+                    .script_load(SCRIPT)
+                    .await
+                    .map_err(core("SCRIPT LOAD"))?;
+                if let Ok(mut s) = self.sha.lock() {
+                    s.clone_from(&sha);
+                }
+                self.pool.evalsha(sha, (), argv).await.map_err(core(op))
+            }
+            other => other.map_err(core(op)),
+        }
+    }
+
+    async fn run_as<T: fred::types::FromValue>(
+        &self,
+        op: &'static str,
+        args: Vec<String>,
+    ) -> Result<T> {
+        self.run(op, args).await?.convert().map_err(|e| {
+            Error::Reply {
+                op,
+                detail: e.to_string(),
+            }
+            .into()
+        })
+    }
+
+    async fn members(&self, op: &'static str, key: String) -> Result<Vec<String>> {
+        self.pool.smembers(key).await.map_err(core(op))
+    }
+}
+
+/// Turns flat `client, connection, offline` triples of one node into dropped connections, the
+/// last one of each client that went offline marked `last`.
+fn dropped_of(node: &NodeId, flat: &[String]) -> Result<Vec<DroppedConnection>> {
+    let mut v = Vec::with_capacity(flat.len() / 3);
+    for t in flat.chunks_exact(3) {
+        v.push((
+            parse::<ClientId>("reap", t[0].clone())?,
+            parse::<ConnectionId>("reap", t[1].clone())?,
+            t[2] == "1",
+        ));
+    }
+    v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let n = v.len();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let last = v[i].2 && (i + 1 == n || v[i + 1].0 != v[i].0);
+        out.push(DroppedConnection {
+            node: node.clone(),
+            client: v[i].0.clone(),
+            connection: v[i].1.clone(),
+            last,
+        });
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl PresenceStore for RedisPresenceStore {
+    async fn connect(
+        &self,
+        node: &NodeId,
+        client: &ClientId,
+        connection: &ConnectionId,
+    ) -> Result<usize> {
+        let args = vec![node.to_string(), client.to_string(), connection.to_string()];
+        self.run_as::<u64>("connect", args)
+            .await
+            .map(|n| n as usize)
+    }
+
+    async fn disconnect(
+        &self,
+        node: &NodeId,
+        client: &ClientId,
+        connection: &ConnectionId,
+        clear_channels: bool,
+    ) -> Result<usize> {
+        let args = vec![
+            node.to_string(),
+            client.to_string(),
+            connection.to_string(),
+            flag(clear_channels),
+        ];
+        self.run_as::<u64>("disconnect", args)
+            .await
+            .map(|n| n as usize)
+    }
+
+    async fn clear_node(&self, node: &NodeId, clear_channels: bool) -> Result<Vec<ClientId>> {
+        let flat: Vec<String> = self
+            .run_as("clear_node", vec![node.to_string(), flag(clear_channels)])
+            .await?;
+        Ok(dropped_of(node, &flat)?
+            .into_iter()
+            .filter(|d| d.last)
+            .map(|d| d.client)
+            .collect())
+    }
+
+    async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<bool> {
+        let now = now_ms();
+        let expiry = now.saturating_add(lease.as_millis() as u64);
+        let known: i64 = self
+            .run_as(
+                "heartbeat",
+                vec![node.to_string(), now.to_string(), expiry.to_string()],
+            )
+            .await?;
+        Ok(known == 1)
+    }
+
+    async fn reap_expired(&self, clear_channels: bool) -> Result<Vec<DroppedConnection>> {
+        let flat: Vec<String> = self
+            .run_as("reap", vec![now_ms().to_string(), flag(clear_channels)])
+            .await?;
+        // Group the node, client, connection, offline quadruples by node, in node order.
+        let mut by_node: Vec<(NodeId, Vec<String>)> = Vec::new();
+        for q in flat.chunks_exact(4) {
+            let node: NodeId = parse("reap", q[0].clone())?;
+            match by_node.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, v)) => v.extend_from_slice(&q[1..]),
+                None => by_node.push((node, q[1..].to_vec())),
+            }
+        }
+        by_node.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::new();
+        for (node, flat) in &by_node {
+            out.extend(dropped_of(node, flat)?);
+        }
+        Ok(out)
+    }
+
+    async fn connections(&self, client: &ClientId) -> Result<usize> {
+        let n: u64 = self
+            .pool
+            .hlen(self.key("conns", client))
+            .await
+            .map_err(core("HLEN"))?;
+        Ok(n as usize)
+    }
+
+    async fn online(&self, clients: &[ClientId]) -> Result<Vec<bool>> {
+        if clients.is_empty() {
+            return Ok(Vec::new());
+        }
+        let flags: Vec<i64> = self
+            .run_as("online", clients.iter().map(ToString::to_string).collect())
+            .await?;
+        Ok(flags.into_iter().map(|f| f == 1).collect())
+    }
+
+    async fn online_clients(&self) -> Result<Vec<ClientId>> {
+        let items = self
+            .members("SMEMBERS online", format!("{}:online", self.prefix))
+            .await?;
+        parse_sorted("online_clients", items)
+    }
+
+    async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
+        if clients.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec![channel.to_string()];
+        args.extend(clients.iter().map(ToString::to_string));
+        self.run("join", args).await.map(drop)
+    }
+
+    async fn leave_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
+        if clients.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec![channel.to_string()];
+        args.extend(clients.iter().map(ToString::to_string));
+        self.run("leave", args).await.map(drop)
+    }
+
+    async fn channel_members(&self, channel: &ChannelName) -> Result<Vec<ClientId>> {
+        let items = self
+            .members("SMEMBERS chan", self.key("chan", channel))
+            .await?;
+        parse_sorted("channel_members", items)
+    }
+
+    async fn channel_online(&self, channel: &ChannelName) -> Result<usize> {
+        self.run_as::<u64>("channel_online", vec![channel.to_string()])
+            .await
+            .map(|n| n as usize)
+    }
+
+    async fn client_channels(&self, client: &ClientId) -> Result<Vec<ChannelName>> {
+        let items = self
+            .members("SMEMBERS cchans", self.key("cchans", client))
+            .await?;
+        parse_sorted("client_channels", items)
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelInfo>> {
+        let flat: Vec<Value> = self.run_as("channels", Vec::new()).await?;
+        let mut out = Vec::with_capacity(flat.len() / 3);
+        for t in flat.chunks_exact(3) {
+            let name: String = t[0].clone().convert().map_err(core("channels"))?;
+            let members: u64 = t[1].clone().convert().map_err(core("channels"))?;
+            let online: u64 = t[2].clone().convert().map_err(core("channels"))?;
+            out.push(ChannelInfo {
+                name: parse("channels", name)?,
+                members: members as usize,
+                online: online as usize,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.pool
+            .ping::<Value>(None)
+            .await
+            .map(drop)
+            .map_err(core("PING"))
+    }
+}
