@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole impush test suite, as CI does: formatting, lints, every test (unit,
-# conformance, end-to-end, CLI, doctests) and the runnable examples.
+# conformance against memory and real brokers, end-to-end, multi-process clusters, CLI,
+# doctests) and the runnable examples.
 #
 #   ./scripts/test.sh
 #
-# Needs only a Rust toolchain (rustup with rustfmt and clippy). Broker-backed tests are added by
-# later backends; this script will start their brokers itself.
+# Needs a Rust toolchain (rustup) and root or sudo for apt: it installs and starts the brokers
+# itself (scripts/brokers.sh up) and runs the broker tests strictly: a broker that is missing
+# fails the run instead of being skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,11 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "brokers"
+scripts/brokers.sh up >/dev/null
+eval "$(scripts/brokers.sh env)"
+export IMPUSH_REQUIRE_BROKERS=1
 
 step "cargo test"
 cargo test --workspace

@@ -236,9 +236,18 @@ impl ImServer {
         let _ = tokio::time::timeout(grace, self.loops.wait()).await;
         self.serve.abort();
         let node = &self.app.node;
-        node.presence
+        // Best effort: if the store is unreachable now, the node's lease runs out and live
+        // nodes (or this one, restarted) clean up instead.
+        if let Err(e) = node
+            .presence
             .clear_node(&node.id, !node.persist_channels)
-            .await?;
+            .await
+        {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "could not clear this node's presence; its lease will expire"
+            );
+        }
         node.broker.shutdown().await?;
         tracing::info!(node = %node.id, "impush node stopped");
         Ok(())

@@ -15,6 +15,7 @@ fn impush(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)
         .env_remove("RUST_LOG")
+        .env_remove("IMPUSH_TEST_REDIS_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -187,5 +188,33 @@ fn busy_port_is_a_clear_error() {
     assert!(
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
+    );
+}
+
+#[test]
+fn redis_password_never_reaches_the_output() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l); // nothing listens there now
+    let url = format!("redis://:supersecret-pw@127.0.0.1:{port}/0");
+    let out = impush(
+        &[],
+        &[
+            ("IMPUSH_NODE__LISTEN", "127.0.0.1:0"),
+            ("IMPUSH_BROKER__KIND", "redis"),
+            ("IMPUSH_BROKER__URL", &url),
+            ("RUST_LOG", "debug"),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("redis is unavailable"), "{stderr}");
+    assert!(stderr.contains(":***@127.0.0.1"), "{stderr}");
+    assert!(
+        !stderr.contains("supersecret") && !stdout.contains("supersecret"),
+        "password leaked: {stderr}"
     );
 }
