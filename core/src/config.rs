@@ -159,6 +159,10 @@ pub struct LimitsConfig {
     /// How long shutdown waits for connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Bytes of outgoing frames a connection gathers before one write to the socket. Larger
+    /// batches fewer syscalls under load; the buffer is per connection and keeps the size it
+    /// reached, so idle connections (which never fill it) cost nothing either way.
+    pub write_buffer: usize,
     /// Interval of keep-alive comments on the Server-Sent Events stream.
     #[serde(with = "humantime_serde")]
     pub sse_keep_alive: Duration,
@@ -179,6 +183,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             sse_keep_alive: Duration::from_secs(15),
+            write_buffer: 16 * 1024,
         }
     }
 }

@@ -83,6 +83,9 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// Initial read buffer of a connection; it grows for larger frames (up to the frame limit).
+const READ_BUFFER: usize = 1024;
+
 #[derive(Debug, Deserialize)]
 struct WsQuery {
     token: Option<String>,
@@ -123,6 +126,10 @@ async fn ws(
     let cancel = app.shutdown.child_token();
     let sessions = app.sessions.clone();
     upgrade
+        // Small buffers: tungstenite allocates (and touches) the read buffer eagerly, 128 KiB
+        // by default, and never shrinks either buffer; clients only send tiny ping/ack frames.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(limits.write_buffer)
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| {

@@ -6,12 +6,17 @@
 //! bounded in frames and bytes; a client that cannot keep up is closed with 4008 instead of being
 //! buffered without bound. Frames are shared `Utf8Bytes`: a message for many sockets is
 //! serialised once.
+//!
+//! Idle connections are the common case (tens of thousands per node), so the queue is a plain
+//! `VecDeque` behind a short mutex plus a `Notify`: it holds no heap memory until something is
+//! queued, and the writer takes the whole batch at once, freeing it after writing. (A bounded
+//! `mpsc` channel keeps a 2 KiB block per connection even when empty.)
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        atomic::{AtomicU16, AtomicUsize, Ordering},
-        Arc,
+        atomic::{AtomicU16, Ordering},
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -19,7 +24,7 @@ use std::{
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use impush_core::{protocol::ClientFrame, ClientId, ConnectionId, MessageId};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -31,7 +36,6 @@ use crate::{
 pub(crate) mod close {
     pub(crate) const GOING_AWAY: u16 = 1001;
     pub(crate) const TOO_LARGE: u16 = 1009;
-    pub(crate) const INTERNAL: u16 = 1011;
     pub(crate) const KICKED: u16 = 4001;
     pub(crate) const SLOW: u16 = 4008;
     pub(crate) const REPLACED: u16 = 4009;
@@ -39,8 +43,6 @@ pub(crate) mod close {
 
 /// How long a closing connection may take to get its close frame out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most queued frames written before one flush.
-const WRITE_BATCH: usize = 64;
 
 /// A frame on its way to one connection, plus what to remember once it is written.
 #[derive(Debug, Clone)]
@@ -50,13 +52,21 @@ pub(crate) struct Outgoing {
     pub(crate) ack: Option<(MessageId, ClientId)>,
 }
 
+/// Frames waiting for the writer.
+#[derive(Debug, Default)]
+struct Outbox {
+    frames: VecDeque<Outgoing>,
+    bytes: usize,
+}
+
 /// The node's side of a connection.
 #[derive(Debug)]
 pub(crate) struct SessionHandle {
     pub(crate) client: ClientId,
     pub(crate) connection: ConnectionId,
-    tx: mpsc::Sender<Outgoing>,
-    queued_bytes: AtomicUsize,
+    outbox: Mutex<Outbox>,
+    ready: Notify,
+    max_frames: usize,
     max_bytes: usize,
     close_code: AtomicU16,
     cancel: CancellationToken,
@@ -66,22 +76,29 @@ impl SessionHandle {
     /// Queues a frame; on overflow the connection is closed with 4008 and `false` returned.
     pub(crate) fn push(&self, out: Outgoing, node: &Node) -> bool {
         let len = out.frame.len();
-        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if before + len > self.max_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            self.close_slow(node);
-            return false;
-        }
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(err) => {
-                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                if matches!(err, mpsc::error::TrySendError::Full(_)) {
-                    self.close_slow(node);
-                }
-                false
+        {
+            // A poisoned lock means the writer panicked; the connection is finished either way.
+            let Ok(mut q) = self.outbox.lock() else {
+                return false;
+            };
+            if q.frames.len() >= self.max_frames || q.bytes + len > self.max_bytes {
+                drop(q);
+                self.close_slow(node);
+                return false;
             }
+            q.bytes += len;
+            q.frames.push_back(out);
         }
+        self.ready.notify_one();
+        true
+    }
+
+    /// Everything queued so far, leaving the queue empty (and unallocated).
+    fn take(&self) -> VecDeque<Outgoing> {
+        self.outbox
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q).frames)
+            .unwrap_or_default()
     }
 
     fn close_slow(&self, node: &Node) {
@@ -143,6 +160,10 @@ impl PendingAcks {
     fn take(&mut self, id: &MessageId) -> Option<ClientId> {
         let sender = self.senders.remove(id)?;
         self.order.retain(|x| x != id);
+        if self.senders.is_empty() {
+            // Give the capacity back: most connections sit idle after a burst.
+            *self = Self::new(self.cap);
+        }
         Some(sender)
     }
 }
@@ -164,19 +185,21 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) {
     let limits = &node.limits;
-    let (tx, mut rx) = mpsc::channel(limits.outbound_queue.max(1));
     let handle = Arc::new(SessionHandle {
         client,
         connection: node.next_connection_id(),
-        tx,
-        queued_bytes: AtomicUsize::new(0),
+        outbox: Mutex::new(Outbox::default()),
+        ready: Notify::new(),
+        max_frames: limits.outbound_queue.max(1),
         max_bytes: limits.outbound_queue_bytes.max(1),
         close_code: AtomicU16::new(0),
         cancel,
     });
-    node.attach(&handle, &metadata).await;
-    let (end, socket) = drive(socket, &node, &handle, &mut rx).await;
-    node.detach(&handle, &metadata).await;
+    // Boxed: attach and detach are large futures needed once, and the task keeps the space of
+    // its largest state for its whole life.
+    Box::pin(node.attach(&handle, &metadata)).await;
+    let (end, socket) = drive(socket, &node, &handle).await;
+    Box::pin(node.detach(&handle, &metadata)).await;
     if let (End::Close(code), Some(mut socket)) = (end, socket) {
         let frame = CloseFrame {
             code,
@@ -191,7 +214,6 @@ async fn drive(
     mut socket: WebSocket,
     node: &Node,
     handle: &SessionHandle,
-    rx: &mut mpsc::Receiver<Outgoing>,
 ) -> (End, Option<WebSocket>) {
     let limits = &node.limits;
     let mut pending = PendingAcks::new(limits.max_pending_acks);
@@ -200,29 +222,19 @@ async fn drive(
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(0);
 
     let end = loop {
         tokio::select! {
             biased;
             () = handle.cancel.cancelled() => break End::Close(handle.close_code()),
-            out = rx.recv() => {
-                let Some(out) = out else { break End::Close(close::INTERNAL) };
-                batch.push(out);
-                while batch.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => batch.push(more),
-                        Err(_) => break,
-                    }
-                }
-                let bytes: usize = batch.iter().map(|o| o.frame.len()).sum();
-                handle.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            () = handle.ready.notified() => {
+                let batch = handle.take();
                 for out in &batch {
                     if let Some((id, sender)) = &out.ack {
                         pending.insert(id.clone(), sender.clone());
                     }
                 }
-                let write = write_batch(&mut socket, &mut batch);
+                let write = write_batch(&mut socket, batch);
                 tokio::select! {
                     biased;
                     // A slow consumer is cancelled while its write is stuck; stop waiting.
@@ -272,8 +284,8 @@ async fn drive(
     (end, socket)
 }
 
-async fn write_batch(socket: &mut WebSocket, batch: &mut Vec<Outgoing>) -> Result<(), axum::Error> {
-    for out in batch.drain(..) {
+async fn write_batch(socket: &mut WebSocket, batch: VecDeque<Outgoing>) -> Result<(), axum::Error> {
+    for out in batch {
         socket.feed(Message::Text(out.frame)).await?;
     }
     socket.flush().await
@@ -322,5 +334,36 @@ pub(crate) fn replace(handle: &SessionHandle, node: &Node) {
 pub(crate) fn kick(handle: &SessionHandle, node: &Node) {
     if handle.close(close::KICKED) {
         node.metrics.close(CloseKind::Kicked);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(WebSocket, Arc<Node>, ClientId, serde_json::Value, CancellationToken) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every idle connection is one task holding this future: it is per-socket memory.
+    #[test]
+    fn session_future_stays_small() {
+        let size = future_size(run);
+        eprintln!("session future: {size} bytes");
+        assert!(size <= 3072, "session future grew to {size} bytes");
+    }
+
+    #[test]
+    fn pending_acks_give_memory_back_when_empty() {
+        let mut p = PendingAcks::new(4);
+        let id = MessageId::new("m1").unwrap();
+        p.insert(id.clone(), ClientId::new("s").unwrap());
+        assert!(p.senders.capacity() > 0);
+        assert!(p.take(&id).is_some());
+        assert_eq!(p.senders.capacity(), 0);
+        assert_eq!(p.order.capacity(), 0);
     }
 }
