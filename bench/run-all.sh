@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the standard benchmark set (DESIGN.md section 12 targets) and writes the results to
+# bench/results/ (JSON + SVG per scenario). Each scenario runs 3 times; summaries are medians.
+#
+#   bench/run-all.sh            # ~5 minutes on 2 cores, after a release build
+#
+# Starts Redis itself (scripts/brokers.sh up) for the Redis scenarios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -p impush-bench
+scripts/brokers.sh up >/dev/null
+eval "$(scripts/brokers.sh env)"
+B=./target/release/impush-bench
+OUT=${OUT:-bench/results}
+RUNS=${RUNS:-3}
+common=(--runs "$RUNS" --out "$OUT")
+
+# 1. idle capacity (and connect storm: connects/s while opening them)
+$B "${common[@]}" idle --sockets 19000
+# 2. point-to-point on the memory broker: full speed, then latency at 20k msgs/s
+$B "${common[@]}" p2p --broker memory --messages 200000
+$B "${common[@]}" p2p --broker memory --messages 100000 --rate 20000
+# 3. channel fan-out to 10k local members
+$B "${common[@]}" fanout --broker memory --members 10000 --messages 50
+# 4. the same over Redis with 2 nodes
+$B "${common[@]}" p2p --broker redis --nodes 2 --messages 200000 --in-flight 256
+$B "${common[@]}" p2p --broker redis --nodes 2 --messages 100000 --rate 20000 --in-flight 256
+$B "${common[@]}" fanout --broker redis --nodes 2 --members 10000 --messages 50

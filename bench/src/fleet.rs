@@ -1,0 +1,186 @@
+//! The parent's side of the workers ([`Fleet`]) and of separately started nodes ([`NodeProc`]).
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
+    process::{Child, ChildStdin, ChildStdout, Command},
+};
+
+use crate::{
+    hist::LatHist,
+    worker::{Plan, Stats},
+};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+/// Client worker processes.
+pub(crate) struct Fleet {
+    workers: Vec<Worker>,
+}
+
+/// Merged reports of all workers.
+#[derive(Debug, Default)]
+pub(crate) struct Merged {
+    pub(crate) connected: usize,
+    pub(crate) failed: usize,
+    pub(crate) connect_secs: f64,
+    pub(crate) received: u64,
+    pub(crate) closed: u64,
+    pub(crate) latency: LatHist,
+    pub(crate) timeline: std::collections::BTreeMap<u64, u64>,
+    pub(crate) seq_max: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Fleet {
+    /// Starts one worker per URL slice and waits until every worker has connected its sockets.
+    pub(crate) async fn start(
+        urls: Vec<String>,
+        workers: usize,
+        source_ips: u8,
+        concurrency: usize,
+        track_seq: bool,
+    ) -> Res<(Fleet, Merged)> {
+        let exe = std::env::current_exe()?;
+        let per = urls.len().div_ceil(workers.max(1)).max(1);
+        let mut fleet = Fleet {
+            workers: Vec::new(),
+        };
+        for chunk in urls.chunks(per) {
+            let mut child = Command::new(&exe)
+                .arg("worker")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()?;
+            let mut stdin = child.stdin.take().ok_or("no stdin")?;
+            let stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+            let plan = Plan {
+                urls: chunk.to_vec(),
+                source_ips,
+                concurrency: concurrency.div_ceil(workers.max(1)).max(1),
+                track_seq,
+            };
+            let mut line = serde_json::to_vec(&plan)?;
+            line.push(b'\n');
+            stdin.write_all(&line).await?;
+            fleet.workers.push(Worker {
+                child,
+                stdin,
+                stdout,
+            });
+        }
+        let first = fleet.collect(false).await?;
+        Ok((fleet, first))
+    }
+
+    async fn collect(&mut self, ask: bool) -> Res<Merged> {
+        let mut m = Merged::default();
+        for w in &mut self.workers {
+            if ask {
+                w.stdin.write_all(b"report\n").await?;
+            }
+        }
+        for w in &mut self.workers {
+            let line = tokio::time::timeout(Duration::from_secs(300), w.stdout.next_line())
+                .await
+                .map_err(|_| "worker did not answer")??
+                .ok_or("worker exited")?;
+            let s: Stats = serde_json::from_str(&line)?;
+            m.connected += s.connected;
+            m.failed += s.failed;
+            m.connect_secs = m.connect_secs.max(s.connect_secs);
+            m.received += s.received;
+            m.closed += s.closed;
+            m.latency.merge(&s.latency);
+            for (k, v) in s.timeline {
+                *m.timeline.entry(k).or_default() += v;
+            }
+            for (k, v) in s.seq_max {
+                let e = m.seq_max.entry(k).or_default();
+                *e = (*e).max(v);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Current totals of every worker.
+    pub(crate) async fn report(&mut self) -> Res<Merged> {
+        self.collect(true).await
+    }
+
+    /// Polls until `want` frames arrived (or `timeout`), then returns the final report.
+    pub(crate) async fn wait_received(&mut self, want: u64, timeout: Duration) -> Res<Merged> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let m = self.report().await?;
+            if m.received >= want || tokio::time::Instant::now() >= deadline {
+                return Ok(m);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub(crate) async fn stop(mut self) {
+        for w in &mut self.workers {
+            let _ = w.stdin.write_all(b"quit\n").await;
+        }
+        for w in &mut self.workers {
+            let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
+            let _ = w.child.kill().await;
+        }
+    }
+}
+
+/// A node started as a separate process (`impush-bench serve`), so its memory and CPU can be
+/// measured apart from the load generator.
+pub(crate) struct NodeProc {
+    child: Child,
+    pub(crate) addr: String,
+}
+
+impl NodeProc {
+    pub(crate) async fn start(config: &Path) -> Res<NodeProc> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), out.next_line())
+            .await
+            .map_err(|_| "node did not start")??
+            .ok_or("node exited")?;
+        let addr = line
+            .strip_prefix("listening ")
+            .ok_or_else(|| format!("unexpected node output: {line}"))?
+            .to_owned();
+        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+        Ok(NodeProc { child, addr })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    pub(crate) async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+        let _ = self.child.kill().await;
+    }
+}

@@ -1,0 +1,196 @@
+//! `impush-bench`: measured capacity, throughput and latency of impush.
+//!
+//! Run with: `cargo run --release -p impush-bench -- <scenario> [options]` (see BENCHMARKS.md).
+//!
+//! Scenarios: `idle` (sockets held, memory and CPU per socket, connect rate), `p2p`
+//! (point-to-point messages/s and latency), `fanout` (one channel, frames/s, last-member
+//! latency), each on the memory broker or Redis. Nodes run as separate processes
+//! (`impush-bench serve`) where their resources are measured, clients in worker processes
+//! (`impush-bench worker`) spread over several loopback source addresses.
+
+mod fleet;
+mod hist;
+mod report;
+mod scenarios;
+mod sys;
+mod worker;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use scenarios::Opts;
+
+#[derive(Debug, Parser)]
+#[command(about = "impush benchmarks")]
+struct Args {
+    /// Client worker processes (each holds its share of the sockets).
+    #[arg(long, default_value_t = 2, global = true)]
+    workers: usize,
+    /// Loopback source addresses to spread client sockets over (127.0.0.1..=127.0.0.N).
+    #[arg(long, default_value_t = 4, global = true)]
+    source_ips: u8,
+    /// Repetitions; summaries report the median.
+    #[arg(long, default_value_t = 3, global = true)]
+    runs: usize,
+    /// Where result files go.
+    #[arg(long, default_value = "bench/results", global = true)]
+    out: PathBuf,
+    /// Redis for `--broker redis` (default: $IMPUSH_TEST_REDIS_URL).
+    #[arg(long, global = true)]
+    redis_url: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Idle capacity: hold N sockets on one node; memory and CPU per socket; connect rate.
+    Idle {
+        #[arg(long, default_value_t = 19_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 512)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
+    },
+    /// Point-to-point messages through ImHelper.
+    P2p {
+        #[arg(long, default_value = "memory")]
+        broker: String,
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        #[arg(long, default_value_t = 1000)]
+        receivers: usize,
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// Send at this many messages per second instead of as fast as possible.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Sends in flight at once.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+    },
+    /// One channel with many local members.
+    Fanout {
+        #[arg(long, default_value = "memory")]
+        broker: String,
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        #[arg(long, default_value_t = 50)]
+        messages: u64,
+        /// Pause between channel messages, in ms.
+        #[arg(long, default_value_t = 0)]
+        gap_ms: u64,
+    },
+    /// Every scenario at a tiny size: a smoke test that the tool works.
+    Smoke,
+    /// Internal: run a node (used by the scenarios).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Internal: a client worker (used by the scenarios).
+    #[command(hide = true)]
+    Worker,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.cmd {
+        // A worker is one thread: the machine's cores go to the node and the other workers.
+        Cmd::Worker => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(worker::run()))
+            .map_err(Into::into),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(Into::into)
+            .and_then(|rt| rt.block_on(run(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("impush-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let o = Opts {
+        workers: args.workers,
+        source_ips: args.source_ips,
+        runs: args.runs,
+        out: args.out,
+        redis_url: args
+            .redis_url
+            .or_else(|| std::env::var("IMPUSH_TEST_REDIS_URL").ok()),
+    };
+    match args.cmd {
+        Cmd::Idle {
+            sockets,
+            concurrency,
+            idle_secs,
+        } => scenarios::idle(&o, sockets, concurrency, idle_secs).await,
+        Cmd::P2p {
+            broker,
+            nodes,
+            receivers,
+            messages,
+            rate,
+            in_flight,
+        } => scenarios::p2p(&o, &broker, nodes, receivers, messages, rate, in_flight).await,
+        Cmd::Fanout {
+            broker,
+            nodes,
+            members,
+            messages,
+            gap_ms,
+        } => {
+            scenarios::fanout(
+                &o,
+                &broker,
+                nodes,
+                members,
+                messages,
+                Duration::from_millis(gap_ms),
+            )
+            .await
+        }
+        Cmd::Smoke => {
+            let o = Opts { runs: 1, ..o };
+            scenarios::idle(&o, 20, 8, 1).await?;
+            scenarios::p2p(&o, "memory", 1, 10, 200, None, 8).await?;
+            scenarios::p2p(&o, "memory", 1, 10, 100, Some(1000), 8).await?;
+            scenarios::fanout(&o, "memory", 1, 20, 5, Duration::ZERO).await?;
+            if o.redis_url.is_some() {
+                scenarios::p2p(&o, "redis", 2, 10, 200, None, 8).await?;
+                scenarios::fanout(&o, "redis", 2, 20, 5, Duration::ZERO).await?;
+            }
+            Ok(())
+        }
+        Cmd::Serve { config } => serve(&config).await,
+        Cmd::Worker => Ok(()),
+    }
+}
+
+/// The `impush` binary's job, inside the bench so that no second binary is needed.
+async fn serve(config: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = impush_server::Config::load(Some(config))?;
+    let server = impush_server::ImServer::start(config).await?;
+    println!("listening {}", server.local_addr());
+    impush_server::shutdown_signal().await;
+    server.shutdown().await?;
+    Ok(())
+}

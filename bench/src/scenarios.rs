@@ -1,0 +1,510 @@
+//! The benchmark scenarios. Each runs `runs` times, reports every run and the median of its
+//! figures, and compares them with the targets of DESIGN.md section 12.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use impush_core::{token::TokenSigner, ChannelName, ClientId, NodeId};
+use impush_helper::{HelperConfig, ImHelper};
+use impush_server::{Config, ImServer};
+use serde_json::{json, Value};
+
+use crate::{
+    fleet::{Fleet, Merged, NodeProc},
+    hist::LatHist,
+    report::{self, latency_json, median, Check},
+    sys,
+    worker::now_ns,
+};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+pub(crate) const SECRET: &str = "impush-bench-secret";
+
+/// Options shared by every scenario.
+#[derive(Debug, Clone)]
+pub(crate) struct Opts {
+    pub(crate) workers: usize,
+    pub(crate) source_ips: u8,
+    pub(crate) runs: usize,
+    pub(crate) out: PathBuf,
+    pub(crate) redis_url: Option<String>,
+}
+
+fn tmpdir(tag: &str) -> Res<PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "impush-bench-{tag}-{}-{}",
+        std::process::id(),
+        now_ns()
+    ));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn free_addrs(n: usize) -> Res<Vec<std::net::SocketAddr>> {
+    let ls = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ls.iter().filter_map(|l| l.local_addr().ok()).collect())
+}
+
+fn common_toml(nodes: &[(String, String)], broker: &str) -> String {
+    let list: Vec<String> = nodes
+        .iter()
+        .map(|(id, a)| format!("{{ id = \"{id}\", url = \"ws://{a}\" }}"))
+        .collect();
+    format!(
+        "[cluster]\nnodes = [{}]\n[auth]\nsecret = \"{SECRET}\"\napi_key = \"bench\"\ntoken_ttl = \"10m\"\n{broker}",
+        list.join(", ")
+    )
+}
+
+/// Node configs (and a helper config) for `n` nodes on `broker` (TOML of [broker]/[presence]).
+fn write_configs(dir: &Path, n: usize, broker: &str) -> Res<(Vec<PathBuf>, PathBuf)> {
+    let addrs = free_addrs(n)?;
+    let nodes: Vec<(String, String)> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("n{}", i + 1), a.to_string()))
+        .collect();
+    let common = common_toml(&nodes, broker);
+    let mut paths = Vec::new();
+    for (id, addr) in &nodes {
+        let p = dir.join(format!("{id}.toml"));
+        std::fs::write(
+            &p,
+            format!("[node]\nid = \"{id}\"\nlisten = \"{addr}\"\n{common}"),
+        )?;
+        paths.push(p);
+    }
+    let helper = dir.join("helper.toml");
+    std::fs::write(&helper, &common)?;
+    Ok((paths, helper))
+}
+
+fn redis_toml(url: &str) -> String {
+    let prefix = format!("bench{}", now_ns());
+    format!("[broker]\nkind = \"redis\"\nurl = \"{url}\"\nprefix = \"{prefix}\"\n[presence]\nkind = \"redis\"\n")
+}
+
+// ------------------------------------------------------------------------------ idle / storm
+
+/// Holds `sockets` idle connections on one node process; measures its memory and CPU per
+/// socket, and the connect rate.
+pub(crate) async fn idle(o: &Opts, sockets: usize, concurrency: usize, idle_secs: u64) -> Res<()> {
+    let mut runs = Vec::new();
+    for run in 0..o.runs {
+        let dir = tmpdir("idle")?;
+        let (cfgs, _) = write_configs(&dir, 1, "")?;
+        let node = NodeProc::start(&cfgs[0]).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss0 = sys::rss_bytes(node.pid());
+        let signer = TokenSigner::new(SECRET.as_bytes(), Duration::from_secs(600), 1024)?;
+        let n1: NodeId = "n1".parse()?;
+        let urls = (0..sockets)
+            .map(|i| {
+                let c: ClientId = format!("c{i}").parse()?;
+                Ok(format!(
+                    "ws://{}/ws?token={}",
+                    node.addr,
+                    signer.sign(&c, &n1, Value::Null)?
+                ))
+            })
+            .collect::<Result<Vec<_>, impush_core::Error>>()?;
+        let cpu_before = sys::cpu_seconds(node.pid());
+        let (mut fleet, m) =
+            Fleet::start(urls, o.workers, o.source_ips, concurrency, false).await?;
+        let connect_cpu = sys::cpu_seconds(node.pid()) - cpu_before;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss1 = sys::rss_bytes(node.pid());
+        let cpu0 = sys::cpu_seconds(node.pid());
+        tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+        let cpu1 = sys::cpu_seconds(node.pid());
+        let still = fleet.report().await?;
+        let held = m.connected as u64 - still.closed;
+        let per_socket = rss1.saturating_sub(rss0) as f64 / m.connected.max(1) as f64;
+        let r = json!({
+            "run": run,
+            "sockets_requested": sockets,
+            "sockets_connected": m.connected,
+            "sockets_failed": m.failed,
+            "sockets_held_after_idle": held,
+            "connect_secs": m.connect_secs,
+            "connects_per_sec": m.connected as f64 / m.connect_secs.max(1e-9),
+            "server_cpu_us_per_connect": connect_cpu * 1e6 / m.connected.max(1) as f64,
+            "server_rss_base_mib": rss0 as f64 / 1048576.0,
+            "server_rss_loaded_mib": rss1 as f64 / 1048576.0,
+            "server_bytes_per_socket": per_socket,
+            "server_idle_cpu_percent": (cpu1 - cpu0) / idle_secs as f64 * 100.0,
+        });
+        println!("run {run}: {r}");
+        runs.push(r);
+        fleet.stop().await;
+        node.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let med = |k: &str| median(runs.iter().filter_map(|r| r[k].as_f64()).collect());
+    let summary = json!({
+        "sockets_held (median)": med("sockets_held_after_idle"),
+        "server_bytes_per_socket (median)": med("server_bytes_per_socket"),
+        "server_idle_cpu_percent (median)": med("server_idle_cpu_percent"),
+        "connects_per_sec (median)": med("connects_per_sec"),
+        "server_cpu_us_per_connect (median)": med("server_cpu_us_per_connect"),
+    });
+    let checks = [
+        Check {
+            name: "idle sockets per node process",
+            target: ">= 19000".into(),
+            measured: format!("{:.0}", med("sockets_held_after_idle")),
+            met: med("sockets_held_after_idle") >= 19_000.0,
+        },
+        Check {
+            name: "server memory per idle socket",
+            target: "<= 8192 B".into(),
+            measured: format!("{:.0} B", med("server_bytes_per_socket")),
+            met: med("server_bytes_per_socket") <= 8192.0,
+        },
+    ];
+    let params = json!({"sockets": sockets, "workers": o.workers, "source_ips": o.source_ips, "concurrency": concurrency, "idle_secs": idle_secs, "runs": o.runs});
+    report::write(
+        &o.out,
+        &format!("idle-{sockets}"),
+        params,
+        runs,
+        summary,
+        &checks,
+        None,
+    )?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------ clusters
+
+/// Nodes and a helper for a throughput scenario: in-process for memory (the helper must share
+/// the memory broker), separate processes for Redis.
+struct Bench {
+    helper: ImHelper,
+    inproc: Option<ImServer>,
+    procs: Vec<NodeProc>,
+    dir: PathBuf,
+}
+
+impl Bench {
+    async fn start(o: &Opts, broker: &str, nodes: usize) -> Res<Bench> {
+        let dir = tmpdir(broker)?;
+        match broker {
+            "memory" => {
+                let mut c = Config::default();
+                c.node.listen = "127.0.0.1:0".parse()?;
+                c.auth.secret = Some(impush_core::config::Secret::new(SECRET));
+                c.auth.token_ttl = Duration::from_secs(600);
+                // Room for bursts: a benchmark measures throughput, not the slow-consumer guard.
+                c.limits.outbound_queue = 16 * 1024;
+                c.limits.outbound_queue_bytes = 64 * 1024 * 1024;
+                let server = ImServer::start(c).await?;
+                Ok(Bench {
+                    helper: server.helper(),
+                    inproc: Some(server),
+                    procs: Vec::new(),
+                    dir,
+                })
+            }
+            "redis" => {
+                let url = o.redis_url.clone().ok_or(
+                    "--redis-url (or IMPUSH_TEST_REDIS_URL) is required for redis scenarios",
+                )?;
+                let broker_toml = redis_toml(&url)
+                    + "[limits]\noutbound_queue = 16384\noutbound_queue_bytes = 67108864\n";
+                let (cfgs, helper_cfg) = write_configs(&dir, nodes, &broker_toml)?;
+                let mut procs = Vec::new();
+                for c in &cfgs {
+                    procs.push(NodeProc::start(c).await?);
+                }
+                let helper = ImHelper::connect(&HelperConfig::load(Some(&helper_cfg))?).await?;
+                Ok(Bench {
+                    helper,
+                    inproc: None,
+                    procs,
+                    dir,
+                })
+            }
+            other => Err(format!("unknown broker `{other}` (memory or redis)").into()),
+        }
+    }
+
+    async fn fleet(&self, o: &Opts, clients: &[ClientId], track_seq: bool) -> Res<(Fleet, Merged)> {
+        let urls = clients
+            .iter()
+            .map(|c| self.helper.prepare_connect(c, Value::Null).map(|i| i.url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (fleet, m) = Fleet::start(urls, o.workers, o.source_ips, 256, track_seq).await?;
+        if m.failed > 0 {
+            return Err(format!(
+                "{} of {} clients failed to connect",
+                m.failed,
+                clients.len()
+            )
+            .into());
+        }
+        // Wait until every connection is registered (presence), so nothing sent is "offline".
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let online = self.helper.is_online_many(clients).await?;
+            if online.iter().all(|b| *b) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("clients did not all come online".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok((fleet, m))
+    }
+
+    async fn stop(self) {
+        if let Some(s) = self.inproc {
+            let _ = s.shutdown().await;
+        }
+        for p in self.procs {
+            p.stop().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Seconds from `start_ns` to the end of the last 100 ms bucket in which frames arrived.
+fn span_secs(m: &Merged, start_ns: u64) -> f64 {
+    let last = m.timeline.keys().next_back().copied().unwrap_or(0);
+    let end_ns = (last + 1) * 100_000_000;
+    (end_ns.saturating_sub(start_ns)) as f64 / 1e9
+}
+
+/// Sends `messages` point-to-point messages (round robin over `receivers` clients), at full
+/// speed or at `rate` per second; measures delivered messages/s and publish-to-client latency.
+pub(crate) async fn p2p(
+    o: &Opts,
+    broker: &str,
+    nodes: usize,
+    receivers: usize,
+    messages: u64,
+    rate: Option<u64>,
+    in_flight: usize,
+) -> Res<()> {
+    let mut runs = Vec::new();
+    let mut all_lat = LatHist::default();
+    let mut last_timeline = Default::default();
+    for run in 0..o.runs {
+        let bench = Bench::start(o, broker, nodes).await?;
+        let clients: Vec<ClientId> = (0..receivers)
+            .map(|i| format!("r{i}").parse())
+            .collect::<Result<_, _>>()?;
+        let (mut fleet, _) = bench.fleet(o, &clients, false).await?;
+        let from: ClientId = "bench".parse()?;
+        let clients = Arc::new(clients);
+        let start_ns = now_ns();
+        let started = Instant::now();
+        let helper = bench.helper.clone();
+        let per_ms = rate.map(|r| (r as f64 / 1000.0).max(1.0));
+        let sent = futures_util::stream::iter(0..messages)
+            .map(|i| {
+                let helper = helper.clone();
+                let clients = clients.clone();
+                let from = from.clone();
+                async move {
+                    if let Some(per_ms) = per_ms {
+                        // Open-loop pacing: message i is due at i / rate seconds.
+                        let due = started + Duration::from_secs_f64(i as f64 / (per_ms * 1000.0));
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let to = &clients[(i as usize) % clients.len()];
+                    let data = json!({"t": now_ns(), "s": i});
+                    helper
+                        .send_message(&from, std::slice::from_ref(to), &data, false)
+                        .await
+                        .is_ok()
+                }
+            })
+            .buffer_unordered(in_flight.max(1))
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await as u64;
+        let send_secs = started.elapsed().as_secs_f64();
+        let m = fleet.wait_received(sent, Duration::from_secs(120)).await?;
+        let secs = span_secs(&m, start_ns);
+        let r = json!({
+            "run": run,
+            "sent": sent,
+            "delivered": m.received,
+            "send_secs": send_secs,
+            "sent_per_sec": sent as f64 / send_secs.max(1e-9),
+            "delivered_per_sec": m.received as f64 / secs.max(1e-9),
+            "latency": latency_json(&m.latency),
+        });
+        println!("run {run}: {r}");
+        all_lat.merge(&m.latency);
+        last_timeline = m.timeline.clone();
+        runs.push(r);
+        fleet.stop().await;
+        bench.stop().await;
+    }
+    let med = |k: &str| median(runs.iter().filter_map(|r| r[k].as_f64()).collect());
+    let medl = |k: &str| {
+        median(
+            runs.iter()
+                .filter_map(|r| r["latency"][k].as_f64())
+                .collect(),
+        )
+    };
+    let summary = json!({
+        "delivered_per_sec (median)": med("delivered_per_sec"),
+        "sent_per_sec (median)": med("sent_per_sec"),
+        "latency_p50_ms (median)": medl("p50_ms"),
+        "latency_p90_ms (median)": medl("p90_ms"),
+        "latency_p99_ms (median)": medl("p99_ms"),
+        "latency_max_ms (median)": medl("max_ms"),
+        "lost": runs.iter().map(|r| r["sent"].as_u64().unwrap_or(0) - r["delivered"].as_u64().unwrap_or(0)).sum::<u64>(),
+    });
+    let mut checks = Vec::new();
+    match (broker, rate) {
+        ("memory", None) => checks.push(Check {
+            name: "p2p delivered, memory broker",
+            target: ">= 200000/s".into(),
+            measured: format!("{:.0}/s", med("delivered_per_sec")),
+            met: med("delivered_per_sec") >= 200_000.0,
+        }),
+        ("redis", None) => checks.push(Check {
+            name: "p2p delivered, redis, 2 nodes",
+            target: ">= 100000/s".into(),
+            measured: format!("{:.0}/s", med("delivered_per_sec")),
+            met: med("delivered_per_sec") >= 100_000.0,
+        }),
+        (_, Some(r)) => checks.push(Check {
+            name: "p99 latency at the given rate",
+            target: format!("< 5 ms @ {r}/s"),
+            measured: format!("{:.3} ms", medl("p99_ms")),
+            met: medl("p99_ms") < 5.0,
+        }),
+        _ => {}
+    }
+    let name = match rate {
+        Some(r) => format!("p2p-{broker}-{nodes}n-{r}rps"),
+        None => format!("p2p-{broker}-{nodes}n"),
+    };
+    let params = json!({"broker": broker, "nodes": nodes, "receivers": receivers, "messages": messages, "rate": rate, "in_flight": in_flight, "workers": o.workers, "runs": o.runs});
+    report::write(
+        &o.out,
+        &name,
+        params,
+        runs,
+        summary,
+        &checks,
+        Some((&all_lat, &last_timeline)),
+    )?;
+    Ok(())
+}
+
+/// One channel with `members` members; sends `messages` channel messages and measures frames
+/// delivered per second and the latency of the last member to get each message.
+pub(crate) async fn fanout(
+    o: &Opts,
+    broker: &str,
+    nodes: usize,
+    members: usize,
+    messages: u64,
+    gap: Duration,
+) -> Res<()> {
+    let mut runs = Vec::new();
+    let mut all_last = LatHist::default();
+    let mut last_timeline = Default::default();
+    for run in 0..o.runs {
+        let bench = Bench::start(o, broker, nodes).await?;
+        let clients: Vec<ClientId> = (0..members)
+            .map(|i| format!("m{i}").parse())
+            .collect::<Result<_, _>>()?;
+        let (mut fleet, _) = bench.fleet(o, &clients, true).await?;
+        let room: ChannelName = "bench-room".parse()?;
+        for chunk in clients.chunks(1000) {
+            bench.helper.join_channel(&room, chunk).await?;
+        }
+        // A warm-up message proves every node applied the membership before timing starts.
+        let from: ClientId = "bench".parse()?;
+        bench
+            .helper
+            .send_channel_message(&from, &room, &json!({"warmup": true}))
+            .await?;
+        let base = fleet.report().await?.received;
+        let want = base + members as u64 * messages;
+        let start_ns = now_ns();
+        let started = Instant::now();
+        for i in 0..messages {
+            bench
+                .helper
+                .send_channel_message(&from, &room, &json!({"t": now_ns(), "s": i}))
+                .await?;
+            if !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
+        }
+        let send_secs = started.elapsed().as_secs_f64();
+        let m = fleet.wait_received(want, Duration::from_secs(180)).await?;
+        let secs = span_secs(&m, start_ns);
+        let frames = m.received - base;
+        let mut last = LatHist::default();
+        for v in m.seq_max.values() {
+            last.record(*v);
+        }
+        let r = json!({
+            "run": run,
+            "members": members,
+            "messages": messages,
+            "frames_expected": members as u64 * messages,
+            "frames_delivered": frames,
+            "send_secs": send_secs,
+            "frames_per_sec": frames as f64 / secs.max(1e-9),
+            "last_member_latency": latency_json(&last),
+            "frame_latency": latency_json(&m.latency),
+        });
+        println!("run {run}: {r}");
+        all_last.merge(&last);
+        last_timeline = m.timeline.clone();
+        runs.push(r);
+        fleet.stop().await;
+        bench.stop().await;
+    }
+    let med = |k: &str| median(runs.iter().filter_map(|r| r[k].as_f64()).collect());
+    let medl = |k: &str| {
+        median(
+            runs.iter()
+                .filter_map(|r| r["last_member_latency"][k].as_f64())
+                .collect(),
+        )
+    };
+    let summary = json!({
+        "frames_per_sec (median)": med("frames_per_sec"),
+        "last_member_p50_ms (median)": medl("p50_ms"),
+        "last_member_p99_ms (median)": medl("p99_ms"),
+        "last_member_max_ms (median)": medl("max_ms"),
+        "lost_frames": runs.iter().map(|r| r["frames_expected"].as_u64().unwrap_or(0).saturating_sub(r["frames_delivered"].as_u64().unwrap_or(0))).sum::<u64>(),
+    });
+    let checks = [Check {
+        name: "channel fan-out frames delivered",
+        target: ">= 1000000/s".into(),
+        measured: format!("{:.0}/s", med("frames_per_sec")),
+        met: med("frames_per_sec") >= 1_000_000.0,
+    }];
+    let params = json!({"broker": broker, "nodes": nodes, "members": members, "messages": messages, "gap_ms": gap.as_millis() as u64, "workers": o.workers, "runs": o.runs});
+    report::write(
+        &o.out,
+        &format!("fanout-{broker}-{nodes}n-{members}"),
+        params,
+        runs,
+        summary,
+        &checks,
+        Some((&all_last, &last_timeline)),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Runs every benchmark scenario at a tiny size so the tool cannot rot unnoticed. This checks
+//! that the scenarios run and write their reports, never how fast anything is.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+#[test]
+fn every_scenario_runs_tiny_and_writes_reports() {
+    let out = std::env::temp_dir().join(format!("impush-bench-smoke-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_impush-bench"))
+        .args(["smoke", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut expected = vec![
+        "idle-20",
+        "p2p-memory-1n",
+        "p2p-memory-1n-1000rps",
+        "fanout-memory-1n-20",
+    ];
+    if std::env::var_os("IMPUSH_TEST_REDIS_URL").is_some() {
+        expected.extend(["p2p-redis-2n", "fanout-redis-2n-20"]);
+    } else {
+        assert!(
+            std::env::var_os("IMPUSH_REQUIRE_BROKERS").is_none(),
+            "IMPUSH_TEST_REDIS_URL must be set"
+        );
+    }
+    for name in expected {
+        let text = std::fs::read_to_string(out.join(format!("{name}.json")))
+            .unwrap_or_else(|e| panic!("{name}.json: {e}"));
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(doc["scenario"], name);
+        assert!(
+            doc["machine"]["cores"].as_u64().unwrap() > 0,
+            "{name}: no machine info"
+        );
+        assert!(
+            !doc["runs"].as_array().unwrap().is_empty(),
+            "{name}: no runs"
+        );
+        assert!(
+            !doc["targets"].as_array().unwrap().is_empty(),
+            "{name}: no targets"
+        );
+        if name.starts_with("idle") {
+            assert_eq!(doc["runs"][0]["sockets_connected"], 20, "{name}: {doc}");
+        } else {
+            // Nothing lost: every message sent was delivered.
+            let lost = doc["summary"]["lost"]
+                .as_u64()
+                .or(doc["summary"]["lost_frames"].as_u64());
+            assert_eq!(lost, Some(0), "{name}: {}", doc["summary"]);
+            assert!(out.join(format!("{name}.svg")).exists(), "{name}: no chart");
+        }
+    }
+    std::fs::remove_dir_all(&out).ok();
+}
