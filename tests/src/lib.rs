@@ -237,6 +237,42 @@ pub async fn fanout_preserves_publisher_order(b: &dyn Broker, ns: &str) {
     assert_payloads(&got, &msgs, "ordered subscriber");
 }
 
+/// Many publishes in flight at once on one topic (as a busy helper makes them) all arrive,
+/// each exactly once, to fanout and queue subscribers alike; each publisher's own messages
+/// keep their order.
+pub async fn concurrent_publishes_all_arrive_once(b: &dyn Broker, ns: &str) {
+    const PUBLISHERS: usize = 8;
+    const EACH: usize = 100;
+    let topic = format!("{ns}.concurrent");
+    let mut fan = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    let mut q = subscribe(b, &topic, queue(format!("{ns}-cq"))).await;
+    let publishers = (0..PUBLISHERS).map(|p| {
+        let topic = topic.clone();
+        async move {
+            for m in numbered(&format!("p{p}-"), EACH) {
+                publish(b, &topic, m).await;
+            }
+        }
+    });
+    futures_util::future::join_all(publishers).await;
+    for (sub, what) in [(&mut fan, "fanout"), (&mut q, "queue")] {
+        let got = recv_n(sub, PUBLISHERS * EACH, what).await;
+        for p in 0..PUBLISHERS {
+            let prefix = format!("p{p}-");
+            let mine: Vec<Bytes> = got
+                .iter()
+                .filter(|m| m.starts_with(prefix.as_bytes()))
+                .cloned()
+                .collect();
+            assert_payloads(
+                &mine,
+                &numbered(&prefix, EACH),
+                &format!("{what}, publisher {p}"),
+            );
+        }
+    }
+}
+
 /// Messages stay on their topic, also for topics whose names are prefixes of each other, and
 /// a queue group name used on two topics is two independent groups.
 pub async fn topics_are_isolated(b: &dyn Broker, ns: &str) {
@@ -1156,6 +1192,7 @@ macro_rules! broker_conformance {
             fanout_reaches_every_subscriber,
             fanout_delivers_only_messages_published_after_subscribe,
             fanout_preserves_publisher_order,
+            concurrent_publishes_all_arrive_once,
             topics_are_isolated,
             queue_delivers_each_message_to_one_member,
             queue_groups_each_get_every_message,

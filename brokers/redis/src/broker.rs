@@ -1,6 +1,10 @@
 //! [`RedisBroker`]: topics are Redis streams.
 //!
-//! - publish: `XADD topic MAXLEN ~ stream_max_len * p <payload>`;
+//! - publish: `XADD topic MAXLEN ~ stream_max_len * 0 <payload> [1 <payload> ...]`. At most one
+//!   `XADD` per topic is in flight; publishes that arrive meanwhile go out together as the next
+//!   entry (fields `0`, `1`, ... in publish order). No timer: an idle topic publishes at once,
+//!   a busy one gets large batches, which is what lets one publisher exceed Redis' per-command
+//!   rate;
 //! - `Fanout`: a reader starts at the stream's last id when it subscribes and follows with
 //!   `XREAD BLOCK` from the last id it saw, so a reconnect loses nothing the stream still holds;
 //! - `Queue{group}`: a consumer group (`XGROUP CREATE .. $ MKSTREAM`) read with
@@ -16,7 +20,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -30,7 +34,7 @@ use fred::{
 };
 use futures_util::StreamExt;
 use impush_core::{Broker, Result, SubscribeMode, Subscription};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
@@ -39,10 +43,10 @@ use crate::{
     error::{core, Error},
 };
 
-/// Field that carries the payload in each stream entry.
-const FIELD: &str = "p";
 /// Entries fetched per read.
 const BATCH: u64 = 256;
+/// Most payloads in one stream entry.
+const MAX_PER_ENTRY: usize = 512;
 
 /// A [`Broker`] over Redis streams. See the module docs for the layout.
 #[derive(Debug)]
@@ -50,6 +54,48 @@ pub struct RedisBroker {
     cfg: RedisConfig,
     pool: Pool,
     closed: Arc<AtomicBool>,
+    outgoing: Mutex<HashMap<String, Arc<Mutex<Pending>>>>,
+}
+
+/// Publishes of one topic waiting for the `XADD` in flight to finish.
+#[derive(Debug, Default)]
+struct Pending {
+    items: Vec<(Bytes, oneshot::Sender<Result<()>>)>,
+    flushing: bool,
+}
+
+/// Sends what `pending` holds, one entry at a time, until it is empty.
+async fn flush(pool: Pool, topic: String, max_len: i64, pending: Arc<Mutex<Pending>>) {
+    loop {
+        let batch: Vec<(Bytes, oneshot::Sender<Result<()>>)> = {
+            let Ok(mut p) = pending.lock() else { return };
+            if p.items.is_empty() {
+                p.flushing = false;
+                return;
+            }
+            let n = p.items.len().min(MAX_PER_ENTRY);
+            p.items.drain(..n).collect()
+        };
+        let fields: Vec<(String, Bytes)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (payload, _))| (i.to_string(), payload.clone()))
+            .collect();
+        let res = pool
+            .xadd::<Value, _, _, _, _>(topic.as_str(), false, ("MAXLEN", "~", max_len), "*", fields)
+            .await;
+        for (_, done) in batch {
+            let r = match &res {
+                Ok(_) => Ok(()),
+                Err(e) => Err(Error::Command {
+                    op: "XADD",
+                    source: e.clone(),
+                }
+                .into()),
+            };
+            let _ = done.send(r);
+        }
+    }
 }
 
 impl RedisBroker {
@@ -63,11 +109,19 @@ impl RedisBroker {
             cfg: cfg.clone(),
             pool,
             closed: Arc::new(AtomicBool::new(false)),
+            outgoing: Mutex::new(HashMap::new()),
         })
     }
 }
 
 type Entry = (String, HashMap<String, Bytes>);
+
+fn poisoned() -> impush_core::Error {
+    impush_core::Error::Backend {
+        backend: crate::error::BACKEND,
+        source: "a publisher panicked while holding the publish queue".into(),
+    }
+}
 
 fn parse_entries(v: Value, topic: &str) -> Result<Vec<Entry>, Error> {
     if v.is_null() {
@@ -140,6 +194,16 @@ async fn read(
     })
 }
 
+/// The payloads of one entry in publish order (fields are `0`, `1`, ...; others are skipped).
+fn in_order(fields: HashMap<String, Bytes>) -> Vec<Bytes> {
+    let mut numbered: Vec<(usize, Bytes)> = fields
+        .into_iter()
+        .filter_map(|(k, v)| k.parse().ok().map(|i| (i, v)))
+        .collect();
+    numbered.sort_unstable_by_key(|(i, _)| *i);
+    numbered.into_iter().map(|(_, v)| v).collect()
+}
+
 /// The reader loop of one subscription; ends when the subscription is dropped or the broker
 /// shuts down.
 async fn run_reader(
@@ -159,16 +223,14 @@ async fn run_reader(
                     failing = false;
                 }
                 backoff = Duration::from_millis(100);
-                for (id, mut fields) in entries {
+                'entries: for (id, fields) in entries {
                     if let Cursor::After(last) = &mut cursor {
                         *last = id;
                     }
-                    let Some(payload) = fields.remove(FIELD) else {
-                        tracing::warn!(%topic, "skipping a stream entry without payload");
-                        continue;
-                    };
-                    if tx.send(Ok(payload)).await.is_err() {
-                        break;
+                    for payload in in_order(fields) {
+                        if tx.send(Ok(payload)).await.is_err() {
+                            break 'entries;
+                        }
                     }
                 }
             }
@@ -202,17 +264,28 @@ impl Broker for RedisBroker {
         if self.closed.load(Ordering::Acquire) {
             return Err(impush_core::Error::Closed("redis broker"));
         }
-        self.pool
-            .xadd::<Value, _, _, _, _>(
-                topic,
-                false,
-                ("MAXLEN", "~", self.cfg.stream_max_len as i64),
-                "*",
-                vec![(FIELD, payload)],
-            )
+        let (done, result) = oneshot::channel();
+        let pending = {
+            let mut outgoing = self.outgoing.lock().map_err(|_| poisoned())?;
+            outgoing.entry(topic.to_owned()).or_default().clone()
+        };
+        let start = {
+            let mut p = pending.lock().map_err(|_| poisoned())?;
+            p.items.push((payload, done));
+            !std::mem::replace(&mut p.flushing, true)
+        };
+        if start {
+            // A task of its own: if this caller is cancelled, the others still get their entry.
+            tokio::spawn(flush(
+                self.pool.clone(),
+                topic.to_owned(),
+                self.cfg.stream_max_len as i64,
+                pending,
+            ));
+        }
+        result
             .await
-            .map(drop)
-            .map_err(core("XADD"))
+            .unwrap_or(Err(impush_core::Error::Closed("redis broker")))
     }
 
     async fn subscribe(&self, topic: &str, mode: SubscribeMode) -> Result<Subscription> {

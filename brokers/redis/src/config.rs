@@ -23,9 +23,9 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Connections in the command pool (default 4).
     pub pool_size: usize,
-    /// Entries each topic stream keeps; older ones are trimmed (approximately) on publish.
-    /// A node that is down longer than it takes to publish this many messages to it loses the
-    /// oldest ones.
+    /// Entries each topic stream keeps; older ones are trimmed (approximately) on publish. An
+    /// entry holds one message, or several when publishes to the topic queue up. A node that is
+    /// down longer than it takes to publish this many entries to it loses the oldest ones.
     pub stream_max_len: u64,
     /// How long one command may take before it fails with "unavailable" (so the HTTP API
     /// answers 503 instead of hanging while Redis is away).
