@@ -50,7 +50,8 @@ enum Cmd {
         sockets: usize,
         #[arg(long, default_value_t = 512)]
         concurrency: usize,
-        #[arg(long, default_value_t = 10)]
+        /// How long to sample idle CPU; longer than the 25 s ping interval so pings count.
+        #[arg(long, default_value_t = 30)]
         idle_secs: u64,
     },
     /// Point-to-point messages through ImHelper.

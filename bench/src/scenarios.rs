@@ -140,6 +140,7 @@ pub(crate) async fn idle(o: &Opts, sockets: usize, concurrency: usize, idle_secs
             "server_rss_loaded_mib": rss1 as f64 / 1048576.0,
             "server_bytes_per_socket": per_socket,
             "server_idle_cpu_percent": (cpu1 - cpu0) / idle_secs as f64 * 100.0,
+            "server_cpu_us_per_socket_per_sec": (cpu1 - cpu0) * 1e6 / idle_secs as f64 / m.connected.max(1) as f64,
         });
         println!("run {run}: {r}");
         runs.push(r);
@@ -152,6 +153,7 @@ pub(crate) async fn idle(o: &Opts, sockets: usize, concurrency: usize, idle_secs
         "sockets_held (median)": med("sockets_held_after_idle"),
         "server_bytes_per_socket (median)": med("server_bytes_per_socket"),
         "server_idle_cpu_percent (median)": med("server_idle_cpu_percent"),
+        "server_cpu_us_per_socket_per_sec (median)": med("server_cpu_us_per_socket_per_sec"),
         "connects_per_sec (median)": med("connects_per_sec"),
         "server_cpu_us_per_connect (median)": med("server_cpu_us_per_connect"),
     });
