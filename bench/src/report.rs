@@ -38,6 +38,15 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// The median over `runs` of the number at `path` (e.g. `["latency", "p99_ms"]`).
+pub(crate) fn median_at(runs: &[Value], path: &[&str]) -> f64 {
+    median(
+        runs.iter()
+            .filter_map(|r| path.iter().fold(r, |v, k| &v[*k]).as_f64())
+            .collect(),
+    )
+}
+
 /// Writes `<dir>/<name>.json` (+ `.svg` when there is a chart) and prints the table.
 pub(crate) fn write(
     dir: &Path,

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use crate::{
     fleet::{Fleet, Merged, NodeProc},
     hist::LatHist,
-    report::{self, latency_json, median, Check},
+    report::{self, latency_json, median_at, Check},
     sys,
     worker::now_ns,
 };
@@ -148,27 +148,26 @@ pub(crate) async fn idle(o: &Opts, sockets: usize, concurrency: usize, idle_secs
         node.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let med = |k: &str| median(runs.iter().filter_map(|r| r[k].as_f64()).collect());
     let summary = json!({
-        "sockets_held (median)": med("sockets_held_after_idle"),
-        "server_bytes_per_socket (median)": med("server_bytes_per_socket"),
-        "server_idle_cpu_percent (median)": med("server_idle_cpu_percent"),
-        "server_cpu_us_per_socket_per_sec (median)": med("server_cpu_us_per_socket_per_sec"),
-        "connects_per_sec (median)": med("connects_per_sec"),
-        "server_cpu_us_per_connect (median)": med("server_cpu_us_per_connect"),
+        "sockets_held (median)": median_at(&runs, &["sockets_held_after_idle"]),
+        "server_bytes_per_socket (median)": median_at(&runs, &["server_bytes_per_socket"]),
+        "server_idle_cpu_percent (median)": median_at(&runs, &["server_idle_cpu_percent"]),
+        "server_cpu_us_per_socket_per_sec (median)": median_at(&runs, &["server_cpu_us_per_socket_per_sec"]),
+        "connects_per_sec (median)": median_at(&runs, &["connects_per_sec"]),
+        "server_cpu_us_per_connect (median)": median_at(&runs, &["server_cpu_us_per_connect"]),
     });
     let checks = [
         Check {
             name: "idle sockets per node process",
             target: ">= 19000".into(),
-            measured: format!("{:.0}", med("sockets_held_after_idle")),
-            met: med("sockets_held_after_idle") >= 19_000.0,
+            measured: format!("{:.0}", median_at(&runs, &["sockets_held_after_idle"])),
+            met: median_at(&runs, &["sockets_held_after_idle"]) >= 19_000.0,
         },
         Check {
             name: "server memory per idle socket",
             target: "<= 8192 B".into(),
-            measured: format!("{:.0} B", med("server_bytes_per_socket")),
-            met: med("server_bytes_per_socket") <= 8192.0,
+            measured: format!("{:.0} B", median_at(&runs, &["server_bytes_per_socket"])),
+            met: median_at(&runs, &["server_bytes_per_socket"]) <= 8192.0,
         },
     ];
     let params = json!({"sockets": sockets, "workers": o.workers, "source_ips": o.source_ips, "concurrency": concurrency, "idle_secs": idle_secs, "runs": o.runs});
@@ -353,21 +352,13 @@ pub(crate) async fn p2p(
         fleet.stop().await;
         bench.stop().await;
     }
-    let med = |k: &str| median(runs.iter().filter_map(|r| r[k].as_f64()).collect());
-    let medl = |k: &str| {
-        median(
-            runs.iter()
-                .filter_map(|r| r["latency"][k].as_f64())
-                .collect(),
-        )
-    };
     let summary = json!({
-        "delivered_per_sec (median)": med("delivered_per_sec"),
-        "sent_per_sec (median)": med("sent_per_sec"),
-        "latency_p50_ms (median)": medl("p50_ms"),
-        "latency_p90_ms (median)": medl("p90_ms"),
-        "latency_p99_ms (median)": medl("p99_ms"),
-        "latency_max_ms (median)": medl("max_ms"),
+        "delivered_per_sec (median)": median_at(&runs, &["delivered_per_sec"]),
+        "sent_per_sec (median)": median_at(&runs, &["sent_per_sec"]),
+        "latency_p50_ms (median)": median_at(&runs, &["latency", "p50_ms"]),
+        "latency_p90_ms (median)": median_at(&runs, &["latency", "p90_ms"]),
+        "latency_p99_ms (median)": median_at(&runs, &["latency", "p99_ms"]),
+        "latency_max_ms (median)": median_at(&runs, &["latency", "max_ms"]),
         "lost": runs.iter().map(|r| r["sent"].as_u64().unwrap_or(0) - r["delivered"].as_u64().unwrap_or(0)).sum::<u64>(),
     });
     let mut checks = Vec::new();
@@ -375,20 +366,20 @@ pub(crate) async fn p2p(
         ("memory", None) => checks.push(Check {
             name: "p2p delivered, memory broker",
             target: ">= 200000/s".into(),
-            measured: format!("{:.0}/s", med("delivered_per_sec")),
-            met: med("delivered_per_sec") >= 200_000.0,
+            measured: format!("{:.0}/s", median_at(&runs, &["delivered_per_sec"])),
+            met: median_at(&runs, &["delivered_per_sec"]) >= 200_000.0,
         }),
         ("redis", None) => checks.push(Check {
             name: "p2p delivered, redis, 2 nodes",
             target: ">= 100000/s".into(),
-            measured: format!("{:.0}/s", med("delivered_per_sec")),
-            met: med("delivered_per_sec") >= 100_000.0,
+            measured: format!("{:.0}/s", median_at(&runs, &["delivered_per_sec"])),
+            met: median_at(&runs, &["delivered_per_sec"]) >= 100_000.0,
         }),
         (_, Some(r)) => checks.push(Check {
             name: "p99 latency at the given rate",
             target: format!("< 5 ms @ {r}/s"),
-            measured: format!("{:.3} ms", medl("p99_ms")),
-            met: medl("p99_ms") < 5.0,
+            measured: format!("{:.3} ms", median_at(&runs, &["latency", "p99_ms"])),
+            met: median_at(&runs, &["latency", "p99_ms"]) < 5.0,
         }),
         _ => {}
     }
@@ -477,26 +468,18 @@ pub(crate) async fn fanout(
         fleet.stop().await;
         bench.stop().await;
     }
-    let med = |k: &str| median(runs.iter().filter_map(|r| r[k].as_f64()).collect());
-    let medl = |k: &str| {
-        median(
-            runs.iter()
-                .filter_map(|r| r["last_member_latency"][k].as_f64())
-                .collect(),
-        )
-    };
     let summary = json!({
-        "frames_per_sec (median)": med("frames_per_sec"),
-        "last_member_p50_ms (median)": medl("p50_ms"),
-        "last_member_p99_ms (median)": medl("p99_ms"),
-        "last_member_max_ms (median)": medl("max_ms"),
+        "frames_per_sec (median)": median_at(&runs, &["frames_per_sec"]),
+        "last_member_p50_ms (median)": median_at(&runs, &["last_member_latency", "p50_ms"]),
+        "last_member_p99_ms (median)": median_at(&runs, &["last_member_latency", "p99_ms"]),
+        "last_member_max_ms (median)": median_at(&runs, &["last_member_latency", "max_ms"]),
         "lost_frames": runs.iter().map(|r| r["frames_expected"].as_u64().unwrap_or(0).saturating_sub(r["frames_delivered"].as_u64().unwrap_or(0))).sum::<u64>(),
     });
     let checks = [Check {
         name: "channel fan-out frames delivered",
         target: ">= 1000000/s".into(),
-        measured: format!("{:.0}/s", med("frames_per_sec")),
-        met: med("frames_per_sec") >= 1_000_000.0,
+        measured: format!("{:.0}/s", median_at(&runs, &["frames_per_sec"])),
+        met: median_at(&runs, &["frames_per_sec"]) >= 1_000_000.0,
     }];
     let params = json!({"broker": broker, "nodes": nodes, "members": members, "messages": messages, "gap_ms": gap.as_millis() as u64, "workers": o.workers, "runs": o.runs});
     report::write(

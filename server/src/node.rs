@@ -51,6 +51,13 @@ pub(crate) struct Node {
     pub(crate) limits: LimitsConfig,
     pub(crate) persist_channels: bool,
     pub(crate) metrics: Arc<Metrics>,
+    /// What the node builds for itself; `Local::default()` when constructing.
+    pub(crate) local: Local,
+}
+
+/// A node's own bookkeeping: local connections, id generation, per-client locks.
+#[derive(Debug)]
+pub(crate) struct Local {
     registry: Registry,
     boot: u64,
     conn_seq: AtomicU64,
@@ -58,29 +65,9 @@ pub(crate) struct Node {
     client_locks: Box<[AsyncMutex<()>]>,
 }
 
-/// The pieces a [`Node`] is built from.
-pub(crate) struct NodeParts {
-    pub(crate) id: NodeId,
-    pub(crate) cluster: Cluster,
-    pub(crate) topics: Topics,
-    pub(crate) broker: Arc<dyn Broker>,
-    pub(crate) presence: Arc<dyn PresenceStore>,
-    pub(crate) limits: LimitsConfig,
-    pub(crate) persist_channels: bool,
-    pub(crate) metrics: Arc<Metrics>,
-}
-
-impl Node {
-    pub(crate) fn new(p: NodeParts) -> Self {
+impl Default for Local {
+    fn default() -> Self {
         Self {
-            id: p.id,
-            cluster: p.cluster,
-            topics: p.topics,
-            broker: p.broker,
-            presence: p.presence,
-            limits: p.limits,
-            persist_channels: p.persist_channels,
-            metrics: p.metrics,
             registry: Registry::default(),
             boot: envelope::now_ms(),
             conn_seq: AtomicU64::new(0),
@@ -90,17 +77,20 @@ impl Node {
                 .collect(),
         }
     }
+}
 
+impl Node {
     /// A connection id unique across the cluster and across restarts of this node.
     pub(crate) fn next_connection_id(&self) -> ConnectionId {
-        let seq = self.conn_seq.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-{:x}-{seq}", self.id, self.boot);
+        let seq = self.local.conn_seq.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{:x}-{seq}", self.id, self.local.boot);
         ConnectionId::new(id).expect("node id and numbers form a valid connection id")
     }
 
     fn client_lock(&self, client: &ClientId) -> &AsyncMutex<()> {
-        let i = self.lock_hasher.hash_one(client.as_str()) as usize % self.client_locks.len();
-        &self.client_locks[i]
+        let i = self.local.lock_hasher.hash_one(client.as_str()) as usize
+            % self.local.client_locks.len();
+        &self.local.client_locks[i]
     }
 
     /// Registers a new connection: local index, presence, channels, online event.
@@ -108,6 +98,7 @@ impl Node {
         let client = &handle.client;
         let _guard = self.client_lock(client).lock().await;
         let (first, excess) = self
+            .local
             .registry
             .add(handle, self.limits.max_connections_per_client);
         for old in excess {
@@ -124,7 +115,7 @@ impl Node {
         }
         if first {
             match self.presence.client_channels(client).await {
-                Ok(chans) => self.registry.join_all(client, &chans),
+                Ok(chans) => self.local.registry.join_all(client, &chans),
                 Err(e) => self.presence_error("client_channels", &e),
             }
         }
@@ -144,7 +135,7 @@ impl Node {
     pub(crate) async fn detach(&self, handle: &Arc<SessionHandle>, metadata: &serde_json::Value) {
         let client = &handle.client;
         let _guard = self.client_lock(client).lock().await;
-        let last = self.registry.remove(handle);
+        let last = self.local.registry.remove(handle);
         self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
         let clear = last && !self.persist_channels;
         if let Err(e) = self
@@ -155,7 +146,7 @@ impl Node {
             self.presence_error("disconnect", &e);
         }
         if last {
-            self.registry.forget_channels(client);
+            self.local.registry.forget_channels(client);
         }
         tracing::info!(%client, connection = %handle.connection, last, "disconnected");
         self.publish_event(&Event::Offline {
@@ -256,7 +247,7 @@ impl Node {
             }
             .to_json()
             .into();
-            let n = self.registry.for_client(sender, |s| {
+            let n = self.local.registry.for_client(sender, |s| {
                 s.push(
                     Outgoing {
                         frame: frame.clone(),
@@ -284,7 +275,7 @@ impl Node {
         let mut written = 0u64;
         for to in &d.to {
             let mut delivered = false;
-            self.registry.for_client(to, |s| {
+            self.local.registry.for_client(to, |s| {
                 let ok = s.push(
                     Outgoing {
                         frame: frame.clone(),
@@ -320,6 +311,7 @@ impl Node {
             } => self.local_receipts(&id, &sender, &receipts),
             NodeCommand::Kick { client } => {
                 let n = self
+                    .local
                     .registry
                     .for_client(&client, |s| session::kick(s, self));
                 tracing::info!(%client, connections = n, "kicked");
@@ -345,7 +337,7 @@ impl Node {
                 }
                 .to_json()
                 .into();
-                let n = self.registry.for_channel(&channel, |s| {
+                let n = self.local.registry.for_channel(&channel, |s| {
                     s.push(
                         Outgoing {
                             frame: frame.clone(),
@@ -364,7 +356,7 @@ impl Node {
                 }
                 .to_json()
                 .into();
-                let n = self.registry.for_all(|s| {
+                let n = self.local.registry.for_all(|s| {
                     s.push(
                         Outgoing {
                             frame: frame.clone(),
@@ -375,8 +367,12 @@ impl Node {
                 });
                 self.metrics.out(OutKind::Broadcast, n as u64);
             }
-            ClusterCommand::Joined { channel, clients } => self.registry.join(&channel, &clients),
-            ClusterCommand::Left { channel, clients } => self.registry.leave(&channel, &clients),
+            ClusterCommand::Joined { channel, clients } => {
+                self.local.registry.join(&channel, &clients)
+            }
+            ClusterCommand::Left { channel, clients } => {
+                self.local.registry.leave(&channel, &clients)
+            }
         }
     }
 
@@ -428,7 +424,7 @@ impl Node {
 
     /// Writes every local connection and local channel membership to the presence store again.
     async fn resync_presence(&self) {
-        let (connections, memberships) = self.registry.snapshot();
+        let (connections, memberships) = self.local.registry.snapshot();
         for (client, connection) in &connections {
             if let Err(e) = self.presence.connect(&self.id, client, connection).await {
                 self.presence_error("connect (resync)", &e);

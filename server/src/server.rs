@@ -14,7 +14,7 @@ use crate::{
     config::Config,
     http::{self, App},
     metrics::Metrics,
-    node::{Feed, Node, NodeParts},
+    node::{Feed, Local, Node},
     Error, Result,
 };
 
@@ -125,7 +125,7 @@ impl ImServer {
             );
         }
 
-        let node = Arc::new(Node::new(NodeParts {
+        let node = Arc::new(Node {
             id: config.node.id.clone(),
             cluster: cluster.clone(),
             topics,
@@ -134,7 +134,8 @@ impl ImServer {
             limits: config.limits.clone(),
             persist_channels: config.channels.persist,
             metrics: Arc::new(Metrics::default()),
-        }));
+            local: Local::default(),
+        });
         // Subscribe before accepting anything, so nothing published after `start` returns is missed.
         let inbox = node.subscribe(Feed::Inbox).await?;
         let all = node.subscribe(Feed::All).await?;
