@@ -347,6 +347,34 @@ async fn presence_queries_and_events_with_first_last() {
     server.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_group_of_event_readers_gets_each_event_once() {
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let mut a = h.events_in_group("billing").await.unwrap();
+    let mut b = h.events_in_group("billing").await.unwrap();
+    let mut everyone = h.events().await.unwrap();
+    let mut clients = Vec::new();
+    for name in ["u1", "u2", "u3", "u4"] {
+        clients.push(Client::connect(&h, name, 1).await);
+    }
+    for _ in 0..4 {
+        next_event(&mut everyone).await;
+    }
+    // Between them the two group members saw each of the four events exactly once.
+    let mut seen = Vec::new();
+    for stream in [&mut a, &mut b] {
+        while let Ok(Some(ev)) =
+            tokio::time::timeout(Duration::from_millis(300), stream.next()).await
+        {
+            seen.push(ev.unwrap().client().to_string());
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["u1", "u2", "u3", "u4"]);
+    server.shutdown().await.unwrap();
+}
+
 async fn next_event(events: &mut impush_helper::EventStream) -> Event {
     tokio::time::timeout(support::WAIT, events.next())
         .await
