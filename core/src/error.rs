@@ -59,9 +59,22 @@ pub enum Error {
     /// The component was shut down.
     #[error("{0} is shut down")]
     Closed(&'static str),
-    /// The configuration asks for a backend this build does not contain.
+    /// The configuration asks for a backend this build does not contain (the Cargo feature has
+    /// the backend's name).
     #[error("backend `{0}` is not compiled in; rebuild with `--features {0}`")]
-    NotCompiled(&'static str),
+    NotCompiled(String),
+    /// A configured backend could not be started; `source` says why (and where, never with a
+    /// password).
+    #[error("cannot start {role} `{kind}`")]
+    Start {
+        /// `broker` or `presence`.
+        role: &'static str,
+        /// The configured kind.
+        kind: String,
+        /// What the backend reported.
+        #[source]
+        source: Box<Error>,
+    },
     /// The configuration is invalid; the message names the key.
     #[error("{0}")]
     Config(String),
@@ -90,7 +103,11 @@ impl Error {
     ///
     /// The server's retry and resubscribe logic calls this instead of matching backend details.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable { .. } | Error::Lagged { .. })
+        match self {
+            Error::Unavailable { .. } | Error::Lagged { .. } => true,
+            Error::Start { source, .. } => source.is_transient(),
+            _ => false,
+        }
     }
 
     pub(crate) fn invalid_id(kind: &'static str, reason: impl Into<String>) -> Self {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use impush_brokers::{BrokerConfig, PresenceConfig};
+use impush_brokers::Section;
 use impush_core::{
     config::{AuthConfig, ClusterConfig, LimitsConfig},
     Result,
@@ -18,10 +18,10 @@ pub struct HelperConfig {
     pub cluster: ClusterConfig,
     /// `[auth]`: `secret` is required, `token_ttl` applies.
     pub auth: AuthConfig,
-    /// `[broker]`.
-    pub broker: BrokerConfig,
-    /// `[presence]`.
-    pub presence: PresenceConfig,
+    /// `[broker]`: the same section the nodes read.
+    pub broker: Section,
+    /// `[presence]`: the same section the nodes read.
+    pub presence: Section,
     /// `[limits]`: `max_metadata_bytes` applies.
     pub limits: LimitsConfig,
 }

@@ -8,7 +8,9 @@
 //!
 //! In one process with the memory backends, get a helper from the running server
 //! (`ImServer::helper()`); against a broker-backed cluster, build one with
-//! [`ImHelper::connect`] from the same configuration file the nodes use.
+//! [`ImHelper::connect`] from the same configuration file the nodes use, or with
+//! [`ImHelper::builder`] when the cluster runs a broker kind you registered yourself
+//! ([`Backends`]).
 //!
 //! Method names follow FreeIM's ImHelper: `PrevConnectServer` is [`ImHelper::prepare_connect`],
 //! `SendMessage` is [`ImHelper::send_message`], `JoinChan` is [`ImHelper::join_channel`], and so on.
@@ -18,6 +20,7 @@ mod config;
 use std::sync::Arc;
 
 use futures_util::{stream::BoxStream, StreamExt};
+use impush_brokers::BackendContext;
 use impush_core::{
     envelope::{self, ClusterCommand, Deliver, NodeCommand},
     token::TokenSigner,
@@ -28,6 +31,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 pub use config::HelperConfig;
+pub use impush_brokers::Backends;
 pub use impush_core::{Broker, Error, Result};
 
 /// A stream of online/offline events. `Err(Error::Lagged)` items report events this helper
@@ -68,6 +72,68 @@ pub struct HelperParts {
     pub prefix: String,
 }
 
+/// Builds an [`ImHelper`] from configuration and a backend registry.
+///
+/// ```no_run
+/// # async fn demo() -> impush_core::Result<()> {
+/// use impush_helper::{Backends, HelperConfig, ImHelper};
+/// let config = HelperConfig::load(Some("impush.toml".as_ref()))?;
+/// let mut backends = Backends::with_defaults();
+/// // backends.register_broker("nats", ...);   // the same registrations as your nodes
+/// let helper = ImHelper::builder(&config).backends(backends).connect().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct HelperBuilder {
+    config: HelperConfig,
+    backends: Backends,
+}
+
+impl HelperBuilder {
+    /// Uses `backends` instead of the built-in kinds only.
+    pub fn backends(mut self, backends: Backends) -> Self {
+        self.backends = backends;
+        self
+    }
+
+    /// Connects the configured broker and presence store.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an incomplete configuration (a helper needs `cluster.nodes` and
+    /// `auth.secret`) or a kind the registry lacks; backend start-up errors.
+    pub async fn connect(self) -> Result<ImHelper> {
+        let config = &self.config;
+        let cluster = Cluster::new(config.cluster.nodes.clone(), config.cluster.partitioner)?;
+        let secret = config.auth.secret.as_ref().ok_or_else(|| {
+            Error::Config(
+                "config key `auth.secret`: a helper needs the cluster's shared secret".into(),
+            )
+        })?;
+        let signer = TokenSigner::new(
+            secret.expose().as_bytes(),
+            config.auth.token_ttl,
+            config.limits.max_metadata_bytes,
+        )?;
+        let mut ctx = BackendContext::new(&config.broker).with_cluster(
+            cluster.nodes().iter().map(|n| n.id.clone()).collect(),
+            config.cluster.node_lease,
+        );
+        let broker = self.backends.connect_broker(&config.broker, &ctx).await?;
+        ctx.broker = Some(broker.clone());
+        let presence = self
+            .backends
+            .connect_presence(&config.presence, &ctx)
+            .await?;
+        Ok(ImHelper::new(HelperParts {
+            cluster,
+            signer,
+            broker,
+            presence,
+            prefix: ctx.prefix,
+        }))
+    }
+}
+
 /// The business backend's handle on an impush cluster. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ImHelper {
@@ -86,30 +152,21 @@ impl ImHelper {
         }
     }
 
-    /// Connects to the cluster described by `config` (its broker and presence store).
+    /// Connects to the cluster described by `config` with the built-in backend kinds.
     ///
     /// # Errors
-    /// [`Error::Config`] for an incomplete configuration (a helper needs `cluster.nodes` and
-    /// `auth.secret`); connection errors of the backends.
+    /// As [`HelperBuilder::connect`].
     pub async fn connect(config: &HelperConfig) -> Result<Self> {
-        let cluster = Cluster::new(config.cluster.nodes.clone(), config.cluster.partitioner)?;
-        let secret = config.auth.secret.as_ref().ok_or_else(|| {
-            Error::Config("auth.secret: a helper needs the cluster's shared secret".into())
-        })?;
-        let signer = TokenSigner::new(
-            secret.expose().as_bytes(),
-            config.auth.token_ttl,
-            config.limits.max_metadata_bytes,
-        )?;
-        let broker = impush_brokers::connect_broker(&config.broker).await?;
-        let presence = impush_brokers::connect_presence(&config.presence, &config.broker).await?;
-        Ok(Self::new(HelperParts {
-            cluster,
-            signer,
-            broker,
-            presence,
-            prefix: config.broker.prefix().to_owned(),
-        }))
+        Self::builder(config).connect().await
+    }
+
+    /// A builder for a helper of the cluster described by `config`, e.g. to use backend kinds
+    /// registered in code.
+    pub fn builder(config: &HelperConfig) -> HelperBuilder {
+        HelperBuilder {
+            config: config.clone(),
+            backends: Backends::with_defaults(),
+        }
     }
 
     /// The cluster this helper talks to.

@@ -2,7 +2,7 @@
 
 use std::{path::Path, time::Duration};
 
-use impush_brokers::{BrokerConfig, PresenceConfig};
+use impush_brokers::Section;
 use impush_core::{
     config::{AuthConfig, ChannelsConfig, ClusterConfig, LimitsConfig, NodeConfig},
     Error, Result,
@@ -44,10 +44,11 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[auth]`.
     pub auth: AuthConfig,
-    /// `[broker]`.
-    pub broker: BrokerConfig,
-    /// `[presence]`.
-    pub presence: PresenceConfig,
+    /// `[broker]`: `kind` names a registered broker (`memory` by default), `prefix` the topic
+    /// prefix; the other keys belong to the kind.
+    pub broker: Section,
+    /// `[presence]`: `kind` names a registered presence store (`memory` by default).
+    pub presence: Section,
     /// `[limits]`.
     pub limits: LimitsConfig,
     /// `[channels]`.

@@ -39,7 +39,7 @@ pub(crate) struct App {
     pub(crate) streams: CancellationToken,
     pub(crate) sessions: TaskTracker,
     pub(crate) helper: ImHelper,
-    pub(crate) api_key: String,
+    pub(crate) api_key: impush_core::config::Secret,
     pub(crate) sse_keep_alive: Duration,
 }
 

@@ -6,7 +6,8 @@
 //! talks to the cluster through [`impush_helper::ImHelper`].
 //!
 //! Layout:
-//! - [`server`](ImServer): start, run, shut down;
+//! - [`server`](ImServer): start ([`ImServerBuilder`]: config + backend registry), run, shut down;
+//! - `cli`: [`run`], the whole `impush` binary as one call;
 //! - `node`: the node's shared state and the broker dispatch;
 //! - `session`: one connection (bounded outbound queue, pings, close codes);
 //! - `registry`: the in-memory index of local connections and channel members;
@@ -14,6 +15,7 @@
 //! - `api`: the HTTP API (`/api/v1/...`, Server-Sent Events, the OpenAPI document).
 
 mod api;
+mod cli;
 mod config;
 mod error;
 mod http;
@@ -24,10 +26,12 @@ mod server;
 mod session;
 
 pub use api::api_routes;
+pub use cli::run;
 pub use config::{Config, OfflineConfig};
 pub use error::{Error, Result};
+pub use impush_brokers::{BackendContext, Backends, Section};
 pub use metrics::Metrics;
-pub use server::{Generated, ImServer};
+pub use server::{Generated, ImServer, ImServerBuilder};
 
 /// Resolves on Ctrl-C or SIGTERM: the signals that start a graceful shutdown.
 pub async fn shutdown_signal() {

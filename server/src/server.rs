@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use impush_brokers::{BackendContext, Backends};
 use impush_core::{
+    config::Secret,
     token::{NonceCache, TokenSigner},
     Broker, Cluster, NodeEntry, PresenceStore, Topics,
 };
@@ -19,13 +21,13 @@ use crate::{
 };
 
 /// Credentials a node generated because the configuration did not set them. Show them to the
-/// operator once; they change at every start.
+/// operator once; they change at every start. (`Debug` hides them, like every [`Secret`].)
 #[derive(Debug, Clone, Default)]
 pub struct Generated {
     /// The generated `auth.secret`, if it was generated.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// The generated `auth.api_key`, if it was generated.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
 }
 
 /// A running ImServer node.
@@ -57,28 +59,52 @@ fn random_key() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-impl ImServer {
-    /// Starts a node with the backends its configuration names.
-    ///
-    /// # Errors
-    /// Invalid configuration, unreachable backends, or a listen address that cannot be bound.
-    pub async fn start(config: Config) -> Result<Self> {
-        config.validate()?;
-        let broker = impush_brokers::connect_broker(&config.broker).await?;
-        let presence = impush_brokers::connect_presence(&config.presence, &config.broker).await?;
-        Self::start_with(config, broker, presence).await
+/// Builds an [`ImServer`]: the configuration, the backend registry the configuration's kinds
+/// are looked up in, or backend instances you already hold.
+///
+/// ```no_run
+/// # #[tokio::main] async fn main() -> impush_server::Result<()> {
+/// use impush_server::{Backends, Config, ImServer};
+/// let mut backends = Backends::with_defaults();
+/// // backends.register_broker("nats", |cfg: NatsConfig, ctx| NatsBroker::connect(cfg, ctx));
+/// let server = ImServer::builder(Config::load(None)?).backends(backends).start().await?;
+/// # server.shutdown().await }
+/// ```
+#[derive(Debug)]
+pub struct ImServerBuilder {
+    config: Config,
+    backends: Backends,
+    broker: Option<Arc<dyn Broker>>,
+    presence: Option<Arc<dyn PresenceStore>>,
+}
+
+impl ImServerBuilder {
+    /// Looks the configured kinds up in `backends` (default: [`Backends::with_defaults`]).
+    pub fn backends(mut self, backends: Backends) -> Self {
+        self.backends = backends;
+        self
     }
 
-    /// Starts a node with backends you provide (a custom broker, or memory backends shared with
-    /// other parts of your process).
+    /// Uses this broker instead of the one `[broker]` names (e.g. a memory broker shared with
+    /// other nodes in the same process).
+    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Uses this presence store instead of the one `[presence]` names.
+    pub fn presence(mut self, presence: Arc<dyn PresenceStore>) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
+    /// Connects the backends, binds the listen address and starts serving.
     ///
     /// # Errors
-    /// As [`ImServer::start`].
-    pub async fn start_with(
-        config: Config,
-        broker: Arc<dyn Broker>,
-        presence: Arc<dyn PresenceStore>,
-    ) -> Result<Self> {
+    /// Invalid configuration, a kind the registry lacks, unreachable backends, or a listen
+    /// address that cannot be bound.
+    pub async fn start(self) -> Result<ImServer> {
+        let config = self.config;
         config.validate()?;
         let listener = TcpListener::bind(config.node.listen)
             .await
@@ -97,22 +123,41 @@ impl ImServer {
             config.cluster.nodes.clone()
         };
         let cluster = Cluster::new(nodes, config.cluster.partitioner)?;
+        let mut ctx = BackendContext::new(&config.broker)
+            .with_node(config.node.id.clone())
+            .with_cluster(
+                cluster.nodes().iter().map(|n| n.id.clone()).collect(),
+                config.cluster.node_lease,
+            );
+        let broker = match self.broker {
+            Some(b) => b,
+            None => self.backends.connect_broker(&config.broker, &ctx).await?,
+        };
+        ctx.broker = Some(broker.clone());
+        let presence = match self.presence {
+            Some(p) => p,
+            None => {
+                self.backends
+                    .connect_presence(&config.presence, &ctx)
+                    .await?
+            }
+        };
 
         let mut generated = Generated::default();
         let secret = match &config.auth.secret {
-            Some(s) => s.expose().to_owned(),
-            None => generated.secret.insert(random_key()).clone(),
+            Some(s) => s.clone(),
+            None => generated.secret.insert(Secret::new(random_key())).clone(),
         };
         let api_key = match &config.auth.api_key {
-            Some(s) => s.expose().to_owned(),
-            None => generated.api_key.insert(random_key()).clone(),
+            Some(s) => s.clone(),
+            None => generated.api_key.insert(Secret::new(random_key())).clone(),
         };
         let signer = TokenSigner::new(
-            secret.as_bytes(),
+            secret.expose().as_bytes(),
             config.auth.token_ttl,
             config.limits.max_metadata_bytes,
         )?;
-        let topics = Topics::new(config.broker.prefix());
+        let topics = Topics::new(&ctx.prefix);
 
         // Entries left by an earlier run of this node that died without cleaning up.
         let stale = presence
@@ -154,7 +199,7 @@ impl ImServer {
             signer: signer.clone(),
             broker,
             presence,
-            prefix: config.broker.prefix().to_owned(),
+            prefix: ctx.prefix.clone(),
         });
         let app = Arc::new(App {
             nonces: NonceCache::new(config.node.id.clone(), config.limits.max_pending_tokens),
@@ -164,7 +209,7 @@ impl ImServer {
             streams: CancellationToken::new(),
             sessions: TaskTracker::new(),
             helper: helper.clone(),
-            api_key: api_key.clone(),
+            api_key,
             sse_keep_alive: config.limits.sse_keep_alive,
         });
         let router = http::router(app.clone());
@@ -174,8 +219,8 @@ impl ImServer {
                 .with_graceful_shutdown(streams_done.cancelled_owned())
                 .await
         });
-        tracing::info!(node = %config.node.id, %local_addr, broker = config.broker.kind(), "impush node started");
-        Ok(Self {
+        tracing::info!(node = %config.node.id, %local_addr, broker = config.broker.kind(), presence = config.presence.kind(), "impush node started");
+        Ok(ImServer {
             app,
             helper,
             local_addr,
@@ -183,6 +228,43 @@ impl ImServer {
             serve,
             loops,
         })
+    }
+}
+
+impl ImServer {
+    /// A builder for a node with `config`.
+    pub fn builder(config: Config) -> ImServerBuilder {
+        ImServerBuilder {
+            config,
+            backends: Backends::with_defaults(),
+            broker: None,
+            presence: None,
+        }
+    }
+
+    /// Starts a node with the built-in backend kinds its configuration names.
+    ///
+    /// # Errors
+    /// As [`ImServerBuilder::start`].
+    pub async fn start(config: Config) -> Result<Self> {
+        Self::builder(config).start().await
+    }
+
+    /// Starts a node with backends you provide (a custom broker, or memory backends shared with
+    /// other parts of your process).
+    ///
+    /// # Errors
+    /// As [`ImServerBuilder::start`].
+    pub async fn start_with(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+    ) -> Result<Self> {
+        Self::builder(config)
+            .broker(broker)
+            .presence(presence)
+            .start()
+            .await
     }
 
     /// The address the node listens on (useful with port 0).
@@ -202,7 +284,7 @@ impl ImServer {
 
     /// The HTTP API key in force (configured or generated).
     pub fn api_key(&self) -> &str {
-        &self.app.api_key
+        self.app.api_key.expose()
     }
 
     /// This node's counters.

@@ -144,6 +144,11 @@ fn bad_config_is_one_line_naming_the_key() {
         ("[limits]\nmax_frame_bytez = 1\n", "limits.max_frame_bytez"),
         ("[broker]\nkind = \"nats\"\n", "broker.kind"),
         (
+            "[broker]\nkind = \"memory\"\nfanout_capacty = 1\n",
+            "broker.fanout_capacty",
+        ),
+        ("[presence]\nkind = \"redis\"\nurl = 5\n", "presence.url"),
+        (
             "[cluster]\nnodes = [{ id = \"n2\", url = \"ws://127.0.0.1:1\" }]\n",
             "node.id",
         ),
@@ -172,6 +177,13 @@ fn bad_config_is_one_line_naming_the_key() {
     let (code, stderr) = run_failing(&[], &[("IMPUSH_LIMITS__OUTBOUND_QUEUE", "lots")]);
     assert_eq!(code, 2);
     assert!(stderr.contains("IMPUSH_LIMITS__OUTBOUND_QUEUE"), "{stderr}");
+
+    let (code, stderr) = run_failing(&[], &[("IMPUSH_BROKER__KIND", "nats")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("unknown broker kind `nats`; this build has: memory, redis"),
+        "{stderr}"
+    );
 
     let (code, stderr) = run_failing(&[], &[("IMPUSH_BROKER__KIND", "kafka")]);
     assert_eq!(code, 1, "{stderr}");
@@ -211,7 +223,10 @@ fn redis_password_never_reaches_the_output() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("redis is unavailable"), "{stderr}");
+    assert!(
+        stderr.contains("cannot start broker `redis`: redis is unavailable"),
+        "{stderr}"
+    );
     assert!(stderr.contains(":***@127.0.0.1"), "{stderr}");
     assert!(
         !stderr.contains("supersecret") && !stdout.contains("supersecret"),

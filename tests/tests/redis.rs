@@ -9,11 +9,7 @@ use impush_core::{Broker, PresenceStore};
 
 fn config() -> Option<RedisConfig> {
     let url = impush_tests::env_or_skip("IMPUSH_TEST_REDIS_URL")?;
-    let mut cfg = RedisConfig::from_url(url);
-    // Every test in its own keyspace: tests run in parallel and the nodes of the cluster tests
-    // reap expired leases under their own prefixes, never under ours.
-    cfg.prefix = impush_tests::unique_ns();
-    Some(cfg)
+    Some(RedisConfig::from_url(url))
 }
 
 async fn broker() -> Option<Arc<dyn Broker>> {
@@ -26,7 +22,9 @@ async fn broker() -> Option<Arc<dyn Broker>> {
 async fn presence() -> Option<Arc<dyn PresenceStore>> {
     let cfg = config()?;
     Some(Arc::new(
-        RedisPresenceStore::connect(&cfg)
+        // Every test in its own keyspace: tests run in parallel and the nodes of the cluster
+        // tests reap expired leases under their own prefixes, never under ours.
+        RedisPresenceStore::connect(&cfg, &impush_tests::unique_ns())
             .await
             .expect("connect to redis"),
     ))

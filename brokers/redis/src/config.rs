@@ -10,7 +10,7 @@ use serde::Deserialize;
 /// [broker]
 /// kind = "redis"
 /// url = "redis://:password@127.0.0.1:6379/0"   # rediss:// for TLS; the password never reaches logs
-/// prefix = "impush"                             # topic prefix (stream keys are `{prefix}.inbox.n1`, ...)
+/// prefix = "impush"                             # shared key: topic prefix (streams `{prefix}.inbox.n1`, ...)
 /// pool_size = 4
 /// stream_max_len = 100000                       # retention per topic stream (approximate trim)
 /// ```
@@ -19,8 +19,6 @@ use serde::Deserialize;
 pub struct RedisConfig {
     /// `redis://[:password@]host:port[/db]` or `rediss://...` (TLS).
     pub url: String,
-    /// Prefix of every key and topic (default `impush`).
-    pub prefix: String,
     /// Connections in the command pool (default 4).
     pub pool_size: usize,
     /// Entries each topic stream keeps; older ones are trimmed (approximately) on publish. An
@@ -37,7 +35,6 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
-            prefix: "impush".to_owned(),
             pool_size: 4,
             stream_max_len: 100_000,
             command_timeout: Duration::from_secs(3),
@@ -78,9 +75,70 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &self.redacted_url())
-            .field("prefix", &self.prefix)
             .field("pool_size", &self.pool_size)
             .field("stream_max_len", &self.stream_max_len)
+            .field("command_timeout", &self.command_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[presence] kind = "redis"`: every option defaults to the broker's when the broker is Redis
+/// too.
+///
+/// ```toml
+/// [presence]
+/// kind = "redis"
+/// url = "redis://127.0.0.1:6379"    # default: broker.url when broker.kind = "redis"
+/// pool_size = 4
+/// command_timeout = "3s"
+/// ```
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisPresenceConfig {
+    /// `redis://...`; defaults to `broker.url` when the broker is Redis.
+    pub url: Option<String>,
+    /// Connections in the pool (default 4).
+    pub pool_size: Option<usize>,
+    /// How long a command may take before it fails as unavailable (default 3s).
+    #[serde(default, with = "humantime_serde::option")]
+    pub command_timeout: Option<Duration>,
+}
+
+impl RedisPresenceConfig {
+    /// The connection settings, taking what is not set here from `broker` (the `[broker]`
+    /// section when it is Redis too).
+    ///
+    /// # Errors
+    /// `Error::Config` naming `presence.url` when neither this section nor the broker gives one.
+    pub fn resolve(&self, broker: Option<RedisConfig>) -> impush_core::Result<RedisConfig> {
+        let mut cfg = match (&self.url, broker) {
+            (Some(url), Some(b)) => RedisConfig {
+                url: url.clone(),
+                ..b
+            },
+            (Some(url), None) => RedisConfig::from_url(url.clone()),
+            (None, Some(b)) => b,
+            (None, None) => {
+                return Err(impush_core::Error::Config(
+                    "config key `presence.url`: required when the broker is not Redis".into(),
+                ))
+            }
+        };
+        if let Some(n) = self.pool_size {
+            cfg.pool_size = n;
+        }
+        if let Some(t) = self.command_timeout {
+            cfg.command_timeout = t;
+        }
+        Ok(cfg)
+    }
+}
+
+impl fmt::Debug for RedisPresenceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPresenceConfig")
+            .field("url", &self.url.as_deref().map(redact))
+            .field("pool_size", &self.pool_size)
             .field("command_timeout", &self.command_timeout)
             .finish_non_exhaustive()
     }
@@ -97,5 +155,28 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(redact("rediss://user:pw@h:1"), "rediss://user:***@h:1");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
+        let p = RedisPresenceConfig {
+            url: Some("redis://:hunter2@db:6379".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{p:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn presence_takes_what_it_lacks_from_the_broker() {
+        let broker = RedisConfig {
+            pool_size: 9,
+            ..RedisConfig::from_url("redis://b:1")
+        };
+        let p = RedisPresenceConfig::default();
+        assert_eq!(p.resolve(Some(broker.clone())).unwrap().url, "redis://b:1");
+        let p = RedisPresenceConfig {
+            url: Some("redis://p:2".into()),
+            ..Default::default()
+        };
+        let c = p.resolve(Some(broker)).unwrap();
+        assert_eq!((c.url.as_str(), c.pool_size), ("redis://p:2", 9));
+        let err = RedisPresenceConfig::default().resolve(None).unwrap_err();
+        assert!(err.to_string().contains("presence.url"), "{err}");
     }
 }

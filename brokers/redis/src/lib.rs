@@ -7,5 +7,5 @@ mod error;
 mod presence;
 
 pub use broker::RedisBroker;
-pub use config::RedisConfig;
+pub use config::{RedisConfig, RedisPresenceConfig};
 pub use presence::RedisPresenceStore;

@@ -59,11 +59,11 @@ where
 }
 
 impl RedisPresenceStore {
-    /// Connects and loads the presence script. Keys live under `{cfg.prefix}:`.
+    /// Connects and loads the presence script. Keys live under `{prefix}:`.
     ///
     /// # Errors
     /// `Error::Unavailable` when Redis cannot be reached.
-    pub async fn connect(cfg: &RedisConfig) -> Result<Self> {
+    pub async fn connect(cfg: &RedisConfig, prefix: &str) -> Result<Self> {
         let pool = client::pool(cfg).await?;
         let sha: String = pool
             .script_load(SCRIPT)
@@ -71,7 +71,7 @@ impl RedisPresenceStore {
             .map_err(core("SCRIPT LOAD"))?;
         Ok(Self {
             pool,
-            prefix: cfg.prefix.clone(),
+            prefix: prefix.to_owned(),
             sha: Mutex::new(sha),
         })
     }

@@ -91,7 +91,7 @@ pub(crate) async fn require_api_key(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let ok = given.is_some_and(|k| bool::from(k.as_bytes().ct_eq(app.api_key.as_bytes())));
+    let ok = given.is_some_and(|k| bool::from(k.as_bytes().ct_eq(app.api_key.expose().as_bytes())));
     if !ok {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,

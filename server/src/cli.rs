@@ -1,0 +1,105 @@
+//! [`run`]: the whole `impush` binary as one library call, so a custom binary (with its own
+//! backend kinds registered) keeps every flag, environment override and error message of
+//! `impush`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use impush_brokers::Backends;
+
+use crate::{Config, ImServer};
+
+/// impush: instant-messaging push server node.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file; without it the embedded default runs. `IMPUSH_SECTION__KEY`
+    /// environment variables override file values (e.g. IMPUSH_NODE__LISTEN=0.0.0.0:6001).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+/// Runs one node the way the `impush` binary does: parses the command line, sets up logging
+/// (`RUST_LOG`, default `info`, to stderr), loads the configuration, starts the node with the
+/// kinds of `backends`, prints where it listens (and any generated credentials), and shuts
+/// down gracefully on Ctrl-C or SIGTERM.
+///
+/// Exit codes: 0 after a clean shutdown, 2 for a bad configuration, 1 for anything else.
+///
+/// ```no_run
+/// #[tokio::main]
+/// async fn main() -> std::process::ExitCode {
+///     let mut backends = impush_server::Backends::with_defaults();
+///     // backends.register_broker("nats", |cfg: NatsConfig, ctx| NatsBroker::connect(cfg, ctx));
+///     impush_server::run(backends).await
+/// }
+/// ```
+pub async fn run(backends: Backends) -> ExitCode {
+    let args = Args::parse();
+    // `try_init`: a binary that set up its own subscriber keeps it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("impush: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut server = match ImServer::builder(config).backends(backends).start().await {
+        Ok(s) => s,
+        Err(crate::Error::Core(e @ impush_core::Error::Config(_))) => {
+            eprintln!("impush: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("impush: {}", error_chain(&e));
+            return ExitCode::from(1);
+        }
+    };
+    let addr = server.local_addr();
+    println!("impush listening on {addr} (WebSocket: ws://{addr}/ws?token=...)");
+    if let Some(secret) = &server.generated().secret {
+        println!(
+            "generated auth.secret = {}  (set auth.secret to keep it across restarts)",
+            secret.expose()
+        );
+    }
+    if let Some(key) = &server.generated().api_key {
+        println!(
+            "generated auth.api_key = {}  (set auth.api_key to keep it across restarts)",
+            key.expose()
+        );
+    }
+
+    tokio::select! {
+        () = crate::shutdown_signal() => {}
+        () = server.closed() => {
+            eprintln!("impush: listener stopped unexpectedly");
+        }
+    }
+    match server.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("impush: shutdown: {}", error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The error and its causes on one line: `a: b: c`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
