@@ -17,7 +17,8 @@
 //! let broker = MemoryBroker::default();
 //! let mut sub = broker.subscribe("impush.all", SubscribeMode::Fanout).await?;
 //! broker.publish("impush.all", "hello".into()).await?;
-//! assert_eq!(sub.next().await.transpose()?.as_deref(), Some(&b"hello"[..]));
+//! let delivery = sub.next().await.expect("a message")?;
+//! assert_eq!(delivery.ack(), "hello");
 //! # Ok(()) }
 //! ```
 
@@ -33,7 +34,7 @@ mod presence;
 pub mod protocol;
 pub mod token;
 
-pub use broker::{Broker, SubscribeMode, Subscription};
+pub use broker::{Acker, Acknowledge, Broker, Delivery, SubscribeMode, Subscription};
 pub use cluster::{Cluster, NodeEntry};
 pub use envelope::{Event, ReceiptStatus, Topics};
 pub use error::{BoxError, Error, Result, TokenError};

@@ -344,7 +344,8 @@ impl ImHelper {
             .subscribe(self.topics.events(), mode)
             .await?;
         Ok(sub
-            .map(|item| item.and_then(|bytes| envelope::decode::<Event>("event", &bytes)))
+            // Acked as it is handed out: the stream is the helper's end of the queue.
+            .map(|item| item.and_then(|d| envelope::decode::<Event>("event", &d.ack())))
             .boxed())
     }
 

@@ -504,7 +504,11 @@ impl Node {
                         item = stream.next() => item,
                     };
                     match item {
-                        Some(Ok(bytes)) => self.dispatch(feed, &bytes).await,
+                        Some(Ok(delivery)) => {
+                            let (bytes, acker) = delivery.into_parts();
+                            self.dispatch(feed, &bytes).await;
+                            acker.ack();
+                        }
                         Some(Err(Error::Lagged { dropped })) => {
                             self.metrics
                                 .broker_lagged

@@ -34,7 +34,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use impush_core::{
-    Broker, ChannelInfo, ChannelName, ClientId, ConnectionId, DroppedConnection, NodeId,
+    Broker, ChannelInfo, ChannelName, ClientId, ConnectionId, Delivery, DroppedConnection, NodeId,
     PresenceStore, Result, SubscribeMode, Subscription,
 };
 
@@ -48,6 +48,10 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a case watches a subscription to make sure that nothing more arrives.
 pub const QUIET_PERIOD: Duration = Duration::from_millis(500);
+/// How long an unacked queue delivery may take to reach another member after its subscription
+/// ended. Backends that redeliver after an idle timeout must be configured below it in their
+/// test setup (Redis: `claim_idle = 1s` in `tests/redis.rs`).
+pub const REDELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Returns the value of the environment variable `var`, or `None` after printing
 /// `SKIPPED: set {var} to run this test` to stderr.
@@ -102,17 +106,25 @@ where
     }
 }
 
-/// Receives the next payload from `sub` within [`RECV_TIMEOUT`].
+/// Receives the next delivery from `sub` within `within`, without acking it.
 ///
 /// # Panics
 /// On a timeout, on an `Err` item (a lagging backend fails the test) and when the stream ends.
-pub async fn recv(sub: &mut Subscription, what: &str) -> Bytes {
-    match tokio::time::timeout(RECV_TIMEOUT, sub.next()).await {
-        Ok(Some(Ok(payload))) => payload,
+pub async fn recv_delivery(sub: &mut Subscription, within: Duration, what: &str) -> Delivery {
+    match tokio::time::timeout(within, sub.next()).await {
+        Ok(Some(Ok(delivery))) => delivery,
         Ok(Some(Err(e))) => panic!("{what}: subscription yielded an error: {e} ({e:?})"),
         Ok(None) => panic!("{what}: subscription ended"),
-        Err(_) => panic!("{what}: nothing received within {RECV_TIMEOUT:?}"),
+        Err(_) => panic!("{what}: nothing received within {within:?}"),
     }
+}
+
+/// Receives the next payload from `sub` within [`RECV_TIMEOUT`] and acks it.
+///
+/// # Panics
+/// As [`recv_delivery`].
+pub async fn recv(sub: &mut Subscription, what: &str) -> Bytes {
+    recv_delivery(sub, RECV_TIMEOUT, what).await.ack()
 }
 
 /// Receives `n` payloads from `sub` (each within [`RECV_TIMEOUT`]), in arrival order.
@@ -124,11 +136,18 @@ pub async fn recv_n(sub: &mut Subscription, n: usize, what: &str) -> Vec<Bytes> 
     out
 }
 
-/// Asserts that nothing arrives on `sub` during [`QUIET_PERIOD`] (an ended stream also counts as
-/// quiet).
+/// Asserts that nothing arrives on `sub` during [`QUIET_PERIOD`] and that it stays open.
 pub async fn expect_quiet(sub: &mut Subscription, what: &str) {
-    if let Ok(Some(item)) = tokio::time::timeout(QUIET_PERIOD, sub.next()).await {
-        panic!("{what}: expected nothing more, got {item:?}");
+    expect_quiet_for(sub, QUIET_PERIOD, what).await;
+}
+
+/// Asserts that nothing arrives on `sub` during `period` and that it stays open (a subscription
+/// that ended would also "receive nothing", and hide a late duplicate).
+pub async fn expect_quiet_for(sub: &mut Subscription, period: Duration, what: &str) {
+    match tokio::time::timeout(period, sub.next()).await {
+        Err(_) => {}
+        Ok(Some(item)) => panic!("{what}: expected nothing more, got {item:?}"),
+        Ok(None) => panic!("{what}: the subscription ended while it should stay open"),
     }
 }
 
@@ -235,6 +254,7 @@ pub async fn fanout_preserves_publisher_order(b: &dyn Broker, ns: &str) {
     }
     let got = recv_n(&mut sub, N, "ordered subscriber").await;
     assert_payloads(&got, &msgs, "ordered subscriber");
+    expect_quiet(&mut sub, "ordered subscriber (no late duplicate)").await;
 }
 
 /// Many publishes in flight at once on one topic (as a busy helper makes them) all arrive,
@@ -271,6 +291,8 @@ pub async fn concurrent_publishes_all_arrive_once(b: &dyn Broker, ns: &str) {
             );
         }
     }
+    expect_quiet(&mut fan, "fanout (no late duplicate)").await;
+    expect_quiet(&mut q, "queue (no late duplicate)").await;
 }
 
 /// Messages stay on their topic, also for topics whose names are prefixes of each other, and
@@ -318,12 +340,13 @@ pub async fn queue_delivers_each_message_to_one_member(b: &dyn Broker, ns: &str)
     let m1 = subscribe(b, &topic, queue(group.clone())).await;
     // Merge the two members into one stream, tagging each payload with a leading member byte.
     let tag = |member: u8| {
-        move |item: Result<Bytes>| {
-            item.map(|p| {
+        move |item: Result<Delivery>| {
+            item.map(|d| {
+                let (p, acker) = d.into_parts();
                 let mut v = Vec::with_capacity(p.len() + 1);
                 v.push(member);
                 v.extend_from_slice(&p);
-                Bytes::from(v)
+                Delivery::with_ack(Bytes::from(v), acker)
             })
         }
     };
@@ -458,6 +481,8 @@ pub async fn payloads_are_byte_exact(b: &dyn Broker, ns: &str) {
     assert_payloads(&got_f, &msgs, "fanout");
     let got_q = recv_n(&mut q, msgs.len(), "queue").await;
     assert_payloads(&sorted(got_q), &sorted(msgs), "queue");
+    expect_quiet(&mut f, "fanout (no late duplicate)").await;
+    expect_quiet(&mut q, "queue (no late duplicate)").await;
 }
 
 /// A 1 MiB payload comes out byte for byte, through fanout and through a queue group.
@@ -476,6 +501,72 @@ pub async fn large_payload_is_byte_exact(b: &dyn Broker, ns: &str) {
     assert_payloads(&[got_f], std::slice::from_ref(&big), "fanout");
     let got_q = recv(&mut q, "queue").await;
     assert_payloads(&[got_q], &[big], "queue");
+    expect_quiet(&mut f, "fanout (no late duplicate)").await;
+    expect_quiet(&mut q, "queue (no late duplicate)").await;
+}
+
+/// At-least-once: what a member received but did not ack when its subscription ended goes to
+/// the next member of the group, and what it acked does not.
+pub async fn queue_redelivers_unacked_when_member_leaves(b: &dyn Broker, ns: &str) {
+    const N: usize = 6;
+    const ACKED: usize = 2;
+    let topic = format!("{ns}.inbox");
+    let group = format!("{ns}-node");
+    let mut first = subscribe(b, &topic, queue(group.clone())).await;
+    let msgs = numbered("m", N);
+    for m in &msgs {
+        publish(b, &topic, m.clone()).await;
+    }
+    let mut held = Vec::new();
+    for i in 0..N {
+        let d = recv_delivery(&mut first, RECV_TIMEOUT, &format!("first member ({i})")).await;
+        if i < ACKED {
+            d.ack();
+        } else {
+            held.push(d); // read, never acked: as if the process died before settling it
+        }
+    }
+    let mut got: Vec<Bytes> = Vec::new();
+    for d in held {
+        got.push(d.into_parts().0);
+    }
+    drop(first);
+
+    let mut next = subscribe(b, &topic, queue(group)).await;
+    let mut again = Vec::new();
+    for i in 0..N - ACKED {
+        let d = recv_delivery(&mut next, REDELIVERY_TIMEOUT, &format!("redelivery ({i})")).await;
+        again.push(d.ack());
+    }
+    assert_payloads(
+        &sorted(again),
+        &sorted(got),
+        "redelivered = the unacked ones",
+    );
+    expect_quiet_for(
+        &mut next,
+        Duration::from_secs(3),
+        "acked messages stay acked",
+    )
+    .await;
+}
+
+/// Fanout deliveries carry nothing to acknowledge; queue deliveries do.
+pub async fn only_queue_deliveries_need_an_ack(b: &dyn Broker, ns: &str) {
+    let topic = format!("{ns}.acks");
+    let mut f = subscribe(b, &topic, SubscribeMode::Fanout).await;
+    let mut q = subscribe(b, &topic, queue(format!("{ns}-g"))).await;
+    publish(b, &topic, "x").await;
+    let (_, fan_ack) = recv_delivery(&mut f, RECV_TIMEOUT, "fanout")
+        .await
+        .into_parts();
+    assert!(!fan_ack.is_needed(), "a fanout delivery wants an ack");
+    let (payload, queue_ack) = recv_delivery(&mut q, RECV_TIMEOUT, "queue")
+        .await
+        .into_parts();
+    assert_eq!(payload, "x");
+    assert!(queue_ack.is_needed(), "a queue delivery has no ack");
+    queue_ack.ack();
 }
 
 /// `ping` succeeds on a working broker.
@@ -483,8 +574,8 @@ pub async fn broker_ping_succeeds(b: &dyn Broker, _ns: &str) {
     call("ping", b.ping()).await;
 }
 
-/// `shutdown` succeeds and calling it twice is fine (the contract); a publish afterwards returns
-/// (with whatever result) instead of hanging.
+/// `shutdown` succeeds and calling it twice is fine (the contract); afterwards publish and
+/// ping fail promptly instead of hanging or pretending to work.
 pub async fn shutdown_twice_is_fine(b: &dyn Broker, ns: &str) {
     let topic = format!("{ns}.shutdown");
     let _live = subscribe(b, &topic, SubscribeMode::Fanout).await;
@@ -492,8 +583,14 @@ pub async fn shutdown_twice_is_fine(b: &dyn Broker, ns: &str) {
     publish(b, &topic, "before-shutdown").await;
     call("first shutdown", b.shutdown()).await;
     call("second shutdown", b.shutdown()).await;
-    let after = tokio::time::timeout(CALL_TIMEOUT, b.publish(&topic, "late".into())).await;
-    assert!(after.is_ok(), "publish after shutdown hung");
+    let after = tokio::time::timeout(CALL_TIMEOUT, b.publish(&topic, "late".into()))
+        .await
+        .expect("publish after shutdown hung");
+    assert!(after.is_err(), "publish after shutdown succeeded");
+    let ping = tokio::time::timeout(CALL_TIMEOUT, b.ping())
+        .await
+        .expect("ping after shutdown hung");
+    assert!(ping.is_err(), "ping after shutdown succeeded");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1098,7 +1195,7 @@ pub async fn presence_leases_expire_and_reap_drops_connections(p: &dyn PresenceS
             .collect()
     };
 
-    let short = Duration::from_millis(300);
+    let short = Duration::from_secs(1);
     assert!(!call("first heartbeat", p.heartbeat(&n1, short)).await);
     assert!(call("renewed heartbeat", p.heartbeat(&n1, short)).await);
     assert!(!call("heartbeat n2", p.heartbeat(&n2, Duration::from_secs(60))).await);
@@ -1110,8 +1207,20 @@ pub async fn presence_leases_expire_and_reap_drops_connections(p: &dyn PresenceS
     let early = call("reap before expiry", p.reap_expired(true)).await;
     assert!(mine(&early).is_empty(), "reaped live node: {early:?}");
 
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let dropped = mine(&call("reap", p.reap_expired(true)).await);
+    // Wait for the lease to run out by polling, not by a fixed sleep: n1's connections all go in
+    // the one reap that first sees it expired.
+    let deadline = tokio::time::Instant::now() + short + Duration::from_secs(5);
+    let dropped = loop {
+        let d = mine(&call("reap", p.reap_expired(true)).await);
+        if !d.is_empty() {
+            break d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n1's lease of {short:?} never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         dropped,
         vec![
@@ -1201,6 +1310,8 @@ macro_rules! broker_conformance {
             dropping_subscription_unsubscribes,
             payloads_are_byte_exact,
             large_payload_is_byte_exact,
+            queue_redelivers_unacked_when_member_leaves,
+            only_queue_deliveries_need_an_ack,
             broker_ping_succeeds,
             shutdown_twice_is_fine,
         );

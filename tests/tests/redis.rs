@@ -9,7 +9,12 @@ use impush_core::{Broker, PresenceStore};
 
 fn config() -> Option<RedisConfig> {
     let url = impush_tests::env_or_skip("IMPUSH_TEST_REDIS_URL")?;
-    Some(RedisConfig::from_url(url))
+    Some(RedisConfig {
+        // Well inside impush_tests::REDELIVERY_TIMEOUT: how long a gone member's unacked
+        // entries wait before another member claims them.
+        claim_idle: std::time::Duration::from_secs(1),
+        ..RedisConfig::from_url(url)
+    })
 }
 
 async fn broker() -> Option<Arc<dyn Broker>> {

@@ -7,14 +7,12 @@
 //!   rate;
 //! - `Fanout`: a reader starts at the stream's last id when it subscribes and follows with
 //!   `XREAD BLOCK` from the last id it saw, so a reconnect loses nothing the stream still holds;
-//! - `Queue{group}`: a consumer group (`XGROUP CREATE .. $ MKSTREAM`) read with
-//!   `XREADGROUP .. NOACK`, so messages published while no member reads wait in the stream,
-//!   within its retention. When Redis lost the group (a restart without persistence) it is
-//!   created again from the start of the stream.
+//! - `Queue{group}`: a consumer group (`XGROUP CREATE .. $ MKSTREAM`) read with `XREADGROUP`,
+//!   so messages published while no member reads wait in the stream, within its retention, and
+//!   each stays pending until acked (at-least-once; see `group`). When Redis lost the group (a
+//!   restart without persistence) it is created again from the start of the stream.
 //!
-//! Every subscription has its own connection and a task that feeds a bounded channel: a slow
-//! consumer slows its reader down (messages wait in Redis, bounded by the stream's length) instead
-//! of growing memory.
+//! Every subscription has its own connection and reader task (`reader`).
 
 use std::{
     collections::HashMap,
@@ -22,15 +20,14 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
 };
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::{
-    clients::{Client, Pool},
+    clients::Pool,
     interfaces::{ClientLike, StreamsInterface},
-    types::{streams::XReadResponse, Value},
+    types::Value,
 };
 use futures_util::StreamExt;
 use impush_core::{Broker, Result, SubscribeMode, Subscription};
@@ -38,13 +35,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
-    client::{self, BLOCK},
+    client,
     config::RedisConfig,
     error::{core, Error},
+    group,
+    reader::{self, Cursor, Member, BATCH},
 };
 
-/// Entries fetched per read.
-const BATCH: u64 = 256;
 /// Most payloads in one stream entry.
 const MAX_PER_ENTRY: usize = 512;
 
@@ -114,148 +111,11 @@ impl RedisBroker {
     }
 }
 
-type Entry = (String, HashMap<String, Bytes>);
-
 fn poisoned() -> impush_core::Error {
     impush_core::Error::Backend {
         backend: crate::error::BACKEND,
         source: "a publisher panicked while holding the publish queue".into(),
     }
-}
-
-fn parse_entries(v: Value, topic: &str) -> Result<Vec<Entry>, Error> {
-    if v.is_null() {
-        return Ok(Vec::new()); // BLOCK timed out
-    }
-    let mut m: XReadResponse<String, String, String, Bytes> = v
-        .into_xread_response()
-        .map_err(Error::command("parse stream reply"))?;
-    Ok(m.remove(topic).unwrap_or_default())
-}
-
-/// Where a reader is.
-enum Cursor {
-    /// Fanout: the last id seen.
-    After(String),
-    /// Queue: group and this member's consumer name.
-    Group { group: String, consumer: String },
-}
-
-async fn ensure_group(reader: &Client, topic: &str, group: &str, from: &str) -> Result<(), Error> {
-    match reader
-        .xgroup_create::<Value, _, _, _>(topic, group, from, true)
-        .await
-    {
-        Err(e) if e.details().starts_with("BUSYGROUP") => Ok(()),
-        other => other.map(drop).map_err(Error::command("XGROUP CREATE")),
-    }
-}
-
-async fn last_id(reader: &Client, topic: &str) -> Result<String, Error> {
-    let v: Value = reader
-        .xrevrange(topic, "+", "-", Some(1))
-        .await
-        .map_err(Error::command("XREVRANGE"))?;
-    let entries: Vec<(String, HashMap<String, Bytes>)> =
-        v.convert().map_err(Error::command("parse XREVRANGE"))?;
-    Ok(entries
-        .into_iter()
-        .next()
-        .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
-}
-
-async fn read(
-    reader: &Client,
-    topic: &str,
-    cursor: &Cursor,
-) -> Result<Vec<Entry>, fred::error::Error> {
-    let block = Some(BLOCK.as_millis() as u64);
-    let v: Value = match cursor {
-        Cursor::After(id) => reader.xread(Some(BATCH), block, topic, id.as_str()).await?,
-        Cursor::Group { group, consumer } => {
-            reader
-                .xreadgroup(
-                    group.as_str(),
-                    consumer.as_str(),
-                    Some(BATCH),
-                    block,
-                    true,
-                    topic,
-                    ">",
-                )
-                .await?
-        }
-    };
-    parse_entries(v, topic).map_err(|e| match e {
-        Error::Command { source, .. } => source,
-        Error::Reply { detail, .. } => {
-            fred::error::Error::new(fred::error::ErrorKind::Parse, detail)
-        }
-    })
-}
-
-/// The payloads of one entry in publish order (fields are `0`, `1`, ...; others are skipped).
-fn in_order(fields: HashMap<String, Bytes>) -> Vec<Bytes> {
-    let mut numbered: Vec<(usize, Bytes)> = fields
-        .into_iter()
-        .filter_map(|(k, v)| k.parse().ok().map(|i| (i, v)))
-        .collect();
-    numbered.sort_unstable_by_key(|(i, _)| *i);
-    numbered.into_iter().map(|(_, v)| v).collect()
-}
-
-/// The reader loop of one subscription; ends when the subscription is dropped or the broker
-/// shuts down.
-async fn run_reader(
-    reader: Client,
-    topic: String,
-    mut cursor: Cursor,
-    tx: mpsc::Sender<Result<Bytes>>,
-    closed: Arc<AtomicBool>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    let mut failing = false;
-    while !tx.is_closed() && !closed.load(Ordering::Acquire) {
-        match read(&reader, &topic, &cursor).await {
-            Ok(entries) => {
-                if failing {
-                    tracing::info!(%topic, "redis subscription reading again");
-                    failing = false;
-                }
-                backoff = Duration::from_millis(100);
-                'entries: for (id, fields) in entries {
-                    if let Cursor::After(last) = &mut cursor {
-                        *last = id;
-                    }
-                    for payload in in_order(fields) {
-                        if tx.send(Ok(payload)).await.is_err() {
-                            break 'entries;
-                        }
-                    }
-                }
-            }
-            Err(e) if e.details().starts_with("NOGROUP") => {
-                // Redis lost the group (restarted without persistence, or the key was deleted):
-                // everything now in the stream was published after that, so start from 0.
-                if let Cursor::Group { group, .. } = &cursor {
-                    tracing::warn!(%topic, %group, "redis consumer group missing; creating it again");
-                    if let Err(e) = ensure_group(&reader, &topic, group, "0").await {
-                        tracing::warn!(%topic, error = &e as &dyn std::error::Error, "cannot create consumer group");
-                        tokio::time::sleep(backoff).await;
-                    }
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(%topic, error = &e as &dyn std::error::Error, "redis subscription read failed; retrying");
-                    failing = true;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-    let _ = reader.quit().await;
 }
 
 #[async_trait]
@@ -294,17 +154,27 @@ impl Broker for RedisBroker {
         }
         let reader = client::reader(&self.cfg).await?;
         let cursor = match mode {
-            SubscribeMode::Fanout => Cursor::After(last_id(&reader, topic).await?),
+            SubscribeMode::Fanout => Cursor::After(reader::last_id(&reader, topic).await?),
             SubscribeMode::Queue { group } => {
-                ensure_group(&reader, topic, &group, "$").await?;
-                Cursor::Group {
+                reader::ensure_group(&reader, topic, &group, "$").await?;
+                let (acks, ack_rx) = mpsc::unbounded_channel();
+                tokio::spawn(group::run_acker(
+                    self.pool.clone(),
+                    topic.to_owned(),
+                    group.clone(),
+                    ack_rx,
+                ));
+                Cursor::Group(Member {
                     group,
                     consumer: uuid::Uuid::new_v4().simple().to_string(),
-                }
+                    acks,
+                    claim_idle: self.cfg.claim_idle,
+                    next_sweep: tokio::time::Instant::now(),
+                })
             }
         };
         let (tx, rx) = mpsc::channel(BATCH as usize * 4);
-        tokio::spawn(run_reader(
+        tokio::spawn(reader::run_reader(
             reader,
             topic.to_owned(),
             cursor,

@@ -29,6 +29,11 @@ pub struct RedisConfig {
     /// answers 503 instead of hanging while Redis is away).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// How long a queue entry may stay unacked by a member before another member of the group
+    /// takes it over (default 10s). This is how messages a crashed node had read but not yet
+    /// delivered reach the restarted node; a live member acks well within it.
+    #[serde(with = "humantime_serde")]
+    pub claim_idle: Duration,
 }
 
 impl Default for RedisConfig {
@@ -38,6 +43,7 @@ impl Default for RedisConfig {
             pool_size: 4,
             stream_max_len: 100_000,
             command_timeout: Duration::from_secs(3),
+            claim_idle: Duration::from_secs(10),
         }
     }
 }
@@ -78,6 +84,7 @@ impl fmt::Debug for RedisConfig {
             .field("pool_size", &self.pool_size)
             .field("stream_max_len", &self.stream_max_len)
             .field("command_timeout", &self.command_timeout)
+            .field("claim_idle", &self.claim_idle)
             .finish_non_exhaustive()
     }
 }

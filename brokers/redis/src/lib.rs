@@ -4,7 +4,9 @@ mod broker;
 mod client;
 mod config;
 mod error;
+mod group;
 mod presence;
+mod reader;
 
 pub use broker::RedisBroker;
 pub use config::{RedisConfig, RedisPresenceConfig};

@@ -1,8 +1,13 @@
 //! [`MemoryBroker`]: `tokio::sync::broadcast` per topic for `Fanout`, a bounded queue per
 //! (topic, group) for `Queue`.
+//!
+//! Each `Queue` subscription (a member) remembers what it handed out until it is acked; when the
+//! subscription is dropped, whatever is still unacked goes back to the front of the group's
+//! queue for the next member: the same at-least-once contract a real broker gives across a
+//! consumer crash.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -15,7 +20,7 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, Notify};
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
-use crate::{Broker, Error, Result, SubscribeMode, Subscription};
+use crate::{Acknowledge, Broker, Delivery, Error, Result, SubscribeMode, Subscription};
 
 const BACKEND: &str = "memory";
 
@@ -26,7 +31,8 @@ const BACKEND: &str = "memory";
 /// `Err(Error::Lagged)`; a queue group holds at most `queue_capacity` undelivered messages and
 /// [`MemoryBroker::QUEUE_MAX_BYTES`] bytes and drops the oldest beyond that (reported as `Lagged`
 /// to the next member that reads). Messages published on a topic before any group subscribed to
-/// it are not retained.
+/// it are not retained. Unacked queue deliveries return to their group when their subscription
+/// is dropped.
 #[derive(Debug)]
 pub struct MemoryBroker {
     fanout_capacity: usize,
@@ -123,6 +129,17 @@ impl GroupQueue {
         Some(Ok(item))
     }
 
+    /// Puts deliveries a member never acked back at the front, oldest first.
+    fn requeue(&self, unacked: impl DoubleEndedIterator<Item = Bytes>) {
+        if let Ok(mut items) = self.items.lock() {
+            for payload in unacked.rev() {
+                items.bytes += payload.len();
+                items.queue.push_front(payload);
+            }
+        }
+        self.notify.notify_one();
+    }
+
     async fn next(&self) -> Option<Result<Bytes>> {
         loop {
             let notified = self.notify.notified();
@@ -135,6 +152,62 @@ impl GroupQueue {
                 return None;
             }
             notified.await;
+        }
+    }
+}
+
+/// One `Queue` subscription: what it handed out and has not had acked yet.
+#[derive(Debug)]
+struct Member {
+    group: Arc<GroupQueue>,
+    unacked: Mutex<BTreeMap<u64, Bytes>>,
+    seq: AtomicU64,
+}
+
+impl Member {
+    async fn next(self: &Arc<Self>) -> Option<Result<Delivery>> {
+        let payload = match self.group.next().await? {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut unacked) = self.unacked.lock() {
+            unacked.insert(seq, payload.clone());
+        }
+        let ack = MemberAck {
+            member: self.clone(),
+            seq,
+        };
+        Some(Ok(Delivery::with_ack(payload, ack)))
+    }
+}
+
+/// Acks one delivery of a [`Member`].
+struct MemberAck {
+    member: Arc<Member>,
+    seq: u64,
+}
+
+impl Acknowledge for MemberAck {
+    fn ack(self: Box<Self>) {
+        if let Ok(mut unacked) = self.member.unacked.lock() {
+            unacked.remove(&self.seq);
+        }
+    }
+}
+
+/// The state of a `Queue` subscription stream: dropping it (unsubscribing) hands whatever is
+/// still unacked back to the group.
+struct MemberGuard(Arc<Member>);
+
+impl Drop for MemberGuard {
+    fn drop(&mut self) {
+        let unacked = match self.0.unacked.lock() {
+            Ok(mut u) => std::mem::take(&mut *u),
+            Err(_) => return,
+        };
+        if !unacked.is_empty() && !self.0.group.closed.load(Ordering::Acquire) {
+            self.0.group.requeue(unacked.into_values());
         }
     }
 }
@@ -159,9 +232,9 @@ impl Broker for MemoryBroker {
                 let rx = self.with_topic(topic, |t| t.fanout.subscribe())?;
                 Ok(BroadcastStream::new(rx)
                     .map(|item| {
-                        item.map_err(|BroadcastStreamRecvError::Lagged(dropped)| Error::Lagged {
-                            dropped,
-                        })
+                        item.map(Delivery::new).map_err(
+                            |BroadcastStreamRecvError::Lagged(dropped)| Error::Lagged { dropped },
+                        )
                     })
                     .boxed())
             }
@@ -181,9 +254,14 @@ impl Broker for MemoryBroker {
                         })
                         .clone()
                 })?;
-                Ok(futures_util::stream::unfold(queue, |q| async move {
-                    let item = q.next().await?;
-                    Some((item, q))
+                let member = MemberGuard(Arc::new(Member {
+                    group: queue,
+                    unacked: Mutex::new(BTreeMap::new()),
+                    seq: AtomicU64::new(0),
+                }));
+                Ok(futures_util::stream::unfold(member, |m| async move {
+                    let item = m.0.next().await?;
+                    Some((item, m))
                 })
                 .boxed())
             }
@@ -233,7 +311,7 @@ mod tests {
             other => panic!("expected Lagged, got {other:?}"),
         }
         for _ in 0..64 {
-            assert_eq!(sub.next().await.unwrap().unwrap().len(), mb.len());
+            assert_eq!(sub.next().await.unwrap().unwrap().ack().len(), mb.len());
         }
     }
 }
