@@ -88,7 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "lobby members: {:?}, online: {}",
         helper.channel_members(&lobby).await?,
-        helper.channel_online(&lobby).await?
+        helper.channel_online(&lobby).await?.value
     );
     helper
         .send_channel_message(&alice, &lobby, &json!({"text": "hello lobby"}))

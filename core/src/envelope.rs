@@ -103,14 +103,17 @@ pub struct Deliver {
 pub enum NodeCommand {
     /// Push a message to local receivers.
     Deliver(Deliver),
-    /// Tell the sender (a client of this node) how delivery of its message went.
-    Receipts {
-        /// The message the receipts are about.
+    /// Tell the sender (a client of this node) how delivery of its message went to some
+    /// receivers: one status for all of them (a receipt frame lists them all).
+    Receipt {
+        /// The message the receipt is about.
         id: MessageId,
         /// The sender, owned by this node.
         sender: ClientId,
-        /// One status per receiver.
-        receipts: Vec<(ClientId, ReceiptStatus)>,
+        /// The receivers the status is about.
+        to: Vec<ClientId>,
+        /// What happened to the message for them.
+        status: ReceiptStatus,
     },
     /// Close every connection of `client` with 4001.
     Kick {

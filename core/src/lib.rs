@@ -41,4 +41,6 @@ pub use error::{BoxError, Error, Result, TokenError};
 pub use id::{parse_all, ChannelName, ClientId, ConnectionId, MessageId, NodeId, MAX_ID_BYTES};
 pub use memory::{MemoryBroker, MemoryPresenceStore};
 pub use partition::{ModuloPartitioner, Partitioner, PartitionerKind, RendezvousPartitioner};
-pub use presence::{ChannelInfo, DroppedConnection, PresenceStore};
+pub use presence::{
+    AddedConnection, Answer, ChannelInfo, DroppedConnection, NodeSync, PresenceStore,
+};

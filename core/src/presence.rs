@@ -1,8 +1,12 @@
 //! The [`PresenceStore`] trait: who is online, and who belongs to which channel.
 //!
-//! Nodes write to it (connections opening and closing, node start-up clean-up); helpers read it
-//! to answer queries and write channel membership. Delivery never reads it: nodes keep their own
-//! in-memory index of local channel members.
+//! Nodes write to it (connections opening and closing, node start-up clean-up, reconciliation
+//! after an outage); helpers read it to answer queries and write channel membership. Delivery
+//! never reads it: nodes keep their own in-memory index of local channel members.
+//!
+//! Queries return an [`Answer`]: a store that asks other nodes (`cluster`) says which nodes
+//! did not answer in time instead of hanging; a central store (memory, Redis) always answers
+//! completely.
 
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
@@ -20,6 +24,87 @@ pub struct ChannelInfo {
     pub members: usize,
     /// How many members are online.
     pub online: usize,
+}
+
+/// The answer to a presence query, and the nodes whose part of it is missing because they did
+/// not answer within the query timeout (always empty for a central store).
+///
+/// Derefs to the value, and compares equal to a bare value, so complete answers read like the
+/// value itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer<T> {
+    /// What the nodes that answered know.
+    pub value: T,
+    /// Nodes that did not answer in time, sorted; empty for a complete answer.
+    pub missing: Vec<NodeId>,
+}
+
+impl<T> Answer<T> {
+    /// A complete answer.
+    pub fn complete(value: T) -> Self {
+        Self {
+            value,
+            missing: Vec::new(),
+        }
+    }
+
+    /// Whether every node answered.
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+
+    /// The value, whether complete or not.
+    pub fn into_value(self) -> T {
+        self.value
+    }
+
+    /// The same missing nodes around another value.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
+        Answer {
+            value: f(self.value),
+            missing: self.missing,
+        }
+    }
+}
+
+impl<T> std::ops::Deref for Answer<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: PartialEq> PartialEq<T> for Answer<T> {
+    fn eq(&self, other: &T) -> bool {
+        self.value == *other
+    }
+}
+
+impl<T: PartialOrd> PartialOrd<T> for Answer<T> {
+    fn partial_cmp(&self, other: &T) -> Option<std::cmp::Ordering> {
+        self.value.partial_cmp(other)
+    }
+}
+
+/// A connection (re-)registered by [`PresenceStore::sync_node`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddedConnection {
+    /// The client.
+    pub client: ClientId,
+    /// The connection.
+    pub connection: ConnectionId,
+    /// The client had no connection before this one.
+    pub first: bool,
+}
+
+/// What [`PresenceStore::sync_node`] changed to make the store match the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSync {
+    /// Connections the store had and the node does not (ghosts left by failed writes), sorted
+    /// by client and connection.
+    pub removed: Vec<DroppedConnection>,
+    /// Connections the node has and the store lacked, sorted by client and connection.
+    pub added: Vec<AddedConnection>,
 }
 
 /// A connection removed because its node's lease ran out (see [`PresenceStore::reap_expired`]).
@@ -68,13 +153,30 @@ pub trait PresenceStore: Send + Sync + Debug + 'static {
     ) -> Result<usize>;
 
     /// Removes every connection held by `node` (a node starting after a crash, or shutting down)
-    /// and returns the clients left with no connection, sorted. With `clear_channels` those
-    /// clients leave their channels.
-    async fn clear_node(&self, node: &NodeId, clear_channels: bool) -> Result<Vec<ClientId>>;
+    /// and returns them, sorted by client and connection, the last one of each client that went
+    /// offline marked `last`, so the caller can publish offline events. With `clear_channels`
+    /// those clients leave their channels.
+    async fn clear_node(
+        &self,
+        node: &NodeId,
+        clear_channels: bool,
+    ) -> Result<Vec<DroppedConnection>>;
 
-    /// Marks `node` alive for `lease` from now. Returns whether the store already held a live
-    /// lease for it: `false` on a node's first heartbeat, and after the store lost its data or
-    /// reaped the node, which tells the node to register its connections again.
+    /// Makes the connections the store holds for `node` exactly `connections` (what the node
+    /// really has), in one step: after a presence write failed during an outage, or after the
+    /// store forgot or reaped a live node. Clients left with no connection leave their channels
+    /// when `clear_channels` is set.
+    async fn sync_node(
+        &self,
+        node: &NodeId,
+        connections: &[(ClientId, ConnectionId)],
+        clear_channels: bool,
+    ) -> Result<NodeSync>;
+
+    /// Marks `node` alive for `lease` from now. Returns whether the store still knew the node:
+    /// `false` on a node's first heartbeat, after `clear_node`, and after the store lost its
+    /// data or reaped the node, which tells the node to register its connections again. A
+    /// lease that ran out but was not reaped (the store stalled) still counts as known.
     async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<bool>;
 
     /// Removes every connection of every node whose lease has run out, and those nodes' leases,
@@ -84,13 +186,13 @@ pub trait PresenceStore: Send + Sync + Debug + 'static {
     async fn reap_expired(&self, clear_channels: bool) -> Result<Vec<DroppedConnection>>;
 
     /// How many connections `client` has.
-    async fn connections(&self, client: &ClientId) -> Result<usize>;
+    async fn connections(&self, client: &ClientId) -> Result<Answer<usize>>;
 
     /// Whether each of `clients` is online, in the same order.
-    async fn online(&self, clients: &[ClientId]) -> Result<Vec<bool>>;
+    async fn online(&self, clients: &[ClientId]) -> Result<Answer<Vec<bool>>>;
 
     /// Every online client, sorted.
-    async fn online_clients(&self) -> Result<Vec<ClientId>>;
+    async fn online_clients(&self) -> Result<Answer<Vec<ClientId>>>;
 
     /// Adds `clients` to `channel` (idempotent).
     async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()>;
@@ -99,16 +201,16 @@ pub trait PresenceStore: Send + Sync + Debug + 'static {
     async fn leave_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()>;
 
     /// The members of `channel`, sorted (empty for an unknown channel).
-    async fn channel_members(&self, channel: &ChannelName) -> Result<Vec<ClientId>>;
+    async fn channel_members(&self, channel: &ChannelName) -> Result<Answer<Vec<ClientId>>>;
 
     /// How many members of `channel` are online.
-    async fn channel_online(&self, channel: &ChannelName) -> Result<usize>;
+    async fn channel_online(&self, channel: &ChannelName) -> Result<Answer<usize>>;
 
     /// The channels `client` belongs to, sorted.
-    async fn client_channels(&self, client: &ClientId) -> Result<Vec<ChannelName>>;
+    async fn client_channels(&self, client: &ClientId) -> Result<Answer<Vec<ChannelName>>>;
 
     /// Every channel with its member and online counts, sorted by name.
-    async fn channels(&self) -> Result<Vec<ChannelInfo>>;
+    async fn channels(&self) -> Result<Answer<Vec<ChannelInfo>>>;
 
     /// Checks that the store is reachable (used by `/readyz`).
     async fn ping(&self) -> Result<()>;
@@ -130,8 +232,16 @@ macro_rules! forward_presence {
             ) -> Result<usize> {
                 (**self).disconnect(n, c, k, clear).await
             }
-            async fn clear_node(&self, n: &NodeId, clear: bool) -> Result<Vec<ClientId>> {
+            async fn clear_node(&self, n: &NodeId, clear: bool) -> Result<Vec<DroppedConnection>> {
                 (**self).clear_node(n, clear).await
+            }
+            async fn sync_node(
+                &self,
+                n: &NodeId,
+                c: &[(ClientId, ConnectionId)],
+                clear: bool,
+            ) -> Result<NodeSync> {
+                (**self).sync_node(n, c, clear).await
             }
             async fn heartbeat(&self, n: &NodeId, lease: Duration) -> Result<bool> {
                 (**self).heartbeat(n, lease).await
@@ -139,13 +249,13 @@ macro_rules! forward_presence {
             async fn reap_expired(&self, clear: bool) -> Result<Vec<DroppedConnection>> {
                 (**self).reap_expired(clear).await
             }
-            async fn connections(&self, c: &ClientId) -> Result<usize> {
+            async fn connections(&self, c: &ClientId) -> Result<Answer<usize>> {
                 (**self).connections(c).await
             }
-            async fn online(&self, c: &[ClientId]) -> Result<Vec<bool>> {
+            async fn online(&self, c: &[ClientId]) -> Result<Answer<Vec<bool>>> {
                 (**self).online(c).await
             }
-            async fn online_clients(&self) -> Result<Vec<ClientId>> {
+            async fn online_clients(&self) -> Result<Answer<Vec<ClientId>>> {
                 (**self).online_clients().await
             }
             async fn join_channel(&self, ch: &ChannelName, c: &[ClientId]) -> Result<()> {
@@ -154,16 +264,16 @@ macro_rules! forward_presence {
             async fn leave_channel(&self, ch: &ChannelName, c: &[ClientId]) -> Result<()> {
                 (**self).leave_channel(ch, c).await
             }
-            async fn channel_members(&self, ch: &ChannelName) -> Result<Vec<ClientId>> {
+            async fn channel_members(&self, ch: &ChannelName) -> Result<Answer<Vec<ClientId>>> {
                 (**self).channel_members(ch).await
             }
-            async fn channel_online(&self, ch: &ChannelName) -> Result<usize> {
+            async fn channel_online(&self, ch: &ChannelName) -> Result<Answer<usize>> {
                 (**self).channel_online(ch).await
             }
-            async fn client_channels(&self, c: &ClientId) -> Result<Vec<ChannelName>> {
+            async fn client_channels(&self, c: &ClientId) -> Result<Answer<Vec<ChannelName>>> {
                 (**self).client_channels(c).await
             }
-            async fn channels(&self) -> Result<Vec<ChannelInfo>> {
+            async fn channels(&self) -> Result<Answer<Vec<ChannelInfo>>> {
                 (**self).channels().await
             }
             async fn ping(&self) -> Result<()> {

@@ -48,12 +48,13 @@ pub enum ServerFrame<'a> {
         /// Publish time, unix milliseconds.
         ts: u64,
     },
-    /// A delivery receipt for a message this client sent.
+    /// A delivery receipt for a message this client sent: one status for all the receivers a
+    /// node settled together.
     Receipt {
         /// The message.
         id: &'a MessageId,
-        /// The receiver the status is about.
-        to: &'a ClientId,
+        /// The receivers the status is about.
+        to: &'a [ClientId],
         /// What happened.
         status: ReceiptStatus,
     },
@@ -105,6 +106,16 @@ mod tests {
             r#"{"type":"message","id":"m1","from":"bob","data":{"text":"hi"},"ts":5,"receipt":true}"#
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+        let to = [ClientId::new("a").unwrap(), ClientId::new("b").unwrap()];
+        let receipt = ServerFrame::Receipt {
+            id: &id,
+            to: &to,
+            status: ReceiptStatus::Delivered,
+        };
+        assert_eq!(
+            receipt.to_json(),
+            r#"{"type":"receipt","id":"m1","to":["a","b"],"status":"delivered"}"#
+        );
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! [`ImHelper::builder`] when the cluster runs a broker kind you registered yourself
 //! ([`Backends`]).
 //!
+//! Queries return an [`Answer`]: the value plus the nodes that did not answer in time (only
+//! `[presence] kind = "cluster"` asks other nodes; a central store always answers completely).
+//! An `Answer` derefs to its value.
+//!
 //! Method names follow FreeIM's ImHelper: `PrevConnectServer` is [`ImHelper::prepare_connect`],
 //! `SendMessage` is [`ImHelper::send_message`], `JoinChan` is [`ImHelper::join_channel`], and so on.
 
@@ -32,7 +36,7 @@ use serde_json::value::RawValue;
 
 pub use config::HelperConfig;
 pub use impush_brokers::Backends;
-pub use impush_core::{Broker, Error, Result};
+pub use impush_core::{Answer, Broker, Error, Result};
 
 /// A stream of online/offline events. `Err(Error::Lagged)` items report events this helper
 /// missed because it read too slowly; the stream continues after them.
@@ -207,9 +211,10 @@ impl ImHelper {
     /// Sends `data` (any `Serialize`, delivered to clients as that JSON) from `from` to every
     /// client in `to` (FreeIM `SendMessage`).
     ///
-    /// `from` need not be a connected client. With `receipt`, the sender's connections get one
-    /// `receipt` frame per receiver (`delivered`/`offline`, later `acked`). The sender gets its
-    /// own message only if it is listed in `to`.
+    /// `from` need not be a connected client. With `receipt`, the sender's connections get
+    /// `receipt` frames: one per status for the receivers each node settled together
+    /// (`delivered` once written to a socket, `offline`, later `acked`). The sender gets its own
+    /// message only if it is listed in `to`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for an empty `to`; broker errors.
@@ -273,7 +278,7 @@ impl ImHelper {
     ///
     /// # Errors
     /// Presence store errors.
-    pub async fn online_clients(&self) -> Result<Vec<ClientId>> {
+    pub async fn online_clients(&self) -> Result<Answer<Vec<ClientId>>> {
         self.inner.presence.online_clients().await
     }
 
@@ -281,15 +286,15 @@ impl ImHelper {
     ///
     /// # Errors
     /// Presence store errors.
-    pub async fn is_online(&self, client: &ClientId) -> Result<bool> {
-        Ok(self.connections(client).await? > 0)
+    pub async fn is_online(&self, client: &ClientId) -> Result<Answer<bool>> {
+        Ok(self.connections(client).await?.map(|n| n > 0))
     }
 
     /// [`ImHelper::is_online`] for many clients at once, in the same order.
     ///
     /// # Errors
     /// Presence store errors.
-    pub async fn is_online_many(&self, clients: &[ClientId]) -> Result<Vec<bool>> {
+    pub async fn is_online_many(&self, clients: &[ClientId]) -> Result<Answer<Vec<bool>>> {
         self.inner.presence.online(clients).await
     }
 
@@ -297,7 +302,7 @@ impl ImHelper {
     ///
     /// # Errors
     /// Presence store errors.
-    pub async fn connections(&self, client: &ClientId) -> Result<usize> {
+    pub async fn connections(&self, client: &ClientId) -> Result<Answer<usize>> {
         self.inner.presence.connections(client).await
     }
 
@@ -307,7 +312,7 @@ impl ImHelper {
     /// # Errors
     /// Presence store or broker errors.
     pub async fn force_offline(&self, client: &ClientId) -> Result<usize> {
-        let n = self.connections(client).await?;
+        let n = self.connections(client).await?.into_value();
         let node = &self.inner.cluster.owner(client).id;
         let cmd = NodeCommand::Kick {
             client: client.clone(),
@@ -386,7 +391,7 @@ impl ImHelper {
     ///
     /// # Errors
     /// Presence store errors.
-    pub async fn channel_members(&self, channel: &ChannelName) -> Result<Vec<ClientId>> {
+    pub async fn channel_members(&self, channel: &ChannelName) -> Result<Answer<Vec<ClientId>>> {
         self.inner.presence.channel_members(channel).await
     }
 
@@ -394,7 +399,7 @@ impl ImHelper {
     ///
     /// # Errors
     /// Presence store errors.
-    pub async fn channels(&self) -> Result<Vec<ChannelInfo>> {
+    pub async fn channels(&self) -> Result<Answer<Vec<ChannelInfo>>> {
         self.inner.presence.channels().await
     }
 
@@ -402,7 +407,7 @@ impl ImHelper {
     ///
     /// # Errors
     /// Presence store errors.
-    pub async fn client_channels(&self, client: &ClientId) -> Result<Vec<ChannelName>> {
+    pub async fn client_channels(&self, client: &ClientId) -> Result<Answer<Vec<ChannelName>>> {
         self.inner.presence.client_channels(client).await
     }
 
@@ -410,7 +415,7 @@ impl ImHelper {
     ///
     /// # Errors
     /// Presence store errors.
-    pub async fn channel_online(&self, channel: &ChannelName) -> Result<usize> {
+    pub async fn channel_online(&self, channel: &ChannelName) -> Result<Answer<usize>> {
         self.inner.presence.channel_online(channel).await
     }
 

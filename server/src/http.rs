@@ -1,7 +1,7 @@
 //! The node's HTTP surface: `/ws` (token check, then upgrade), the HTTP API under `/api/v1`,
 //! `/healthz`, `/readyz`, `/metrics`, and JSON errors for everything else.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     extract::{
@@ -14,34 +14,14 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use impush_core::{
-    envelope::now_ms,
-    token::{NonceCache, TokenSigner},
-    TokenError,
-};
+use impush_core::{envelope::now_ms, TokenError};
 use serde::Deserialize;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use impush_helper::ImHelper;
-
-use crate::{api, metrics::Metrics, node::Node, session};
-
-/// What request handlers share.
-#[derive(Debug)]
-pub(crate) struct App {
-    pub(crate) node: Arc<Node>,
-    pub(crate) signer: TokenSigner,
-    pub(crate) nonces: NonceCache,
-    /// Cancelled first at shutdown: no new connections, sessions close with 1001.
-    pub(crate) shutdown: CancellationToken,
-    /// Cancelled once sessions are gone: ends long-lived HTTP responses (SSE), so their
-    /// readers still see the offline events of this node's own connections.
-    pub(crate) streams: CancellationToken,
-    pub(crate) sessions: TaskTracker,
-    pub(crate) helper: ImHelper,
-    pub(crate) api_key: impush_core::config::Secret,
-    pub(crate) sse_keep_alive: Duration,
-}
+use crate::{
+    api,
+    app::{error, App},
+    metrics::Metrics,
+};
 
 pub(crate) fn router(app: Arc<App>) -> Router {
     let max_body = app.node.limits.max_body_bytes;
@@ -54,12 +34,6 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
-}
-
-/// A JSON error body `{"error": code, "message": ...}` with its status.
-pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({ "error": code, "message": message.into() });
-    (status, Json(body)).into_response()
 }
 
 async fn not_found() -> Response {
@@ -133,9 +107,8 @@ async fn ws(
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| {
-            sessions.track_future(session::run(
+            sessions.track_future(node.serve_connection(
                 socket,
-                node,
                 claims.client,
                 claims.metadata,
                 cancel,

@@ -8,13 +8,17 @@
 //! Layout:
 //! - [`server`](ImServer): start ([`ImServerBuilder`]: config + backend registry), run, shut down;
 //! - `cli`: [`run`], the whole `impush` binary as one call;
-//! - `node`: the node's shared state and the broker dispatch;
+//! - `node`: the node's shared state: broker feeds, delivery, receipts, connection lifecycle,
+//!   presence upkeep;
 //! - `session`: one connection (bounded outbound queue, pings, close codes);
+//! - `settle`: how a point-to-point message ends (written or not), for receipts and broker acks;
 //! - `registry`: the in-memory index of local connections and channel members;
-//! - `http`: `/ws` (token check before the upgrade), `/healthz`, `/readyz`, `/metrics`;
-//! - `api`: the HTTP API (`/api/v1/...`, Server-Sent Events, the OpenAPI document).
+//! - `app`: what HTTP handlers share; `http`: `/ws` (token check before the upgrade),
+//!   `/healthz`, `/readyz`, `/metrics`; `api`: the HTTP API (`/api/v1/...`, Server-Sent Events,
+//!   the OpenAPI document).
 
 mod api;
+mod app;
 mod cli;
 mod config;
 mod error;
@@ -24,6 +28,7 @@ mod node;
 mod registry;
 mod server;
 mod session;
+mod settle;
 
 pub use api::api_routes;
 pub use cli::run;

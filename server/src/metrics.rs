@@ -50,6 +50,8 @@ pub struct Metrics {
     pub(crate) broker_lagged: AtomicU64,
     pub(crate) presence_errors: AtomicU64,
     pub(crate) undecodable: AtomicU64,
+    pub(crate) duplicates_dropped: AtomicU64,
+    pub(crate) channel_index_rebuilds: AtomicU64,
 }
 
 impl Metrics {
@@ -61,14 +63,15 @@ impl Metrics {
         self.inbound[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn receipt(&self, status: ReceiptStatus) {
+    /// Counts `receivers` receipts of `status` (one per receiver, however many frames).
+    pub(crate) fn receipt(&self, status: ReceiptStatus, receivers: u64) {
         let i = match status {
             ReceiptStatus::Delivered => 0,
             ReceiptStatus::Offline => 1,
             ReceiptStatus::Stored => 2,
             ReceiptStatus::Acked => 3,
         };
-        self.receipts[i].fetch_add(1, Ordering::Relaxed);
+        self.receipts[i].fetch_add(receivers, Ordering::Relaxed);
     }
 
     pub(crate) fn close(&self, kind: CloseKind) {
@@ -97,6 +100,16 @@ impl Metrics {
     /// Client frames that were neither `ping` nor a valid `ack`.
     pub fn ignored_frames(&self) -> u64 {
         self.inbound[InKind::Ignored as usize].load(Ordering::Relaxed)
+    }
+
+    /// Receipt frames queued to senders.
+    pub fn receipt_frames(&self) -> u64 {
+        self.out[OutKind::Receipt as usize].load(Ordering::Relaxed)
+    }
+
+    /// Inbox messages dropped because their id was delivered already (broker redeliveries).
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.duplicates_dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -159,7 +172,7 @@ impl Metrics {
         family(
             "impush_receipts_total",
             "counter",
-            "Receipts produced, by status.",
+            "Receipts produced, by status (one per receiver; a receipt frame may cover many).",
             &labelled("status", &RECEIPT_LABELS, &self.receipts),
         );
         family(
@@ -197,6 +210,18 @@ impl Metrics {
             "counter",
             "Broker messages dropped because they could not be decoded.",
             &[(None, load(&self.undecodable).to_string())],
+        );
+        family(
+            "impush_duplicates_dropped_total",
+            "counter",
+            "Inbox messages dropped because their id was delivered already (redeliveries).",
+            &[(None, load(&self.duplicates_dropped).to_string())],
+        );
+        family(
+            "impush_channel_index_rebuilds_total",
+            "counter",
+            "Local channel index rebuilt from presence after a gap in the cluster feed.",
+            &[(None, load(&self.channel_index_rebuilds).to_string())],
         );
         out
     }

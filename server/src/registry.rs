@@ -189,6 +189,29 @@ impl Registry {
         }
     }
 
+    /// Whether `client` has a connection here.
+    pub(crate) fn is_local(&self, client: &ClientId) -> bool {
+        read(&self.clients).contains_key(client)
+    }
+
+    /// Every client with a connection here.
+    pub(crate) fn local_clients(&self) -> Vec<ClientId> {
+        read(&self.clients).keys().cloned().collect()
+    }
+
+    /// The connect metadata of one local connection.
+    pub(crate) fn metadata_of(
+        &self,
+        client: &ClientId,
+        connection: &ConnectionId,
+    ) -> Option<serde_json::Value> {
+        read(&self.clients)
+            .get(client)?
+            .iter()
+            .find(|s| &s.connection == connection)
+            .map(|s| s.metadata.clone())
+    }
+
     /// Every local connection and every channel's local members, for re-registering them.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let index = read(&self.channels);

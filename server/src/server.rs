@@ -13,10 +13,11 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    app::App,
     config::Config,
-    http::{self, App},
+    http,
     metrics::Metrics,
-    node::{Feed, Local, Node},
+    node::{Feed, Node, NodeParts},
     Error, Result,
 };
 
@@ -49,6 +50,8 @@ pub struct ImServer {
     generated: Generated,
     serve: JoinHandle<std::io::Result<()>>,
     loops: TaskTracker,
+    /// Stops the receipts task, after the sessions are gone.
+    receipts_stop: CancellationToken,
 }
 
 /// How long SSE streams keep forwarding after the last connection closed at shutdown.
@@ -159,18 +162,7 @@ impl ImServerBuilder {
         )?;
         let topics = Topics::new(&ctx.prefix);
 
-        // Entries left by an earlier run of this node that died without cleaning up.
-        let stale = presence
-            .clear_node(&config.node.id, !config.channels.persist)
-            .await?;
-        if !stale.is_empty() {
-            tracing::warn!(
-                clients = stale.len(),
-                "cleared presence left by a previous run of this node"
-            );
-        }
-
-        let node = Arc::new(Node {
+        let (node, inboxes) = Node::new(NodeParts {
             id: config.node.id.clone(),
             cluster: cluster.clone(),
             topics,
@@ -179,20 +171,33 @@ impl ImServerBuilder {
             limits: config.limits.clone(),
             persist_channels: config.channels.persist,
             metrics: Arc::new(Metrics::default()),
-            local: Local::default(),
         });
+        // Connections left by an earlier run of this node that died without a goodbye: the
+        // business hears they are gone before this run accepts anything.
+        let stale = presence
+            .clear_node(&config.node.id, !config.channels.persist)
+            .await?;
+        if !stale.is_empty() {
+            tracing::warn!(
+                connections = stale.len(),
+                "clearing connections left by a previous run of this node"
+            );
+            node.announce_dropped(stale).await;
+        }
         // Subscribe before accepting anything, so nothing published after `start` returns is missed.
         let inbox = node.subscribe(Feed::Inbox).await?;
         let all = node.subscribe(Feed::All).await?;
 
         let shutdown = CancellationToken::new();
+        let receipts_stop = CancellationToken::new();
         let loops = TaskTracker::new();
         loops.spawn(node.clone().run_feed(Feed::Inbox, inbox, shutdown.clone()));
         loops.spawn(node.clone().run_feed(Feed::All, all, shutdown.clone()));
         loops.spawn(
             node.clone()
-                .run_presence_lease(config.cluster.node_lease, shutdown.clone()),
+                .run_upkeep(config.cluster.node_lease, shutdown.clone()),
         );
+        loops.spawn(node.clone().run_receipts(inboxes, receipts_stop.clone()));
 
         let helper = ImHelper::new(HelperParts {
             cluster,
@@ -227,6 +232,7 @@ impl ImServerBuilder {
             generated,
             serve,
             loops,
+            receipts_stop,
         })
     }
 }
@@ -312,6 +318,8 @@ impl ImServer {
         {
             tracing::warn!(?grace, "connections still open after the grace period");
         }
+        // Sessions are gone, so every message they held is settled: let its acks out.
+        self.receipts_stop.cancel();
         // Let SSE readers forward the offline events just published before their streams end.
         tokio::time::sleep(STREAM_DRAIN).await;
         self.app.streams.cancel();

@@ -11,6 +11,9 @@
 //! `VecDeque` behind a short mutex plus a `Notify`: it holds no heap memory until something is
 //! queued, and the writer takes the whole batch at once, freeing it after writing. (A bounded
 //! `mpsc` channel keeps a 2 KiB block per connection even when empty.)
+//!
+//! A session knows nothing of the node: it counts into [`Metrics`], settles the
+//! [`FrameToken`]s of the frames it writes, and reports client acks as [`AckEvent`]s.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -23,13 +26,16 @@ use std::{
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use impush_core::{protocol::ClientFrame, ClientId, ConnectionId, MessageId};
-use tokio::{sync::Notify, time::Instant};
+use impush_core::{config::LimitsConfig, protocol::ClientFrame, ClientId, ConnectionId, MessageId};
+use tokio::{
+    sync::{mpsc, Notify},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    metrics::{CloseKind, InKind},
-    node::Node,
+    metrics::{CloseKind, InKind, Metrics, OutKind},
+    settle::{AckEvent, FrameToken},
 };
 
 /// Close codes of the client protocol (DESIGN.md section 4).
@@ -43,13 +49,21 @@ pub(crate) mod close {
 
 /// How long a closing connection may take to get its close frame out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
 
-/// A frame on its way to one connection, plus what to remember once it is written.
-#[derive(Debug, Clone)]
+/// A frame on its way to one connection.
+#[derive(Debug)]
 pub(crate) struct Outgoing {
     pub(crate) frame: Utf8Bytes,
-    /// `(message id, sender)` of a message that asked for a receipt: the client may ack it.
-    pub(crate) ack: Option<(MessageId, ClientId)>,
+    /// Set for point-to-point messages: settles the message once written (or dropped).
+    pub(crate) token: Option<FrameToken>,
+}
+
+impl Outgoing {
+    /// A frame nothing waits on (channel, broadcast, receipt, pong).
+    pub(crate) fn plain(frame: Utf8Bytes) -> Self {
+        Self { frame, token: None }
+    }
 }
 
 /// Frames waiting for the writer.
@@ -64,18 +78,49 @@ struct Outbox {
 pub(crate) struct SessionHandle {
     pub(crate) client: ClientId,
     pub(crate) connection: ConnectionId,
+    /// What `prepare_connect` signed in; it travels with the online/offline events.
+    pub(crate) metadata: serde_json::Value,
     outbox: Mutex<Outbox>,
     ready: Notify,
     max_frames: usize,
     max_bytes: usize,
     close_code: AtomicU16,
     cancel: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl SessionHandle {
-    /// Queues a frame; on overflow the connection is closed with 4008 and `false` returned.
-    pub(crate) fn push(&self, out: Outgoing, node: &Node) -> bool {
+    /// The handle of a new connection of `client`.
+    pub(crate) fn new(
+        client: ClientId,
+        connection: ConnectionId,
+        metadata: serde_json::Value,
+        limits: &LimitsConfig,
+        cancel: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            client,
+            connection,
+            metadata,
+            outbox: Mutex::new(Outbox::default()),
+            ready: Notify::new(),
+            max_frames: limits.outbound_queue.max(1),
+            max_bytes: limits.outbound_queue_bytes.max(1),
+            close_code: AtomicU16::new(0),
+            cancel,
+            metrics,
+        }
+    }
+
+    /// Queues a frame; returns `false` when the connection is closing or the queue overflowed
+    /// (then the connection is closed with 4008). A refused frame's token settles as not
+    /// delivered.
+    pub(crate) fn push(&self, out: Outgoing) -> bool {
         let len = out.frame.len();
+        if self.cancel.is_cancelled() {
+            return false;
+        }
         {
             // A poisoned lock means the writer panicked; the connection is finished either way.
             let Ok(mut q) = self.outbox.lock() else {
@@ -83,7 +128,7 @@ impl SessionHandle {
             };
             if q.frames.len() >= self.max_frames || q.bytes + len > self.max_bytes {
                 drop(q);
-                self.close_slow(node);
+                self.close_slow();
                 return false;
             }
             q.bytes += len;
@@ -101,9 +146,15 @@ impl SessionHandle {
             .unwrap_or_default()
     }
 
-    fn close_slow(&self, node: &Node) {
+    /// Drops whatever is still queued (the connection is gone): their tokens settle as not
+    /// delivered now instead of whenever the last reference to the handle goes.
+    pub(crate) fn discard_queued(&self) {
+        drop(self.take());
+    }
+
+    fn close_slow(&self) {
         if self.close(close::SLOW) {
-            node.metrics.close(CloseKind::Slow);
+            self.metrics.close(CloseKind::Slow);
             tracing::info!(client = %self.client, connection = %self.connection, "closing slow consumer");
         }
     }
@@ -123,6 +174,26 @@ impl SessionHandle {
         match self.close_code.load(Ordering::Acquire) {
             0 => close::GOING_AWAY, // cancelled by node shutdown
             c => c,
+        }
+    }
+
+    /// Closes the connection as replaced (4009) and counts it.
+    pub(crate) fn replace(&self) {
+        if self.close(close::REPLACED) {
+            self.metrics.close(CloseKind::Replaced);
+        }
+    }
+
+    /// Closes the connection as kicked (4001) and counts it.
+    pub(crate) fn kick(&self) {
+        if self.close(close::KICKED) {
+            self.metrics.close(CloseKind::Kicked);
+        }
+    }
+
+    fn push_pong(&self) {
+        if self.push(Outgoing::plain(PONG)) {
+            self.metrics.out(OutKind::Pong, 1);
         }
     }
 }
@@ -169,53 +240,30 @@ impl PendingAcks {
 }
 
 /// Why the loop ended, and whether a close frame should be sent.
-enum End {
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum End {
     /// Close with this code.
     Close(u16),
     /// The peer is gone or closed first: nothing to send.
     Gone,
 }
 
-/// Drives one accepted connection until it closes.
-pub(crate) async fn run(
-    socket: WebSocket,
-    node: Arc<Node>,
-    client: ClientId,
-    metadata: serde_json::Value,
-    cancel: CancellationToken,
-) {
-    let limits = &node.limits;
-    let handle = Arc::new(SessionHandle {
-        client,
-        connection: node.next_connection_id(),
-        outbox: Mutex::new(Outbox::default()),
-        ready: Notify::new(),
-        max_frames: limits.outbound_queue.max(1),
-        max_bytes: limits.outbound_queue_bytes.max(1),
-        close_code: AtomicU16::new(0),
-        cancel,
-    });
-    // Boxed: attach and detach are large futures needed once, and the task keeps the space of
-    // its largest state for its whole life.
-    Box::pin(node.attach(&handle, &metadata)).await;
-    let (end, socket) = drive(socket, &node, &handle).await;
-    Box::pin(node.detach(&handle, &metadata)).await;
-    if let (End::Close(code), Some(mut socket)) = (end, socket) {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(""),
-        };
-        // A client that stopped reading may never take the close frame; don't wait forever.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
-    }
+/// What a session needs from its node: limits, and where client acks go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Context<'a> {
+    pub(crate) limits: &'a LimitsConfig,
+    pub(crate) acks: &'a mpsc::UnboundedSender<AckEvent>,
 }
 
-async fn drive(
+/// Drives one accepted connection until it must close; returns why and, when a close frame is
+/// owed, the socket to send it on (see [`close_socket`]).
+pub(crate) async fn drive(
     mut socket: WebSocket,
-    node: &Node,
     handle: &SessionHandle,
+    ctx: Context<'_>,
 ) -> (End, Option<WebSocket>) {
-    let limits = &node.limits;
+    let limits = ctx.limits;
+    let metrics = &handle.metrics;
     let mut pending = PendingAcks::new(limits.max_pending_acks);
     let mut last_seen = Instant::now();
     let silence_limit = limits.ping_interval + limits.pong_timeout;
@@ -229,12 +277,7 @@ async fn drive(
             () = handle.cancel.cancelled() => break End::Close(handle.close_code()),
             () = handle.ready.notified() => {
                 let batch = handle.take();
-                for out in &batch {
-                    if let Some((id, sender)) = &out.ack {
-                        pending.insert(id.clone(), sender.clone());
-                    }
-                }
-                let write = write_batch(&mut socket, batch);
+                let write = write_batch(&mut socket, batch, &mut pending);
                 tokio::select! {
                     biased;
                     // A slow consumer is cancelled while its write is stuck; stop waiting.
@@ -254,19 +297,19 @@ async fn drive(
                     }
                     Some(Err(err)) => {
                         if is_too_large(err) {
-                            node.metrics.close(CloseKind::TooLarge);
+                            metrics.close(CloseKind::TooLarge);
                             break End::Close(close::TOO_LARGE);
                         }
                         break End::Gone;
                     }
-                    Some(Ok(Message::Text(text))) => on_client_text(node, handle, &mut pending, &text).await,
-                    Some(Ok(Message::Binary(_))) => node.metrics.inbound(InKind::Ignored),
+                    Some(Ok(Message::Text(text))) => on_client_text(handle, &mut pending, ctx.acks, &text),
+                    Some(Ok(Message::Binary(_))) => metrics.inbound(InKind::Ignored),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > silence_limit {
-                    node.metrics.close(CloseKind::DeadPeer);
+                    metrics.close(CloseKind::DeadPeer);
                     tracing::info!(client = %handle.client, "closing silent connection");
                     // The peer is not answering; a close frame would go unread.
                     break End::Gone;
@@ -284,34 +327,64 @@ async fn drive(
     (end, socket)
 }
 
-async fn write_batch(socket: &mut WebSocket, batch: VecDeque<Outgoing>) -> Result<(), axum::Error> {
-    for out in batch {
-        socket.feed(Message::Text(out.frame)).await?;
-    }
-    socket.flush().await
+/// Sends the close frame `code`, giving up after a while: a client that stopped reading may
+/// never take it.
+pub(crate) async fn close_socket(mut socket: WebSocket, code: u16) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(""),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
 }
 
-async fn on_client_text(
-    node: &Node,
+/// Writes a batch and flushes it; only then are its point-to-point frames delivered (and, when
+/// their sender wants receipts, ackable). On an error the unwritten tokens settle as dropped.
+async fn write_batch(
+    socket: &mut WebSocket,
+    batch: VecDeque<Outgoing>,
+    pending: &mut PendingAcks,
+) -> Result<(), axum::Error> {
+    let mut tokens = Vec::new();
+    for out in batch {
+        socket.feed(Message::Text(out.frame)).await?;
+        tokens.extend(out.token);
+    }
+    socket.flush().await?;
+    for token in tokens {
+        if let Some((id, sender)) = token.settlement().ackable() {
+            pending.insert(id.clone(), sender.clone());
+        }
+        token.written();
+    }
+    Ok(())
+}
+
+fn on_client_text(
     handle: &SessionHandle,
     pending: &mut PendingAcks,
+    acks: &mpsc::UnboundedSender<AckEvent>,
     text: &str,
 ) {
+    let metrics = &handle.metrics;
     match serde_json::from_str::<ClientFrame>(text) {
         Ok(ClientFrame::Ping) => {
-            node.metrics.inbound(InKind::Ping);
-            node.push_pong(handle);
+            metrics.inbound(InKind::Ping);
+            handle.push_pong();
         }
         Ok(ClientFrame::Ack { id }) => match pending.take(&id) {
             Some(sender) => {
-                node.metrics.inbound(InKind::Ack);
-                node.acked(&id, &sender, &handle.client).await;
+                metrics.inbound(InKind::Ack);
+                let _ = acks.send(AckEvent {
+                    id,
+                    sender,
+                    receiver: handle.client.clone(),
+                });
             }
             // Acks for unknown ids (never delivered here, no receipt asked, or acked twice)
             // must not produce receipts: a client could otherwise forge them.
-            None => node.metrics.inbound(InKind::Ignored),
+            None => metrics.inbound(InKind::Ignored),
         },
-        Err(_) => node.metrics.inbound(InKind::Ignored),
+        Err(_) => metrics.inbound(InKind::Ignored),
     }
 }
 
@@ -323,37 +396,23 @@ fn is_too_large(err: axum::Error) -> bool {
     )
 }
 
-/// Closes `handle` as replaced (4009) and counts it.
-pub(crate) fn replace(handle: &SessionHandle, node: &Node) {
-    if handle.close(close::REPLACED) {
-        node.metrics.close(CloseKind::Replaced);
-    }
-}
-
-/// Closes `handle` as kicked (4001) and counts it.
-pub(crate) fn kick(handle: &SessionHandle, node: &Node) {
-    if handle.close(close::KICKED) {
-        node.metrics.close(CloseKind::Kicked);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn future_size<F, Fut>(_: F) -> usize
+    fn future_size<'a, F, Fut>(_: F) -> usize
     where
-        F: FnOnce(WebSocket, Arc<Node>, ClientId, serde_json::Value, CancellationToken) -> Fut,
+        F: FnOnce(WebSocket, &'a SessionHandle, Context<'a>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
 
-    /// Every idle connection is one task holding this future: it is per-socket memory.
+    /// Every idle connection is one task waiting in this future: it is per-socket memory.
     #[test]
     fn session_future_stays_small() {
-        let size = future_size(run);
+        let size = future_size(drive);
         eprintln!("session future: {size} bytes");
-        assert!(size <= 3072, "session future grew to {size} bytes");
+        assert!(size <= 2048, "session future grew to {size} bytes");
     }
 
     #[test]

@@ -619,19 +619,27 @@ fn conn(ns: &str, name: &str) -> ConnectionId {
 
 async fn my_online_clients(p: &dyn PresenceStore, ns: &str) -> Vec<ClientId> {
     let all = call("online_clients", p.online_clients()).await;
+    assert!(
+        all.is_complete(),
+        "online_clients: partial {:?}",
+        all.missing
+    );
     assert_sorted(&all, "online_clients");
     let prefix = format!("{ns}-");
-    all.into_iter()
+    all.into_value()
+        .into_iter()
         .filter(|c| c.as_str().starts_with(&prefix))
         .collect()
 }
 
 async fn my_channels(p: &dyn PresenceStore, ns: &str) -> Vec<ChannelInfo> {
     let all = call("channels", p.channels()).await;
+    assert!(all.is_complete(), "channels: partial {:?}", all.missing);
     let names: Vec<&ChannelName> = all.iter().map(|c| &c.name).collect();
     assert_sorted(&names, "channels");
     let prefix = format!("{ns}-");
-    all.into_iter()
+    all.into_value()
+        .into_iter()
         .filter(|c| c.name.as_str().starts_with(&prefix))
         .collect()
 }
@@ -808,8 +816,23 @@ pub async fn presence_disconnect_without_clear_keeps_channels(p: &dyn PresenceSt
     assert_eq!(my_channels(p, ns).await, vec![info(ns, "room", 1, 1)]);
 }
 
-/// `clear_node` removes only that node's connections and returns, sorted, the clients that went
-/// fully offline; with `clear_channels = false` memberships stay.
+fn dropped(
+    node: &NodeId,
+    client: &ClientId,
+    connection: ConnectionId,
+    last: bool,
+) -> DroppedConnection {
+    DroppedConnection {
+        node: node.clone(),
+        client: client.clone(),
+        connection,
+        last,
+    }
+}
+
+/// `clear_node` removes only that node's connections and returns them sorted, each client's
+/// last one marked when the client went fully offline; with `clear_channels = false`
+/// memberships stay.
 pub async fn presence_clear_node_removes_only_that_node(p: &dyn PresenceStore, ns: &str) {
     let (n1, n2) = (node(ns, "n1"), node(ns, "n2"));
     let [dave, carol, bob, alice] = ["dave", "carol", "bob", "alice"].map(|n| client(ns, n));
@@ -825,7 +848,15 @@ pub async fn presence_clear_node_removes_only_that_node(p: &dyn PresenceStore, n
     call("join", p.join_channel(&ch, &everyone)).await;
 
     let gone = call("clear_node n1", p.clear_node(&n1, false)).await;
-    assert_eq!(gone, vec![alice.clone(), dave.clone()]);
+    assert_eq!(
+        gone,
+        vec![
+            dropped(&n1, &alice, conn(ns, "a1"), true),
+            dropped(&n1, &bob, conn(ns, "b1"), false),
+            dropped(&n1, &dave, conn(ns, "d1"), false),
+            dropped(&n1, &dave, conn(ns, "d2"), true),
+        ]
+    );
 
     assert_eq!(
         call("online", p.online(&everyone)).await,
@@ -881,7 +912,13 @@ pub async fn presence_clear_node_clears_channels(p: &dyn PresenceStore, ns: &str
     call("join", p.join_channel(&ch2, std::slice::from_ref(&alice))).await;
 
     let gone = call("clear_node n1", p.clear_node(&n1, true)).await;
-    assert_eq!(gone, vec![alice.clone()]);
+    assert_eq!(
+        gone,
+        vec![
+            dropped(&n1, &alice, conn(ns, "a1"), true),
+            dropped(&n1, &bob, conn(ns, "b1"), false),
+        ]
+    );
 
     assert!(call("client_channels", p.client_channels(&alice))
         .await
@@ -1180,6 +1217,70 @@ pub async fn presence_disconnect_unknown_is_harmless(p: &dyn PresenceStore, ns: 
     assert!(my_channels(p, ns).await.iter().all(|c| c.online == 0));
 }
 
+/// `sync_node` makes the store hold exactly the node's connections in one step: ghosts (the
+/// store has them, the node does not) go, with `last` and channel clean-up for clients left
+/// with none; missing connections come back, `first` where the client had none; other nodes'
+/// connections and a client whose ghost is replaced by a live connection keep their channels.
+pub async fn presence_sync_node_makes_the_store_match(p: &dyn PresenceStore, ns: &str) {
+    let (n1, n2) = (node(ns, "n1"), node(ns, "n2"));
+    let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|n| client(ns, n));
+    let room = channel(ns, "room");
+    call("connect", p.connect(&n1, &alice, &conn(ns, "a1"))).await;
+    call("connect", p.connect(&n1, &bob, &conn(ns, "b1"))).await; // ghost, bob also on n2
+    call("connect", p.connect(&n2, &bob, &conn(ns, "b2"))).await;
+    call("connect", p.connect(&n1, &carol, &conn(ns, "c1"))).await; // ghost, replaced by c2
+    call("connect", p.connect(&n1, &dave, &conn(ns, "d1"))).await; // ghost, dave's only one
+    let everyone = [alice.clone(), bob.clone(), carol.clone(), dave.clone()];
+    call("join", p.join_channel(&room, &everyone)).await;
+
+    let erin = client(ns, "erin"); // connected while a write failed: missing from the store
+    let real = vec![
+        (alice.clone(), conn(ns, "a1")),
+        (carol.clone(), conn(ns, "c2")),
+        (erin.clone(), conn(ns, "e1")),
+    ];
+    let sync = call("sync_node", p.sync_node(&n1, &real, true)).await;
+    assert_eq!(
+        sync.removed,
+        vec![
+            dropped(&n1, &bob, conn(ns, "b1"), false),
+            dropped(&n1, &carol, conn(ns, "c1"), false),
+            dropped(&n1, &dave, conn(ns, "d1"), true),
+        ]
+    );
+    assert_eq!(
+        sync.added,
+        vec![
+            impush_core::AddedConnection {
+                client: carol.clone(),
+                connection: conn(ns, "c2"),
+                first: false,
+            },
+            impush_core::AddedConnection {
+                client: erin.clone(),
+                connection: conn(ns, "e1"),
+                first: true,
+            },
+        ]
+    );
+    assert_eq!(
+        my_online_clients(p, ns).await,
+        vec![alice.clone(), bob.clone(), carol.clone(), erin.clone()]
+    );
+    assert_eq!(call("connections", p.connections(&bob)).await, 1);
+    assert_eq!(
+        call("channel_members", p.channel_members(&room)).await,
+        vec![alice.clone(), bob.clone(), carol.clone()],
+        "only dave, left with no connection, leaves the room"
+    );
+
+    // Already in sync: nothing changes.
+    let again = call("sync_node again", p.sync_node(&n1, &real, true)).await;
+    assert_eq!(again, impush_core::NodeSync::default());
+    call("clear n1", p.clear_node(&n1, true)).await;
+    call("clear n2", p.clear_node(&n2, true)).await;
+}
+
 /// Leases: a node that stops heartbeating loses its connections to the next `reap_expired`,
 /// which returns each of them once; live nodes and their connections are untouched.
 pub async fn presence_leases_expire_and_reap_drops_connections(p: &dyn PresenceStore, ns: &str) {
@@ -1255,6 +1356,32 @@ pub async fn presence_leases_expire_and_reap_drops_connections(p: &dyn PresenceS
     assert!(call("n2 still alive", p.heartbeat(&n2, Duration::from_secs(60))).await);
     call("clear n2", p.clear_node(&n2, true)).await;
     call("clear n1", p.clear_node(&n1, true)).await;
+}
+
+/// A node whose lease ran out but was not reaped (the store stalled, nobody reaped) is still
+/// known: it must not re-announce its connections as if it had been declared dead.
+pub async fn presence_expired_lease_is_known_until_reaped(p: &dyn PresenceStore, ns: &str) {
+    use std::time::Duration;
+    let n = node(ns, "n1");
+    assert!(!call("first heartbeat", p.heartbeat(&n, Duration::from_millis(1))).await);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        call(
+            "heartbeat after expiry",
+            p.heartbeat(&n, Duration::from_secs(60))
+        )
+        .await,
+        "an expired but unreaped lease was forgotten"
+    );
+    call("clear", p.clear_node(&n, true)).await;
+    assert!(
+        !call(
+            "heartbeat after clear",
+            p.heartbeat(&n, Duration::from_secs(60))
+        )
+        .await
+    );
+    call("clear again", p.clear_node(&n, true)).await;
 }
 
 /// `ping` succeeds on a working store.
@@ -1340,6 +1467,8 @@ macro_rules! presence_conformance {
             presence_channel_online_counts_online_members,
             presence_disconnect_unknown_is_harmless,
             presence_ping_succeeds,
+            presence_sync_node_makes_the_store_match,
+            presence_expired_lease_is_known_until_reaped,
             presence_leases_expire_and_reap_drops_connections,
         );
     };

@@ -76,13 +76,14 @@ async fn receipts_delivered_offline_and_acked() {
     let msg = alice.next_json().await;
     assert_eq!(msg["receipt"], true);
 
+    // One frame per status, each listing the receivers it covers; `delivered` means written.
     let mut receipts = vec![bob.next_json().await, bob.next_json().await];
-    receipts.sort_by_key(|r| r["to"].as_str().unwrap().to_owned());
+    receipts.sort_by_key(|r| r["status"].as_str().unwrap().to_owned());
     assert_eq!(
         receipts,
         vec![
-            json!({"type":"receipt","id":report.id.as_str(),"to":"alice","status":"delivered"}),
-            json!({"type":"receipt","id":report.id.as_str(),"to":"carol","status":"offline"}),
+            json!({"type":"receipt","id":report.id.as_str(),"to":["alice"],"status":"delivered"}),
+            json!({"type":"receipt","id":report.id.as_str(),"to":["carol"],"status":"offline"}),
         ]
     );
 
@@ -91,7 +92,7 @@ async fn receipts_delivered_offline_and_acked() {
         .await;
     assert_eq!(
         bob.next_json().await,
-        json!({"type":"receipt","id":report.id.as_str(),"to":"alice","status":"acked"})
+        json!({"type":"receipt","id":report.id.as_str(),"to":["alice"],"status":"acked"})
     );
     // A second ack, or an ack for an unknown id, produces nothing.
     alice
@@ -200,7 +201,7 @@ async fn channels_membership_and_delivery() {
 
     // ...her last one closing ends her membership.
     a1.ws.close(None).await.unwrap();
-    eventually(|| async { !h.is_online(&id("alice")).await.unwrap() }).await;
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap().value }).await;
     assert!(h.client_channels(&id("alice")).await.unwrap().is_empty());
     assert_eq!(
         h.channel_members(&room).await.unwrap(),
@@ -235,7 +236,7 @@ async fn membership_loaded_when_client_connects_later() {
     assert_eq!(a.next_json().await["data"], "welcome");
     // With channels.persist, membership survives the last connection.
     a.ws.close(None).await.unwrap();
-    eventually(|| async { !h.is_online(&id("alice")).await.unwrap() }).await;
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap().value }).await;
     assert_eq!(h.channel_members(&room).await.unwrap(), vec![id("alice")]);
     server.shutdown().await.unwrap();
 }
@@ -253,7 +254,7 @@ async fn a_client_close_gets_a_clean_close_reply() {
         matches!(reply, Some(Ok(Message::Close(_))) | None),
         "expected the server's close reply, got {reply:?}"
     );
-    eventually(|| async { !h.is_online(&id("alice")).await.unwrap() }).await;
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap().value }).await;
     server.shutdown().await.unwrap();
 }
 
@@ -317,8 +318,8 @@ async fn presence_queries_and_events_with_first_last() {
         h.online_clients().await.unwrap(),
         vec![id("alice"), id("bob")]
     );
-    assert!(h.is_online(&id("alice")).await.unwrap());
-    assert!(!h.is_online(&id("zed")).await.unwrap());
+    assert!(h.is_online(&id("alice")).await.unwrap().value);
+    assert!(!h.is_online(&id("zed")).await.unwrap().value);
     assert_eq!(
         h.is_online_many(&[id("zed"), id("bob"), id("alice")])
             .await
@@ -393,8 +394,8 @@ async fn force_offline_closes_every_device_with_4001() {
     assert_eq!(h.force_offline(&id("alice")).await.unwrap(), 2);
     assert_eq!(a1.close_code().await, 4001);
     assert_eq!(a2.close_code().await, 4001);
-    eventually(|| async { !h.is_online(&id("alice")).await.unwrap() }).await;
-    assert!(h.is_online(&id("bob")).await.unwrap());
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap().value }).await;
+    assert!(h.is_online(&id("bob")).await.unwrap().value);
     assert_eq!(h.force_offline(&id("nobody")).await.unwrap(), 0);
     server.shutdown().await.unwrap();
 }
@@ -505,7 +506,7 @@ async fn oversized_frame_closes_with_1009() {
     assert_eq!(c.next_json().await, json!({"type": "pong"}));
     c.send_text(&"x".repeat(4096)).await;
     assert_eq!(c.close_code().await, 1009);
-    eventually(|| async { !h.is_online(&id("alice")).await.unwrap() }).await;
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap().value }).await;
     server.shutdown().await.unwrap();
 }
 
@@ -525,9 +526,9 @@ async fn silent_peer_is_dropped_and_live_peer_kept() {
     });
     // The silent one never polls its socket, so it never answers a ping.
     let _silent = Client::connect(&h, "silent", 1).await;
-    eventually(|| async { !h.is_online(&id("silent")).await.unwrap() }).await;
+    eventually(|| async { !h.is_online(&id("silent")).await.unwrap().value }).await;
     reader.await.unwrap();
-    assert!(h.is_online(&id("live")).await.unwrap());
+    assert!(h.is_online(&id("live")).await.unwrap().value);
     server.shutdown().await.unwrap();
 }
 

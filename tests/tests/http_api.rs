@@ -132,7 +132,7 @@ async fn connect_then_websocket_then_messages_with_receipts() {
     );
     let (mut alice, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let h = server.helper();
-    eventually(|| async { h.is_online(&id("alice")).await.unwrap() }).await;
+    eventually(|| async { h.is_online(&id("alice")).await.unwrap().value }).await;
     let mut bob = Client::connect(&h, "bob", 1).await;
 
     let (status, body) = api
@@ -145,20 +145,30 @@ async fn connect_then_websocket_then_messages_with_receipts() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["nodes"], 1);
     let mid = body["id"].as_str().unwrap().to_owned();
-    let frame = loop {
-        match alice.next().await.unwrap().unwrap() {
-            tokio_tungstenite::tungstenite::Message::Text(t) => {
-                break serde_json::from_str::<Value>(&t).unwrap()
+    let frame = tokio::time::timeout(support::WAIT, async {
+        loop {
+            match alice.next().await.unwrap().unwrap() {
+                tokio_tungstenite::tungstenite::Message::Text(t) => {
+                    break serde_json::from_str::<Value>(&t).unwrap()
+                }
+                _ => continue,
             }
-            _ => continue,
         }
-    };
+    })
+    .await
+    .expect("alice gets the message within the timeout");
     assert_eq!(frame["data"], json!({"text": "hi"}));
     assert_eq!(frame["id"], mid.as_str());
     let mut statuses = [bob.next_json().await, bob.next_json().await];
-    statuses.sort_by_key(|r| r["to"].as_str().unwrap().to_owned());
-    assert_eq!(statuses[0]["status"], "delivered");
-    assert_eq!(statuses[1]["status"], "offline");
+    statuses.sort_by_key(|r| r["status"].as_str().unwrap().to_owned());
+    assert_eq!(
+        (&statuses[0]["status"], &statuses[0]["to"]),
+        (&json!("delivered"), &json!(["alice"]))
+    );
+    assert_eq!(
+        (&statuses[1]["status"], &statuses[1]["to"]),
+        (&json!("offline"), &json!(["carol"]))
+    );
 
     // Client info and online list.
     let (status, body) = api.call("GET", "/api/v1/clients/alice", None).await;
@@ -508,7 +518,7 @@ async fn sse_streams_online_and_offline_in_order_with_keepalives() {
     drop(a2);
     eventually(|| async { h.connections(&id("alice")).await.unwrap() == 1 }).await;
     drop(a1);
-    eventually(|| async { !h.is_online(&id("alice")).await.unwrap() }).await;
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap().value }).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let (events, comments) = {

@@ -29,7 +29,7 @@ async fn a_client_that_never_reads_is_closed_4008_and_memory_stays_bounded() {
         // Let the node's inbox task keep up, as it would with a real broker in between.
         tokio::task::yield_now().await;
     }
-    eventually(|| async { !h.is_online(&id("lazy")).await.unwrap() }).await;
+    eventually(|| async { !h.is_online(&id("lazy")).await.unwrap().value }).await;
     assert_eq!(server.metrics().slow_consumer_closes(), 1);
     let growth = support::rss_bytes().saturating_sub(rss_before);
     assert!(growth < 48 * 1024 * 1024, "RSS grew by {growth} bytes");

@@ -72,11 +72,62 @@ elseif op == 'disconnect' then
 elseif op == 'clear_node' then
   return drop_node(ARGV[3], ARGV[4])
 
+elseif op == 'sync_node' then
+  -- ARGV[3] node, ARGV[4] clear, then client, connection pairs: what the node really holds.
+  -- Returns {removed, added}: removed = client, connection, offline triples (connections the
+  -- store had and the node does not); added = client, connection, first triples. Additions go
+  -- first, so a client whose ghost is replaced by a live connection never counts as gone.
+  local node, clear = ARGV[3], ARGV[4]
+  local want = {}
+  for i = 5, #ARGV, 2 do want[ARGV[i + 1]] = ARGV[i] end
+  local held = redis.call('HGETALL', p .. ':node:' .. node)
+  local have = {}
+  for i = 1, #held, 2 do have[held[i]] = true end
+  local added = {}
+  for i = 5, #ARGV, 2 do
+    local client, conn = ARGV[i], ARGV[i + 1]
+    if not have[conn] then
+      local before = redis.call('HLEN', p .. ':conns:' .. client)
+      redis.call('HSET', p .. ':node:' .. node, conn, client)
+      redis.call('HSET', p .. ':conns:' .. client, conn, node)
+      redis.call('SADD', p .. ':online', client)
+      added[#added + 1] = client
+      added[#added + 1] = conn
+      added[#added + 1] = before == 0 and '1' or '0'
+    end
+  end
+  local ghosts = {}
+  for i = 1, #held, 2 do
+    local conn, client = held[i], held[i + 1]
+    if want[conn] == nil then
+      redis.call('HDEL', p .. ':node:' .. node, conn)
+      redis.call('HDEL', p .. ':conns:' .. client, conn)
+      ghosts[#ghosts + 1] = { client, conn }
+    end
+  end
+  local removed, gone = {}, {}
+  for _, g in ipairs(ghosts) do
+    local client = g[1]
+    if gone[client] == nil then
+      gone[client] = redis.call('HLEN', p .. ':conns:' .. client) == 0
+      if gone[client] then
+        redis.call('SREM', p .. ':online', client)
+        if clear == '1' then leave_all(client) end
+      end
+    end
+    removed[#removed + 1] = client
+    removed[#removed + 1] = g[2]
+    removed[#removed + 1] = gone[client] and '1' or '0'
+  end
+  return { removed, added }
+
 elseif op == 'heartbeat' then
-  -- ARGV[3] node, ARGV[4] now (ms), ARGV[5] expiry (ms); returns 1 if a live lease existed
+  -- ARGV[3] node, ARGV[4] now (ms), ARGV[5] expiry (ms); returns 1 if the node was known (not
+  -- reaped or cleared since its last heartbeat, even if that lease ran out meanwhile: a stalled
+  -- store is no reason for a live node to announce itself again)
   local old = redis.call('ZSCORE', p .. ':nodes', ARGV[3])
   redis.call('ZADD', p .. ':nodes', ARGV[5], ARGV[3])
-  if old and tonumber(old) > tonumber(ARGV[4]) then return 1 end
+  if old then return 1 end
   return 0
 
 elseif op == 'reap' then

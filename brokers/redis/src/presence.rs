@@ -12,8 +12,8 @@ use fred::{
     types::Value,
 };
 use impush_core::{
-    envelope::now_ms, ChannelInfo, ChannelName, ClientId, ConnectionId, DroppedConnection, NodeId,
-    PresenceStore, Result,
+    envelope::now_ms, AddedConnection, Answer, ChannelInfo, ChannelName, ClientId, ConnectionId,
+    DroppedConnection, NodeId, NodeSync, PresenceStore, Result,
 };
 
 use crate::{
@@ -184,15 +184,48 @@ impl PresenceStore for RedisPresenceStore {
             .map(|n| n as usize)
     }
 
-    async fn clear_node(&self, node: &NodeId, clear_channels: bool) -> Result<Vec<ClientId>> {
+    async fn clear_node(
+        &self,
+        node: &NodeId,
+        clear_channels: bool,
+    ) -> Result<Vec<DroppedConnection>> {
         let flat: Vec<String> = self
             .run_as("clear_node", vec![node.to_string(), flag(clear_channels)])
             .await?;
-        Ok(dropped_of(node, &flat)?
-            .into_iter()
-            .filter(|d| d.last)
-            .map(|d| d.client)
-            .collect())
+        dropped_of(node, &flat)
+    }
+
+    async fn sync_node(
+        &self,
+        node: &NodeId,
+        connections: &[(ClientId, ConnectionId)],
+        clear_channels: bool,
+    ) -> Result<NodeSync> {
+        let mut sorted: Vec<&(ClientId, ConnectionId)> = connections.iter().collect();
+        sorted.sort();
+        let mut args = Vec::with_capacity(2 + 2 * sorted.len());
+        args.push(node.to_string());
+        args.push(flag(clear_channels));
+        for (client, connection) in sorted {
+            args.push(client.to_string());
+            args.push(connection.to_string());
+        }
+        let (removed, added): (Vec<String>, Vec<String>) = self.run_as("sync_node", args).await?;
+        let mut added = added
+            .chunks_exact(3)
+            .map(|t| {
+                Ok(AddedConnection {
+                    client: parse("sync_node", t[0].clone())?,
+                    connection: parse("sync_node", t[1].clone())?,
+                    first: t[2] == "1",
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        added.sort_by(|a, b| (&a.client, &a.connection).cmp(&(&b.client, &b.connection)));
+        Ok(NodeSync {
+            removed: dropped_of(node, &removed)?,
+            added,
+        })
     }
 
     async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<bool> {
@@ -228,30 +261,32 @@ impl PresenceStore for RedisPresenceStore {
         Ok(out)
     }
 
-    async fn connections(&self, client: &ClientId) -> Result<usize> {
+    async fn connections(&self, client: &ClientId) -> Result<Answer<usize>> {
         let n: u64 = self
             .pool
             .hlen(self.key("conns", client))
             .await
             .map_err(core("HLEN"))?;
-        Ok(n as usize)
+        Ok(Answer::complete(n as usize))
     }
 
-    async fn online(&self, clients: &[ClientId]) -> Result<Vec<bool>> {
+    async fn online(&self, clients: &[ClientId]) -> Result<Answer<Vec<bool>>> {
         if clients.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Answer::complete(Vec::new()));
         }
         let flags: Vec<i64> = self
             .run_as("online", clients.iter().map(ToString::to_string).collect())
             .await?;
-        Ok(flags.into_iter().map(|f| f == 1).collect())
+        Ok(Answer::complete(
+            flags.into_iter().map(|f| f == 1).collect(),
+        ))
     }
 
-    async fn online_clients(&self) -> Result<Vec<ClientId>> {
+    async fn online_clients(&self) -> Result<Answer<Vec<ClientId>>> {
         let items = self
             .members("SMEMBERS online", format!("{}:online", self.prefix))
             .await?;
-        parse_sorted("online_clients", items)
+        parse_sorted("online_clients", items).map(Answer::complete)
     }
 
     async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
@@ -272,27 +307,27 @@ impl PresenceStore for RedisPresenceStore {
         self.run("leave", args).await.map(drop)
     }
 
-    async fn channel_members(&self, channel: &ChannelName) -> Result<Vec<ClientId>> {
+    async fn channel_members(&self, channel: &ChannelName) -> Result<Answer<Vec<ClientId>>> {
         let items = self
             .members("SMEMBERS chan", self.key("chan", channel))
             .await?;
-        parse_sorted("channel_members", items)
+        parse_sorted("channel_members", items).map(Answer::complete)
     }
 
-    async fn channel_online(&self, channel: &ChannelName) -> Result<usize> {
+    async fn channel_online(&self, channel: &ChannelName) -> Result<Answer<usize>> {
         self.run_as::<u64>("channel_online", vec![channel.to_string()])
             .await
-            .map(|n| n as usize)
+            .map(|n| Answer::complete(n as usize))
     }
 
-    async fn client_channels(&self, client: &ClientId) -> Result<Vec<ChannelName>> {
+    async fn client_channels(&self, client: &ClientId) -> Result<Answer<Vec<ChannelName>>> {
         let items = self
             .members("SMEMBERS cchans", self.key("cchans", client))
             .await?;
-        parse_sorted("client_channels", items)
+        parse_sorted("client_channels", items).map(Answer::complete)
     }
 
-    async fn channels(&self) -> Result<Vec<ChannelInfo>> {
+    async fn channels(&self) -> Result<Answer<Vec<ChannelInfo>>> {
         let flat: Vec<Value> = self.run_as("channels", Vec::new()).await?;
         let mut out = Vec::with_capacity(flat.len() / 3);
         for t in flat.chunks_exact(3) {
@@ -306,7 +341,7 @@ impl PresenceStore for RedisPresenceStore {
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(Answer::complete(out))
     }
 
     async fn ping(&self) -> Result<()> {

@@ -9,8 +9,8 @@ use std::{
 use async_trait::async_trait;
 
 use crate::{
-    envelope::now_ms, ChannelInfo, ChannelName, ClientId, ConnectionId, DroppedConnection, Error,
-    NodeId, PresenceStore, Result,
+    envelope::now_ms, AddedConnection, Answer, ChannelInfo, ChannelName, ClientId, ConnectionId,
+    DroppedConnection, Error, NodeId, NodeSync, PresenceStore, Result,
 };
 
 /// Presence for one process (the embedded default). All methods are O(size of the answer), under
@@ -40,40 +40,53 @@ impl State {
     /// Removes every connection held by `node`, sorted by client and connection.
     fn drop_node(&mut self, node: &NodeId, clear_channels: bool) -> Vec<DroppedConnection> {
         self.leases.remove(node);
-        let mut dropped = Vec::new();
-        for (client, state) in self.clients.iter_mut() {
-            let mut conns: Vec<ConnectionId> = state
-                .connections
-                .iter()
-                .filter(|(_, n)| *n == node)
-                .map(|(c, _)| c.clone())
-                .collect();
-            if conns.is_empty() {
-                continue;
-            }
-            conns.sort();
-            for c in &conns {
-                state.connections.remove(c);
-            }
-            let n = conns.len();
-            let offline = state.connections.is_empty();
-            for (i, connection) in conns.into_iter().enumerate() {
-                dropped.push(DroppedConnection {
-                    node: node.clone(),
-                    client: client.clone(),
-                    connection,
-                    last: offline && i + 1 == n,
-                });
+        let held = self.held_by(node);
+        self.remove(node, held, clear_channels)
+    }
+
+    /// The connections `node` holds, sorted.
+    fn held_by(&self, node: &NodeId) -> Vec<(ClientId, ConnectionId)> {
+        let mut held: Vec<(ClientId, ConnectionId)> = self
+            .clients
+            .iter()
+            .flat_map(|(client, state)| {
+                state
+                    .connections
+                    .iter()
+                    .filter(|(_, n)| *n == node)
+                    .map(|(c, _)| (client.clone(), c.clone()))
+            })
+            .collect();
+        held.sort();
+        held
+    }
+
+    /// Removes `conns` (sorted) of `node`; the last removed connection of each client left
+    /// with none is marked `last`.
+    fn remove(
+        &mut self,
+        node: &NodeId,
+        conns: Vec<(ClientId, ConnectionId)>,
+        clear_channels: bool,
+    ) -> Vec<DroppedConnection> {
+        for (client, connection) in &conns {
+            if let Some(state) = self.clients.get_mut(client) {
+                state.connections.remove(connection);
             }
         }
-        dropped.sort_by(|a, b| (&a.client, &a.connection).cmp(&(&b.client, &b.connection)));
-        let gone: Vec<ClientId> = dropped
-            .iter()
-            .filter(|d| d.last)
-            .map(|d| d.client.clone())
-            .collect();
-        for c in &gone {
-            self.after_offline(c, clear_channels);
+        let n = conns.len();
+        let mut dropped = Vec::with_capacity(n);
+        for (i, (client, connection)) in conns.iter().enumerate() {
+            let last_of_client = i + 1 == n || conns[i + 1].0 != *client;
+            dropped.push(DroppedConnection {
+                node: node.clone(),
+                client: client.clone(),
+                connection: connection.clone(),
+                last: last_of_client && !self.is_online(client),
+            });
+        }
+        for d in dropped.iter().filter(|d| d.last) {
+            self.after_offline(&d.client, clear_channels);
         }
         dropped
     }
@@ -162,20 +175,48 @@ impl PresenceStore for MemoryPresenceStore {
         Ok(left)
     }
 
-    async fn clear_node(&self, node: &NodeId, clear_channels: bool) -> Result<Vec<ClientId>> {
-        let dropped = self.lock()?.drop_node(node, clear_channels);
-        Ok(dropped
-            .into_iter()
-            .filter(|d| d.last)
-            .map(|d| d.client)
-            .collect())
+    async fn clear_node(
+        &self,
+        node: &NodeId,
+        clear_channels: bool,
+    ) -> Result<Vec<DroppedConnection>> {
+        Ok(self.lock()?.drop_node(node, clear_channels))
+    }
+
+    async fn sync_node(
+        &self,
+        node: &NodeId,
+        connections: &[(ClientId, ConnectionId)],
+        clear_channels: bool,
+    ) -> Result<NodeSync> {
+        let mut s = self.lock()?;
+        let want: BTreeSet<&(ClientId, ConnectionId)> = connections.iter().collect();
+        let held = s.held_by(node);
+        let ghosts: Vec<(ClientId, ConnectionId)> =
+            held.iter().filter(|c| !want.contains(c)).cloned().collect();
+        // Additions first, so a client whose ghost is replaced by a live connection never
+        // counts as gone.
+        let held: BTreeSet<&(ClientId, ConnectionId)> = held.iter().collect();
+        let mut added = Vec::new();
+        for (client, connection) in want.into_iter().filter(|c| !held.contains(c)) {
+            let entry = s.clients.entry(client.clone()).or_default();
+            let first = entry.connections.is_empty();
+            entry.connections.insert(connection.clone(), node.clone());
+            added.push(AddedConnection {
+                client: client.clone(),
+                connection: connection.clone(),
+                first,
+            });
+        }
+        let removed = s.remove(node, ghosts, clear_channels);
+        Ok(NodeSync { removed, added })
     }
 
     async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<bool> {
         let now = now_ms();
         let expiry = now.saturating_add(lease.as_millis() as u64);
         let previous = self.lock()?.leases.insert(node.clone(), expiry);
-        Ok(previous.is_some_and(|e| e > now))
+        Ok(previous.is_some())
     }
 
     async fn reap_expired(&self, clear_channels: bool) -> Result<Vec<DroppedConnection>> {
@@ -195,20 +236,23 @@ impl PresenceStore for MemoryPresenceStore {
         Ok(dropped)
     }
 
-    async fn connections(&self, client: &ClientId) -> Result<usize> {
-        Ok(self
-            .lock()?
-            .clients
-            .get(client)
-            .map_or(0, |s| s.connections.len()))
+    async fn connections(&self, client: &ClientId) -> Result<Answer<usize>> {
+        Ok(Answer::complete(
+            self.lock()?
+                .clients
+                .get(client)
+                .map_or(0, |s| s.connections.len()),
+        ))
     }
 
-    async fn online(&self, clients: &[ClientId]) -> Result<Vec<bool>> {
+    async fn online(&self, clients: &[ClientId]) -> Result<Answer<Vec<bool>>> {
         let s = self.lock()?;
-        Ok(clients.iter().map(|c| s.is_online(c)).collect())
+        Ok(Answer::complete(
+            clients.iter().map(|c| s.is_online(c)).collect(),
+        ))
     }
 
-    async fn online_clients(&self) -> Result<Vec<ClientId>> {
+    async fn online_clients(&self) -> Result<Answer<Vec<ClientId>>> {
         let s = self.lock()?;
         let mut v: Vec<ClientId> = s
             .clients
@@ -217,7 +261,7 @@ impl PresenceStore for MemoryPresenceStore {
             .map(|(c, _)| c.clone())
             .collect();
         v.sort();
-        Ok(v)
+        Ok(Answer::complete(v))
     }
 
     async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
@@ -249,39 +293,45 @@ impl PresenceStore for MemoryPresenceStore {
         Ok(())
     }
 
-    async fn channel_members(&self, channel: &ChannelName) -> Result<Vec<ClientId>> {
+    async fn channel_members(&self, channel: &ChannelName) -> Result<Answer<Vec<ClientId>>> {
         let s = self.lock()?;
-        Ok(s.channels
-            .get(channel)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default())
+        Ok(Answer::complete(
+            s.channels
+                .get(channel)
+                .map(|m| m.iter().cloned().collect())
+                .unwrap_or_default(),
+        ))
     }
 
-    async fn channel_online(&self, channel: &ChannelName) -> Result<usize> {
+    async fn channel_online(&self, channel: &ChannelName) -> Result<Answer<usize>> {
         let s = self.lock()?;
-        Ok(s.channels
-            .get(channel)
-            .map_or(0, |m| m.iter().filter(|c| s.is_online(c)).count()))
+        Ok(Answer::complete(s.channels.get(channel).map_or(0, |m| {
+            m.iter().filter(|c| s.is_online(c)).count()
+        })))
     }
 
-    async fn client_channels(&self, client: &ClientId) -> Result<Vec<ChannelName>> {
+    async fn client_channels(&self, client: &ClientId) -> Result<Answer<Vec<ChannelName>>> {
         let s = self.lock()?;
-        Ok(s.clients
-            .get(client)
-            .map(|st| st.channels.iter().cloned().collect())
-            .unwrap_or_default())
+        Ok(Answer::complete(
+            s.clients
+                .get(client)
+                .map(|st| st.channels.iter().cloned().collect())
+                .unwrap_or_default(),
+        ))
     }
 
-    async fn channels(&self) -> Result<Vec<ChannelInfo>> {
+    async fn channels(&self) -> Result<Answer<Vec<ChannelInfo>>> {
         let s = self.lock()?;
-        Ok(s.channels
-            .iter()
-            .map(|(name, members)| ChannelInfo {
-                name: name.clone(),
-                members: members.len(),
-                online: members.iter().filter(|c| s.is_online(c)).count(),
-            })
-            .collect())
+        Ok(Answer::complete(
+            s.channels
+                .iter()
+                .map(|(name, members)| ChannelInfo {
+                    name: name.clone(),
+                    members: members.len(),
+                    online: members.iter().filter(|c| s.is_online(c)).count(),
+                })
+                .collect(),
+        ))
     }
 
     async fn ping(&self) -> Result<()> {

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use crate::http::App;
+use crate::app::App;
 
 /// A JSON body. Unlike `axum::Json` it does not insist on a content type (so `curl -d` works),
 /// reports malformed JSON and invalid fields as 400 and an oversized body as 413.

@@ -19,14 +19,14 @@ use axum::{
     routing::{get, on, MethodFilter, MethodRouter},
     Json, Router,
 };
-use impush_core::{ChannelName, ClientId, Error};
+use impush_core::{ChannelName, ClientId, Error, NodeId};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 
 pub(crate) use error::ApiError;
 use extract::{require_api_key, ApiJson, ChannelMemberPath, IdPath};
 
-use crate::{http::App, metrics::Metrics};
+use crate::{app::App, metrics::Metrics};
 
 /// The OpenAPI 3 description of this API.
 pub(crate) const OPENAPI: &str = include_str!("openapi.json");
@@ -161,9 +161,24 @@ async fn send_message(
     Ok(Json(json!({ "id": report.id, "nodes": report.nodes })))
 }
 
+/// A query's body, plus `"partial": [node ids]` when some nodes did not answer in time
+/// (cluster presence); complete answers carry no `partial` key.
+fn answered(mut body: Value, missing: &[&[NodeId]]) -> Json<Value> {
+    let mut nodes: Vec<&NodeId> = missing.iter().flat_map(|m| m.iter()).collect();
+    nodes.sort();
+    nodes.dedup();
+    if let (false, Some(obj)) = (nodes.is_empty(), body.as_object_mut()) {
+        obj.insert("partial".into(), json!(nodes));
+    }
+    Json(body)
+}
+
 async fn online_clients(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let clients = app.helper.online_clients().await?;
-    Ok(Json(json!({ "clients": clients })))
+    Ok(answered(
+        json!({ "clients": clients.value }),
+        &[&clients.missing],
+    ))
 }
 
 async fn client_info(
@@ -172,12 +187,15 @@ async fn client_info(
 ) -> Result<Json<Value>, ApiError> {
     let connections = app.helper.connections(&client).await?;
     let channels = app.helper.client_channels(&client).await?;
-    Ok(Json(json!({
-        "client_id": client,
-        "online": connections > 0,
-        "connections": connections,
-        "channels": channels,
-    })))
+    Ok(answered(
+        json!({
+            "client_id": client,
+            "online": connections.value > 0,
+            "connections": connections.value,
+            "channels": channels.value,
+        }),
+        &[&connections.missing, &channels.missing],
+    ))
 }
 
 async fn kick(
@@ -191,7 +209,10 @@ async fn kick(
 
 async fn channels(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let channels = app.helper.channels().await?;
-    Ok(Json(json!({ "channels": channels })))
+    Ok(answered(
+        json!({ "channels": channels.value }),
+        &[&channels.missing],
+    ))
 }
 
 async fn channel_info(
@@ -200,8 +221,9 @@ async fn channel_info(
 ) -> Result<Json<Value>, ApiError> {
     let members = app.helper.channel_members(&channel).await?;
     let online = app.helper.channel_online(&channel).await?;
-    Ok(Json(
-        json!({ "name": channel, "members": members, "online": online }),
+    Ok(answered(
+        json!({ "name": channel, "members": members.value, "online": online.value }),
+        &[&members.missing, &online.missing],
     ))
 }
 

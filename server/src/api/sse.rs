@@ -17,7 +17,7 @@ use impush_core::Error;
 use serde::Deserialize;
 
 use super::ApiError;
-use crate::http::App;
+use crate::app::App;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct EventsQuery {

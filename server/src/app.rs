@@ -1,0 +1,42 @@
+//! [`App`]: what the node's HTTP handlers share, and the JSON error body every route answers
+//! with. Both the `/ws` and health routes (`http`) and the API (`api`) depend on it, never on
+//! each other's internals.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use impush_core::{
+    config::Secret,
+    token::{NonceCache, TokenSigner},
+};
+use impush_helper::ImHelper;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::node::Node;
+
+/// What request handlers share.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub(crate) node: Arc<Node>,
+    pub(crate) signer: TokenSigner,
+    pub(crate) nonces: NonceCache,
+    /// Cancelled first at shutdown: no new connections, sessions close with 1001.
+    pub(crate) shutdown: CancellationToken,
+    /// Cancelled once sessions are gone: ends long-lived HTTP responses (SSE), so their
+    /// readers still see the offline events of this node's own connections.
+    pub(crate) streams: CancellationToken,
+    pub(crate) sessions: TaskTracker,
+    pub(crate) helper: ImHelper,
+    pub(crate) api_key: Secret,
+    pub(crate) sse_keep_alive: Duration,
+}
+
+/// A JSON error body `{"error": code, "message": ...}` with its status.
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": code, "message": message.into() });
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,109 @@
+//! Turning broker commands into frames for this node's sockets. Every message is serialised
+//! once and the frame shared by all its sockets.
+
+use axum::extract::ws::Utf8Bytes;
+use impush_core::{
+    envelope::{ClusterCommand, Deliver},
+    protocol::ServerFrame,
+    Acker, ClientId,
+};
+
+use super::Node;
+use crate::{
+    metrics::{Metrics, OutKind},
+    session::Outgoing,
+    settle::Settlement,
+};
+
+impl Node {
+    /// A point-to-point message for receivers this node owns. The broker delivery is acked once
+    /// every frame is written or dropped (see `settle`), and a message seen before is dropped.
+    pub(super) fn deliver(&self, d: Deliver, acker: Acker) {
+        if !self.recent.first_time(&d.id) {
+            Metrics::bump(&self.metrics.duplicates_dropped);
+            acker.ack();
+            return;
+        }
+        let frame: Utf8Bytes = ServerFrame::Message {
+            id: &d.id,
+            from: &d.from,
+            data: &d.data,
+            ts: d.ts,
+            receipt: d.receipt,
+        }
+        .to_json()
+        .into();
+        // A receiver listed twice gets the message once.
+        let mut receivers = d.to;
+        receivers.sort_unstable();
+        receivers.dedup();
+        let settlement = Settlement::begin(
+            d.id,
+            d.from,
+            d.receipt,
+            receivers,
+            acker,
+            self.outcomes.settled.clone(),
+        );
+        let mut written = 0u64;
+        for (i, to) in settlement.receivers().iter().enumerate() {
+            self.registry.for_client(to, |s| {
+                let out = Outgoing {
+                    frame: frame.clone(),
+                    token: Some(settlement.token(i)),
+                };
+                written += u64::from(s.push(out));
+            });
+        }
+        settlement.queued();
+        self.metrics.out(OutKind::Message, written);
+    }
+
+    /// Closes every local connection of `client` with 4001.
+    pub(super) fn kick(&self, client: &ClientId) {
+        let n = self.registry.for_client(client, |s| s.kick());
+        tracing::info!(%client, connections = n, "kicked");
+    }
+
+    /// A command every node acts on, applied to local connections only.
+    pub(super) fn on_cluster_command(&self, cmd: ClusterCommand) {
+        match cmd {
+            ClusterCommand::Channel {
+                id,
+                channel,
+                from,
+                data,
+                ts,
+            } => {
+                let frame: Utf8Bytes = ServerFrame::Channel {
+                    id: &id,
+                    channel: &channel,
+                    from: &from,
+                    data: &data,
+                    ts,
+                }
+                .to_json()
+                .into();
+                let n = self.registry.for_channel(&channel, |s| {
+                    s.push(Outgoing::plain(frame.clone()));
+                });
+                self.metrics.out(OutKind::Channel, n as u64);
+            }
+            ClusterCommand::Broadcast { id, data, ts } => {
+                let frame: Utf8Bytes = ServerFrame::Broadcast {
+                    id: &id,
+                    data: &data,
+                    ts,
+                }
+                .to_json()
+                .into();
+                let n = self.registry.for_all(|s| {
+                    s.push(Outgoing::plain(frame.clone()));
+                });
+                self.metrics.out(OutKind::Broadcast, n as u64);
+            }
+            ClusterCommand::Joined { channel, clients } => self.registry.join(&channel, &clients),
+            ClusterCommand::Left { channel, clients } => self.registry.leave(&channel, &clients),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! A connection's life on the node: attach (local index, presence, channels, online event), the
+//! session itself, detach (the reverse, offline event).
+//!
+//! Attach and detach run under a per-client async lock, so a device reconnecting while its last
+//! other connection closes cannot leave the store and the local index disagreeing. A presence
+//! write that fails (the store is unreachable) does not fail the connection: the node marks
+//! itself for repair and `upkeep` makes the store match the local truth once it can.
+
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocket;
+use impush_core::{ClientId, DroppedConnection, Event};
+use tokio_util::sync::CancellationToken;
+
+use super::Node;
+use crate::{
+    metrics::Metrics,
+    session::{self, Context, End, SessionHandle},
+};
+
+impl Node {
+    /// Runs one accepted WebSocket of `client` until it closes.
+    pub(crate) async fn serve_connection(
+        self: Arc<Self>,
+        socket: WebSocket,
+        client: ClientId,
+        metadata: serde_json::Value,
+        cancel: CancellationToken,
+    ) {
+        let handle = Arc::new(SessionHandle::new(
+            client,
+            self.next_connection_id(),
+            metadata,
+            &self.limits,
+            cancel,
+            self.metrics.clone(),
+        ));
+        // Boxed: attach and detach are large futures needed once, and the task keeps the space
+        // of its largest state for its whole life.
+        Box::pin(self.attach(&handle)).await;
+        let ctx = Context {
+            limits: &self.limits,
+            acks: &self.outcomes.acks,
+        };
+        let (end, socket) = session::drive(socket, &handle, ctx).await;
+        Box::pin(self.detach(&handle)).await;
+        // Nobody can push to it any more: settle what it never wrote.
+        handle.discard_queued();
+        if let (End::Close(code), Some(socket)) = (end, socket) {
+            session::close_socket(socket, code).await;
+        }
+    }
+
+    /// Registers a new connection: local index, presence, channels, online event.
+    async fn attach(&self, handle: &Arc<SessionHandle>) {
+        let client = &handle.client;
+        let _guard = self.client_lock(client).lock().await;
+        let (first, excess) = self
+            .registry
+            .add(handle, self.limits.max_connections_per_client);
+        for old in excess {
+            old.replace();
+        }
+        self.metrics
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Metrics::bump(&self.metrics.connections_total);
+        {
+            let _gate = self.repair.gate.read().await;
+            if let Err(e) = self
+                .presence
+                .connect(&self.id, client, &handle.connection)
+                .await
+            {
+                self.presence_error("connect", &e);
+                self.mark_dirty();
+            }
+        }
+        if first {
+            self.load_channels(client).await;
+        }
+        tracing::info!(%client, connection = %handle.connection, first, "connected");
+        self.publish_event(&Event::Online {
+            client: client.clone(),
+            node: self.id.clone(),
+            connection: handle.connection.clone(),
+            metadata: handle.metadata.clone(),
+            first,
+        })
+        .await;
+    }
+
+    /// Unregisters a closed connection: local index, presence (and channel membership when it
+    /// was the last one), offline event.
+    async fn detach(&self, handle: &Arc<SessionHandle>) {
+        let client = &handle.client;
+        let _guard = self.client_lock(client).lock().await;
+        let last = self.registry.remove(handle);
+        self.metrics
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let clear = last && !self.persist_channels;
+        {
+            let _gate = self.repair.gate.read().await;
+            if let Err(e) = self
+                .presence
+                .disconnect(&self.id, client, &handle.connection, clear)
+                .await
+            {
+                self.presence_error("disconnect", &e);
+                self.mark_dirty();
+            }
+        }
+        if last {
+            self.registry.forget_channels(client);
+            if let Ok(mut unloaded) = self.repair.unloaded.lock() {
+                unloaded.remove(client);
+            }
+        }
+        tracing::info!(%client, connection = %handle.connection, last, "disconnected");
+        self.publish_event(&Event::Offline {
+            client: client.clone(),
+            node: self.id.clone(),
+            connection: handle.connection.clone(),
+            metadata: handle.metadata.clone(),
+            last,
+        })
+        .await;
+    }
+
+    /// Loads `client`'s channel memberships into the local index; on failure, remembers to
+    /// try again (the client would otherwise miss its channels' messages).
+    pub(super) async fn load_channels(&self, client: &ClientId) -> bool {
+        match self.presence.client_channels(client).await {
+            Ok(chans) => {
+                self.registry.join_all(client, &chans);
+                if let Ok(mut unloaded) = self.repair.unloaded.lock() {
+                    unloaded.remove(client);
+                }
+                true
+            }
+            Err(e) => {
+                self.presence_error("client_channels", &e);
+                if let Ok(mut unloaded) = self.repair.unloaded.lock() {
+                    unloaded.insert(client.clone());
+                }
+                false
+            }
+        }
+    }
+
+    /// Publishes offline events for connections that ended without their node saying so (a
+    /// crashed node, this node's previous run, ghosts). Their metadata is unknown here.
+    pub(crate) async fn announce_dropped(&self, dropped: Vec<DroppedConnection>) {
+        for d in dropped {
+            tracing::warn!(node = %d.node, client = %d.client, connection = %d.connection, last = d.last, "publishing offline for a connection that ended without a goodbye");
+            self.publish_event(&Event::Offline {
+                client: d.client,
+                node: d.node,
+                connection: d.connection,
+                metadata: serde_json::Value::Null,
+                last: d.last,
+            })
+            .await;
+        }
+    }
+
+    pub(super) fn mark_dirty(&self) {
+        self.repair
+            .dirty
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}

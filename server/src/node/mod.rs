@@ -1,0 +1,166 @@
+//! [`Node`]: what one ImServer node knows and does, shared by its sessions and background tasks.
+//!
+//! - `feeds`: the two broker subscriptions. The inbox (`{prefix}.inbox.{node}`,
+//!   `Queue{group = node id}`) carries [`NodeCommand`](impush_core::envelope::NodeCommand)s
+//!   (point-to-point deliveries, receipts for local senders, kicks); `{prefix}.all` (`Fanout`)
+//!   carries cluster commands (channel messages, broadcasts, membership changes).
+//! - `delivery`: turning commands into frames for local sockets.
+//! - `receipts`: the task that acts on settled messages (receipts, broker acks) and coalesces
+//!   client acks into receipt frames.
+//! - `lifecycle`: a connection from attach to detach (local index, presence, events).
+//! - `upkeep`: the presence lease, reaping dead nodes, and reconciling the store after outages.
+//! - `dedupe`: ids of recent messages, so a redelivered message reaches sockets once.
+
+mod dedupe;
+mod delivery;
+mod feeds;
+mod lifecycle;
+mod receipts;
+mod upkeep;
+
+use std::{
+    collections::HashSet,
+    hash::{BuildHasher, RandomState},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use impush_core::{
+    config::LimitsConfig, envelope, Broker, ClientId, Cluster, ConnectionId, Error, Event, NodeId,
+    PresenceStore, Topics,
+};
+use tokio::sync::{mpsc, Mutex as AsyncMutex, RwLock as AsyncRwLock};
+
+pub(crate) use feeds::Feed;
+pub(crate) use receipts::Inboxes;
+
+use crate::{metrics::Metrics, registry::Registry, settle::Outcomes};
+
+const CLIENT_LOCK_STRIPES: usize = 256;
+/// Message ids remembered for duplicate suppression.
+const RECENT_IDS: usize = 64 * 1024;
+
+/// What a node is built from.
+#[derive(Debug)]
+pub(crate) struct NodeParts {
+    pub(crate) id: NodeId,
+    pub(crate) cluster: Cluster,
+    pub(crate) topics: Topics,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) presence: Arc<dyn PresenceStore>,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) persist_channels: bool,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// One node's shared state.
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) id: NodeId,
+    pub(crate) cluster: Cluster,
+    pub(crate) topics: Topics,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) presence: Arc<dyn PresenceStore>,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) persist_channels: bool,
+    pub(crate) metrics: Arc<Metrics>,
+    registry: Registry,
+    boot: u64,
+    conn_seq: AtomicU64,
+    lock_hasher: RandomState,
+    client_locks: Box<[AsyncMutex<()>]>,
+    outcomes: Outcomes,
+    recent: dedupe::RecentIds,
+    repair: Repair,
+}
+
+/// What the presence store may have missed while it was unreachable.
+#[derive(Debug, Default)]
+struct Repair {
+    /// A connect or disconnect write failed: the store's view of this node needs a sync.
+    dirty: AtomicBool,
+    /// Clients whose channel memberships could not be loaded when they connected.
+    unloaded: Mutex<HashSet<ClientId>>,
+    /// Held shared by attach/detach while they write presence, exclusively by a sync, so a sync
+    /// never works from a snapshot that a concurrent connect is about to change.
+    gate: AsyncRwLock<()>,
+}
+
+impl Node {
+    /// A node and the receiving ends of its outcome channels (for [`Node::run_receipts`]).
+    pub(crate) fn new(parts: NodeParts) -> (Arc<Self>, Inboxes) {
+        let (settled_tx, settled_rx) = mpsc::unbounded_channel();
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        let node = Arc::new(Self {
+            id: parts.id,
+            cluster: parts.cluster,
+            topics: parts.topics,
+            broker: parts.broker,
+            presence: parts.presence,
+            limits: parts.limits,
+            persist_channels: parts.persist_channels,
+            metrics: parts.metrics,
+            registry: Registry::default(),
+            boot: envelope::now_ms(),
+            conn_seq: AtomicU64::new(0),
+            lock_hasher: RandomState::new(),
+            client_locks: (0..CLIENT_LOCK_STRIPES)
+                .map(|_| AsyncMutex::new(()))
+                .collect(),
+            outcomes: Outcomes {
+                settled: settled_tx,
+                acks: acks_tx,
+            },
+            recent: dedupe::RecentIds::new(RECENT_IDS),
+            repair: Repair::default(),
+        });
+        (
+            node,
+            Inboxes {
+                settled: settled_rx,
+                acks: acks_rx,
+            },
+        )
+    }
+
+    /// A connection id unique across the cluster and across restarts of this node.
+    fn next_connection_id(&self) -> ConnectionId {
+        let seq = self.conn_seq.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{:x}-{seq}", self.id, self.boot);
+        ConnectionId::new(id).expect("node id and numbers form a valid connection id")
+    }
+
+    fn client_lock(&self, client: &ClientId) -> &AsyncMutex<()> {
+        let i = self.lock_hasher.hash_one(client.as_str()) as usize % self.client_locks.len();
+        &self.client_locks[i]
+    }
+
+    fn presence_error(&self, op: &'static str, e: &Error) {
+        Metrics::bump(&self.metrics.presence_errors);
+        tracing::warn!(
+            op,
+            error = e as &dyn std::error::Error,
+            "presence store call failed"
+        );
+    }
+
+    async fn publish_event(&self, event: &Event) {
+        match envelope::encode("event", event) {
+            Ok(payload) => self.publish(self.topics.events(), payload).await,
+            Err(e) => tracing::error!(error = &e as &dyn std::error::Error, "cannot encode event"),
+        }
+    }
+
+    async fn publish(&self, topic: &str, payload: bytes::Bytes) {
+        if let Err(e) = self.broker.publish(topic, payload).await {
+            Metrics::bump(&self.metrics.broker_publish_errors);
+            tracing::warn!(
+                topic,
+                error = &e as &dyn std::error::Error,
+                "broker publish failed"
+            );
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Keeping the presence store true (DESIGN section 13): this node's lease, reaping nodes that
+//! died, and repairing what failed writes or a reap of a live node left wrong.
+//!
+//! Every `lease / 3` the node renews its lease. Then:
+//! - if the store no longer knows this node (it was reaped while alive, e.g. after a long
+//!   stall, or the store lost its data), the node registers its connections and memberships
+//!   again in one `sync_node` and re-announces them online, so events and queries agree again;
+//! - else, if a connect/disconnect write failed since the last round, `sync_node` replaces the
+//!   store's view of this node with the local truth (no ghost, nobody missing);
+//! - channel memberships that could not be loaded at connect are loaded again;
+//! - only a node that has renewed its own lease without failure for a whole lease reaps other
+//!   nodes: after an outage every lease looks expired, and a node must not declare another dead
+//!   on such stale data; one lease later the live ones have renewed theirs.
+
+use std::{sync::Arc, time::Duration};
+
+use impush_core::Event;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Node;
+
+impl Node {
+    /// The upkeep loop; runs until `cancel`.
+    pub(crate) async fn run_upkeep(self: Arc<Self>, lease: Duration, cancel: CancellationToken) {
+        let every = lease / 3;
+        let mut first = true;
+        // Since when heartbeats have succeeded without interruption.
+        let mut healthy_since: Option<Instant> = None;
+        loop {
+            match self.presence.heartbeat(&self.id, lease).await {
+                Ok(known) => {
+                    let since = *healthy_since.get_or_insert_with(Instant::now);
+                    // The very first heartbeat of a run finds no entry: start-up cleared it.
+                    if !known && !first {
+                        tracing::warn!(
+                            "presence store forgot this node; registering its connections again"
+                        );
+                        self.sync_presence(true).await;
+                    } else if self.repair.dirty.load(std::sync::atomic::Ordering::Acquire) {
+                        self.sync_presence(false).await;
+                    }
+                    first = false;
+                    self.reload_channels().await;
+                    if since.elapsed() >= lease {
+                        self.reap_dead_nodes().await;
+                    }
+                }
+                Err(e) => {
+                    self.presence_error("heartbeat", &e);
+                    healthy_since = None;
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    async fn reap_dead_nodes(&self) {
+        match self.presence.reap_expired(!self.persist_channels).await {
+            Ok(dropped) => self.announce_dropped(dropped).await,
+            Err(e) => self.presence_error("reap_expired", &e),
+        }
+    }
+
+    /// Makes the store hold exactly this node's connections, and (when `forgotten`) its local
+    /// channel memberships, announcing re-registered connections online again.
+    async fn sync_presence(&self, forgotten: bool) {
+        let _gate = self.repair.gate.write().await;
+        self.repair
+            .dirty
+            .store(false, std::sync::atomic::Ordering::Release);
+        let (connections, memberships) = self.registry.snapshot();
+        let sync = match self
+            .presence
+            .sync_node(&self.id, &connections, !self.persist_channels)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.presence_error("sync_node", &e);
+                self.mark_dirty();
+                return;
+            }
+        };
+        tracing::info!(
+            added = sync.added.len(),
+            removed = sync.removed.len(),
+            "presence store synced with this node's connections"
+        );
+        if !forgotten {
+            // Ghosts were announced offline, and missing ones online, when they happened.
+            return;
+        }
+        for (channel, members) in &memberships {
+            if let Err(e) = self.presence.join_channel(channel, members).await {
+                self.presence_error("join_channel (sync)", &e);
+                self.mark_dirty();
+            }
+        }
+        for added in sync.added {
+            let metadata = self
+                .registry
+                .metadata_of(&added.client, &added.connection)
+                .unwrap_or_default();
+            self.publish_event(&Event::Online {
+                client: added.client,
+                node: self.id.clone(),
+                connection: added.connection,
+                metadata,
+                first: added.first,
+            })
+            .await;
+        }
+    }
+
+    async fn reload_channels(&self) {
+        let clients: Vec<_> = match self.repair.unloaded.lock() {
+            Ok(u) if !u.is_empty() => u.iter().cloned().collect(),
+            _ => return,
+        };
+        for client in clients {
+            let _guard = self.client_lock(&client).lock().await;
+            if self.registry.is_local(&client) {
+                self.load_channels(&client).await;
+            } else if let Ok(mut u) = self.repair.unloaded.lock() {
+                u.remove(&client);
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! How a point-to-point message ends on this node: [`Settlement`] follows one inbox message
+//! until every frame of it was written to a socket or dropped, then reports a [`Settled`]
+//! outcome (who got it, who was offline) carrying the broker acknowledgement.
+//!
+//! This is what makes the inbox at-least-once and `delivered` truthful: the node acknowledges an
+//! inbox message to the broker only once the outcome is known, and `delivered` means a frame was
+//! written (handed to the kernel), not merely queued. Each queued frame carries a
+//! [`FrameToken`]; writing it marks the receiver delivered, and dropping it unwritten (the socket
+//! closed, the queue overflowed) counts as not delivered. Tokens settle on drop, so every path
+//! out of a session settles exactly once.
+//!
+//! Sessions also report client acks here ([`AckEvent`]), so this module is all a session needs
+//! to know about receipts.
+
+use std::sync::{Arc, Mutex};
+
+use impush_core::{Acker, ClientId, MessageId};
+use tokio::sync::mpsc;
+
+/// The outcome of one inbox message on this node.
+#[derive(Debug)]
+pub(crate) struct Settled {
+    pub(crate) id: MessageId,
+    pub(crate) sender: ClientId,
+    /// Whether the sender asked for receipts.
+    pub(crate) receipt: bool,
+    /// Receivers with a frame written on at least one socket.
+    pub(crate) delivered: Vec<ClientId>,
+    /// Receivers with no socket here, or none that took the frame.
+    pub(crate) undelivered: Vec<ClientId>,
+    /// Acknowledges the inbox delivery; call it once the outcome is acted upon.
+    pub(crate) acker: Acker,
+}
+
+/// A client acknowledged message `id` from `sender` (a `{"type":"ack"}` frame).
+#[derive(Debug)]
+pub(crate) struct AckEvent {
+    pub(crate) id: MessageId,
+    pub(crate) sender: ClientId,
+    pub(crate) receiver: ClientId,
+}
+
+/// Where sessions and settlements report to (the node's receipts task).
+#[derive(Debug, Clone)]
+pub(crate) struct Outcomes {
+    pub(crate) settled: mpsc::UnboundedSender<Settled>,
+    pub(crate) acks: mpsc::UnboundedSender<AckEvent>,
+}
+
+#[derive(Debug)]
+struct Progress {
+    /// Frames queued and not yet written or dropped, plus one while frames are being queued.
+    open: usize,
+    /// Per receiver (index into `receivers`): whether a frame was written.
+    delivered: Vec<bool>,
+    acker: Option<Acker>,
+}
+
+/// One inbox message being delivered to local sockets.
+#[derive(Debug)]
+pub(crate) struct Settlement {
+    id: MessageId,
+    sender: ClientId,
+    receipt: bool,
+    receivers: Vec<ClientId>,
+    progress: Mutex<Progress>,
+    out: mpsc::UnboundedSender<Settled>,
+}
+
+impl Settlement {
+    /// Starts following a message for `receivers`; a receiver none of whose frames gets
+    /// written (no socket here, or every socket closed first) ends up undelivered. Open until
+    /// [`Settlement::queued`] is called and every token is gone.
+    pub(crate) fn begin(
+        id: MessageId,
+        sender: ClientId,
+        receipt: bool,
+        receivers: Vec<ClientId>,
+        acker: Acker,
+        out: mpsc::UnboundedSender<Settled>,
+    ) -> Arc<Self> {
+        let n = receivers.len();
+        Arc::new(Self {
+            id,
+            sender,
+            receipt,
+            receivers,
+            progress: Mutex::new(Progress {
+                open: 1,
+                delivered: vec![false; n],
+                acker: Some(acker),
+            }),
+            out,
+        })
+    }
+
+    /// A token for one frame to receiver number `receiver`.
+    pub(crate) fn token(self: &Arc<Self>, receiver: usize) -> FrameToken {
+        if let Ok(mut p) = self.progress.lock() {
+            p.open += 1;
+        }
+        FrameToken {
+            settlement: self.clone(),
+            receiver: u32::try_from(receiver).unwrap_or(u32::MAX),
+            written: false,
+        }
+    }
+
+    /// The receivers, in the order [`Settlement::token`] numbers them.
+    pub(crate) fn receivers(&self) -> &[ClientId] {
+        &self.receivers
+    }
+
+    /// Every frame has been queued (or refused); the outcome follows once they are written.
+    pub(crate) fn queued(&self) {
+        self.done(None);
+    }
+
+    /// The message id and sender when the sender wants receipts (the receiver may then ack).
+    pub(crate) fn ackable(&self) -> Option<(&MessageId, &ClientId)> {
+        self.receipt.then_some((&self.id, &self.sender))
+    }
+
+    fn done(&self, written_to: Option<u32>) {
+        let finished = {
+            let Ok(mut p) = self.progress.lock() else {
+                return;
+            };
+            if let Some(i) = written_to {
+                if let Some(d) = p.delivered.get_mut(i as usize) {
+                    *d = true;
+                }
+            }
+            p.open -= 1;
+            if p.open > 0 {
+                return;
+            }
+            (std::mem::take(&mut p.delivered), p.acker.take())
+        };
+        let (delivered_flags, acker) = finished;
+        let Some(acker) = acker else { return };
+        let mut delivered = Vec::new();
+        let mut undelivered = Vec::new();
+        for (client, ok) in self.receivers.iter().zip(delivered_flags) {
+            if ok {
+                delivered.push(client.clone());
+            } else {
+                undelivered.push(client.clone());
+            }
+        }
+        // The receiver task outlives every settlement except at shutdown, when an unacked
+        // message is exactly what should be delivered again after a restart.
+        let _ = self.out.send(Settled {
+            id: self.id.clone(),
+            sender: self.sender.clone(),
+            receipt: self.receipt,
+            delivered,
+            undelivered,
+            acker,
+        });
+    }
+}
+
+/// Rides with one queued frame of a point-to-point message; settles on drop.
+#[derive(Debug)]
+pub(crate) struct FrameToken {
+    settlement: Arc<Settlement>,
+    receiver: u32,
+    written: bool,
+}
+
+impl FrameToken {
+    /// The frame was written to the socket.
+    pub(crate) fn written(mut self) {
+        self.written = true;
+    }
+
+    /// The message this frame belongs to.
+    pub(crate) fn settlement(&self) -> &Settlement {
+        &self.settlement
+    }
+}
+
+impl Drop for FrameToken {
+    fn drop(&mut self) {
+        self.settlement.done(self.written.then_some(self.receiver));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ClientId {
+        ClientId::new(s).unwrap()
+    }
+
+    fn settlement(tx: mpsc::UnboundedSender<Settled>) -> Arc<Settlement> {
+        Settlement::begin(
+            MessageId::new("m1").unwrap(),
+            id("s"),
+            true,
+            vec![id("a"), id("b"), id("c")],
+            Acker::none(),
+            tx,
+        )
+    }
+
+    #[test]
+    fn settles_once_every_frame_is_written_or_dropped() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = settlement(tx);
+        let a1 = s.token(0);
+        let a2 = s.token(0);
+        let b = s.token(1);
+        s.queued();
+        a1.written();
+        assert!(rx.try_recv().is_err(), "settled while frames were open");
+        drop(b); // b's only socket closed before writing
+        drop(a2);
+        let out = rx.try_recv().expect("settled");
+        assert_eq!(out.delivered, vec![id("a")]);
+        assert_eq!(out.undelivered, vec![id("b"), id("c")]);
+        assert!(rx.try_recv().is_err(), "settled twice");
+    }
+
+    #[test]
+    fn nothing_queued_settles_at_once() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = settlement(tx);
+        assert!(rx.try_recv().is_err());
+        s.queued();
+        let out = rx.try_recv().expect("settled");
+        assert!(out.delivered.is_empty());
+        assert_eq!(out.undelivered, vec![id("a"), id("b"), id("c")]);
+    }
+}
