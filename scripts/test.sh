@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Runs the whole impush test suite, as CI does: formatting, lints, every test (unit,
-# conformance against memory and real brokers, end-to-end, multi-process clusters, CLI,
-# doctests) and the runnable examples.
+# Runs the whole impush test suite, as CI does: formatting, lints, the memory-only build, every
+# Rust test (unit, conformance against memory and real brokers, end-to-end, multi-process
+# cluster and fault suites, CLI, doctests), the JavaScript client's tests against a real node,
+# the chat demo in a real Chromium, and the runnable examples.
 #
 #   ./scripts/test.sh
 #
-# Needs a Rust toolchain (rustup) and root or sudo for apt: it installs and starts the brokers
-# itself (scripts/brokers.sh up) and runs the broker tests strictly: a broker that is missing
-# fails the run instead of being skipped.
+# Needs a Rust toolchain (rustup), Node >= 20 with npm, and root or sudo for apt: it installs
+# and starts the brokers itself (scripts/brokers.sh up: Redis, RabbitMQ, NATS and a
+# Kafka-protocol broker on loopback) and Chromium, and runs the broker tests strictly: a broker
+# that is missing fails the run instead of being skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+step() { printf '\n==> %s (%ss)\n' "$*" "$SECONDS" >&2; }
 
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   step "installing rustfmt and clippy"
@@ -24,6 +27,15 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "memory-only build compiles no broker client"
+cargo check -q -p impush-server --no-default-features
+clients=$(cargo tree -p impush-server --no-default-features -e normal,build --prefix none \
+  | grep -Eo '^(fred|lapin|rdkafka|rdkafka-sys|async-nats) ' | sort -u || true)
+if [ -n "$clients" ]; then
+  echo "the memory-only build depends on broker clients: $clients" >&2
+  exit 1
+fi
+
 step "brokers"
 scripts/brokers.sh up >/dev/null
 eval "$(scripts/brokers.sh env)"
@@ -32,6 +44,19 @@ export IMPUSH_REQUIRE_BROKERS=1
 step "cargo test"
 cargo test --workspace
 
+step "build the binaries the JavaScript tests drive"
+cargo build -q -p impush-server --bin impush
+cargo build -q -p impush-examples --bin chat
+
+step "clients/js: unit and integration tests against a real node"
+(cd clients/js && IMPUSH_BIN="$root/target/debug/impush" npm test)
+
+step "examples/chat: the demo in Chromium"
+scripts/brokers.sh install chromium >/dev/null
+(cd examples/chat/e2e && npm ci --no-audit --no-fund --loglevel=error \
+  && CHAT_BIN="$root/target/debug/chat" npm test)
+
 step "examples"
-cargo run -q -p impush-examples --example embedded_chat >/dev/null
+timeout 60 cargo run -q -p impush-examples --example embedded_chat >/dev/null
 echo "examples: embedded_chat ok" >&2
+step "done"
