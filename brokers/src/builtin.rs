@@ -1,4 +1,5 @@
-//! The kinds impush ships, registered by [`register`]: one cfg-gated function, so a build
+//! The kinds impush ships (`memory` and `cluster` always, the others per Cargo feature),
+//! registered by [`register`]: one cfg-gated function, so a build
 //! without a backend's feature never compiles that backend's client, and selecting it says
 //! which feature brings it.
 
@@ -39,9 +40,25 @@ pub(crate) fn register(b: &mut Backends) {
     b.register_presence("memory", |_: MemoryPresenceConfig, _| async move {
         Ok(MemoryPresenceStore::new())
     });
+    cluster(b);
     redis(b);
     b.broker_not_compiled("rabbitmq");
     b.broker_not_compiled("kafka");
+}
+
+/// `[presence] kind = "cluster"`: no store, the nodes answer each other over the broker.
+fn cluster(b: &mut Backends) {
+    use impush_presence_cluster::{ClusterPresence, ClusterPresenceConfig};
+
+    b.register_presence("cluster", |c: ClusterPresenceConfig, ctx| async move {
+        c.validate()?;
+        let (Some(broker), Some(cluster)) = (ctx.broker.clone(), ctx.cluster.clone()) else {
+            return Err(impush_core::Error::Config(
+                "presence `cluster` needs the connected broker and the cluster's node list".into(),
+            ));
+        };
+        ClusterPresence::start(broker, &ctx.prefix, ctx.node, cluster, ctx.node_lease, &c).await
+    });
 }
 
 #[cfg(feature = "redis")]

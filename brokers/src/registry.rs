@@ -9,7 +9,7 @@
 use std::{collections::BTreeMap, fmt, future::Future, sync::Arc, time::Duration};
 
 use futures_util::future::BoxFuture;
-use impush_core::{Broker, Error, NodeId, PresenceStore, Result};
+use impush_core::{Broker, Cluster, Error, NodeId, PresenceStore, Result};
 use serde::de::DeserializeOwned;
 
 use crate::section::{Section, DEFAULT_PREFIX};
@@ -25,6 +25,8 @@ pub struct BackendContext {
     pub node: Option<NodeId>,
     /// Every node of the cluster, in configuration order.
     pub nodes: Vec<NodeId>,
+    /// The cluster (nodes and partitioner: which node owns a client), when known.
+    pub cluster: Option<Cluster>,
     /// `cluster.node_lease`: how long a silent node counts as alive.
     pub node_lease: Duration,
     /// The `[broker]` section, for presence backends that default from it (Redis presence takes
@@ -42,6 +44,7 @@ impl BackendContext {
             prefix: broker_section.prefix().unwrap_or(DEFAULT_PREFIX).to_owned(),
             node: None,
             nodes: Vec::new(),
+            cluster: None,
             node_lease: Duration::from_secs(10),
             broker_section: broker_section.clone(),
             broker: None,
@@ -54,9 +57,10 @@ impl BackendContext {
         self
     }
 
-    /// Sets the cluster's node list and lease.
-    pub fn with_cluster(mut self, nodes: Vec<NodeId>, node_lease: Duration) -> Self {
-        self.nodes = nodes;
+    /// Sets the cluster (its node list and partitioner) and the node lease.
+    pub fn with_cluster(mut self, cluster: &Cluster, node_lease: Duration) -> Self {
+        self.nodes = cluster.nodes().iter().map(|n| n.id.clone()).collect();
+        self.cluster = Some(cluster.clone());
         self.node_lease = node_lease;
         self
     }

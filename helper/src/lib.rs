@@ -118,10 +118,8 @@ impl HelperBuilder {
             config.auth.token_ttl,
             config.limits.max_metadata_bytes,
         )?;
-        let mut ctx = BackendContext::new(&config.broker).with_cluster(
-            cluster.nodes().iter().map(|n| n.id.clone()).collect(),
-            config.cluster.node_lease,
-        );
+        let mut ctx =
+            BackendContext::new(&config.broker).with_cluster(&cluster, config.cluster.node_lease);
         let broker = self.backends.connect_broker(&config.broker, &ctx).await?;
         ctx.broker = Some(broker.clone());
         let presence = self

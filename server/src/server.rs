@@ -128,10 +128,7 @@ impl ImServerBuilder {
         let cluster = Cluster::new(nodes, config.cluster.partitioner)?;
         let mut ctx = BackendContext::new(&config.broker)
             .with_node(config.node.id.clone())
-            .with_cluster(
-                cluster.nodes().iter().map(|n| n.id.clone()).collect(),
-                config.cluster.node_lease,
-            );
+            .with_cluster(&cluster, config.cluster.node_lease);
         let broker = match self.broker {
             Some(b) => b,
             None => self.backends.connect_broker(&config.broker, &ctx).await?,

@@ -538,3 +538,82 @@ async fn read_ids(mut ws: Ws) -> Vec<String> {
     }
     ids
 }
+
+/// Cluster presence only (the nodes answer queries): a node that stops answering (SIGSTOP)
+/// makes channel queries answer partially, naming it, within the query timeout (never a hang);
+/// once its lease runs out its clients go offline and it is no longer waited for.
+pub async fn silent_node_gives_partial_answers_then_goes_offline(backend: &Backend) {
+    let Some(url) = shared(backend) else { return };
+    let cluster = Cluster::start(backend, &url, &Spec::new(3, "3s"));
+    let h = cluster.helper().await;
+    let mut events = h.events().await.unwrap();
+    let (a, c) = (client_on(&h, 0, "a"), client_on(&h, 2, "c"));
+    let _wa = connect(&h, &a).await;
+    let _wc = connect(&h, &c).await;
+    let room: ChannelName = "partial".parse().unwrap();
+    eventually("both online", || async {
+        h.is_online_many(&[a.clone(), c.clone()])
+            .await
+            .is_ok_and(|v| v.value == vec![true, true])
+    })
+    .await;
+    h.join_channel(&room, &[a.clone(), c.clone()])
+        .await
+        .unwrap();
+    let members = h.channel_members(&room).await.unwrap();
+    assert!(members.is_complete(), "{members:?}");
+    assert_eq!(members.len(), 2);
+
+    cluster.signal(2, "-STOP");
+    let asked = Instant::now();
+    let members = h.channel_members(&room).await.unwrap();
+    let took = asked.elapsed();
+    assert_eq!(
+        members.missing,
+        vec!["n3".parse::<impush_core::NodeId>().unwrap()],
+        "{members:?}"
+    );
+    assert_eq!(
+        members.value,
+        vec![a.clone()],
+        "n3's member is unknown meanwhile"
+    );
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    // The HTTP API says the same.
+    let (status, body) = get_json(format!("{}/api/v1/channels/partial", cluster.http(0))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["partial"], json!(["n3"]), "{body}");
+
+    let c2 = c.clone();
+    let ev = wait_event(
+        &mut events,
+        move |e| matches!(e, Event::Offline { client, .. } if *client == c2),
+    )
+    .await;
+    assert!(matches!(ev, Event::Offline { last: true, .. }), "{ev:?}");
+    // Known dead now: not waited for, still named.
+    let asked = Instant::now();
+    let members = h.channel_members(&room).await.unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(members.missing.len(), 1);
+    cluster.signal(2, "-CONT");
+}
+
+/// A GET with the API key.
+async fn get_json(url: String) -> (u16, Value) {
+    let r = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+        .get(url)
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}

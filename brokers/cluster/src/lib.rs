@@ -1,0 +1,32 @@
+//! impush-presence-cluster: `[presence] kind = "cluster"`, presence with no store beside the
+//! broker (DESIGN section 3, "The cluster presence store").
+//!
+//! Who knows what:
+//! - each node is the authority for its own connections and for the channel memberships of the
+//!   clients it owns (a client id has one owner, by the cluster's partitioner);
+//! - every instance (each node, each helper) keeps a **view** of every node's connections,
+//!   fed by the nodes' deltas on `{prefix}.presence`, corrected by full states when a
+//!   heartbeat's digest shows the view drifted (a lost delta) or the feed lagged.
+//!
+//! How each query is answered, and how stale it can be:
+//! - `is_online`, `connections`, `online_clients`: from the local view, no round trip; stale by
+//!   the time a delta takes to arrive (milliseconds), or up to a heartbeat period (a third of
+//!   `cluster.node_lease`) after a lost delta;
+//! - `channel_members`, `channels`, `channel_online`: scatter to every node, gather within
+//!   `query_timeout` (online counts come from the answering node's view);
+//! - `client_channels`, joins and leaves: the client's owner, within `query_timeout`.
+//!
+//! A node that does not answer in time is named in the answer's `missing` (`"partial"` in the
+//! HTTP API); a node known to be dead is not waited for. A node whose heartbeats stop for a
+//! lease is reaped by the lowest-id live node, which publishes the `Dropped` connections (the
+//! server turns them into offline events). Memberships live in their owner's memory: they do
+//! not survive that node's restart (use Redis presence if they must).
+
+mod config;
+mod rpc;
+mod state;
+mod store;
+mod wire;
+
+pub use config::ClusterPresenceConfig;
+pub use store::ClusterPresence;

@@ -1,0 +1,111 @@
+//! What cluster presence instances say to each other on `{prefix}.presence` (one `Fanout`
+//! topic: every instance reads everything and keeps what concerns it).
+//!
+//! State messages are published by the node that owns the state, so per-publisher ordering
+//! (the broker contract) keeps each node's deltas in order. Requests and replies carry the
+//! requesting instance's id; a node answers requests addressed to it or to every node.
+
+use impush_core::{ChannelName, ClientId, ConnectionId, DroppedConnection, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// One message on the presence topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum Wire {
+    /// A connection opened on `node`.
+    Connected {
+        node: NodeId,
+        client: ClientId,
+        connection: ConnectionId,
+    },
+    /// A connection closed on `node`; `cleared`: the client was left with none and leaves its
+    /// channels (its owner drops the memberships).
+    Disconnected {
+        node: NodeId,
+        client: ClientId,
+        connection: ConnectionId,
+        cleared: bool,
+    },
+    /// Everything `node` holds now (after a sync, or when asked because a view drifted).
+    NodeState {
+        node: NodeId,
+        connections: Vec<(ClientId, ConnectionId)>,
+    },
+    /// Connections of `node` that are gone without their node saying so: reaped by `by`
+    /// after the node's lease ran out, or cleared by the node itself at start-up.
+    Dropped {
+        node: NodeId,
+        by: NodeId,
+        dropped: Vec<DroppedConnection>,
+        clear: bool,
+    },
+    /// `node` is alive for `lease_ms` more; `digest` and `count` summarise its connections so
+    /// a reader whose view of the node drifted (a lost delta) asks for its state.
+    Heartbeat {
+        node: NodeId,
+        lease_ms: u64,
+        count: u64,
+        digest: u64,
+    },
+    /// A question for `to` (one node) or every node (`None`).
+    Request {
+        rid: u64,
+        from: String,
+        to: Option<NodeId>,
+        query: Query,
+    },
+    /// A node's answer to request `rid` of instance `to`.
+    Reply {
+        rid: u64,
+        to: String,
+        node: NodeId,
+        reply: Reply,
+    },
+    /// Published by `from` after its writes; a reader that sees it has seen those writes.
+    Barrier { from: String, token: u64 },
+}
+
+/// What a request asks a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "q", rename_all = "snake_case")]
+pub(crate) enum Query {
+    /// Record that `clients` (owned by the node) joined `channel`.
+    Join {
+        channel: ChannelName,
+        clients: Vec<ClientId>,
+    },
+    /// Record that `clients` (owned by the node) left `channel`.
+    Leave {
+        channel: ChannelName,
+        clients: Vec<ClientId>,
+    },
+    /// The node's clients in `channel`.
+    ChannelMembers { channel: ChannelName },
+    /// Member and online counts of the node's clients per channel.
+    ChannelCounts,
+    /// The channels of `client` (owned by the node).
+    ClientChannels { client: ClientId },
+    /// What the answering node's view holds for `node` (a restarted node asks what it lost).
+    ConnectionsOf { node: NodeId },
+    /// Publish your `NodeState` (a view of you drifted or is being built).
+    State,
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "r", rename_all = "snake_case")]
+pub(crate) enum Reply {
+    Done,
+    Clients {
+        clients: Vec<ClientId>,
+    },
+    Channels {
+        channels: Vec<ChannelName>,
+    },
+    Counts {
+        counts: Vec<(ChannelName, usize, usize)>,
+    },
+    Connections {
+        connections: Vec<(ClientId, ConnectionId)>,
+    },
+}

@@ -1,0 +1,295 @@
+//! The PresenceStore conformance suite against `[presence] kind = "cluster"`.
+//!
+//! The suite talks to one store and names arbitrary node ids; cluster presence is one instance
+//! per process and records only its own node's connections. So the suite gets an adapter that
+//! plays a cluster of instances over one broker, and says where it bends:
+//! - node-side calls (connect, disconnect, clear_node, sync_node, heartbeat) go to the instance
+//!   of the node they name, started on first use;
+//! - queries and channel joins go to a helper instance (no node), as the business's would;
+//! - writes become visible to other instances asynchronously, so after each node-side write the
+//!   adapter waits until every instance has seen it (`ClusterPresence::barrier`): the suite
+//!   expects read-your-writes;
+//! - channel memberships are owned by one node (`owner`): the suite's client ids are unknown
+//!   when the cluster is configured, so the partitioner maps every client to it. Memberships
+//!   spread over several owners (scatter/gather across nodes) are covered by the multi-process
+//!   cluster suite (`server/tests/cluster_cluster_presence.rs`);
+//! - `reap_expired` asks every instance; only the lowest live node reaps (the owner, which
+//!   heartbeats in the background as a live node does), so one answers.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use impush_core::{
+    Answer, Broker, ChannelInfo, ChannelName, ClientId, Cluster, ConnectionId, DroppedConnection,
+    MemoryBroker, NodeEntry, NodeId, NodeSync, PartitionerKind, PresenceStore, Result,
+};
+use impush_presence_cluster::{ClusterPresence, ClusterPresenceConfig};
+use tokio::sync::Mutex;
+
+const LEASE: Duration = Duration::from_secs(30);
+/// The owner's lease: short, so it may reap within the suite's lease case.
+const OWNER_LEASE: Duration = Duration::from_millis(500);
+
+#[derive(Debug)]
+struct Adapter {
+    broker: Arc<dyn Broker>,
+    cluster: Cluster,
+    reader: ClusterPresence,
+    owner: Arc<ClusterPresence>,
+    owner_id: NodeId,
+    nodes: Mutex<HashMap<NodeId, Arc<ClusterPresence>>>,
+}
+
+fn cfg() -> ClusterPresenceConfig {
+    ClusterPresenceConfig {
+        query_timeout: Duration::from_secs(5),
+    }
+}
+
+const PREFIX: &str = "cp";
+
+impl Adapter {
+    async fn new() -> Self {
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
+        let owner_id: NodeId = "owner".parse().unwrap();
+        let cluster = Cluster::new(
+            vec![NodeEntry {
+                id: owner_id.clone(),
+                url: "ws://127.0.0.1:1".into(),
+            }],
+            PartitionerKind::default(),
+        )
+        .unwrap();
+        let owner = Arc::new(
+            ClusterPresence::start(
+                broker.clone(),
+                PREFIX,
+                Some(owner_id.clone()),
+                cluster.clone(),
+                LEASE,
+                &cfg(),
+            )
+            .await
+            .unwrap(),
+        );
+        owner.heartbeat(&owner_id, OWNER_LEASE).await.unwrap();
+        // A live node heartbeats all along; a reaper must have for a whole lease.
+        let beating = owner.clone();
+        let beat_id = owner_id.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(OWNER_LEASE / 5).await;
+                if beating.heartbeat(&beat_id, OWNER_LEASE).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let reader =
+            ClusterPresence::start(broker.clone(), PREFIX, None, cluster.clone(), LEASE, &cfg())
+                .await
+                .unwrap();
+        let mut nodes = HashMap::new();
+        nodes.insert(owner_id.clone(), owner.clone());
+        Self {
+            broker,
+            cluster,
+            reader,
+            owner,
+            owner_id,
+            nodes: Mutex::new(nodes),
+        }
+    }
+
+    /// The instance of `node`, started on first use (and introduced to the owner, so it knows
+    /// the owner is the lowest live node).
+    async fn node(&self, node: &NodeId) -> Arc<ClusterPresence> {
+        let mut nodes = self.nodes.lock().await;
+        if let Some(n) = nodes.get(node) {
+            return n.clone();
+        }
+        let inst = Arc::new(
+            ClusterPresence::start(
+                self.broker.clone(),
+                PREFIX,
+                Some(node.clone()),
+                self.cluster.clone(),
+                LEASE,
+                &cfg(),
+            )
+            .await
+            .unwrap(),
+        );
+        self.owner
+            .heartbeat(&self.owner_id, OWNER_LEASE)
+            .await
+            .unwrap();
+        // What the others hold now reaches the newcomer before its first write.
+        for other in nodes.values() {
+            other.publish_state().await.unwrap();
+            other.barrier(&inst).await.unwrap();
+        }
+        nodes.insert(node.clone(), inst.clone());
+        inst
+    }
+
+    /// Waits until every instance has seen what `writer` published.
+    async fn settle(&self, writer: &ClusterPresence) {
+        let nodes: Vec<Arc<ClusterPresence>> = self.nodes.lock().await.values().cloned().collect();
+        writer.barrier(&self.reader).await.unwrap();
+        for n in nodes {
+            writer.barrier(&n).await.unwrap();
+        }
+    }
+}
+
+#[async_trait]
+impl PresenceStore for Adapter {
+    async fn connect(&self, n: &NodeId, c: &ClientId, k: &ConnectionId) -> Result<usize> {
+        let inst = self.node(n).await;
+        let r = inst.connect(n, c, k).await;
+        self.settle(&inst).await;
+        r
+    }
+    async fn disconnect(
+        &self,
+        n: &NodeId,
+        c: &ClientId,
+        k: &ConnectionId,
+        clear: bool,
+    ) -> Result<usize> {
+        let inst = self.node(n).await;
+        let r = inst.disconnect(n, c, k, clear).await;
+        self.settle(&inst).await;
+        r
+    }
+    async fn clear_node(&self, n: &NodeId, clear: bool) -> Result<Vec<DroppedConnection>> {
+        let inst = self.node(n).await;
+        let r = inst.clear_node(n, clear).await;
+        self.settle(&inst).await;
+        r
+    }
+    async fn sync_node(
+        &self,
+        n: &NodeId,
+        c: &[(ClientId, ConnectionId)],
+        clear: bool,
+    ) -> Result<NodeSync> {
+        let inst = self.node(n).await;
+        let r = inst.sync_node(n, c, clear).await;
+        self.settle(&inst).await;
+        r
+    }
+    async fn heartbeat(&self, n: &NodeId, lease: Duration) -> Result<bool> {
+        let inst = self.node(n).await;
+        let r = inst.heartbeat(n, lease).await;
+        self.settle(&inst).await;
+        r
+    }
+    async fn reap_expired(&self, clear: bool) -> Result<Vec<DroppedConnection>> {
+        let nodes: Vec<Arc<ClusterPresence>> = self.nodes.lock().await.values().cloned().collect();
+        let mut all = Vec::new();
+        for inst in nodes {
+            all.extend(inst.reap_expired(clear).await?);
+            self.settle(&inst).await;
+        }
+        all.sort_by(|a, b| {
+            (&a.node, &a.client, &a.connection).cmp(&(&b.node, &b.client, &b.connection))
+        });
+        Ok(all)
+    }
+    async fn connections(&self, c: &ClientId) -> Result<Answer<usize>> {
+        self.reader.connections(c).await
+    }
+    async fn online(&self, c: &[ClientId]) -> Result<Answer<Vec<bool>>> {
+        self.reader.online(c).await
+    }
+    async fn online_clients(&self) -> Result<Answer<Vec<ClientId>>> {
+        self.reader.online_clients().await
+    }
+    async fn join_channel(&self, ch: &ChannelName, c: &[ClientId]) -> Result<()> {
+        self.reader.join_channel(ch, c).await
+    }
+    async fn leave_channel(&self, ch: &ChannelName, c: &[ClientId]) -> Result<()> {
+        self.reader.leave_channel(ch, c).await
+    }
+    async fn channel_members(&self, ch: &ChannelName) -> Result<Answer<Vec<ClientId>>> {
+        self.reader.channel_members(ch).await
+    }
+    async fn channel_online(&self, ch: &ChannelName) -> Result<Answer<usize>> {
+        self.reader.channel_online(ch).await
+    }
+    async fn client_channels(&self, c: &ClientId) -> Result<Answer<Vec<ChannelName>>> {
+        self.reader.client_channels(c).await
+    }
+    async fn channels(&self) -> Result<Answer<Vec<ChannelInfo>>> {
+        self.reader.channels().await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.reader.ping().await
+    }
+}
+
+async fn presence() -> Option<Arc<dyn PresenceStore>> {
+    Some(Arc::new(Adapter::new().await))
+}
+
+impush_tests::presence_conformance!(presence);
+
+/// What only cluster presence does: a query that misses a node names it, within the query
+/// timeout, instead of hanging; a join for a client whose owner does not answer fails naming
+/// the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_is_named_not_waited_for() {
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
+    let nodes: Vec<NodeEntry> = ["n1", "n2"]
+        .iter()
+        .map(|n| NodeEntry {
+            id: n.parse().unwrap(),
+            url: "ws://127.0.0.1:1".into(),
+        })
+        .collect();
+    let cluster = Cluster::new(nodes, PartitionerKind::default()).unwrap();
+    let quick = ClusterPresenceConfig {
+        query_timeout: Duration::from_millis(300),
+    };
+    let n1: NodeId = "n1".parse().unwrap();
+    let _node1 = ClusterPresence::start(
+        broker.clone(),
+        "q",
+        Some(n1),
+        cluster.clone(),
+        LEASE,
+        &quick,
+    )
+    .await
+    .unwrap();
+    // n2 never starts.
+    let helper = ClusterPresence::start(broker, "q", None, cluster.clone(), LEASE, &quick)
+        .await
+        .unwrap();
+    let room: ChannelName = "room".parse().unwrap();
+    let started = std::time::Instant::now();
+    let members = helper.channel_members(&room).await.unwrap();
+    assert_eq!(members.missing, vec!["n2".parse::<NodeId>().unwrap()]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let channels = helper.channels().await.unwrap();
+    assert_eq!(channels.missing, vec!["n2".parse::<NodeId>().unwrap()]);
+
+    let of_n2: ClientId = (0..)
+        .map(|i| format!("c{i}").parse::<ClientId>().unwrap())
+        .find(|c| cluster.owner(c).id.as_str() == "n2")
+        .unwrap();
+    let err = helper
+        .join_channel(&room, std::slice::from_ref(&of_n2))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unavailable"), "{err}");
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("n2"), "{cause}");
+}
