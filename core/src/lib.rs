@@ -2,10 +2,11 @@
 //!
 //! - ids ([`ClientId`], [`ChannelName`], [`NodeId`], [`MessageId`], [`ConnectionId`]), validated
 //!   once where they enter;
-//! - the three extension points: [`Broker`] (publish/subscribe with [`SubscribeMode::Fanout`] and
-//!   [`SubscribeMode::Queue`]), [`PresenceStore`] (who is online, channel membership) and
-//!   [`Partitioner`] (which node owns a client);
-//! - the in-memory backends [`MemoryBroker`] and [`MemoryPresenceStore`];
+//! - the extension points: [`Broker`] (publish/subscribe with [`SubscribeMode::Fanout`] and
+//!   [`SubscribeMode::Queue`]), [`PresenceStore`] (who is online, channel membership),
+//!   [`OfflineStore`] (the offline inbox) and [`Partitioner`] (which node owns a client);
+//! - the in-memory backends [`MemoryBroker`], [`MemoryPresenceStore`] and
+//!   [`MemoryOfflineStore`];
 //! - what travels between helpers and nodes ([`envelope`]) and between nodes and clients
 //!   ([`protocol`]); connect [`token`]s; shared [`config`] sections; one [`Error`].
 //!
@@ -29,6 +30,7 @@ pub mod envelope;
 mod error;
 mod id;
 mod memory;
+mod offline;
 mod partition;
 mod presence;
 pub mod protocol;
@@ -39,8 +41,12 @@ pub use cluster::{Cluster, NodeEntry};
 pub use envelope::{Event, ReceiptStatus, Topics};
 pub use error::{BoxError, Error, Result, TokenError};
 pub use id::{parse_all, ChannelName, ClientId, ConnectionId, MessageId, NodeId, MAX_ID_BYTES};
-pub use memory::{MemoryBroker, MemoryPresenceStore};
-pub use partition::{ModuloPartitioner, Partitioner, PartitionerKind, RendezvousPartitioner};
+pub use memory::{MemoryBroker, MemoryOfflineStore, MemoryPresenceStore};
+pub use offline::{InboxLimits, InboxStats, OfflineStore, Stored, StoredMessage};
+pub use partition::{
+    murmur2, ModuloPartitioner, Murmur2Partitioner, Partitioner, PartitionerKind,
+    RendezvousPartitioner,
+};
 pub use presence::{
     AddedConnection, Answer, ChannelInfo, DroppedConnection, NodeSync, PresenceStore,
 };

@@ -25,6 +25,9 @@ pub enum ServerFrame<'a> {
         ts: u64,
         /// Whether the sender asked for a receipt (the client should ack).
         receipt: bool,
+        /// Pushed from the offline inbox (sent while the client was away); omitted when false.
+        #[serde(skip_serializing_if = "is_false")]
+        stored: bool,
     },
     /// A channel message.
     Channel {
@@ -60,6 +63,12 @@ pub enum ServerFrame<'a> {
     },
     /// Answer to a client `ping`.
     Pong,
+}
+
+// serde's skip_serializing_if wants a function of a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ServerFrame<'_> {
@@ -99,11 +108,25 @@ mod tests {
             data: &data,
             ts: 5,
             receipt: true,
+            stored: false,
         }
         .to_json();
         assert_eq!(
             json,
             r#"{"type":"message","id":"m1","from":"bob","data":{"text":"hi"},"ts":5,"receipt":true}"#
+        );
+        let stored = ServerFrame::Message {
+            id: &id,
+            from: &from,
+            data: &data,
+            ts: 5,
+            receipt: false,
+            stored: true,
+        }
+        .to_json();
+        assert_eq!(
+            stored,
+            r#"{"type":"message","id":"m1","from":"bob","data":{"text":"hi"},"ts":5,"receipt":false,"stored":true}"#
         );
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
         let to = [ClientId::new("a").unwrap(), ClientId::new("b").unwrap()];

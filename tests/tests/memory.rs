@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use impush_core::{Broker, MemoryBroker, MemoryPresenceStore, PresenceStore};
+use impush_core::{
+    Broker, MemoryBroker, MemoryOfflineStore, MemoryPresenceStore, OfflineStore, PresenceStore,
+};
 
 // The macros want `async fn() -> Option<..>`; the memory backends need nothing awaited.
 #[allow(clippy::unused_async)]
@@ -15,5 +17,13 @@ async fn presence() -> Option<Arc<dyn PresenceStore>> {
     Some(Arc::new(MemoryPresenceStore::new()))
 }
 
+#[allow(clippy::unused_async)]
+async fn offline() -> Option<Arc<dyn OfflineStore>> {
+    Some(Arc::new(MemoryOfflineStore::new(
+        impush_tests::OFFLINE_LIMITS,
+    )))
+}
+
 impush_tests::broker_conformance!(broker);
+impush_tests::offline_conformance!(offline);
 impush_tests::presence_conformance!(presence);

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use impush_broker_redis::{RedisBroker, RedisConfig, RedisPresenceStore};
-use impush_core::{Broker, PresenceStore};
+use impush_broker_redis::{RedisBroker, RedisConfig, RedisOfflineStore, RedisPresenceStore};
+use impush_core::{Broker, OfflineStore, PresenceStore};
 
 fn config() -> Option<RedisConfig> {
     let url = impush_tests::env_or_skip("IMPUSH_TEST_REDIS_URL")?;
@@ -35,5 +35,53 @@ async fn presence() -> Option<Arc<dyn PresenceStore>> {
     ))
 }
 
+async fn offline() -> Option<Arc<dyn OfflineStore>> {
+    let cfg = config()?;
+    Some(Arc::new(
+        RedisOfflineStore::connect(
+            &cfg,
+            &impush_tests::unique_ns(),
+            impush_tests::OFFLINE_LIMITS,
+        )
+        .await
+        .expect("connect to redis"),
+    ))
+}
+
 impush_tests::broker_conformance!(broker);
+impush_tests::offline_conformance!(offline);
 impush_tests::presence_conformance!(presence);
+
+/// A fanout reader that falls so far behind that Redis trims entries it has not read hears of
+/// it (`Lagged`) instead of skipping them silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimmed_fanout_entries_are_reported_as_lag() {
+    use futures_util::StreamExt;
+    use impush_core::{Error, SubscribeMode};
+    let Some(cfg) = config() else { return };
+    let cfg = RedisConfig {
+        stream_max_len: 10,
+        ..cfg
+    };
+    let b = RedisBroker::connect(&cfg).await.expect("connect to redis");
+    let topic = format!("{}.lag", impush_tests::unique_ns());
+    let mut sub = b.subscribe(&topic, SubscribeMode::Fanout).await.unwrap();
+    // Nobody reads meanwhile: the reader fills its buffer, then Redis trims past it.
+    for i in 0..3000 {
+        b.publish(&topic, format!("m{i}").into()).await.unwrap();
+    }
+    let mut received = 0;
+    let lagged = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match sub.next().await.expect("stream open") {
+                Ok(_) => received += 1,
+                Err(Error::Lagged { dropped }) => return dropped,
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+    })
+    .await
+    .expect("a Lagged item");
+    assert!(lagged >= 1);
+    assert!(received < 3000, "got {received}, expected a gap");
+}

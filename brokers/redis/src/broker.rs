@@ -154,7 +154,7 @@ impl Broker for RedisBroker {
         }
         let reader = client::reader(&self.cfg).await?;
         let cursor = match mode {
-            SubscribeMode::Fanout => Cursor::After(reader::last_id(&reader, topic).await?),
+            SubscribeMode::Fanout => Cursor::After(reader::Follow::start(&reader, topic).await?),
             SubscribeMode::Queue { group } => {
                 reader::ensure_group(&reader, topic, &group, "$").await?;
                 let (acks, ack_rx) = mpsc::unbounded_channel();

@@ -113,11 +113,17 @@ pub struct RedisPresenceConfig {
 
 impl RedisPresenceConfig {
     /// The connection settings, taking what is not set here from `broker` (the `[broker]`
-    /// section when it is Redis too).
+    /// section when it is Redis too). The same options serve `[offline] kind = "redis"`;
+    /// `section` names the section in errors.
     ///
     /// # Errors
-    /// `Error::Config` naming `presence.url` when neither this section nor the broker gives one.
-    pub fn resolve(&self, broker: Option<RedisConfig>) -> impush_core::Result<RedisConfig> {
+    /// `Error::Config` naming `<section>.url` when neither this section nor the broker gives
+    /// one.
+    pub fn resolve(
+        &self,
+        broker: Option<RedisConfig>,
+        section: &str,
+    ) -> impush_core::Result<RedisConfig> {
         let mut cfg = match (&self.url, broker) {
             (Some(url), Some(b)) => RedisConfig {
                 url: url.clone(),
@@ -126,9 +132,9 @@ impl RedisPresenceConfig {
             (Some(url), None) => RedisConfig::from_url(url.clone()),
             (None, Some(b)) => b,
             (None, None) => {
-                return Err(impush_core::Error::Config(
-                    "config key `presence.url`: required when the broker is not Redis".into(),
-                ))
+                return Err(impush_core::Error::Config(format!(
+                    "config key `{section}.url`: required when the broker is not Redis"
+                )))
             }
         };
         if let Some(n) = self.pool_size {
@@ -176,14 +182,19 @@ mod tests {
             ..RedisConfig::from_url("redis://b:1")
         };
         let p = RedisPresenceConfig::default();
-        assert_eq!(p.resolve(Some(broker.clone())).unwrap().url, "redis://b:1");
+        assert_eq!(
+            p.resolve(Some(broker.clone()), "presence").unwrap().url,
+            "redis://b:1"
+        );
         let p = RedisPresenceConfig {
             url: Some("redis://p:2".into()),
             ..Default::default()
         };
-        let c = p.resolve(Some(broker)).unwrap();
+        let c = p.resolve(Some(broker), "presence").unwrap();
         assert_eq!((c.url.as_str(), c.pool_size), ("redis://p:2", 9));
-        let err = RedisPresenceConfig::default().resolve(None).unwrap_err();
-        assert!(err.to_string().contains("presence.url"), "{err}");
+        let err = RedisPresenceConfig::default()
+            .resolve(None, "offline")
+            .unwrap_err();
+        assert!(err.to_string().contains("offline.url"), "{err}");
     }
 }

@@ -3,12 +3,12 @@
 //! Every write that touches several keys runs in one Lua script (`presence.lua`, which also
 //! documents the key layout), so it is atomic. Reads of a single key use plain commands.
 
-use std::{sync::Mutex, time::Duration};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::{
     clients::Pool,
-    interfaces::{ClientLike, HashesInterface, LuaInterface, SetsInterface},
+    interfaces::{ClientLike, HashesInterface, SetsInterface},
     types::Value,
 };
 use impush_core::{
@@ -20,6 +20,7 @@ use crate::{
     client,
     config::RedisConfig,
     error::{core, Error},
+    script::Script,
 };
 
 const SCRIPT: &str = include_str!("presence.lua");
@@ -29,7 +30,7 @@ const SCRIPT: &str = include_str!("presence.lua");
 pub struct RedisPresenceStore {
     pool: Pool,
     prefix: String,
-    sha: Mutex<String>,
+    script: Script,
 }
 
 fn flag(b: bool) -> String {
@@ -65,14 +66,11 @@ impl RedisPresenceStore {
     /// `Error::Unavailable` when Redis cannot be reached.
     pub async fn connect(cfg: &RedisConfig, prefix: &str) -> Result<Self> {
         let pool = client::pool(cfg).await?;
-        let sha: String = pool
-            .script_load(SCRIPT)
-            .await
-            .map_err(core("SCRIPT LOAD"))?;
+        let script = Script::load(&pool, SCRIPT, prefix).await?;
         Ok(Self {
             pool,
             prefix: prefix.to_owned(),
-            sha: Mutex::new(sha),
+            script,
         })
     }
 
@@ -80,31 +78,8 @@ impl RedisPresenceStore {
         format!("{}:{kind}:{id}", self.prefix)
     }
 
-    /// Runs operation `op` of the script; reloads it once if Redis forgot it (a restart).
     async fn run(&self, op: &'static str, args: Vec<String>) -> Result<Value> {
-        let mut argv = Vec::with_capacity(args.len() + 2);
-        argv.push(op.to_owned());
-        argv.push(self.prefix.clone());
-        argv.extend(args);
-        let sha = self.sha.lock().map(|s| s.clone()).unwrap_or_default();
-        match self
-            .pool
-            .evalsha::<Value, _, _, _>(sha, (), argv.clone())
-            .await
-        {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                let sha: String = self
-                    .pool
-                    .script_load(SCRIPT)
-                    .await
-                    .map_err(core("SCRIPT LOAD"))?;
-                if let Ok(mut s) = self.sha.lock() {
-                    s.clone_from(&sha);
-                }
-                self.pool.evalsha(sha, (), argv).await.map_err(core(op))
-            }
-            other => other.map_err(core(op)),
-        }
+        self.script.run(&self.pool, op, args).await
     }
 
     async fn run_as<T: fred::types::FromValue>(
@@ -112,13 +87,7 @@ impl RedisPresenceStore {
         op: &'static str,
         args: Vec<String>,
     ) -> Result<T> {
-        self.run(op, args).await?.convert().map_err(|e| {
-            Error::Reply {
-                op,
-                detail: e.to_string(),
-            }
-            .into()
-        })
+        self.script.run_as(&self.pool, op, args).await
     }
 
     async fn members(&self, op: &'static str, key: String) -> Result<Vec<String>> {

@@ -44,9 +44,96 @@ fn parse_entries(v: Value, topic: &str) -> Result<Vec<Entry>, Error> {
 /// Where a reader is.
 pub(crate) enum Cursor {
     /// Fanout: the last id seen.
-    After(String),
+    After(Follow),
     /// Queue: a member of a consumer group.
     Group(Member),
+}
+
+/// A fanout reader's place in the stream, and what it needs to notice entries trimmed before
+/// it read them.
+pub(crate) struct Follow {
+    pub(crate) last: String,
+    /// The stream's `entries-added` when the reader started.
+    added_at_start: u64,
+    /// Entries read (or known lost) since.
+    consumed: u64,
+    /// The reader fell behind (a full batch, or a gap in reading): check that the stream did
+    /// not trim entries it has not read yet before reading on.
+    pub(crate) behind: bool,
+}
+
+/// What `XINFO STREAM` says about a stream (zeros for one that does not exist yet).
+#[derive(Default)]
+struct StreamInfo {
+    last: String,
+    first: String,
+    length: u64,
+    added: u64,
+}
+
+async fn stream_info(reader: &Client, topic: &str) -> Result<StreamInfo, fred::error::Error> {
+    let info: HashMap<String, Value> = match reader.xinfo_stream(topic, false, None).await {
+        Ok(i) => i,
+        Err(e) if e.details().contains("no such key") => return Ok(StreamInfo::default()),
+        Err(e) => return Err(e),
+    };
+    let text = |k: &str| info.get(k).and_then(Value::as_string).unwrap_or_default();
+    let num = |k: &str| info.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let first = match info.get("first-entry") {
+        Some(Value::Array(e)) => e.first().and_then(Value::as_string).unwrap_or_default(),
+        _ => String::new(),
+    };
+    Ok(StreamInfo {
+        last: text("last-generated-id"),
+        first,
+        length: num("length"),
+        added: num("entries-added"),
+    })
+}
+
+impl Follow {
+    /// A reader starting at the end of `topic`.
+    pub(crate) async fn start(reader: &Client, topic: &str) -> Result<Self, Error> {
+        let info = stream_info(reader, topic)
+            .await
+            .map_err(Error::command("XINFO STREAM"))?;
+        Ok(Self {
+            last: if info.last.is_empty() {
+                "0-0".to_owned()
+            } else {
+                info.last
+            },
+            added_at_start: info.added,
+            consumed: 0,
+            behind: false,
+        })
+    }
+
+    /// Entries added after this reader's cursor that the stream no longer holds.
+    async fn trimmed(&mut self, reader: &Client, topic: &str) -> Result<u64, fred::error::Error> {
+        let info = stream_info(reader, topic).await?;
+        eprintln!(
+            "DEBUG first={} last={} len={} added={} start={} consumed={}",
+            info.first, self.last, info.length, info.added, self.added_at_start, self.consumed
+        );
+        if info.first.is_empty() || id_key(&info.first) <= id_key(&self.last) {
+            return Ok(0); // the stream still holds our next entry
+        }
+        // Everything the stream holds is unread; anything added since the start beyond what
+        // was read and what is held is gone.
+        let expected = info
+            .added
+            .saturating_sub(self.added_at_start + self.consumed);
+        let lost = expected.saturating_sub(info.length);
+        self.consumed += lost;
+        Ok(lost)
+    }
+}
+
+/// A stream id as (ms, seq), for comparing.
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 /// A consumer of a group: its name, where its acks go, and when it last swept for orphans.
@@ -73,18 +160,6 @@ pub(crate) async fn ensure_group(
     }
 }
 
-pub(crate) async fn last_id(reader: &Client, topic: &str) -> Result<String, Error> {
-    let v: Value = reader
-        .xrevrange(topic, "+", "-", Some(1))
-        .await
-        .map_err(Error::command("XREVRANGE"))?;
-    let entries: Vec<Entry> = v.convert().map_err(Error::command("parse XREVRANGE"))?;
-    Ok(entries
-        .into_iter()
-        .next()
-        .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
-}
-
 async fn read(
     reader: &Client,
     topic: &str,
@@ -92,7 +167,11 @@ async fn read(
 ) -> Result<Vec<Entry>, fred::error::Error> {
     let block = Some(BLOCK.as_millis() as u64);
     let v: Value = match cursor {
-        Cursor::After(id) => reader.xread(Some(BATCH), block, topic, id.as_str()).await?,
+        Cursor::After(f) => {
+            reader
+                .xread(Some(BATCH), block, topic, f.last.as_str())
+                .await?
+        }
         Cursor::Group(m) => {
             if Instant::now() >= m.next_sweep {
                 m.next_sweep = Instant::now() + m.claim_idle / 2;
@@ -152,8 +231,36 @@ pub(crate) async fn run_reader(
     let mut backoff = Duration::from_millis(100);
     let mut failing = false;
     while !tx.is_closed() && !closed.load(Ordering::Acquire) {
+        if let Cursor::After(f) = &mut cursor {
+            if f.behind {
+                // A gap is reported, never silent (the Broker contract); the subscriber decides
+                // what to repair. Counted in stream entries (an entry may hold several
+                // messages batched by one publisher), so a lower bound of the messages lost.
+                match f.trimmed(&reader, &topic).await {
+                    Ok(0) => f.behind = false,
+                    Ok(dropped) => {
+                        tracing::warn!(%topic, dropped, "redis trimmed entries this fanout reader had not read");
+                        if tx
+                            .send(Err(impush_core::Error::Lagged { dropped }))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        f.behind = false;
+                    }
+                    Err(e) => {
+                        eprintln!("DEBUG err {e}");
+                        tracing::debug!(%topic, error = &e as &dyn std::error::Error, "XINFO STREAM failed")
+                    }
+                }
+            }
+        }
         match read(&reader, &topic, &mut cursor).await {
             Ok(entries) => {
+                if let Cursor::After(f) = &mut cursor {
+                    f.behind |= entries.len() as u64 >= BATCH;
+                }
                 if failing {
                     tracing::info!(%topic, "redis subscription reading again");
                     failing = false;
@@ -162,8 +269,9 @@ pub(crate) async fn run_reader(
                 'entries: for (id, fields) in entries {
                     let payloads = in_order(fields);
                     let acks = match &mut cursor {
-                        Cursor::After(last) => {
-                            *last = id;
+                        Cursor::After(f) => {
+                            f.last = id;
+                            f.consumed += 1;
                             None
                         }
                         Cursor::Group(m) if payloads.is_empty() => {
@@ -180,7 +288,17 @@ pub(crate) async fn run_reader(
                             None => Delivery::new(payload),
                             Some(a) => Delivery::with_ack(payload, PayloadAck(a.clone())),
                         };
-                        if tx.send(Ok(delivery)).await.is_err() {
+                        let delivery = match tx.try_send(Ok(delivery)) {
+                            Ok(()) => continue,
+                            Err(mpsc::error::TrySendError::Closed(_)) => break 'entries,
+                            Err(mpsc::error::TrySendError::Full(d)) => d,
+                        };
+                        // The subscriber is slower than the stream: while we wait, Redis may
+                        // trim entries we have not read.
+                        if let Cursor::After(f) = &mut cursor {
+                            f.behind = true;
+                        }
+                        if tx.send(delivery).await.is_err() {
                             break 'entries;
                         }
                     }
@@ -198,6 +316,9 @@ pub(crate) async fn run_reader(
                 }
             }
             Err(e) => {
+                if let Cursor::After(f) = &mut cursor {
+                    f.behind = true; // entries may be trimmed while we cannot read
+                }
                 if !failing {
                     tracing::warn!(%topic, error = &e as &dyn std::error::Error, "redis subscription read failed; retrying");
                     failing = true;
