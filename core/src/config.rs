@@ -166,6 +166,43 @@ pub struct LimitsConfig {
     /// Interval of keep-alive comments on the Server-Sent Events stream.
     #[serde(with = "humantime_serde")]
     pub sse_keep_alive: Duration,
+    /// Most TCP connections open on this node at once: HTTP requests, SSE streams and WebSocket
+    /// sessions together. Beyond it a new connection is answered `503` at once, without reading
+    /// its request, and closed (`impush_http_connections_refused_total`). Keep it under the
+    /// process's open-files limit, leaving room for broker connections (default 19000).
+    pub max_connections: usize,
+    /// A connection must send a complete request head within this time of opening, and within
+    /// this time of the first byte of each later request; otherwise it is closed (default `10s`).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection (between requests) is closed after this long (default `60s`).
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// A request body must arrive whole within this time of its head; otherwise the request is
+    /// answered `408` and the connection closed (default `30s`).
+    #[serde(with = "humantime_serde")]
+    pub request_body_timeout: Duration,
+    /// Web origins allowed to open WebSockets, e.g. `["https://chat.example.com"]`: an upgrade
+    /// request with another `Origin` header gets `403` before the upgrade. Empty (the default)
+    /// allows any; a request without `Origin` (not from a browser) is always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Most distinct `?group=` names of `GET /api/v1/events` this node serves at once; a new
+    /// group beyond it gets `429` (default 100). With the memory broker each group keeps its
+    /// own queue of events (about 32 bytes per event) while it has no reader connected.
+    pub max_event_groups: usize,
+    /// How long a `?group=` keeps its place after its last reader on this node left (default
+    /// `60s`); then a new group may take it.
+    #[serde(with = "humantime_serde")]
+    pub event_group_idle: Duration,
+    /// Most receivers (`to`) in one HTTP API message; more is refused with `413` (default 100000).
+    pub max_receivers_per_message: usize,
+    /// Most client ids in one HTTP API channel join; more is refused with `413` (default 10000).
+    pub max_clients_per_join: usize,
+    /// Most frames per second a client may send (averaged over `inbound_burst` frames); a
+    /// client over it is closed with 1008 (default 20).
+    pub inbound_rate: u32,
+    /// How many frames a client may send at once before `inbound_rate` applies (default 40).
+    pub inbound_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -184,6 +221,17 @@ impl Default for LimitsConfig {
             shutdown_grace: Duration::from_secs(10),
             sse_keep_alive: Duration::from_secs(15),
             write_buffer: 16 * 1024,
+            max_connections: 19_000,
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
+            request_body_timeout: Duration::from_secs(30),
+            allowed_origins: Vec::new(),
+            max_event_groups: 100,
+            event_group_idle: Duration::from_secs(60),
+            max_receivers_per_message: 100_000,
+            max_clients_per_join: 10_000,
+            inbound_rate: 20,
+            inbound_burst: 40,
         }
     }
 }

@@ -53,8 +53,8 @@ pub async fn run(backends: Backends) -> ExitCode {
     };
     let mut server = match ImServer::builder(config).backends(backends).start().await {
         Ok(s) => s,
-        Err(crate::Error::Core(e @ impush_core::Error::Config(_))) => {
-            eprintln!("impush: {e}");
+        Err(crate::Error::Core(e)) if config_error(&e).is_some() => {
+            eprintln!("impush: {}", config_error(&e).unwrap_or(&e));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -89,6 +89,16 @@ pub async fn run(backends: Backends) -> ExitCode {
             eprintln!("impush: shutdown: {}", error_chain(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// The configuration error behind `e`, if that is what it is: also one a backend's factory
+/// raised while starting (a bad option of a kind registered in code).
+fn config_error(e: &impush_core::Error) -> Option<&impush_core::Error> {
+    match e {
+        impush_core::Error::Config(_) => Some(e),
+        impush_core::Error::Start { source, .. } => config_error(source),
+        _ => None,
     }
 }
 

@@ -5,30 +5,65 @@ use std::{path::Path, time::Duration};
 use impush_brokers::Section;
 use impush_core::{
     config::{AuthConfig, ChannelsConfig, ClusterConfig, LimitsConfig, NodeConfig},
-    Error, Result,
+    Error, InboxLimits, Result,
 };
 use impush_helper::HelperConfig;
 use serde::Deserialize;
 
-/// `[offline]`: the offline inbox (DESIGN.md section 9).
+/// `[offline]`: the offline inbox (DESIGN.md section 9): keys every store shares, plus `kind`
+/// (`memory`, `redis`, `disk`, or one registered in code) and that kind's own keys.
+///
+/// ```toml
+/// [offline]
+/// enabled = true
+/// kind = "disk"                 # memory (one node) | redis | disk (the owning node's file)
+/// path = "/var/lib/impush/offline-n1.redb"
+/// ttl = "2days"
+/// max_per_client = 100
+/// max_bytes = 1048576
+/// require_ack = true            # false: a stored message leaves once written to a socket
+/// ```
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct OfflineConfig {
-    /// Keep messages for offline receivers. Not available in this version: `true` is refused.
+    /// Keep point-to-point messages for receivers that are not connected.
     pub enabled: bool,
-    /// How long a stored message is kept.
+    /// How long a stored message is kept after it was sent (default 2 days).
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
-    /// Most stored messages per client.
+    /// Most stored messages per client; the oldest are dropped beyond it (default 100).
     pub max_per_client: usize,
+    /// Most stored bytes per client; the oldest are dropped beyond it (default 1 MiB).
+    pub max_bytes: usize,
+    /// Stored messages leave the inbox when the client acks them (default); with `false`,
+    /// once written to one of its sockets.
+    pub require_ack: bool,
+    /// `kind` and the store's own keys.
+    #[serde(flatten)]
+    pub store: Section,
 }
 
 impl Default for OfflineConfig {
     fn default() -> Self {
+        let limits = InboxLimits::default();
         Self {
             enabled: false,
-            ttl: Duration::from_secs(2 * 24 * 3600),
-            max_per_client: 100,
+            ttl: limits.ttl,
+            max_per_client: limits.max_per_client,
+            max_bytes: limits.max_bytes,
+            require_ack: true,
+            store: Section::default(),
+        }
+    }
+}
+
+impl OfflineConfig {
+    /// The bounds every inbox is kept within.
+    pub fn limits(&self) -> InboxLimits {
+        InboxLimits {
+            ttl: self.ttl,
+            max_per_client: self.max_per_client,
+            max_bytes: self.max_bytes,
         }
     }
 }
@@ -114,11 +149,18 @@ impl Config {
         if l.ping_interval.is_zero() {
             return bad("limits.ping_interval", "must be greater than zero");
         }
-        if self.offline.enabled {
-            return bad(
-                "offline.enabled",
-                "the offline inbox is not available in this version of impush",
-            );
+        check_bounds(self)?;
+        let o = &self.offline;
+        if o.enabled {
+            if o.ttl.is_zero() || o.ttl > Duration::from_secs(365 * 24 * 3600) {
+                return bad("offline.ttl", "must be between 1ms and 365 days");
+            }
+            if o.max_per_client == 0 || o.max_per_client > 1_000_000 {
+                return bad("offline.max_per_client", "must be between 1 and 1000000");
+            }
+            if o.max_bytes == 0 {
+                return bad("offline.max_bytes", "must be greater than zero");
+            }
         }
         Ok(())
     }
@@ -133,4 +175,74 @@ impl Config {
             limits: self.limits.clone(),
         }
     }
+}
+
+/// The longest any duration key may be. Longer values are mistakes, and would overflow the
+/// deadline arithmetic and millisecond casts that timers are built from.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Values that would make a node panic or spin at run time, refused at start-up: durations that
+/// are zero (timers firing back to back, intervals that panic) or over [`MAX_DURATION`], limits
+/// that would refuse everything, and `allowed_origins` that no browser could ever send.
+fn check_bounds(c: &Config) -> Result<()> {
+    let bad = |key: &str, why: &str| Err(Error::Config(format!("config key `{key}`: {why}")));
+    let l = &c.limits;
+    for (key, d, zero_ok) in [
+        ("auth.token_ttl", c.auth.token_ttl, false),
+        ("cluster.node_lease", c.cluster.node_lease, false),
+        ("limits.ping_interval", l.ping_interval, false),
+        ("limits.pong_timeout", l.pong_timeout, false),
+        ("limits.sse_keep_alive", l.sse_keep_alive, false),
+        ("limits.shutdown_grace", l.shutdown_grace, true),
+        ("limits.header_read_timeout", l.header_read_timeout, false),
+        ("limits.keep_alive_timeout", l.keep_alive_timeout, false),
+        ("limits.request_body_timeout", l.request_body_timeout, false),
+        ("limits.event_group_idle", l.event_group_idle, false),
+    ] {
+        if d.is_zero() && !zero_ok {
+            return bad(key, "must be greater than zero");
+        }
+        if d > MAX_DURATION {
+            return bad(key, "must be at most 7days");
+        }
+    }
+    for (key, v) in [
+        ("limits.max_connections", l.max_connections),
+        ("limits.max_event_groups", l.max_event_groups),
+        (
+            "limits.max_receivers_per_message",
+            l.max_receivers_per_message,
+        ),
+        ("limits.max_clients_per_join", l.max_clients_per_join),
+        ("limits.inbound_rate", l.inbound_rate as usize),
+        ("limits.inbound_burst", l.inbound_burst as usize),
+    ] {
+        if v == 0 {
+            return bad(key, "must be greater than zero");
+        }
+    }
+    if let Some(o) = l.allowed_origins.iter().find(|o| !is_origin(o)) {
+        return bad(
+            "limits.allowed_origins",
+            &format!("`{o}` is not an origin like `https://chat.example.com` (scheme://host[:port], no path, no wildcard)"),
+        );
+    }
+    Ok(())
+}
+
+/// `scheme://host[:port]` (a trailing `/` is tolerated), or `null`: what browsers send as
+/// `Origin`.
+fn is_origin(o: &str) -> bool {
+    let o = o.strip_suffix('/').unwrap_or(o);
+    let Some((scheme, host)) = o.split_once("://") else {
+        return o == "null";
+    };
+    !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | '?' | '#' | '*' | '@'))
 }

@@ -153,7 +153,15 @@ fn bad_config_is_one_line_naming_the_key() {
             "node.id",
         ),
         ("[auth]\ntoken_ttl = \"soon\"\n", "auth.token_ttl"),
-        ("[offline]\nenabled = true\n", "offline.enabled"),
+        (
+            "[offline]\nenabled = true\nmax_per_client = 0\n",
+            "offline.max_per_client",
+        ),
+        (
+            "[offline]\nenabled = true\nkind = \"tape\"\n",
+            "offline.kind",
+        ),
+        ("[limits]\ninbound_rate = 0\n", "limits.inbound_rate"),
         ("this is not toml", "impush.toml"),
     ];
     for (i, (toml, key)) in cases.iter().enumerate() {
@@ -188,6 +196,121 @@ fn bad_config_is_one_line_naming_the_key() {
     let (code, stderr) = run_failing(&[], &[("IMPUSH_BROKER__KIND", "kafka")]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("not compiled in"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Values that would make a node panic or spin at run time (zero or huge durations, keep-alive
+/// 0, negative numbers, limits that refuse everything, origins no browser sends) are refused at
+/// start-up: exit 2 and one line naming the key, from a file and from the environment.
+#[test]
+fn values_that_could_panic_or_spin_are_refused_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("impush-cli-bounds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: &[(&str, &str)] = &[
+        (
+            "[limits]\nheader_read_timeout = \"0s\"\n",
+            "limits.header_read_timeout",
+        ),
+        (
+            "[limits]\nheader_read_timeout = \"100000days\"\n",
+            "limits.header_read_timeout",
+        ),
+        (
+            "[limits]\nkeep_alive_timeout = \"0s\"\n",
+            "limits.keep_alive_timeout",
+        ),
+        (
+            "[limits]\nrequest_body_timeout = \"0s\"\n",
+            "limits.request_body_timeout",
+        ),
+        (
+            "[limits]\nsse_keep_alive = \"0s\"\n",
+            "limits.sse_keep_alive",
+        ),
+        ("[limits]\npong_timeout = \"0s\"\n", "limits.pong_timeout"),
+        (
+            "[limits]\nping_interval = \"30days\"\n",
+            "limits.ping_interval",
+        ),
+        (
+            "[limits]\nshutdown_grace = \"8days\"\n",
+            "limits.shutdown_grace",
+        ),
+        (
+            "[limits]\nevent_group_idle = \"0s\"\n",
+            "limits.event_group_idle",
+        ),
+        (
+            "[cluster]\nnode_lease = \"1000days\"\n",
+            "cluster.node_lease",
+        ),
+        ("[auth]\ntoken_ttl = \"365days\"\n", "auth.token_ttl"),
+        (
+            "[auth]\ntoken_ttl = \"99999999999999999999s\"\n",
+            "auth.token_ttl",
+        ),
+        ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+        ("[limits]\nmax_connections = -1\n", "limits.max_connections"),
+        (
+            "[limits]\nmax_event_groups = 0\n",
+            "limits.max_event_groups",
+        ),
+        (
+            "[limits]\nmax_receivers_per_message = 0\n",
+            "limits.max_receivers_per_message",
+        ),
+        (
+            "[limits]\nmax_clients_per_join = 0\n",
+            "limits.max_clients_per_join",
+        ),
+        (
+            "[limits]\nallowed_origins = [\"*\"]\n",
+            "limits.allowed_origins",
+        ),
+        (
+            "[limits]\nallowed_origins = [\"https://chat.example.com/app\"]\n",
+            "limits.allowed_origins",
+        ),
+        (
+            "[limits]\nallowed_origins = \"https://a.example\"\n",
+            "limits.allowed_origins",
+        ),
+    ];
+    for (i, (toml, key)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bounds{i}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let (code, stderr) = run_failing(&["--config", path.to_str().unwrap()], &[]);
+        assert_eq!(code, 2, "{toml}: {stderr}");
+        let text = stderr.trim_end();
+        assert_eq!(text.lines().count(), 1, "{toml}: {stderr}");
+        assert!(text.contains(key), "{toml}: expected `{key}` in {stderr}");
+        assert!(!text.contains("panicked"), "{stderr}");
+    }
+    for (var, value, key) in [
+        (
+            "IMPUSH_LIMITS__KEEP_ALIVE_TIMEOUT",
+            "0s",
+            "limits.keep_alive_timeout",
+        ),
+        (
+            "IMPUSH_LIMITS__MAX_CONNECTIONS",
+            "-5",
+            "IMPUSH_LIMITS__MAX_CONNECTIONS",
+        ),
+        (
+            "IMPUSH_LIMITS__SSE_KEEP_ALIVE",
+            "0ms",
+            "limits.sse_keep_alive",
+        ),
+    ] {
+        let (code, stderr) = run_failing(&[], &[(var, value)]);
+        assert_eq!(code, 2, "{var}={value}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(key),
+            "{var}={value}: expected `{key}` in {stderr}"
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 

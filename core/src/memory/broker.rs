@@ -9,9 +9,10 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -33,10 +34,18 @@ const BACKEND: &str = "memory";
 /// to the next member that reads). Messages published on a topic before any group subscribed to
 /// it are not retained. Unacked queue deliveries return to their group when their subscription
 /// is dropped.
+///
+/// A queue group without a member keeps what is published for it for at most
+/// [`group_idle_ttl`](MemoryBroker::with_group_idle_ttl) (default
+/// [`MemoryBroker::DEFAULT_GROUP_IDLE_TTL`]) after its last member left; then the group is
+/// dropped with what it held, and a later member of that name starts a new, empty group. So
+/// group names that are used once and abandoned cannot grow the process without bound.
 #[derive(Debug)]
 pub struct MemoryBroker {
     fanout_capacity: usize,
     queue_capacity: usize,
+    group_idle_ttl: Duration,
+    epoch: Instant,
     closed: AtomicBool,
     topics: Mutex<HashMap<String, Topic>>,
 }
@@ -50,6 +59,11 @@ struct Topic {
 #[derive(Debug)]
 struct GroupQueue {
     capacity: usize,
+    /// Live `Queue` subscriptions of this group.
+    members: AtomicUsize,
+    /// When the last member left, in ms since the broker's epoch.
+    idle_since: AtomicU64,
+    epoch: Instant,
     items: Mutex<Items>,
     dropped: AtomicU64,
     notify: Notify,
@@ -72,14 +86,26 @@ impl MemoryBroker {
     /// Most bytes of undelivered payloads one queue group retains.
     pub const QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
+    /// How long a queue group without a member is kept by default.
+    pub const DEFAULT_GROUP_IDLE_TTL: Duration = Duration::from_secs(60);
+
     /// A broker with the given per-subscriber fanout buffer and per-group queue retention.
     pub fn new(fanout_capacity: usize, queue_capacity: usize) -> Self {
         Self {
             fanout_capacity: fanout_capacity.max(1),
             queue_capacity: queue_capacity.max(1),
+            group_idle_ttl: Self::DEFAULT_GROUP_IDLE_TTL,
+            epoch: Instant::now(),
             closed: AtomicBool::new(false),
             topics: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps a queue group without a member for `ttl` after its last member left (checked
+    /// when the next message is published on its topic), then drops it with what it held.
+    pub fn with_group_idle_ttl(mut self, ttl: Duration) -> Self {
+        self.group_idle_ttl = ttl;
+        self
     }
 
     fn with_topic<R>(&self, name: &str, f: impl FnOnce(&mut Topic) -> R) -> Result<R> {
@@ -103,6 +129,20 @@ fn poisoned() -> Error {
 }
 
 impl GroupQueue {
+    fn ms_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Called under the topic lock, like every new membership, so a group being joined is
+    /// never dropped.
+    fn expired(&self, ttl: Duration) -> bool {
+        self.members.load(Ordering::Acquire) == 0
+            && Duration::from_millis(
+                self.ms_since_epoch()
+                    .saturating_sub(self.idle_since.load(Ordering::Acquire)),
+            ) >= ttl
+    }
+
     fn push(&self, payload: Bytes) {
         if let Ok(mut items) = self.items.lock() {
             items.bytes += payload.len();
@@ -206,18 +246,27 @@ impl Drop for MemberGuard {
             Ok(mut u) => std::mem::take(&mut *u),
             Err(_) => return,
         };
-        if !unacked.is_empty() && !self.0.group.closed.load(Ordering::Acquire) {
-            self.0.group.requeue(unacked.into_values());
+        let group = &self.0.group;
+        if !unacked.is_empty() && !group.closed.load(Ordering::Acquire) {
+            group.requeue(unacked.into_values());
         }
+        // The idle time is stored before the count drops, so whoever sees no member sees it.
+        group
+            .idle_since
+            .store(group.ms_since_epoch(), Ordering::Release);
+        group.members.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
+        let ttl = self.group_idle_ttl;
         let groups: Vec<Arc<GroupQueue>> = self.with_topic(topic, |t| {
             // No fanout subscriber is fine: fanout is at-most-once.
             let _ = t.fanout.send(payload.clone());
+            // Groups without a member for longer than the TTL go, with what they held.
+            t.groups.retain(|_, g| !g.expired(ttl));
             t.groups.values().cloned().collect()
         })?;
         for g in groups {
@@ -239,20 +288,29 @@ impl Broker for MemoryBroker {
                     .boxed())
             }
             SubscribeMode::Queue { group } => {
-                let capacity = self.queue_capacity;
+                let (capacity, epoch, ttl) = (self.queue_capacity, self.epoch, self.group_idle_ttl);
                 let queue = self.with_topic(topic, |t| {
-                    t.groups
+                    if t.groups.get(&group).is_some_and(|g| g.expired(ttl)) {
+                        t.groups.remove(&group);
+                    }
+                    let queue = t
+                        .groups
                         .entry(group)
                         .or_insert_with(|| {
                             Arc::new(GroupQueue {
                                 capacity,
+                                members: AtomicUsize::new(0),
+                                idle_since: AtomicU64::new(0),
+                                epoch,
                                 items: Mutex::new(Items::default()),
                                 dropped: AtomicU64::new(0),
                                 notify: Notify::new(),
                                 closed: AtomicBool::new(false),
                             })
                         })
-                        .clone()
+                        .clone();
+                    queue.members.fetch_add(1, Ordering::AcqRel);
+                    queue
                 })?;
                 let member = MemberGuard(Arc::new(Member {
                     group: queue,
@@ -313,5 +371,39 @@ mod tests {
         for _ in 0..64 {
             assert_eq!(sub.next().await.unwrap().unwrap().ack().len(), mb.len());
         }
+    }
+
+    fn groups(b: &MemoryBroker, topic: &str) -> usize {
+        b.topics
+            .lock()
+            .unwrap()
+            .get(topic)
+            .map_or(0, |t| t.groups.len())
+    }
+
+    #[tokio::test]
+    async fn a_group_without_members_is_dropped_after_its_idle_ttl() {
+        let b = MemoryBroker::default().with_group_idle_ttl(Duration::from_millis(200));
+        let group = |g: &str| SubscribeMode::Queue { group: g.into() };
+        // `kept` always has a member; `gone` is abandoned; `back` is rejoined within the TTL.
+        let mut kept = b.subscribe("t", group("kept")).await.unwrap();
+        drop(b.subscribe("t", group("gone")).await.unwrap());
+        drop(b.subscribe("t", group("back")).await.unwrap());
+        b.publish("t", Bytes::from_static(b"1")).await.unwrap();
+        let mut back = b.subscribe("t", group("back")).await.unwrap();
+        assert_eq!(&back.next().await.unwrap().unwrap().ack()[..], b"1");
+        assert_eq!(groups(&b, "t"), 3, "within the TTL every group is kept");
+
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.publish("t", Bytes::from_static(b"2")).await.unwrap();
+        assert_eq!(groups(&b, "t"), 2, "the abandoned group is dropped");
+        assert_eq!(&kept.next().await.unwrap().unwrap().ack()[..], b"1");
+        assert_eq!(&kept.next().await.unwrap().unwrap().ack()[..], b"2");
+        assert_eq!(&back.next().await.unwrap().unwrap().ack()[..], b"2");
+
+        // A member of the dropped name starts an empty group.
+        let mut gone = b.subscribe("t", group("gone")).await.unwrap();
+        b.publish("t", Bytes::from_static(b"3")).await.unwrap();
+        assert_eq!(&gone.next().await.unwrap().unwrap().ack()[..], b"3");
     }
 }

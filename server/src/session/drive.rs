@@ -1,0 +1,288 @@
+//! The socket loop of one connection ([`drive`]), its close handshake ([`close_socket`]),
+//! writing queued frames and reading the client's.
+
+use std::{collections::VecDeque, time::Duration};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use impush_core::{config::LimitsConfig, protocol::ClientFrame};
+use tokio::{sync::mpsc, time::Instant};
+
+use super::{
+    acks::{Ackable, PendingAcks},
+    close,
+    rate::InboundRate,
+    Outgoing, SessionHandle,
+};
+use crate::{
+    metrics::{CloseKind, InKind},
+    settle::{ClientReport, Tracked},
+};
+
+/// How long a closing connection may take to get its close frame out.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the loop ended, and whether a close frame should be sent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum End {
+    /// Close with this code.
+    Close(u16),
+    /// The peer is gone or closed first: nothing to send.
+    Gone,
+}
+
+/// What a session needs from its node: limits, and where acks and written inbox frames go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Context<'a> {
+    pub(crate) limits: &'a LimitsConfig,
+    pub(crate) reports: &'a mpsc::UnboundedSender<ClientReport>,
+}
+
+/// Drives one accepted connection until it must close; returns why and, when a close frame is
+/// owed, the socket to send it on (see [`close_socket`]).
+pub(crate) async fn drive(
+    mut socket: WebSocket,
+    handle: &SessionHandle,
+    ctx: Context<'_>,
+) -> (End, Option<WebSocket>) {
+    let limits = ctx.limits;
+    let metrics = &handle.metrics;
+    let mut pending = PendingAcks::new(limits.max_pending_acks);
+    let mut rate = InboundRate::new(limits.inbound_rate, limits.inbound_burst);
+    let mut last_seen = Instant::now();
+    let silence_limit = limits.ping_interval + limits.pong_timeout;
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            () = handle.cancel.cancelled() => break End::Close(handle.close_code()),
+            () = handle.ready.notified() => {
+                let batch = handle.take();
+                let write = write_batch(&mut socket, batch, &mut pending, handle, ctx.reports);
+                tokio::select! {
+                    biased;
+                    // A slow consumer is cancelled while its write is stuck; stop waiting.
+                    () = handle.cancel.cancelled() => break End::Close(handle.close_code()),
+                    res = write => if res.is_err() { break End::Gone },
+                    // A peer that stopped reading also stops answering pings: it is dead even
+                    // though the write never fails (the kernel keeps the socket open).
+                    () = tokio::time::sleep_until(last_seen + silence_limit) => {
+                        metrics.close(CloseKind::DeadPeer);
+                        tracing::info!(client = %handle.client, "closing a connection whose writes are stuck");
+                        break End::Gone;
+                    }
+                }
+            }
+            msg = socket.next() => {
+                last_seen = Instant::now();
+                // Acks of delivered messages are free: a receiver acking a burst (or its
+                // inbox) must not be closed for keeping up. Everything else is charged.
+                let charged = match &msg {
+                    Some(Ok(Message::Text(text))) => {
+                        on_client_text(handle, &mut pending, ctx.reports, text) == Charge::Charged
+                    }
+                    Some(Ok(Message::Binary(_) | Message::Ping(_))) => true,
+                    _ => false,
+                };
+                if charged && !rate.take(last_seen) {
+                    metrics.close(CloseKind::RateLimited);
+                    tracing::info!(client = %handle.client, "closing a client over its frame rate");
+                    break End::Close(close::POLICY);
+                }
+                match msg {
+                    None => break End::Gone,
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the close reply; send it so the client sees a
+                        // clean close instead of 1006.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
+                        break End::Gone;
+                    }
+                    Some(Err(err)) => match protocol_error(err) {
+                        Some(ProtocolError::TooLarge) => {
+                            metrics.close(CloseKind::TooLarge);
+                            break End::Close(close::TOO_LARGE);
+                        }
+                        Some(ProtocolError::InvalidUtf8) => {
+                            metrics.close(CloseKind::InvalidData);
+                            break End::Close(close::INVALID_DATA);
+                        }
+                        None => break End::Gone,
+                    },
+                    Some(Ok(Message::Text(_))) => {}
+                    Some(Ok(Message::Binary(_))) => metrics.inbound(InKind::Ignored),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > silence_limit {
+                    metrics.close(CloseKind::DeadPeer);
+                    tracing::info!(client = %handle.client, "closing silent connection");
+                    // The peer is not answering; a close frame would go unread.
+                    break End::Gone;
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break End::Gone;
+                }
+            }
+        }
+    };
+    let socket = match end {
+        End::Close(_) => Some(socket),
+        End::Gone => None,
+    };
+    (end, socket)
+}
+
+/// Sends the close frame `code` and waits for the client's close reply (reading and dropping
+/// whatever it still sends), giving up after a while: a client that stopped reading may never
+/// take it. Reading matters: closing a socket with unread data makes the kernel reset the
+/// connection, and the client would never see the close code.
+pub(crate) async fn close_socket(mut socket: WebSocket, code: u16) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(""),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(msg)) = socket.next().await {
+            if let Message::Close(_) = msg {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Writes a batch and flushes it; only then are its point-to-point frames delivered (and
+/// ackable: when their sender wants receipts, or they came from the offline inbox). On an
+/// error the unwritten tokens settle as dropped.
+async fn write_batch(
+    socket: &mut WebSocket,
+    batch: VecDeque<Outgoing>,
+    pending: &mut PendingAcks,
+    handle: &SessionHandle,
+    reports: &mpsc::UnboundedSender<ClientReport>,
+) -> Result<(), axum::Error> {
+    let mut tokens = Vec::new();
+    for out in batch {
+        socket.feed(Message::Text(out.frame)).await?;
+        tokens.extend(out.token);
+    }
+    socket.flush().await?;
+    for token in tokens {
+        match token {
+            Tracked::Live(token) => {
+                if let Some((id, sender)) = token.settlement().ackable() {
+                    let ackable = Ackable {
+                        sender: sender.clone(),
+                        receipt: true,
+                        stored: false,
+                    };
+                    pending.insert(id.clone(), ackable);
+                }
+                token.written();
+            }
+            Tracked::Stored(s) => {
+                let ackable = Ackable {
+                    sender: s.sender.clone(),
+                    receipt: s.receipt,
+                    stored: true,
+                };
+                pending.insert(s.id.clone(), ackable);
+                let _ = reports.send(ClientReport::StoredWritten {
+                    id: s.id,
+                    sender: s.sender,
+                    receiver: handle.client.clone(),
+                    receipt: s.receipt,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a client frame counts against its inbound rate.
+#[derive(Debug, PartialEq, Eq)]
+enum Charge {
+    Free,
+    Charged,
+}
+
+fn on_client_text(
+    handle: &SessionHandle,
+    pending: &mut PendingAcks,
+    reports: &mpsc::UnboundedSender<ClientReport>,
+    text: &str,
+) -> Charge {
+    let metrics = &handle.metrics;
+    match serde_json::from_str::<ClientFrame>(text) {
+        Ok(ClientFrame::Ping) => {
+            metrics.inbound(InKind::Ping);
+            handle.push_pong();
+            Charge::Charged
+        }
+        Ok(ClientFrame::Ack { id }) => match pending.take(&id) {
+            Some(a) => {
+                metrics.inbound(InKind::Ack);
+                let _ = reports.send(ClientReport::Acked {
+                    id,
+                    sender: a.sender,
+                    receiver: handle.client.clone(),
+                    receipt: a.receipt,
+                    stored: a.stored,
+                });
+                Charge::Free
+            }
+            // Acks for unknown ids (never delivered here, no receipt asked, or acked twice)
+            // must not produce receipts: a client could otherwise forge them.
+            None => {
+                metrics.inbound(InKind::Ignored);
+                Charge::Charged
+            }
+        },
+        Err(_) => {
+            metrics.inbound(InKind::Ignored);
+            Charge::Charged
+        }
+    }
+}
+
+/// Client errors that get a close code rather than a dropped connection.
+enum ProtocolError {
+    TooLarge,
+    InvalidUtf8,
+}
+
+fn protocol_error(err: axum::Error) -> Option<ProtocolError> {
+    let inner = err.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Some(ProtocolError::TooLarge),
+        Some(tungstenite::Error::Utf8(_)) => Some(ProtocolError::InvalidUtf8),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<'a, F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(WebSocket, &'a SessionHandle, Context<'a>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every idle connection is one task waiting in this future: it is per-socket memory.
+    #[test]
+    fn session_future_stays_small() {
+        let size = future_size(drive);
+        eprintln!("session future: {size} bytes");
+        assert!(size <= 2048, "session future grew to {size} bytes");
+    }
+}

@@ -1,0 +1,230 @@
+//! One WebSocket connection: its [`SessionHandle`] (what the node pushes into) and the task
+//! that drives the socket ([`drive`]).
+//!
+//! Everything for a connection happens on one task: a `select!` over the node's outbound queue,
+//! the client's frames, the ping timer and the connection's cancellation. The outbound queue is
+//! bounded in frames and bytes; a client that cannot keep up is closed with 4008 instead of being
+//! buffered without bound. Frames are shared `Utf8Bytes`: a message for many sockets is
+//! serialised once.
+//!
+//! Idle connections are the common case (tens of thousands per node), so the queue is a plain
+//! `VecDeque` behind a short mutex plus a `Notify`: it holds no heap memory until something is
+//! queued, and the writer takes the whole batch at once, freeing it after writing. (A bounded
+//! `mpsc` channel keeps a 2 KiB block per connection even when empty.)
+//!
+//! A session knows nothing of the node: it counts into [`Metrics`], settles the
+//! [`FrameToken`](crate::settle::FrameToken)s of the frames it writes, and reports client acks
+//! and written offline-inbox frames as [`ClientReport`](crate::settle::ClientReport)s.
+//!
+//! - `drive`: the socket loop, the close handshake, writing batches, client frames;
+//! - `acks`: which delivered messages the client may still ack;
+//! - `rate`: the inbound frame rate limit.
+
+mod acks;
+mod drive;
+mod rate;
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::{
+        atomic::{AtomicU16, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use axum::extract::ws::Utf8Bytes;
+use impush_core::{config::LimitsConfig, ClientId, ConnectionId, MessageId};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use drive::{close_socket, drive, Context, End};
+
+use crate::{
+    metrics::{CloseKind, Metrics, OutKind},
+    settle::{StoredFrame, Tracked},
+};
+
+const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
+
+/// Close codes of the client protocol (DESIGN.md section 4).
+pub(crate) mod close {
+    pub(crate) const GOING_AWAY: u16 = 1001;
+    pub(crate) const INVALID_DATA: u16 = 1007;
+    pub(crate) const POLICY: u16 = 1008;
+    pub(crate) const TOO_LARGE: u16 = 1009;
+    pub(crate) const KICKED: u16 = 4001;
+    pub(crate) const SLOW: u16 = 4008;
+    pub(crate) const REPLACED: u16 = 4009;
+}
+
+/// A frame on its way to one connection.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) frame: Utf8Bytes,
+    /// Set for point-to-point messages: what to settle or report once written (or dropped).
+    pub(crate) token: Option<Tracked>,
+}
+
+impl Outgoing {
+    /// A frame nothing waits on (channel, broadcast, receipt, pong).
+    pub(crate) fn plain(frame: Utf8Bytes) -> Self {
+        Self { frame, token: None }
+    }
+}
+
+/// Frames waiting for the writer.
+#[derive(Debug, Default)]
+struct Outbox {
+    frames: VecDeque<Outgoing>,
+    bytes: usize,
+}
+
+/// The node's side of a connection.
+#[derive(Debug)]
+pub(crate) struct SessionHandle {
+    pub(crate) client: ClientId,
+    pub(crate) connection: ConnectionId,
+    /// What `prepare_connect` signed in; it travels with the online/offline events.
+    pub(crate) metadata: serde_json::Value,
+    outbox: Mutex<Outbox>,
+    ready: Notify,
+    max_frames: usize,
+    max_bytes: usize,
+    close_code: AtomicU16,
+    cancel: CancellationToken,
+    metrics: Arc<Metrics>,
+    /// Ids of offline-inbox messages already queued on this socket (a drain racing a
+    /// reconnect, or a redelivery, must not show an id twice). Allocated on first use.
+    // Boxed on purpose: most sockets never get a stored message, and an empty `HashSet` inline
+    // would cost every idle socket 48 bytes.
+    #[allow(clippy::box_collection)]
+    stored_sent: Mutex<Option<Box<HashSet<MessageId>>>>,
+}
+
+impl SessionHandle {
+    /// The handle of a new connection of `client`.
+    pub(crate) fn new(
+        client: ClientId,
+        connection: ConnectionId,
+        metadata: serde_json::Value,
+        limits: &LimitsConfig,
+        cancel: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            client,
+            connection,
+            metadata,
+            outbox: Mutex::new(Outbox::default()),
+            ready: Notify::new(),
+            max_frames: limits.outbound_queue.max(1),
+            max_bytes: limits.outbound_queue_bytes.max(1),
+            close_code: AtomicU16::new(0),
+            cancel,
+            metrics,
+            stored_sent: Mutex::new(None),
+        }
+    }
+
+    /// Queues a frame from the offline inbox unless this socket already got that id; returns
+    /// whether it was queued.
+    pub(crate) fn push_stored(&self, frame: Utf8Bytes, stored: StoredFrame) -> bool {
+        {
+            let Ok(mut sent) = self.stored_sent.lock() else {
+                return false;
+            };
+            let set = sent.get_or_insert_with(Default::default);
+            if !set.insert(stored.id.clone()) {
+                return false;
+            }
+        }
+        self.push(Outgoing {
+            frame,
+            token: Some(Tracked::Stored(stored)),
+        })
+    }
+
+    /// Queues a frame; returns `false` when the connection is closing or the queue overflowed
+    /// (then the connection is closed with 4008). A refused frame's token settles as not
+    /// delivered.
+    pub(crate) fn push(&self, out: Outgoing) -> bool {
+        let len = out.frame.len();
+        if self.cancel.is_cancelled() {
+            return false;
+        }
+        {
+            // A poisoned lock means the writer panicked; the connection is finished either way.
+            let Ok(mut q) = self.outbox.lock() else {
+                return false;
+            };
+            if q.frames.len() >= self.max_frames || q.bytes + len > self.max_bytes {
+                drop(q);
+                self.close_slow();
+                return false;
+            }
+            q.bytes += len;
+            q.frames.push_back(out);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// Everything queued so far, leaving the queue empty (and unallocated).
+    fn take(&self) -> VecDeque<Outgoing> {
+        self.outbox
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q).frames)
+            .unwrap_or_default()
+    }
+
+    /// Drops whatever is still queued (the connection is gone): their tokens settle as not
+    /// delivered now instead of whenever the last reference to the handle goes.
+    pub(crate) fn discard_queued(&self) {
+        drop(self.take());
+    }
+
+    fn close_slow(&self) {
+        if self.close(close::SLOW) {
+            self.metrics.close(CloseKind::Slow);
+            tracing::info!(client = %self.client, connection = %self.connection, "closing slow consumer");
+        }
+    }
+
+    /// Asks the connection to close with `code`. Returns whether this call decided the code
+    /// (the first reason wins).
+    pub(crate) fn close(&self, code: u16) -> bool {
+        let first = self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        self.cancel.cancel();
+        first
+    }
+
+    fn close_code(&self) -> u16 {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => close::GOING_AWAY, // cancelled by node shutdown
+            c => c,
+        }
+    }
+
+    /// Closes the connection as replaced (4009) and counts it.
+    pub(crate) fn replace(&self) {
+        if self.close(close::REPLACED) {
+            self.metrics.close(CloseKind::Replaced);
+        }
+    }
+
+    /// Closes the connection as kicked (4001) and counts it.
+    pub(crate) fn kick(&self) {
+        if self.close(close::KICKED) {
+            self.metrics.close(CloseKind::Kicked);
+        }
+    }
+
+    fn push_pong(&self) {
+        if self.push(Outgoing::plain(PONG)) {
+            self.metrics.out(OutKind::Pong, 1);
+        }
+    }
+}
