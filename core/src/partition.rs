@@ -1,9 +1,10 @@
 //! [`Partitioner`]s: which node owns a client id.
 //!
 //! Helpers and nodes compute the owner locally from the static node list, so the hot path has no
-//! lookup. Both implementations hash with FNV-1a 64 plus a final avalanche step: stable across
-//! processes, platforms and Rust versions (unlike `std`'s `DefaultHasher`), which matters because
-//! a helper and a node built at different times must agree.
+//! lookup. `modulo` and `rendezvous` hash with FNV-1a 64 plus a final avalanche step: stable
+//! across processes, platforms and Rust versions (unlike `std`'s `DefaultHasher`), which matters
+//! because a helper and a node built at different times must agree. `murmur2` is Kafka's
+//! default partitioner, so that producers in any language can compute the owner too.
 
 use std::{fmt::Debug, sync::Arc};
 
@@ -62,6 +63,61 @@ impl Partitioner for RendezvousPartitioner {
     }
 }
 
+/// Kafka's default partitioner applied to nodes: `toPositive(murmur2(client id bytes)) % n`.
+///
+/// This is what the Java client's `BuiltInPartitioner.partitionForKey` (and librdkafka's
+/// `murmur2_random`) computes for a keyed record, with the node list in configuration order as
+/// the partitions. A producer in any language that keys records by client id and has one
+/// partition per node therefore agrees with impush about which node owns a client. Like
+/// [`ModuloPartitioner`], adding a node moves most clients.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Murmur2Partitioner;
+
+impl Partitioner for Murmur2Partitioner {
+    fn node_for(&self, client: &ClientId, nodes: &[NodeId]) -> usize {
+        if nodes.is_empty() {
+            return 0;
+        }
+        // `toPositive` is `& 0x7fffffff` (not `abs`), as in Kafka's `Utils.toPositive`.
+        let positive = (murmur2(client.as_bytes()) & 0x7fff_ffff) as usize;
+        positive % nodes.len()
+    }
+}
+
+/// Kafka's 32-bit murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`): MurmurHash2 with
+/// seed `0x9747b28c`, returned as Java's signed `int`.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    // Java's `int` arithmetic wraps, and `>>>` is an unsigned shift: u32 throughout.
+    let mut h: u32 = 0x9747_b28c ^ (data.len() as u32);
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        // Java's switch falls through from case 3 to case 1.
+        if tail.len() == 3 {
+            h ^= u32::from(tail[2]) << 16;
+        }
+        if tail.len() >= 2 {
+            h ^= u32::from(tail[1]) << 8;
+        }
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
 /// Which partitioner a cluster uses (config `cluster.partitioner`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,6 +127,8 @@ pub enum PartitionerKind {
     /// [`RendezvousPartitioner`] (the default).
     #[default]
     Rendezvous,
+    /// [`Murmur2Partitioner`]: Kafka's default partitioner over the node list.
+    Murmur2,
 }
 
 impl PartitionerKind {
@@ -79,6 +137,7 @@ impl PartitionerKind {
         match self {
             PartitionerKind::Modulo => Arc::new(ModuloPartitioner),
             PartitionerKind::Rendezvous => Arc::new(RendezvousPartitioner),
+            PartitionerKind::Murmur2 => Arc::new(Murmur2Partitioner),
         }
     }
 }
@@ -99,4 +158,57 @@ fn mix(mut x: u64) -> u64 {
     x ^= x >> 27;
     x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test vectors of Kafka's own `UtilsTest.testMurmur2`
+    /// (apache/kafka: clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java).
+    #[test]
+    fn murmur2_matches_kafka() {
+        for (data, want) in [
+            (&b"21"[..], -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(data), want, "{:?}", String::from_utf8_lossy(data));
+        }
+    }
+
+    #[test]
+    fn murmur2_partitioner_is_kafkas_partition_for_key() {
+        let nodes: Vec<NodeId> = (1..=7)
+            .map(|i| NodeId::new(format!("n{i}")).expect("valid node id"))
+            .collect();
+        for (id, hash) in [
+            ("21", -973_932_308i32),
+            ("foobar", -790_332_482),
+            ("abc", 479_470_107),
+        ] {
+            let client = ClientId::new(id).expect("valid client id");
+            // Java: Utils.toPositive(Utils.murmur2(keyBytes)) % numPartitions
+            let want = ((hash & 0x7fff_ffff) % 7) as usize;
+            assert_eq!(Murmur2Partitioner.node_for(&client, &nodes), want, "{id}");
+            assert_eq!(
+                PartitionerKind::Murmur2.build().node_for(&client, &nodes),
+                want
+            );
+        }
+        let client = ClientId::new("x").expect("valid client id");
+        assert_eq!(Murmur2Partitioner.node_for(&client, &[]), 0);
+    }
+
+    #[test]
+    fn murmur2_is_selected_as_murmur2() {
+        let kind: PartitionerKind = serde_json::from_str("\"murmur2\"").expect("parses");
+        assert_eq!(kind, PartitionerKind::Murmur2);
+    }
 }

@@ -1,0 +1,436 @@
+//! [`KafkaBroker`]: topics are Kafka topics.
+//!
+//! - Topics are created on first use by this process (admin `CreateTopics`, `partitions` and
+//!   `replication` from the config; "already exists" is fine).
+//! - publish: one shared idempotent `FutureProducer`; each record is keyed by its topic name,
+//!   so all of a topic's records go to one partition and one publisher's records keep their
+//!   order. A publish returns once the broker acked the record (`acks=all`); records waiting
+//!   behind a request in flight, or for `linger`, go out together.
+//! - `Fanout`: a consumer of its own (with a group id of its own that it never joins); it
+//!   assigns itself every partition of the topic at the current end offsets before `subscribe`
+//!   returns, so it gets exactly what is published afterwards, with no group join and no
+//!   rebalance.
+//! - `Queue{group}`: a consumer in Kafka group `{topic}:{group}` (one group per topic, so a group
+//!   name used on two topics is two independent groups). Offsets are committed only up to
+//!   what was acked (`subscription`); a new group first commits the current end offsets, so
+//!   messages published while it has no member wait for it but the topic's history does not
+//!   replay.
+//!
+//! librdkafka's blocking calls (metadata, watermarks, synchronous commits, `flush`, closing a
+//! consumer) run on the blocking thread pool, never on the runtime's workers.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use impush_core::{Broker, Result, SubscribeMode, Subscription};
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    config::FromClientConfigAndContext,
+    error::KafkaError,
+    producer::{FutureProducer, FutureRecord, Producer},
+    types::RDKafkaErrorCode,
+    util::Timeout,
+};
+use tokio::sync::OnceCell;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    client::{self, Ctx, Health},
+    config::KafkaConfig,
+    error::Error,
+    subscription,
+};
+
+/// A [`Broker`] over Kafka. See the module docs for the layout.
+pub struct KafkaBroker {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: KafkaConfig,
+    /// `host:port,...` as librdkafka takes it; named in every error.
+    pub(crate) bootstrap: String,
+    /// Taken out (and flushed) by `shutdown`.
+    clients: Mutex<Option<Clients>>,
+    closed: AtomicBool,
+    /// Ends every subscription at shutdown.
+    pub(crate) cancel: CancellationToken,
+    /// The subscription tasks, so that shutdown waits for their last commits.
+    pub(crate) tasks: TaskTracker,
+}
+
+#[derive(Clone)]
+struct Clients {
+    producer: FutureProducer<Ctx>,
+    /// Whether this producer lost every broker after it had reached the cluster.
+    health: Arc<Health>,
+    topics: Arc<Topics>,
+}
+
+impl fmt::Debug for KafkaBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaBroker")
+            .field("cfg", &self.inner.cfg)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    /// Without a `shutdown`, the clients are still here; dropping them blocks (the producer
+    /// purges and flushes, threads are joined), so it happens on the blocking pool when there
+    /// is a runtime.
+    fn drop(&mut self) {
+        let clients = self
+            .clients
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let (Some(clients), Ok(rt)) = (clients, tokio::runtime::Handle::try_current()) {
+            rt.spawn_blocking(move || drop(clients));
+        }
+    }
+}
+
+/// Creates topics on first use, once per topic and process.
+pub(crate) struct Topics {
+    admin: AdminClient<Ctx>,
+    bootstrap: String,
+    partitions: i32,
+    replication: i32,
+    max_message_bytes: String,
+    timeout: Duration,
+    known: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+}
+
+impl Topics {
+    fn cell(&self, topic: &str) -> Arc<OnceCell<()>> {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.entry(topic.to_owned()).or_default().clone()
+    }
+
+    /// Makes sure `topic` exists (creates it the first time this process uses it).
+    pub(crate) async fn ensure(&self, topic: &str) -> Result<()> {
+        self.cell(topic)
+            .get_or_try_init(|| self.create(topic))
+            .await
+            .map(drop)
+    }
+
+    /// Forgets that `topic` exists (the broker said it does not), so the next `ensure`
+    /// creates it again.
+    pub(crate) fn forget(&self, topic: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.remove(topic);
+    }
+
+    /// Forgets every topic (the cluster may have restarted without them).
+    fn forget_all(&self) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.clear();
+    }
+
+    async fn create(&self, topic: &str) -> Result<()> {
+        let new = NewTopic::new(
+            topic,
+            self.partitions,
+            TopicReplication::Fixed(self.replication),
+        )
+        .set("max.message.bytes", &self.max_message_bytes);
+        let opts = AdminOptions::new()
+            .request_timeout(Some(self.timeout))
+            .operation_timeout(Some(self.timeout));
+        let results = self
+            .admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(Error::kafka(&self.bootstrap, "create topic"))?;
+        for r in results {
+            match r {
+                Ok(_) => tracing::debug!(%topic, "kafka topic created"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(Error::Kafka {
+                        bootstrap: self.bootstrap.clone(),
+                        op: "create topic",
+                        source: KafkaError::AdminOp(code),
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`.
+fn check_topic(topic: &str) -> Result<()> {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(impush_core::Error::InvalidArgument(format!(
+            "`{topic}` is not a valid Kafka topic name (1 to 249 of [a-zA-Z0-9._-])"
+        )))
+    }
+}
+
+/// Runs a blocking librdkafka call on the blocking pool.
+pub(crate) async fn blocking<T, F>(bootstrap: &str, op: &'static str, f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
+        Err(Error::Stuck {
+            bootstrap: bootstrap.to_owned(),
+            op,
+        }
+        .into())
+    })
+}
+
+impl KafkaBroker {
+    /// Creates the producer and admin clients and checks that the cluster answers.
+    ///
+    /// # Errors
+    /// `Error::Config` naming the key for a bad config, `Error::Unavailable` when no broker
+    /// answers within `request_timeout`.
+    pub async fn connect(cfg: &KafkaConfig) -> Result<Self> {
+        cfg.validate()?;
+        let bootstrap = cfg.bootstrap_servers()?;
+        let (producer, health) = new_producer(cfg, &bootstrap)?;
+        let admin: AdminClient<Ctx> = AdminClient::from_config_and_context(
+            &client::admin_config(cfg, &bootstrap),
+            Ctx::new(&bootstrap, None),
+        )
+        .map_err(|e| config_error(&bootstrap, "admin client", e))?;
+        let topics = Arc::new(Topics {
+            admin,
+            bootstrap: bootstrap.clone(),
+            partitions: cfg.partitions,
+            replication: cfg.replication,
+            max_message_bytes: cfg.max_message_bytes.to_string(),
+            timeout: cfg.request_timeout,
+            known: Mutex::new(HashMap::new()),
+        });
+        let broker = Self {
+            inner: Arc::new(Inner {
+                cfg: cfg.clone(),
+                bootstrap,
+                clients: Mutex::new(Some(Clients {
+                    producer,
+                    health,
+                    topics,
+                })),
+                closed: AtomicBool::new(false),
+                cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        };
+        if let Err(e) = broker.ping().await {
+            // Dropping the clients blocks (producer purge, thread joins): not on this thread.
+            tokio::task::spawn_blocking(move || drop(broker));
+            return Err(e);
+        }
+        Ok(broker)
+    }
+
+    /// The clients to use now. After the producer lost every broker (or failed for good) it
+    /// is replaced first: the cluster may have come back without its state (tansu keeps
+    /// everything in memory), and an idempotent producer whose producer id the cluster forgot
+    /// retries its batch forever (`UNKNOWN_PRODUCER_ID`, seen with tansu). A new producer gets
+    /// a new id. Topics are checked again for the same reason.
+    fn clients(&self) -> Result<Clients> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(impush_core::Error::Closed("kafka broker"));
+        }
+        let mut clients = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let current = clients
+            .as_mut()
+            .ok_or(impush_core::Error::Closed("kafka broker"))?;
+        if current.health.take_lost() {
+            let inner = &self.inner;
+            let (producer, health) = new_producer(&inner.cfg, &inner.bootstrap)?;
+            current.health = health;
+            let old = std::mem::replace(&mut current.producer, producer);
+            current.topics.forget_all();
+            tracing::warn!(kafka = %inner.bootstrap, "kafka producer replaced (it lost every broker, or the cluster refused it)");
+            // Dropping a producer purges and flushes it (up to 500 ms): not on this thread.
+            tokio::task::spawn_blocking(move || drop(old));
+        }
+        Ok(current.clone())
+    }
+}
+
+fn new_producer(cfg: &KafkaConfig, bootstrap: &str) -> Result<(FutureProducer<Ctx>, Arc<Health>)> {
+    let health = Arc::new(Health::default());
+    let producer = FutureProducer::from_config_and_context(
+        &client::producer_config(cfg, bootstrap),
+        Ctx::new(bootstrap, None).with_health(health.clone()),
+    )
+    .map_err(|e| config_error(bootstrap, "producer", e))?;
+    Ok((producer, health))
+}
+
+/// librdkafka refused a property: a configuration error naming the client.
+fn config_error(bootstrap: &str, client: &str, e: KafkaError) -> impush_core::Error {
+    impush_core::Error::Config(format!(
+        "config key `broker.properties`: kafka at {bootstrap}: cannot create the {client}: {e}"
+    ))
+}
+
+#[async_trait]
+impl Broker for KafkaBroker {
+    async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
+        check_topic(topic)?;
+        let mut clients = self.clients()?;
+        let mut replaced = false;
+        loop {
+            clients.topics.ensure(topic).await?;
+            let record = FutureRecord::to(topic)
+                .key(topic.as_bytes())
+                .payload(payload.as_ref());
+            let e = match clients
+                .producer
+                .send(record, Timeout::After(self.inner.cfg.publish_timeout))
+                .await
+            {
+                Ok(_) => {
+                    clients.health.up();
+                    return Ok(());
+                }
+                Err((e, _)) => e,
+            };
+            // The topic may be gone (deleted, or lost in a broker restart; the record then
+            // times out waiting for it): check it again on the next publish.
+            clients.topics.forget(topic);
+            // An idempotent producer whose producer id or epoch the cluster no longer accepts
+            // refuses everything from now on: replace it (a new one gets a new id), and send
+            // once more with the new one. Seen with tansu: records that timed out during a
+            // stall make librdkafka bump the epoch, which tansu answers with PRODUCER_FENCED
+            // for every later record.
+            let broken = clients
+                .producer
+                .client()
+                .fatal_error()
+                .map(|(code, _)| code)
+                .or(e.rdkafka_error_code().filter(|c| {
+                    matches!(
+                        c,
+                        RDKafkaErrorCode::ProducerFenced
+                            | RDKafkaErrorCode::InvalidProducerEpoch
+                            | RDKafkaErrorCode::UnknownProducerId
+                            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                            | RDKafkaErrorCode::InvalidProducerIdMapping
+                    )
+                }));
+            if let Some(code) = broken {
+                tracing::warn!(kafka = %self.inner.bootstrap, ?code, "kafka producer refused by the cluster; replacing it");
+                clients.health.force_lost();
+                if !replaced {
+                    replaced = true;
+                    clients = self.clients()?;
+                    continue;
+                }
+            }
+            return Err(Error::Kafka {
+                bootstrap: self.inner.bootstrap.clone(),
+                op: "publish",
+                source: e,
+            }
+            .into());
+        }
+    }
+
+    async fn subscribe(&self, topic: &str, mode: SubscribeMode) -> Result<Subscription> {
+        check_topic(topic)?;
+        let clients = self.clients()?;
+        clients.topics.ensure(topic).await?;
+        match mode {
+            SubscribeMode::Fanout => {
+                subscription::fanout(self.inner.clone(), clients.topics, topic).await
+            }
+            SubscribeMode::Queue { group } => {
+                subscription::queue(self.inner.clone(), clients.topics, topic, &group).await
+            }
+        }
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let clients = self.clients()?;
+        let bootstrap = self.inner.bootstrap.clone();
+        let timeout = self.inner.cfg.request_timeout;
+        blocking(&self.inner.bootstrap, "ping", move || {
+            let md = clients
+                .producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map_err(Error::kafka(&bootstrap, "ping (metadata)"))?;
+            clients.health.up();
+            if md.brokers().is_empty() {
+                return Err(Error::Reply {
+                    bootstrap,
+                    op: "ping (metadata)",
+                    detail: "no broker in the cluster metadata".into(),
+                }
+                .into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        let clients = self
+            .inner
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let timeout = self.inner.cfg.publish_timeout;
+        let bootstrap = self.inner.bootstrap.clone();
+        // flush() waits for every record in flight; dropping the clients joins their
+        // threads. Both block, so neither runs on a runtime worker.
+        let flushed = blocking(&self.inner.bootstrap, "flush", move || {
+            let Some(clients) = clients else {
+                return Ok(());
+            };
+            let r = clients
+                .producer
+                .flush(timeout)
+                .map_err(|e| Error::kafka(&bootstrap, "flush")(e).into());
+            drop(clients);
+            r
+        })
+        .await;
+        // The subscriptions commit what was acked and leave their groups.
+        if tokio::time::timeout(timeout, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(kafka = %self.inner.bootstrap, "kafka subscriptions did not close within {timeout:?}");
+        }
+        flushed
+    }
+}

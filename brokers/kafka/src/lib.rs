@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+
+mod broker;
+mod client;
+mod config;
+mod error;
+mod offsets;
+mod subscription;
+
+pub use broker::KafkaBroker;
+pub use config::{KafkaConfig, KAFKA_SCHEME};
