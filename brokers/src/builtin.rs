@@ -3,7 +3,7 @@
 //! without a backend's feature never compiles that backend's client, and selecting it says
 //! which feature brings it.
 
-use impush_core::{MemoryBroker, MemoryPresenceStore};
+use impush_core::{MemoryBroker, MemoryOfflineStore, MemoryPresenceStore};
 use serde::Deserialize;
 
 use crate::Backends;
@@ -16,6 +16,10 @@ pub struct MemoryBrokerConfig {
     pub fanout_capacity: usize,
     /// Undelivered messages a queue group keeps (default 65536).
     pub queue_capacity: usize,
+    /// How long a queue group with no member keeps what is published for it (default `60s`);
+    /// then it is dropped, so abandoned group names (SSE `?group=`) cannot grow the process.
+    #[serde(with = "humantime_serde")]
+    pub group_idle_ttl: std::time::Duration,
 }
 
 impl Default for MemoryBrokerConfig {
@@ -23,6 +27,7 @@ impl Default for MemoryBrokerConfig {
         Self {
             fanout_capacity: 16 * 1024,
             queue_capacity: 64 * 1024,
+            group_idle_ttl: MemoryBroker::DEFAULT_GROUP_IDLE_TTL,
         }
     }
 }
@@ -32,18 +37,28 @@ impl Default for MemoryBrokerConfig {
 #[serde(deny_unknown_fields)]
 pub struct MemoryPresenceConfig {}
 
+/// `[offline] kind = "memory"`: no options (inboxes live in this process: one node only).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryOfflineConfig {}
+
 /// Registers every built-in kind this build has, and marks the others as compiled out.
 pub(crate) fn register(b: &mut Backends) {
     b.register_broker("memory", |c: MemoryBrokerConfig, _| async move {
-        Ok(MemoryBroker::new(c.fanout_capacity, c.queue_capacity))
+        Ok(MemoryBroker::new(c.fanout_capacity, c.queue_capacity)
+            .with_group_idle_ttl(c.group_idle_ttl))
     });
     b.register_presence("memory", |_: MemoryPresenceConfig, _| async move {
         Ok(MemoryPresenceStore::new())
     });
+    b.register_offline("memory", |_: MemoryOfflineConfig, ctx| async move {
+        Ok(MemoryOfflineStore::new(ctx.inbox_limits))
+    });
     cluster(b);
+    disk(b);
     redis(b);
-    b.broker_not_compiled("rabbitmq");
-    b.broker_not_compiled("kafka");
+    rabbitmq(b);
+    kafka(b);
 }
 
 /// `[presence] kind = "cluster"`: no store, the nodes answer each other over the broker.
@@ -73,7 +88,26 @@ fn redis(b: &mut Backends) {
             "redis" => Some(ctx.broker_section.options::<RedisConfig>("broker")?),
             _ => None,
         };
-        RedisPresenceStore::connect(&c.resolve(broker)?, &ctx.prefix).await
+        RedisPresenceStore::connect(&c.resolve(broker, "presence")?, &ctx.prefix).await
+    });
+    b.register_offline("redis", |c: RedisPresenceConfig, ctx| async move {
+        // Defaults from the presence section when it is Redis, else from the broker's.
+        let base = match (ctx.presence_section.kind(), ctx.broker_section.kind()) {
+            ("redis", _) => {
+                let p = ctx
+                    .presence_section
+                    .options::<RedisPresenceConfig>("presence")?;
+                let broker = match ctx.broker_section.kind() {
+                    "redis" => Some(ctx.broker_section.options::<RedisConfig>("broker")?),
+                    _ => None,
+                };
+                Some(p.resolve(broker, "presence")?)
+            }
+            (_, "redis") => Some(ctx.broker_section.options::<RedisConfig>("broker")?),
+            _ => None,
+        };
+        let cfg = c.resolve(base, "offline")?;
+        impush_broker_redis::RedisOfflineStore::connect(&cfg, &ctx.prefix, ctx.inbox_limits).await
     });
 }
 
@@ -81,4 +115,47 @@ fn redis(b: &mut Backends) {
 fn redis(b: &mut Backends) {
     b.broker_not_compiled("redis");
     b.presence_not_compiled("redis");
+    b.offline_not_compiled("redis");
+}
+
+/// `[offline] kind = "disk"`: the owning node's local file (redb).
+#[cfg(feature = "disk")]
+fn disk(b: &mut Backends) {
+    use impush_offline_disk::{DiskOfflineConfig, DiskOfflineStore};
+    b.register_offline("disk", |c: DiskOfflineConfig, ctx| async move {
+        DiskOfflineStore::open(&c, ctx.inbox_limits).await
+    });
+}
+
+#[cfg(not(feature = "disk"))]
+fn disk(b: &mut Backends) {
+    b.offline_not_compiled("disk");
+}
+
+#[cfg(feature = "rabbitmq")]
+fn rabbitmq(b: &mut Backends) {
+    use impush_broker_rabbitmq::{RabbitMqBroker, RabbitMqConfig};
+
+    b.register_broker("rabbitmq", |c: RabbitMqConfig, _| async move {
+        RabbitMqBroker::connect(&c).await
+    });
+}
+
+#[cfg(not(feature = "rabbitmq"))]
+fn rabbitmq(b: &mut Backends) {
+    b.broker_not_compiled("rabbitmq");
+}
+
+#[cfg(feature = "kafka")]
+fn kafka(b: &mut Backends) {
+    use impush_broker_kafka::{KafkaBroker, KafkaConfig};
+
+    b.register_broker("kafka", |c: KafkaConfig, _| async move {
+        KafkaBroker::connect(&c).await
+    });
+}
+
+#[cfg(not(feature = "kafka"))]
+fn kafka(b: &mut Backends) {
+    b.broker_not_compiled("kafka");
 }

@@ -1,5 +1,5 @@
-//! impush-brokers: the registry that turns the `[broker]` and `[presence]` config sections into
-//! `Arc<dyn Broker>` and `Arc<dyn PresenceStore>`.
+//! impush-brokers: the registry that turns the `[broker]`, `[presence]` and `[offline]` config
+//! sections into `Arc<dyn Broker>`, `Arc<dyn PresenceStore>` and `Arc<dyn OfflineStore>`.
 //!
 //! `kind` names an entry of a [`Backends`] registry, not a variant of a closed enum: the built-in
 //! kinds are registered by one cfg-gated function ([`Backends::with_defaults`]) and a user
@@ -9,12 +9,14 @@
 //! custom broker serves both.
 //!
 //! Built-in kinds (each real backend is its own crate behind a Cargo feature of the same name, so
-//! a memory-only build compiles no broker client):
-//! - `memory` (always): [`MemoryBroker`](impush_core::MemoryBroker) and
-//!   [`MemoryPresenceStore`](impush_core::MemoryPresenceStore), one process only;
-//! - `redis` (feature `redis`): `impush_broker_redis::RedisBroker` and `RedisPresenceStore`;
-//! - `rabbitmq`, `kafka`: known kinds; selecting one that is compiled out fails with "backend
-//!   `kafka` is not compiled in; rebuild with `--features kafka`".
+//! a memory-only build compiles no broker client; selecting a kind that is compiled out fails
+//! with "backend `kafka` is not compiled in; rebuild with `--features kafka`"):
+//! - brokers: `memory` (always, one process), `redis` (feature `redis`, Redis streams),
+//!   `rabbitmq` (feature `rabbitmq`, lapin), `kafka` (feature `kafka`, rdkafka);
+//! - presence: `memory` (always), `redis` (feature `redis`), `cluster` (always: the nodes keep
+//!   it and answer each other over the broker, `impush-presence-cluster`);
+//! - offline inbox: `memory` (always), `redis` (feature `redis`), `disk` (feature `disk`, a
+//!   redb file per node).
 //!
 //! ```
 //! use impush_brokers::{BackendContext, Backends, Section};
@@ -39,7 +41,7 @@ mod builtin;
 mod registry;
 mod section;
 
-pub use builtin::{MemoryBrokerConfig, MemoryPresenceConfig};
+pub use builtin::{MemoryBrokerConfig, MemoryOfflineConfig, MemoryPresenceConfig};
 pub use registry::{BackendContext, Backends};
 pub use section::{Section, DEFAULT_KIND, DEFAULT_PREFIX};
 
@@ -133,6 +135,8 @@ mod tests {
         assert!(err.starts_with("config key `presence.url`"), "{err}");
     }
 
+    // Only in a build without Kafka (a workspace build unifies the server's `kafka` feature in).
+    #[cfg(not(feature = "kafka"))]
     #[tokio::test]
     async fn compiled_out_kind_names_its_feature() {
         let err = start(

@@ -9,7 +9,9 @@
 use std::{collections::BTreeMap, fmt, future::Future, sync::Arc, time::Duration};
 
 use futures_util::future::BoxFuture;
-use impush_core::{Broker, Cluster, Error, NodeId, PresenceStore, Result};
+use impush_core::{
+    Broker, Cluster, Error, InboxLimits, NodeId, OfflineStore, PresenceStore, Result,
+};
 use serde::de::DeserializeOwned;
 
 use crate::section::{Section, DEFAULT_PREFIX};
@@ -35,6 +37,10 @@ pub struct BackendContext {
     /// The connected broker; set when a presence store is created (the `cluster` store talks to
     /// the other nodes over it), `None` while the broker itself is being created.
     pub broker: Option<Arc<dyn Broker>>,
+    /// The `[presence]` section (offline stores may default from it, e.g. Redis' URL).
+    pub presence_section: Section,
+    /// The bounds of every offline inbox (`[offline]` ttl, max_per_client, max_bytes).
+    pub inbox_limits: InboxLimits,
 }
 
 impl BackendContext {
@@ -48,6 +54,8 @@ impl BackendContext {
             node_lease: Duration::from_secs(10),
             broker_section: broker_section.clone(),
             broker: None,
+            presence_section: Section::default(),
+            inbox_limits: InboxLimits::default(),
         }
     }
 
@@ -99,6 +107,7 @@ impl<T: ?Sized> Clone for Slot<T> {
 pub struct Backends {
     brokers: BTreeMap<String, Slot<dyn Broker>>,
     presence: BTreeMap<String, Slot<dyn PresenceStore>>,
+    offline: BTreeMap<String, Slot<dyn OfflineStore>>,
 }
 
 impl fmt::Debug for Backends {
@@ -106,6 +115,7 @@ impl fmt::Debug for Backends {
         f.debug_struct("Backends")
             .field("brokers", &self.broker_kinds())
             .field("presence", &self.presence_kinds())
+            .field("offline", &self.offline_kinds())
             .finish()
     }
 }
@@ -122,6 +132,7 @@ impl Backends {
         Self {
             brokers: BTreeMap::new(),
             presence: BTreeMap::new(),
+            offline: BTreeMap::new(),
         }
     }
 
@@ -172,7 +183,34 @@ impl Backends {
         self
     }
 
+    /// Registers (or replaces) offline store kind `kind`; see [`Backends::register_broker`].
+    /// The factory builds the store with `ctx.inbox_limits`.
+    pub fn register_offline<C, F, Fut, O>(&mut self, kind: &str, factory: F) -> &mut Self
+    where
+        C: DeserializeOwned + Send + 'static,
+        F: Fn(C, BackendContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O>> + Send + 'static,
+        O: OfflineStore,
+    {
+        let f: Factory<dyn OfflineStore> = Arc::new(move |section, name, ctx| {
+            let cfg = section.options::<C>(name)?;
+            let fut = factory(cfg, ctx);
+            Ok(Box::pin(async move {
+                Ok(Arc::new(fut.await?) as Arc<dyn OfflineStore>)
+            }))
+        });
+        self.offline.insert(kind.to_owned(), Slot::Ready(f));
+        self
+    }
+
+    /// Marks offline store kind `kind` as known but left out of this build.
+    #[allow(dead_code)] // used by builds without some features
+    pub(crate) fn offline_not_compiled(&mut self, kind: &str) {
+        self.offline.insert(kind.to_owned(), Slot::NotCompiled);
+    }
+
     /// Marks broker kind `kind` as known but left out of this build (feature `kind`).
+    #[allow(dead_code)] // used by builds without some features
     pub(crate) fn broker_not_compiled(&mut self, kind: &str) {
         self.brokers.insert(kind.to_owned(), Slot::NotCompiled);
     }
@@ -191,6 +229,11 @@ impl Backends {
     /// The presence kinds that can be started, sorted.
     pub fn presence_kinds(&self) -> Vec<&str> {
         ready(&self.presence)
+    }
+
+    /// The offline store kinds that can be started, sorted.
+    pub fn offline_kinds(&self) -> Vec<&str> {
+        ready(&self.offline)
     }
 
     /// Starts the broker `section` names.
@@ -221,6 +264,21 @@ impl Backends {
             prefix.clone_into(&mut ctx.prefix);
         }
         connect(&self.presence, "presence", section, ctx).await
+    }
+}
+
+impl Backends {
+    /// Starts the offline store `section` (the `[offline]` section without its shared keys)
+    /// names.
+    ///
+    /// # Errors
+    /// As [`Backends::connect_broker`], for `offline.<key>`.
+    pub async fn connect_offline(
+        &self,
+        section: &Section,
+        ctx: &BackendContext,
+    ) -> Result<Arc<dyn OfflineStore>> {
+        connect(&self.offline, "offline", section, ctx.clone()).await
     }
 }
 

@@ -477,11 +477,13 @@ impl Inner {
                     node: me.clone(),
                     reply,
                 };
-                if let Err(e) = self.publish(&msg).await {
-                    tracing::warn!(
+                match self.publish(&msg).await {
+                    // The node is shutting down: nobody needs the answer.
+                    Ok(()) | Err(Error::Closed(_)) => {}
+                    Err(e) => tracing::warn!(
                         error = &e as &dyn std::error::Error,
                         "cannot send a presence reply"
-                    );
+                    ),
                 }
             }
             Wire::Reply {
