@@ -16,7 +16,7 @@ use impush_core::{
 use impush_helper::ImHelper;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::node::Node;
+use crate::{api::EventGroups, node::Node};
 
 /// What request handlers share.
 #[derive(Debug)]
@@ -33,6 +33,8 @@ pub(crate) struct App {
     pub(crate) helper: ImHelper,
     pub(crate) api_key: Secret,
     pub(crate) sse_keep_alive: Duration,
+    /// The SSE `?group=` names this node serves (`limits.max_event_groups`).
+    pub(crate) event_groups: Arc<EventGroups>,
 }
 
 /// A JSON error body `{"error": code, "message": ...}` with its status.

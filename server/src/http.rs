@@ -9,7 +9,10 @@ use axum::{
         ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade},
         Query, State,
     },
-    http::{header::CONTENT_TYPE, StatusCode},
+    http::{
+        header::{CONTENT_TYPE, ORIGIN},
+        HeaderMap, StatusCode,
+    },
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -65,12 +68,41 @@ struct WsQuery {
     token: Option<String>,
 }
 
+/// Whether a WebSocket upgrade may come from the `Origin` in `headers`: any when
+/// `limits.allowed_origins` is empty; otherwise one of them (compared without case and without a
+/// trailing `/`), or none at all (a client that is not a browser sends no `Origin`).
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(origin) = headers.get(ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim().trim_end_matches('/');
+    allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
 async fn ws(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    // The token is checked before anything else, so a refused client never gets a socket.
+    // The Origin is checked first (a page from another site cannot even spend a token), then
+    // the token, so a refused client never gets a socket.
+    if !origin_allowed(&app.node.limits.allowed_origins, &headers) {
+        Metrics::bump(&app.node.metrics.origin_rejections);
+        return error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this Origin is not in limits.allowed_origins",
+        );
+    }
     let token = query.ok().and_then(|q| q.0.token);
     let claims = match token {
         None => Err(TokenError::Missing),
@@ -141,6 +173,15 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             "presence_unavailable",
             e.to_string(),
         );
+    }
+    if let Some(inbox) = &app.node.offline {
+        if let Err(e) = inbox.store.ping().await {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "offline_unavailable",
+                e.to_string(),
+            );
+        }
     }
     Json(serde_json::json!({ "status": "ready" })).into_response()
 }

@@ -13,6 +13,7 @@
 //! - `session`: one connection (bounded outbound queue, pings, close codes);
 //! - `settle`: how a point-to-point message ends (written or not), for receipts and broker acks;
 //! - `registry`: the in-memory index of local connections and channel members;
+//! - `edge`: the accept loop, the cap on open connections, header/idle/body timeouts;
 //! - `app`: what HTTP handlers share; `http`: `/ws` (token check before the upgrade),
 //!   `/healthz`, `/readyz`, `/metrics`; `api`: the HTTP API (`/api/v1/...`, Server-Sent Events,
 //!   the OpenAPI document).
@@ -21,6 +22,7 @@ mod api;
 mod app;
 mod cli;
 mod config;
+mod edge;
 mod error;
 mod http;
 mod metrics;

@@ -34,6 +34,19 @@ pub(crate) enum CloseKind {
     DeadPeer,
     Kicked,
     Replaced,
+    RateLimited,
+    InvalidData,
+}
+
+/// Why the HTTP edge closed a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TimeoutKind {
+    /// No complete request head within `limits.header_read_timeout`.
+    Header,
+    /// Idle between requests for `limits.keep_alive_timeout`.
+    Idle,
+    /// A request body not received within `limits.request_body_timeout`.
+    Body,
 }
 
 /// Counters of one node.
@@ -44,7 +57,7 @@ pub struct Metrics {
     pub(crate) out: [AtomicU64; 5],
     pub(crate) inbound: [AtomicU64; 3],
     pub(crate) receipts: [AtomicU64; 4],
-    pub(crate) closes: [AtomicU64; 5],
+    pub(crate) closes: [AtomicU64; 7],
     pub(crate) token_rejections: AtomicU64,
     pub(crate) broker_publish_errors: AtomicU64,
     pub(crate) broker_lagged: AtomicU64,
@@ -52,6 +65,18 @@ pub struct Metrics {
     pub(crate) undecodable: AtomicU64,
     pub(crate) duplicates_dropped: AtomicU64,
     pub(crate) channel_index_rebuilds: AtomicU64,
+    pub(crate) offline_stored: AtomicU64,
+    pub(crate) offline_evicted: AtomicU64,
+    pub(crate) offline_drained: AtomicU64,
+    pub(crate) offline_errors: AtomicU64,
+    /// Open TCP connections counted against `limits.max_connections` (the edge's cap).
+    pub(crate) http_connections: AtomicU64,
+    pub(crate) http_refused: AtomicU64,
+    pub(crate) http_timeouts: [AtomicU64; 3],
+    pub(crate) accept_errors: AtomicU64,
+    pub(crate) origin_rejections: AtomicU64,
+    pub(crate) event_groups: AtomicI64,
+    pub(crate) event_groups_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -78,6 +103,26 @@ impl Metrics {
         self.closes[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn timeout(&self, kind: TimeoutKind) {
+        self.http_timeouts[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TCP connections open on this node (HTTP, SSE and WebSocket), the number
+    /// `limits.max_connections` caps.
+    pub fn open_http_connections(&self) -> u64 {
+        self.http_connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused because `limits.max_connections` were open.
+    pub fn refused_connections(&self) -> u64 {
+        self.http_refused.load(Ordering::Relaxed)
+    }
+
+    /// WebSocket upgrades refused for an `Origin` not in `limits.allowed_origins`.
+    pub fn origin_rejections(&self) -> u64 {
+        self.origin_rejections.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -90,6 +135,11 @@ impl Metrics {
     /// Connections closed because their outbound queue overflowed (close code 4008).
     pub fn slow_consumer_closes(&self) -> u64 {
         self.closes[CloseKind::Slow as usize].load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because their peer stopped answering (or reading).
+    pub fn dead_peer_closes(&self) -> u64 {
+        self.closes[CloseKind::DeadPeer as usize].load(Ordering::Relaxed)
     }
 
     /// Connect attempts refused for a bad token.
@@ -111,12 +161,31 @@ impl Metrics {
     pub fn duplicates_dropped(&self) -> u64 {
         self.duplicates_dropped.load(Ordering::Relaxed)
     }
+
+    /// Messages kept in the offline inbox.
+    pub fn offline_stored(&self) -> u64 {
+        self.offline_stored.load(Ordering::Relaxed)
+    }
+
+    /// Stored messages dropped to keep inboxes within their bounds.
+    pub fn offline_evicted(&self) -> u64 {
+        self.offline_evicted.load(Ordering::Relaxed)
+    }
 }
 
 const OUT_LABELS: [&str; 5] = ["message", "channel", "broadcast", "receipt", "pong"];
 const IN_LABELS: [&str; 3] = ["ping", "ack", "ignored"];
 const RECEIPT_LABELS: [&str; 4] = ["delivered", "offline", "stored", "acked"];
-const CLOSE_LABELS: [&str; 5] = ["slow", "too_large", "dead_peer", "kicked", "replaced"];
+const TIMEOUT_LABELS: [&str; 3] = ["header", "idle", "body"];
+const CLOSE_LABELS: [&str; 7] = [
+    "slow",
+    "too_large",
+    "dead_peer",
+    "kicked",
+    "replaced",
+    "rate_limited",
+    "invalid_utf8",
+];
 
 impl Metrics {
     /// The counters in Prometheus text exposition format, labelled with `node`.
@@ -218,10 +287,79 @@ impl Metrics {
             &[(None, load(&self.duplicates_dropped).to_string())],
         );
         family(
+            "impush_offline_stored_total",
+            "counter",
+            "Messages kept in the offline inbox for a receiver that was not connected.",
+            &[(None, load(&self.offline_stored).to_string())],
+        );
+        family(
+            "impush_offline_evicted_total",
+            "counter",
+            "Stored messages dropped to keep an inbox within max_per_client / max_bytes.",
+            &[(None, load(&self.offline_evicted).to_string())],
+        );
+        family(
+            "impush_offline_drained_total",
+            "counter",
+            "Stored messages pushed to a client when it connected.",
+            &[(None, load(&self.offline_drained).to_string())],
+        );
+        family(
+            "impush_offline_errors_total",
+            "counter",
+            "Offline store calls that failed (retried, or left for the next connect).",
+            &[(None, load(&self.offline_errors).to_string())],
+        );
+        family(
             "impush_channel_index_rebuilds_total",
             "counter",
             "Local channel index rebuilt from presence after a gap in the cluster feed.",
             &[(None, load(&self.channel_index_rebuilds).to_string())],
+        );
+        family(
+            "impush_http_connections",
+            "gauge",
+            "Open TCP connections (HTTP, SSE and WebSocket), capped by limits.max_connections.",
+            &[(None, load(&self.http_connections).to_string())],
+        );
+        family(
+            "impush_http_connections_refused_total",
+            "counter",
+            "Connections answered 503 and closed because limits.max_connections were open.",
+            &[(None, load(&self.http_refused).to_string())],
+        );
+        family(
+            "impush_http_timeouts_total",
+            "counter",
+            "HTTP connections closed or requests failed for a timeout, by kind (header = \
+             limits.header_read_timeout, idle = limits.keep_alive_timeout, body = \
+             limits.request_body_timeout).",
+            &labelled("kind", &TIMEOUT_LABELS, &self.http_timeouts),
+        );
+        family(
+            "impush_http_accept_errors_total",
+            "counter",
+            "Failed accepts other than a client giving up (e.g. out of file descriptors).",
+            &[(None, load(&self.accept_errors).to_string())],
+        );
+        family(
+            "impush_origin_rejections_total",
+            "counter",
+            "WebSocket upgrades refused with 403 for an Origin not in limits.allowed_origins.",
+            &[(None, load(&self.origin_rejections).to_string())],
+        );
+        family(
+            "impush_event_groups",
+            "gauge",
+            "SSE ?group= names holding a place on this node (limits.max_event_groups; idle \
+             places are released when a new group needs one).",
+            &[(None, self.event_groups.load(Ordering::Relaxed).to_string())],
+        );
+        family(
+            "impush_event_groups_refused_total",
+            "counter",
+            "SSE requests refused with 429 because limits.max_event_groups groups were held.",
+            &[(None, load(&self.event_groups_refused).to_string())],
         );
         out
     }

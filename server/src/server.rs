@@ -6,18 +6,20 @@ use impush_brokers::{BackendContext, Backends};
 use impush_core::{
     config::Secret,
     token::{NonceCache, TokenSigner},
-    Broker, Cluster, NodeEntry, PresenceStore, Topics,
+    Broker, Cluster, NodeEntry, OfflineStore, PresenceStore, Topics,
 };
 use impush_helper::{HelperParts, ImHelper};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    api::EventGroups,
     app::App,
     config::Config,
+    edge::{self, EdgeLimits},
     http,
     metrics::Metrics,
-    node::{Feed, Node, NodeParts},
+    node::{Feed, Node, NodeParts, OfflineInbox},
     Error, Result,
 };
 
@@ -79,6 +81,7 @@ pub struct ImServerBuilder {
     backends: Backends,
     broker: Option<Arc<dyn Broker>>,
     presence: Option<Arc<dyn PresenceStore>>,
+    offline: Option<Arc<dyn OfflineStore>>,
 }
 
 impl ImServerBuilder {
@@ -101,6 +104,13 @@ impl ImServerBuilder {
         self
     }
 
+    /// Uses this offline store instead of the one `[offline]` names (it is used only when
+    /// `offline.enabled`).
+    pub fn offline(mut self, offline: Arc<dyn OfflineStore>) -> Self {
+        self.offline = Some(offline);
+        self
+    }
+
     /// Connects the backends, binds the listen address and starts serving.
     ///
     /// # Errors
@@ -109,31 +119,32 @@ impl ImServerBuilder {
     pub async fn start(self) -> Result<ImServer> {
         let config = self.config;
         config.validate()?;
-        let listener = TcpListener::bind(config.node.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.node.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr()?;
-
-        let nodes = if config.cluster.nodes.is_empty() {
-            vec![NodeEntry {
-                id: config.node.id.clone(),
-                url: format!("ws://{local_addr}"),
-            }]
-        } else {
-            config.cluster.nodes.clone()
+        // The backends first: a wrong kind or an unreachable broker is reported as such, not
+        // hidden behind a busy port, and nothing listens before they are ready.
+        let cluster = |url: String| {
+            let nodes = if config.cluster.nodes.is_empty() {
+                vec![NodeEntry {
+                    id: config.node.id.clone(),
+                    url,
+                }]
+            } else {
+                config.cluster.nodes.clone()
+            };
+            Cluster::new(nodes, config.cluster.partitioner)
         };
-        let cluster = Cluster::new(nodes, config.cluster.partitioner)?;
         let mut ctx = BackendContext::new(&config.broker)
             .with_node(config.node.id.clone())
-            .with_cluster(&cluster, config.cluster.node_lease);
+            .with_cluster(
+                &cluster(format!("ws://{}", config.node.listen))?,
+                config.cluster.node_lease,
+            );
         let broker = match self.broker {
             Some(b) => b,
             None => self.backends.connect_broker(&config.broker, &ctx).await?,
         };
         ctx.broker = Some(broker.clone());
+        ctx.presence_section = config.presence.clone();
+        ctx.inbox_limits = config.offline.limits();
         let presence = match self.presence {
             Some(p) => p,
             None => {
@@ -142,6 +153,25 @@ impl ImServerBuilder {
                     .await?
             }
         };
+        let offline = match (config.offline.enabled, self.offline) {
+            (false, _) => None,
+            (true, Some(o)) => Some(o),
+            (true, None) => Some(
+                self.backends
+                    .connect_offline(&config.offline.store, &ctx)
+                    .await?,
+            ),
+        };
+
+        let listener = TcpListener::bind(config.node.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.node.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr()?;
+        // What clients are told when the node list is left out: the address actually bound.
+        let cluster = cluster(format!("ws://{local_addr}"))?;
 
         let mut generated = Generated::default();
         let secret = match &config.auth.secret {
@@ -168,6 +198,11 @@ impl ImServerBuilder {
             limits: config.limits.clone(),
             persist_channels: config.channels.persist,
             metrics: Arc::new(Metrics::default()),
+            offline: offline.map(|store| OfflineInbox {
+                store,
+                require_ack: config.offline.require_ack,
+                max_per_client: config.offline.max_per_client,
+            }),
         });
         // Connections left by an earlier run of this node that died without a goodbye: the
         // business hears they are gone before this run accepts anything.
@@ -203,6 +238,11 @@ impl ImServerBuilder {
             presence,
             prefix: ctx.prefix.clone(),
         });
+        let event_groups = EventGroups::new(
+            config.limits.max_event_groups,
+            config.limits.event_group_idle,
+            node.metrics.clone(),
+        );
         let app = Arc::new(App {
             nonces: NonceCache::new(config.node.id.clone(), config.limits.max_pending_tokens),
             node,
@@ -213,14 +253,16 @@ impl ImServerBuilder {
             helper: helper.clone(),
             api_key,
             sse_keep_alive: config.limits.sse_keep_alive,
+            event_groups,
         });
         let router = http::router(app.clone());
-        let streams_done = app.streams.clone();
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(streams_done.cancelled_owned())
-                .await
-        });
+        let serve = tokio::spawn(edge::serve(
+            listener,
+            router,
+            EdgeLimits::new(&config.limits),
+            app.node.metrics.clone(),
+            app.streams.clone(),
+        ));
         tracing::info!(node = %config.node.id, %local_addr, broker = config.broker.kind(), presence = config.presence.kind(), "impush node started");
         Ok(ImServer {
             app,
@@ -242,6 +284,7 @@ impl ImServer {
             backends: Backends::with_defaults(),
             broker: None,
             presence: None,
+            offline: None,
         }
     }
 

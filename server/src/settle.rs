@@ -9,12 +9,13 @@
 //! closed, the queue overflowed) counts as not delivered. Tokens settle on drop, so every path
 //! out of a session settles exactly once.
 //!
-//! Sessions also report client acks here ([`AckEvent`]), so this module is all a session needs
-//! to know about receipts.
+//! Sessions also report client acks and written offline-inbox frames here
+//! ([`ClientReport`]), so this module is all a session needs to know about receipts.
 
 use std::sync::{Arc, Mutex};
 
-use impush_core::{Acker, ClientId, MessageId};
+use impush_core::{Acker, ClientId, MessageId, StoredMessage};
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 /// The outcome of one inbox message on this node.
@@ -24,6 +25,9 @@ pub(crate) struct Settled {
     pub(crate) sender: ClientId,
     /// Whether the sender asked for receipts.
     pub(crate) receipt: bool,
+    /// The message itself, for the offline inbox of the receivers that did not get it.
+    pub(crate) data: Box<RawValue>,
+    pub(crate) ts: u64,
     /// Receivers with a frame written on at least one socket.
     pub(crate) delivered: Vec<ClientId>,
     /// Receivers with no socket here, or none that took the frame.
@@ -32,19 +36,63 @@ pub(crate) struct Settled {
     pub(crate) acker: Acker,
 }
 
-/// A client acknowledged message `id` from `sender` (a `{"type":"ack"}` frame).
+impl Settled {
+    /// The message as the offline inbox keeps it.
+    pub(crate) fn stored(&self) -> StoredMessage {
+        StoredMessage {
+            id: self.id.clone(),
+            from: self.sender.clone(),
+            data: self.data.clone(),
+            ts: self.ts,
+            receipt: self.receipt,
+        }
+    }
+}
+
+/// What a session tells the node about a frame it handled.
 #[derive(Debug)]
-pub(crate) struct AckEvent {
+pub(crate) enum ClientReport {
+    /// The client acknowledged message `id` from `sender` (a `{"type":"ack"}` frame).
+    Acked {
+        id: MessageId,
+        sender: ClientId,
+        receiver: ClientId,
+        /// The sender wants receipts.
+        receipt: bool,
+        /// The frame came from the offline inbox (the ack removes it there).
+        stored: bool,
+    },
+    /// A frame from the offline inbox was written to the socket.
+    StoredWritten {
+        id: MessageId,
+        sender: ClientId,
+        receiver: ClientId,
+        receipt: bool,
+    },
+}
+
+/// A frame pushed from the offline inbox: what to report once it is written or acked.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredFrame {
     pub(crate) id: MessageId,
     pub(crate) sender: ClientId,
-    pub(crate) receiver: ClientId,
+    pub(crate) receipt: bool,
+}
+
+/// What rides with a queued frame whose fate matters.
+#[derive(Debug)]
+pub(crate) enum Tracked {
+    /// A live point-to-point message: settles it.
+    Live(FrameToken),
+    /// A message from the offline inbox.
+    Stored(StoredFrame),
 }
 
 /// Where sessions and settlements report to (the node's receipts task).
 #[derive(Debug, Clone)]
 pub(crate) struct Outcomes {
     pub(crate) settled: mpsc::UnboundedSender<Settled>,
-    pub(crate) acks: mpsc::UnboundedSender<AckEvent>,
+    pub(crate) reports: mpsc::UnboundedSender<ClientReport>,
 }
 
 #[derive(Debug)]
@@ -62,6 +110,8 @@ pub(crate) struct Settlement {
     id: MessageId,
     sender: ClientId,
     receipt: bool,
+    data: Box<RawValue>,
+    ts: u64,
     receivers: Vec<ClientId>,
     progress: Mutex<Progress>,
     out: mpsc::UnboundedSender<Settled>,
@@ -72,18 +122,18 @@ impl Settlement {
     /// written (no socket here, or every socket closed first) ends up undelivered. Open until
     /// [`Settlement::queued`] is called and every token is gone.
     pub(crate) fn begin(
-        id: MessageId,
-        sender: ClientId,
-        receipt: bool,
+        d: impush_core::envelope::Deliver,
         receivers: Vec<ClientId>,
         acker: Acker,
         out: mpsc::UnboundedSender<Settled>,
     ) -> Arc<Self> {
         let n = receivers.len();
         Arc::new(Self {
-            id,
-            sender,
-            receipt,
+            id: d.id,
+            sender: d.from,
+            receipt: d.receipt,
+            data: d.data,
+            ts: d.ts,
             receivers,
             progress: Mutex::new(Progress {
                 open: 1,
@@ -154,6 +204,8 @@ impl Settlement {
             id: self.id.clone(),
             sender: self.sender.clone(),
             receipt: self.receipt,
+            data: self.data.clone(),
+            ts: self.ts,
             delivered,
             undelivered,
             acker,
@@ -196,14 +248,15 @@ mod tests {
     }
 
     fn settlement(tx: mpsc::UnboundedSender<Settled>) -> Arc<Settlement> {
-        Settlement::begin(
-            MessageId::new("m1").unwrap(),
-            id("s"),
-            true,
-            vec![id("a"), id("b"), id("c")],
-            Acker::none(),
-            tx,
-        )
+        let d = impush_core::envelope::Deliver {
+            id: MessageId::new("m1").unwrap(),
+            from: id("s"),
+            to: Vec::new(),
+            data: RawValue::from_string("1".into()).unwrap(),
+            ts: 1,
+            receipt: true,
+        };
+        Settlement::begin(d, vec![id("a"), id("b"), id("c")], Acker::none(), tx)
     }
 
     #[test]

@@ -20,6 +20,7 @@ fn redis_broker_cluster_presence() -> Backend {
         },
         shared_url: || impush_tests::env_or_skip("IMPUSH_TEST_REDIS_URL"),
         private: PrivateRedis::start_boxed,
+        offline: "kind = \"redis\"",
     }
 }
 

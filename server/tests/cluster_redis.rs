@@ -21,6 +21,7 @@ fn redis() -> Backend {
         },
         shared_url: || impush_tests::env_or_skip("IMPUSH_TEST_REDIS_URL"),
         private: PrivateRedis::start_boxed,
+        offline: "kind = \"redis\"",
     }
 }
 

@@ -35,6 +35,11 @@ impl ApiError {
     pub(crate) fn unprocessable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
     }
+
+    /// `413`: a list in the body is longer than the `[limits]` key the message names.
+    pub(crate) fn too_many(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
+    }
 }
 
 impl From<Error> for ApiError {

@@ -17,7 +17,8 @@ use super::error::ApiError;
 use crate::app::App;
 
 /// A JSON body. Unlike `axum::Json` it does not insist on a content type (so `curl -d` works),
-/// reports malformed JSON and invalid fields as 400 and an oversized body as 413.
+/// reports malformed JSON and invalid fields as 400, an oversized body as 413 and a body that
+/// did not arrive within `limits.request_body_timeout` as 408.
 #[derive(Debug)]
 pub(crate) struct ApiJson<T>(pub(crate) T);
 
@@ -31,6 +32,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     "request body is over limits.max_body_bytes",
+                )
+            } else if crate::edge::is_body_timeout(&rej) {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "request body not received within limits.request_body_timeout",
                 )
             } else {
                 ApiError::bad_request("invalid_body", rej.body_text())

@@ -25,6 +25,7 @@ use serde_json::{json, value::RawValue, Value};
 
 pub(crate) use error::ApiError;
 use extract::{require_api_key, ApiJson, ChannelMemberPath, IdPath};
+pub(crate) use sse::EventGroups;
 
 use crate::{app::App, metrics::Metrics};
 
@@ -57,6 +58,8 @@ fn table() -> Vec<(&'static str, &'static str, Handler)> {
         route("GET", "/api/v1/clients/online", online_clients),
         route("GET", "/api/v1/clients/{id}", client_info),
         route("POST", "/api/v1/clients/{id}/kick", kick),
+        route("GET", "/api/v1/clients/{id}/inbox", inbox_stats),
+        route("DELETE", "/api/v1/clients/{id}/inbox", inbox_clear),
         route("GET", "/api/v1/channels", channels),
         route("GET", "/api/v1/channels/{name}", channel_info),
         route("POST", "/api/v1/channels/{name}/members", join_channel),
@@ -153,6 +156,16 @@ async fn send_message(
     State(app): State<Arc<App>>,
     ApiJson(body): ApiJson<MessageBody>,
 ) -> Result<Json<Value>, ApiError> {
+    let limit = app.node.limits.max_receivers_per_message;
+    if body.to.len() > limit {
+        return Err(ApiError::too_many(
+            "too_many_receivers",
+            format!(
+                "{} receivers is over limits.max_receivers_per_message ({limit})",
+                body.to.len()
+            ),
+        ));
+    }
     let r = app
         .helper
         .send_message_raw(&body.from, &body.to, body.data, body.receipt)
@@ -207,6 +220,57 @@ async fn kick(
     Ok(Json(json!({ "kicked": kicked })))
 }
 
+/// The offline store to ask about `client`'s inbox (`None` when the inbox is disabled: nothing
+/// waits): this node's, when it is shared or this node owns the client; else the error says
+/// which node keeps it.
+fn inbox_of<'a>(
+    app: &'a App,
+    client: &ClientId,
+) -> Result<Option<&'a Arc<dyn impush_core::OfflineStore>>, ApiError> {
+    let Some(inbox) = &app.node.offline else {
+        return Ok(None);
+    };
+    let owner = app.node.cluster.owner(client);
+    if !inbox.store.is_shared() && owner.id != app.node.id {
+        return Err(ApiError::new(
+            axum::http::StatusCode::MISDIRECTED_REQUEST,
+            "wrong_node",
+            format!(
+                "{client}'s inbox is kept by node {} (its owner); ask that node's API",
+                owner.id
+            ),
+        ));
+    }
+    Ok(Some(&inbox.store))
+}
+
+async fn inbox_stats(
+    State(app): State<Arc<App>>,
+    IdPath(client): IdPath<ClientId>,
+) -> Result<Json<Value>, ApiError> {
+    let stats = match inbox_of(&app, &client)? {
+        Some(store) => store.stats(&client).await?,
+        None => impush_core::InboxStats::default(),
+    };
+    Ok(Json(json!({
+        "client_id": client,
+        "count": stats.count,
+        "bytes": stats.bytes,
+        "oldest_ts": stats.oldest_ts,
+    })))
+}
+
+async fn inbox_clear(
+    State(app): State<Arc<App>>,
+    IdPath(client): IdPath<ClientId>,
+) -> Result<Json<Value>, ApiError> {
+    let cleared = match inbox_of(&app, &client)? {
+        Some(store) => store.clear(&client).await?,
+        None => 0,
+    };
+    Ok(Json(json!({ "client_id": client, "cleared": cleared })))
+}
+
 async fn channels(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let channels = app.helper.channels().await?;
     Ok(answered(
@@ -240,6 +304,16 @@ async fn join_channel(
 ) -> Result<Json<Value>, ApiError> {
     if body.client_ids.is_empty() {
         return Err(ApiError::unprocessable("client_ids must not be empty"));
+    }
+    let limit = app.node.limits.max_clients_per_join;
+    if body.client_ids.len() > limit {
+        return Err(ApiError::too_many(
+            "too_many_clients",
+            format!(
+                "{} client ids is over limits.max_clients_per_join ({limit})",
+                body.client_ids.len()
+            ),
+        ));
     }
     let r = app.helper.join_channel(&channel, &body.client_ids).await;
     publishing(&app, r)?;

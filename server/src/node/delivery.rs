@@ -12,7 +12,7 @@ use super::Node;
 use crate::{
     metrics::{Metrics, OutKind},
     session::Outgoing,
-    settle::Settlement,
+    settle::{Settlement, Tracked},
 };
 
 impl Node {
@@ -30,27 +30,22 @@ impl Node {
             data: &d.data,
             ts: d.ts,
             receipt: d.receipt,
+            stored: false,
         }
         .to_json()
         .into();
         // A receiver listed twice gets the message once.
-        let mut receivers = d.to;
+        let mut d = d;
+        let mut receivers = std::mem::take(&mut d.to);
         receivers.sort_unstable();
         receivers.dedup();
-        let settlement = Settlement::begin(
-            d.id,
-            d.from,
-            d.receipt,
-            receivers,
-            acker,
-            self.outcomes.settled.clone(),
-        );
+        let settlement = Settlement::begin(d, receivers, acker, self.outcomes.settled.clone());
         let mut written = 0u64;
         for (i, to) in settlement.receivers().iter().enumerate() {
             self.registry.for_client(to, |s| {
                 let out = Outgoing {
                     frame: frame.clone(),
-                    token: Some(settlement.token(i)),
+                    token: Some(Tracked::Live(settlement.token(i))),
                 };
                 written += u64::from(s.push(out));
             });

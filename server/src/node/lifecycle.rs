@@ -40,7 +40,7 @@ impl Node {
         Box::pin(self.attach(&handle)).await;
         let ctx = Context {
             limits: &self.limits,
-            acks: &self.outcomes.acks,
+            reports: &self.outcomes.reports,
         };
         let (end, socket) = session::drive(socket, &handle, ctx).await;
         Box::pin(self.detach(&handle)).await;
@@ -51,10 +51,14 @@ impl Node {
         }
     }
 
-    /// Registers a new connection: local index, presence, channels, online event.
+    /// Registers a new connection: stored messages queued first, then the local index (live
+    /// messages from here on), presence, channels, online event.
     async fn attach(&self, handle: &Arc<SessionHandle>) {
         let client = &handle.client;
         let _guard = self.client_lock(client).lock().await;
+        if self.offline.is_some() {
+            self.drain_into(handle).await;
+        }
         let (first, excess) = self
             .registry
             .add(handle, self.limits.max_connections_per_client);
@@ -78,6 +82,10 @@ impl Node {
         }
         if first {
             self.load_channels(client).await;
+        }
+        if self.offline.is_some() {
+            // A message stored while the inbox was being read above.
+            self.drain_inbox(client).await;
         }
         tracing::info!(%client, connection = %handle.connection, first, "connected");
         self.publish_event(&Event::Online {

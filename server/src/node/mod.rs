@@ -9,11 +9,13 @@
 //!   client acks into receipt frames.
 //! - `lifecycle`: a connection from attach to detach (local index, presence, events).
 //! - `upkeep`: the presence lease, reaping dead nodes, and reconciling the store after outages.
+//! - `inbox`: the offline inbox (store for absent receivers, push on connect, remove on ack).
 //! - `dedupe`: ids of recent messages, so a redelivered message reaches sockets once.
 
 mod dedupe;
 mod delivery;
 mod feeds;
+mod inbox;
 mod lifecycle;
 mod receipts;
 mod upkeep;
@@ -34,6 +36,7 @@ use impush_core::{
 use tokio::sync::{mpsc, Mutex as AsyncMutex, RwLock as AsyncRwLock};
 
 pub(crate) use feeds::Feed;
+pub(crate) use inbox::OfflineInbox;
 pub(crate) use receipts::Inboxes;
 
 use crate::{metrics::Metrics, registry::Registry, settle::Outcomes};
@@ -53,6 +56,7 @@ pub(crate) struct NodeParts {
     pub(crate) limits: LimitsConfig,
     pub(crate) persist_channels: bool,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) offline: Option<OfflineInbox>,
 }
 
 /// One node's shared state.
@@ -66,6 +70,8 @@ pub(crate) struct Node {
     pub(crate) limits: LimitsConfig,
     pub(crate) persist_channels: bool,
     pub(crate) metrics: Arc<Metrics>,
+    /// The offline inbox, when `[offline] enabled`.
+    pub(crate) offline: Option<OfflineInbox>,
     registry: Registry,
     boot: u64,
     conn_seq: AtomicU64,
@@ -92,7 +98,7 @@ impl Node {
     /// A node and the receiving ends of its outcome channels (for [`Node::run_receipts`]).
     pub(crate) fn new(parts: NodeParts) -> (Arc<Self>, Inboxes) {
         let (settled_tx, settled_rx) = mpsc::unbounded_channel();
-        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let node = Arc::new(Self {
             id: parts.id,
             cluster: parts.cluster,
@@ -102,6 +108,7 @@ impl Node {
             limits: parts.limits,
             persist_channels: parts.persist_channels,
             metrics: parts.metrics,
+            offline: parts.offline,
             registry: Registry::default(),
             boot: envelope::now_ms(),
             conn_seq: AtomicU64::new(0),
@@ -111,7 +118,7 @@ impl Node {
                 .collect(),
             outcomes: Outcomes {
                 settled: settled_tx,
-                acks: acks_tx,
+                reports: reports_tx,
             },
             recent: dedupe::RecentIds::new(RECENT_IDS),
             repair: Repair::default(),
@@ -120,7 +127,7 @@ impl Node {
             node,
             Inboxes {
                 settled: settled_rx,
-                acks: acks_rx,
+                reports: reports_rx,
             },
         )
     }

@@ -1,10 +1,10 @@
-//! The receipts task: acts on settled messages (receipt frames, then the broker ack) and turns
-//! client acks into `acked` receipts.
+//! The receipts task: acts on settled messages (the offline inbox, receipt frames, then the
+//! broker ack) and on what sessions report (acks, written inbox frames).
 //!
 //! A receipt frame covers one message and one status for all the receivers settled together
 //! (DESIGN section 4), so a message to 10,000 receivers costs its sender a handful of frames.
-//! Client acks of one message trickle in one by one; they are gathered for [`ACK_WINDOW`]
-//! before a frame goes out.
+//! Acks (and deliveries from the offline inbox) of one message trickle in one by one; they are
+//! gathered for [`GATHER_WINDOW`] before a frame goes out, and inbox removals likewise.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -12,29 +12,34 @@ use axum::extract::ws::Utf8Bytes;
 use impush_core::{
     envelope::{self, NodeCommand},
     protocol::ServerFrame,
-    ClientId, MessageId, ReceiptStatus,
+    Acker, ClientId, MessageId, ReceiptStatus,
 };
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::Node;
 use crate::{
-    metrics::OutKind,
+    metrics::{Metrics, OutKind},
     session::Outgoing,
-    settle::{AckEvent, Settled},
+    settle::{ClientReport, Settled},
 };
 
-/// How long acks of one message are gathered into one `acked` receipt.
-const ACK_WINDOW: Duration = Duration::from_millis(20);
+/// How long acks of one message (and inbox deliveries) are gathered into one receipt.
+const GATHER_WINDOW: Duration = Duration::from_millis(20);
 
 /// The receiving ends of the outcome channels sessions and settlements report to.
 #[derive(Debug)]
 pub(crate) struct Inboxes {
     pub(crate) settled: mpsc::UnboundedReceiver<Settled>,
-    pub(crate) acks: mpsc::UnboundedReceiver<AckEvent>,
+    pub(crate) reports: mpsc::UnboundedReceiver<ClientReport>,
 }
 
-type AckKey = (MessageId, ClientId);
+/// Receipts and inbox removals waiting for the gather window to close.
+#[derive(Debug, Default)]
+struct Gathered {
+    receipts: HashMap<(MessageId, ClientId, ReceiptStatus), Vec<ClientId>>,
+    removals: HashMap<ClientId, Vec<MessageId>>,
+}
 
 impl Node {
     /// Runs until `stop`, then finishes what is already settled (acking it to the broker).
@@ -43,55 +48,153 @@ impl Node {
         mut inboxes: Inboxes,
         stop: CancellationToken,
     ) {
-        let mut acked: HashMap<AckKey, Vec<ClientId>> = HashMap::new();
+        let mut gathered = Gathered::default();
         let mut flush_at: Option<Instant> = None;
         loop {
             let deadline = flush_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 Some(s) = inboxes.settled.recv() => self.on_settled(s),
-                Some(a) = inboxes.acks.recv() => {
-                    self.metrics.receipt(ReceiptStatus::Acked, 1);
-                    acked.entry((a.id, a.sender)).or_default().push(a.receiver);
-                    flush_at.get_or_insert_with(|| Instant::now() + ACK_WINDOW);
+                Some(r) = inboxes.reports.recv() => {
+                    self.on_report(r, &mut gathered);
+                    flush_at.get_or_insert_with(|| Instant::now() + GATHER_WINDOW);
                 }
                 () = tokio::time::sleep_until(deadline), if flush_at.is_some() => {
                     flush_at = None;
-                    self.flush_acked(&mut acked);
+                    self.flush(&mut gathered);
                 }
                 () = stop.cancelled() => {
                     while let Ok(s) = inboxes.settled.try_recv() {
                         self.on_settled(s);
                     }
-                    self.flush_acked(&mut acked);
+                    while let Ok(r) = inboxes.reports.try_recv() {
+                        self.on_report(r, &mut gathered);
+                    }
+                    self.flush(&mut gathered);
                     return;
                 }
             }
         }
     }
 
-    fn flush_acked(&self, acked: &mut HashMap<AckKey, Vec<ClientId>>) {
-        for ((id, sender), to) in acked.drain() {
-            self.send_receipt(id, sender, to, ReceiptStatus::Acked, None);
+    fn on_report(&self, r: ClientReport, g: &mut Gathered) {
+        let require_ack = self.offline.as_ref().is_none_or(|o| o.require_ack);
+        match r {
+            ClientReport::Acked {
+                id,
+                sender,
+                receiver,
+                receipt,
+                stored,
+            } => {
+                if stored {
+                    g.removals
+                        .entry(receiver.clone())
+                        .or_default()
+                        .push(id.clone());
+                }
+                if receipt {
+                    g.receipts
+                        .entry((id, sender, ReceiptStatus::Acked))
+                        .or_default()
+                        .push(receiver);
+                }
+            }
+            ClientReport::StoredWritten {
+                id,
+                sender,
+                receiver,
+                receipt,
+            } => {
+                if !require_ack {
+                    g.removals
+                        .entry(receiver.clone())
+                        .or_default()
+                        .push(id.clone());
+                }
+                if receipt {
+                    g.receipts
+                        .entry((id, sender, ReceiptStatus::Delivered))
+                        .or_default()
+                        .push(receiver);
+                }
+            }
         }
     }
 
-    fn on_settled(&self, s: Settled) {
+    fn flush(self: &Arc<Self>, g: &mut Gathered) {
+        for ((id, sender, status), to) in g.receipts.drain() {
+            self.metrics.receipt(status, to.len() as u64);
+            self.send_receipt(id, sender, to, status, None);
+        }
+        if !g.removals.is_empty() {
+            let removals = std::mem::take(&mut g.removals);
+            let node = self.clone();
+            tokio::spawn(async move {
+                for (client, ids) in removals {
+                    node.remove_from_inbox(&client, &ids).await;
+                }
+            });
+        }
+    }
+
+    fn on_settled(self: &Arc<Self>, s: Settled) {
+        match &self.offline {
+            Some(_) if !s.undelivered.is_empty() => {
+                // Storing is I/O: one slow store must not hold up the other receipts.
+                let node = self.clone();
+                tokio::spawn(async move { node.settle_with_inbox(s).await });
+            }
+            _ => {
+                let (delivered, undelivered) = (s.delivered.clone(), s.undelivered.clone());
+                self.finish(s, delivered, Vec::new(), undelivered);
+            }
+        }
+    }
+
+    /// Stores the message for the receivers that did not get it, then finishes it; pushes it
+    /// at once to a receiver that connected meanwhile.
+    async fn settle_with_inbox(self: Arc<Self>, s: Settled) {
+        let Some(inbox) = &self.offline else { return };
+        let message = s.stored();
+        let undelivered = s.undelivered.clone();
+        let (stored, not_kept) = self.store_undelivered(inbox, &message, &undelivered).await;
+        let delivered = s.delivered.clone();
+        let connected: Vec<ClientId> = stored
+            .iter()
+            .filter(|c| self.registry.is_local(c))
+            .cloned()
+            .collect();
+        self.finish(s, delivered, stored, not_kept);
+        for client in connected {
+            let _guard = self.client_lock(&client).lock().await;
+            self.drain_inbox(&client).await;
+        }
+    }
+
+    /// Sends the message's receipts (when asked for), then acks its broker delivery.
+    fn finish(
+        &self,
+        s: Settled,
+        delivered: Vec<ClientId>,
+        stored: Vec<ClientId>,
+        offline: Vec<ClientId>,
+    ) {
         let Settled {
             id,
             sender,
             receipt,
-            delivered,
-            undelivered,
             acker,
+            ..
         } = s;
         if !receipt {
             acker.ack();
             return;
         }
-        let mut parts = Vec::with_capacity(2);
+        let mut parts = Vec::with_capacity(3);
         for (to, status) in [
             (delivered, ReceiptStatus::Delivered),
-            (undelivered, ReceiptStatus::Offline),
+            (stored, ReceiptStatus::Stored),
+            (offline, ReceiptStatus::Offline),
         ] {
             if !to.is_empty() {
                 self.metrics.receipt(status, to.len() as u64);
@@ -119,7 +222,7 @@ impl Node {
         sender: ClientId,
         to: Vec<ClientId>,
         status: ReceiptStatus,
-        then: Option<impush_core::Acker>,
+        then: Option<Acker>,
     ) {
         let owner = self.cluster.owner(&sender).id.clone();
         if owner == self.id {
@@ -151,7 +254,7 @@ impl Node {
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             if let Err(e) = broker.publish(&topic, payload).await {
-                crate::metrics::Metrics::bump(&metrics.broker_publish_errors);
+                Metrics::bump(&metrics.broker_publish_errors);
                 tracing::warn!(%topic, error = &e as &dyn std::error::Error, "receipt publish failed");
                 return; // unacked: the message is delivered again, and its receipt with it
             }

@@ -2,6 +2,7 @@
 //! cases use: clients on a chosen node, events, HTTP calls, waiting on conditions.
 
 use std::{
+    collections::HashSet,
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -12,7 +13,7 @@ use std::{
 use futures_util::StreamExt;
 use impush_core::{ClientId, Event};
 use impush_helper::{EventStream, HelperConfig, ImHelper};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_impush");
@@ -36,6 +37,9 @@ pub struct Backend {
     pub shared_url: fn() -> Option<String>,
     /// A private instance of the broker that a case may stop, stall and restart.
     pub private: fn() -> Option<Box<dyn PrivateBroker>>,
+    /// The offline store's keys for `[offline]` (after `enabled`), when a case turns the inbox
+    /// on: `{dir}` becomes the cluster's directory and `{node}` the node id.
+    pub offline: &'static str,
 }
 
 /// A broker instance owned by one test.
@@ -66,6 +70,8 @@ pub struct Spec {
     pub lease: &'static str,
     /// Extra TOML appended to every node's and the helper's file.
     pub extra: String,
+    /// Turn the offline inbox on (with the backend's store).
+    pub offline: bool,
 }
 
 impl Spec {
@@ -74,7 +80,13 @@ impl Spec {
             nodes,
             lease,
             extra: String::new(),
+            offline: false,
         }
+    }
+
+    pub fn with_offline(mut self) -> Self {
+        self.offline = true;
+        self
     }
 }
 
@@ -123,9 +135,20 @@ impl Cluster {
         };
         std::fs::write(&cluster.helper_config, &common).unwrap();
         for (i, a) in addrs.iter().enumerate() {
+            let node = format!("n{}", i + 1);
+            let offline = if spec.offline {
+                format!(
+                    "[offline]\nenabled = true\nmax_per_client = 10000\n{}\n",
+                    backend
+                        .offline
+                        .replace("{dir}", &cluster.dir.display().to_string())
+                        .replace("{node}", &node)
+                )
+            } else {
+                String::new()
+            };
             let toml = format!(
-                "[node]\nid = \"n{}\"\nlisten = \"{a}\"\n{common}\n[limits]\nshutdown_grace = \"3s\"\n",
-                i + 1
+                "[node]\nid = \"{node}\"\nlisten = \"{a}\"\n{common}\n[limits]\nshutdown_grace = \"3s\"\n{offline}"
             );
             std::fs::write(cluster.config(i), toml).unwrap();
         }
@@ -493,4 +516,52 @@ impl Drop for PrivateRedis {
         self.resume();
         self.stop();
     }
+}
+
+/// Sends `n` messages from `from` to `to` through node `via`'s HTTP API, with receipts; returns
+/// the ids the API accepted.
+pub async fn send_n(
+    cluster: &Cluster,
+    via: usize,
+    from: &ClientId,
+    to: &ClientId,
+    n: usize,
+) -> Vec<String> {
+    let url = cluster.http(via) + "/api/v1/messages";
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (s, body) = post(
+            url.clone(),
+            json!({"from": from.as_str(), "to": [to.as_str()], "data": i, "receipt": true}),
+        )
+        .await;
+        assert_eq!(s, 200, "send {i}: {body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+/// Waits until the sender's socket got a receipt for each of `ids` (any status but `acked`);
+/// returns the statuses seen.
+pub async fn receipts_for(ws: &mut Ws, ids: &[String]) -> Vec<String> {
+    let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut got = HashSet::new();
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < want.len() {
+        assert!(
+            Instant::now() < deadline,
+            "receipts for {} of {} messages",
+            got.len(),
+            want.len()
+        );
+        if let Some(f) = next_json_within(ws, Duration::from_millis(500)).await {
+            let id = f["id"].as_str().unwrap_or_default();
+            if f["type"] == "receipt" && f["status"] != "acked" && want.contains(id) {
+                got.insert(id.to_owned());
+                statuses.push(f["status"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    statuses
 }

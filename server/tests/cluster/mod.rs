@@ -20,6 +20,7 @@ macro_rules! cluster_suite {
             failed_presence_writes_are_reconciled,
             broker_restart_keeps_sockets_and_delivery_resumes,
             flood_with_receipts_survives_a_receiver_node_kill,
+            flood_with_inbox_reaches_the_receiver_despite_a_node_kill,
         );
     };
     (@cases $backend:path; $($case:ident),+ $(,)?) => {

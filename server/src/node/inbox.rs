@@ -1,0 +1,152 @@
+//! The offline inbox on the node (DESIGN section 9): storing a message for the receivers none
+//! of whose sockets took it, pushing stored messages to a client that connects (oldest first,
+//! before live messages, `"stored": true`), and removing them once acked (or once written, for
+//! clients that never ack).
+//!
+//! A message's broker delivery is acked only after it is stored, so a store that is down holds
+//! the message (retried here, redelivered after a crash) instead of losing it.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::Utf8Bytes;
+use impush_core::{protocol::ServerFrame, ClientId, MessageId, OfflineStore, StoredMessage};
+
+use super::Node;
+use crate::{
+    metrics::{Metrics, OutKind},
+    session::SessionHandle,
+    settle::StoredFrame,
+};
+
+/// The node's offline inbox: the store and how messages leave it.
+#[derive(Debug)]
+pub(crate) struct OfflineInbox {
+    pub(crate) store: Arc<dyn OfflineStore>,
+    /// Stored messages leave when acked (else once written).
+    pub(crate) require_ack: bool,
+    /// How many stored messages a connecting client gets (the inbox holds no more anyway).
+    pub(crate) max_per_client: usize,
+}
+
+/// The frame of a stored message: as it was first sent, plus `"stored": true`.
+fn stored_frame(m: &StoredMessage) -> Utf8Bytes {
+    ServerFrame::Message {
+        id: &m.id,
+        from: &m.from,
+        data: &m.data,
+        ts: m.ts,
+        receipt: m.receipt,
+        stored: true,
+    }
+    .to_json()
+    .into()
+}
+
+impl Node {
+    /// Stores `message` for each of the receivers that did not get it, retrying while the store is
+    /// unreachable (the broker delivery stays unacked meanwhile). Returns the receivers it was
+    /// stored for and those it was not (too large, or already expired).
+    pub(super) async fn store_undelivered(
+        &self,
+        inbox: &OfflineInbox,
+        message: &StoredMessage,
+        undelivered: &[ClientId],
+    ) -> (Vec<ClientId>, Vec<ClientId>) {
+        let mut kept = Vec::new();
+        let mut not_kept = Vec::new();
+        for to in undelivered {
+            let mut backoff = Duration::from_millis(100);
+            let stored = loop {
+                match inbox.store.store(to, message.clone()).await {
+                    Ok(r) => break r,
+                    Err(e) => {
+                        Metrics::bump(&self.metrics.offline_errors);
+                        tracing::warn!(client = %to, error = &e as &dyn std::error::Error, "cannot store a message in the offline inbox; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
+            self.metrics
+                .offline_evicted
+                .fetch_add(stored.evicted as u64, std::sync::atomic::Ordering::Relaxed);
+            if stored.kept {
+                Metrics::bump(&self.metrics.offline_stored);
+                kept.push(to.clone());
+            } else {
+                not_kept.push(to.clone());
+            }
+        }
+        (kept, not_kept)
+    }
+
+    /// `client`'s stored messages as frames, oldest first (none when the store cannot be read:
+    /// they stay for the next connect).
+    async fn inbox_frames(&self, client: &ClientId) -> Vec<(Utf8Bytes, StoredFrame)> {
+        let Some(inbox) = &self.offline else {
+            return Vec::new();
+        };
+        match inbox.store.fetch(client, inbox.max_per_client).await {
+            Ok(messages) => messages
+                .iter()
+                .map(|m| {
+                    let stored = StoredFrame {
+                        id: m.id.clone(),
+                        sender: m.from.clone(),
+                        receipt: m.receipt,
+                    };
+                    (stored_frame(m), stored)
+                })
+                .collect(),
+            Err(e) => {
+                Metrics::bump(&self.metrics.offline_errors);
+                tracing::warn!(%client, error = &e as &dyn std::error::Error, "cannot read the offline inbox");
+                Vec::new()
+            }
+        }
+    }
+
+    fn count_drained(&self, pushed: u64) {
+        self.metrics.out(OutKind::Message, pushed);
+        self.metrics
+            .offline_drained
+            .fetch_add(pushed, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Queues `session`'s stored messages before it is visible to live deliveries, so they
+    /// come first.
+    pub(super) async fn drain_into(&self, session: &SessionHandle) {
+        let mut pushed = 0u64;
+        for (frame, stored) in self.inbox_frames(&session.client).await {
+            pushed += u64::from(session.push_stored(frame, stored));
+        }
+        self.count_drained(pushed);
+    }
+
+    /// Pushes `client`'s stored messages to each of its local sockets that does not have them
+    /// yet (a message stored while the client was connecting).
+    pub(super) async fn drain_inbox(&self, client: &ClientId) {
+        let frames = self.inbox_frames(client).await;
+        if frames.is_empty() {
+            return;
+        }
+        let mut pushed = 0u64;
+        self.registry.for_client(client, |session| {
+            for (frame, stored) in &frames {
+                pushed += u64::from(session.push_stored(frame.clone(), stored.clone()));
+            }
+        });
+        self.count_drained(pushed);
+    }
+
+    /// Removes acked (or written) messages from `client`'s inbox.
+    pub(super) async fn remove_from_inbox(&self, client: &ClientId, ids: &[MessageId]) {
+        let Some(inbox) = &self.offline else { return };
+        if let Err(e) = inbox.store.remove(client, ids).await {
+            // They stay and are pushed again at the next connect: a duplicate the client
+            // drops, not a loss.
+            Metrics::bump(&self.metrics.offline_errors);
+            tracing::warn!(%client, error = &e as &dyn std::error::Error, "cannot remove acked messages from the offline inbox");
+        }
+    }
+}
