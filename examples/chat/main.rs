@@ -180,6 +180,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
     // The embedded default (one node, memory broker and presence) plus any IMPUSH_* overrides.
     let mut config = Config::load(None)?;
     config.node.listen = SocketAddr::from(([127, 0, 0, 1], args.impush_port));
+    // The offline inbox is on unless IMPUSH_OFFLINE__ENABLED says otherwise: a message to a
+    // user who is away waits for them (the sender sees "stored").
+    if std::env::var_os("IMPUSH_OFFLINE__ENABLED").is_none() {
+        config.offline.enabled = true;
+    }
     let server = ImServer::builder(config).start().await?;
     let helper = server.helper();
     // Subscribed before anyone can connect, so the online set misses nobody.

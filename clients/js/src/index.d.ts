@@ -120,7 +120,7 @@ export interface ImpushClientOptions {
   getUrl: () => string | Promise<string>;
   /** WebSocket constructor; defaults to `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor;
-  /** Send `{"type":"ack"}` for every message with `receipt: true`, after the handlers ran. Default false. */
+  /** Send `{"type":"ack"}` for every message with `receipt: true` or `stored: true`, after the handlers ran. Default false. */
   autoAck?: boolean;
   /** Connect on construction (in a microtask). Default true; otherwise call `connect()`. */
   autoConnect?: boolean;

@@ -350,7 +350,8 @@ export class ImpushClient {
       this.#emitError(new ImpushClientError("frame", `${f.type} frame has no id`, { frame: data }));
       return;
     }
-    const wantsAck = f.type === "message" && f.receipt === true;
+    // A stored message (from the offline inbox) leaves the inbox only when acked, receipt or not.
+    const wantsAck = f.type === "message" && (f.receipt === true || f.stored === true);
     if (this.#seen.has(f.id)) {
       // A redelivery (e.g. from the offline inbox after a lost ack): the app saw it already,
       // but the server still waits for the ack the app gave.

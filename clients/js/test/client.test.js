@@ -513,6 +513,13 @@ describe("acks", () => {
     assert.deepEqual(s.sent, [{ type: "ack", id: "r" }]);
   });
 
+  test("autoAck acks stored messages too: the offline inbox keeps them until acked", async () => {
+    const t = track(setup({ autoAck: true }));
+    const s = await t.connectNow();
+    s.receive({ type: "message", id: "s", from: "bob", data: 1, ts: 1, receipt: false, stored: true });
+    assert.deepEqual(s.sent, [{ type: "ack", id: "s" }]);
+  });
+
   test("without autoAck nothing is acked by itself", async () => {
     const t = track(setup());
     const s = await t.connectNow();

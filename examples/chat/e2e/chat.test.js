@@ -252,10 +252,11 @@ describe("chat demo in Chromium", { timeout: 180_000 }, () => {
     await bob.waitForSelector("#conn-state[data-state=disconnected]");
     await alice.waitForSelector('#users li[data-user="bob"]', { state: "detached" });
     await shot("04-bob-offline");
-    // A message to bob while he is away: impush has no offline inbox in this version, so
-    // alice's page is told "offline".
+    // A message to bob while he is away waits in impush's offline inbox: alice's page says
+    // "stored".
     await sendDm("alice", "bob", "are you there?");
-    await alice.waitForSelector('#dm-log li[data-dir=out][data-status=offline]');
+    const away = await alice.waitForSelector('#dm-log li[data-dir=out][data-status=stored]');
+    const awayId = await away.getAttribute("data-id");
 
     proxy.unblock("bob");
     await users.bob.context.setOffline(false);
@@ -263,6 +264,9 @@ describe("chat demo in Chromium", { timeout: 180_000 }, () => {
     await waitFor("bob to have exactly one connection through the proxy", () => proxy.count("bob") === 1);
     await alice.waitForSelector('#users li[data-user="bob"]');
     t.diagnostic("bob reconnected");
+    // The stored message is pushed when bob's page connects; his page acks it on display.
+    await bob.waitForSelector(`#dm-log li[data-dir=in][data-id="${awayId}"]:has(.text:text-is("are you there?"))`);
+    await alice.waitForSelector(`#dm-log li[data-id="${awayId}"][data-status=acked]`);
 
     await sendDm("alice", "bob", "welcome back");
     const got = await bob.waitForSelector('#dm-log li[data-dir=in][data-from=alice][data-acked=true]:has(.text:text-is("welcome back"))');
