@@ -1,6 +1,6 @@
 //! The parent's side of the workers ([`Fleet`]) and of separately started nodes ([`NodeProc`]).
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{path::Path, process::Stdio, sync::OnceLock, time::Duration};
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines},
@@ -13,6 +13,33 @@ use crate::{
 };
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// CPU lists (for `taskset -c`) that node and worker processes are pinned to, when asked
+/// (`--pin`): the node's own cost shows apart from the load generator's.
+#[derive(Debug, Clone)]
+pub(crate) struct Pin {
+    pub(crate) node: String,
+    pub(crate) workers: String,
+}
+
+/// Set once at start-up from the command line.
+pub(crate) static PIN: OnceLock<Option<Pin>> = OnceLock::new();
+
+/// `exe` with `args`, under `taskset -c cpus` when pinning.
+fn command(exe: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    }
+}
+
+fn pin() -> Option<&'static Pin> {
+    PIN.get().and_then(Option::as_ref)
+}
 
 struct Worker {
     child: Child,
@@ -53,7 +80,7 @@ impl Fleet {
             workers: Vec::new(),
         };
         for chunk in urls.chunks(per) {
-            let mut child = Command::new(&exe)
+            let mut child = command(&exe, pin().map(|p| p.workers.as_str()))
                 .arg("worker")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -148,7 +175,8 @@ pub(crate) struct NodeProc {
 
 impl NodeProc {
     pub(crate) async fn start(config: &Path) -> Res<NodeProc> {
-        let mut child = Command::new(std::env::current_exe()?)
+        let exe = std::env::current_exe()?;
+        let mut child = command(&exe, pin().map(|p| p.node.as_str()))
             .arg("serve")
             .arg("--config")
             .arg(config)

@@ -4,12 +4,14 @@
 //!
 //! Scenarios: `idle` (sockets held, memory and CPU per socket, connect rate), `p2p`
 //! (point-to-point messages/s and latency), `fanout` (one channel, frames/s, last-member
-//! latency), each on the memory broker or Redis. Nodes run as separate processes
+//! latency), each on the memory broker or Redis; `paced` (one channel at an everyday rate:
+//! last-member latency and node CPU per frame against the cost of one `write()`). Nodes run as separate processes
 //! (`impush-bench serve`) where their resources are measured, clients in worker processes
 //! (`impush-bench worker`) spread over several loopback source addresses.
 
 mod fleet;
 mod hist;
+mod paced;
 mod report;
 mod scenarios;
 mod sys;
@@ -38,6 +40,10 @@ struct Args {
     /// Redis for `--broker redis` (default: $IMPUSH_TEST_REDIS_URL).
     #[arg(long, global = true)]
     redis_url: Option<String>,
+    /// Pin node processes to the first CPU list and client workers to the second
+    /// (`taskset -c`), e.g. `--pin 0 --pin 1`.
+    #[arg(long, global = true, num_args = 1)]
+    pin: Vec<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -85,6 +91,17 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         gap_ms: u64,
     },
+    /// One channel at an everyday rate: last-member latency, node CPU per delivered frame.
+    Paced {
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        /// Channel messages per second.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// How long to send for.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// Every scenario at a tiny size: a smoke test that the tool works.
     Smoke,
     /// Internal: run a node (used by the scenarios).
@@ -123,6 +140,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let pin = match args.pin.as_slice() {
+        [] => None,
+        [node, workers] => Some(fleet::Pin {
+            node: node.clone(),
+            workers: workers.clone(),
+        }),
+        _ => return Err("--pin takes two CPU lists: the node's, then the workers'".into()),
+    };
+    let _ = fleet::PIN.set(pin);
     let o = Opts {
         workers: args.workers,
         source_ips: args.source_ips,
@@ -163,8 +189,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             )
             .await
         }
+        Cmd::Paced {
+            members,
+            rate,
+            seconds,
+        } => paced::paced(&o, members, rate, seconds).await,
         Cmd::Smoke => {
             let o = Opts { runs: 1, ..o };
+            paced::paced(&o, 20, 10.0, 1).await?;
             scenarios::idle(&o, 20, 8, 1).await?;
             scenarios::p2p(&o, "memory", 1, 10, 200, None, 8).await?;
             scenarios::p2p(&o, "memory", 1, 10, 100, Some(1000), 8).await?;

@@ -35,7 +35,7 @@ pub(crate) struct Opts {
     pub(crate) redis_url: Option<String>,
 }
 
-fn tmpdir(tag: &str) -> Res<PathBuf> {
+pub(crate) fn tmpdir(tag: &str) -> Res<PathBuf> {
     let d = std::env::temp_dir().join(format!(
         "impush-bench-{tag}-{}-{}",
         std::process::id(),

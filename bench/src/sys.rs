@@ -73,3 +73,12 @@ fn clock_ticks() -> f64 {
     // sysconf(_SC_CLK_TCK) is 100 on every Linux we run on; avoid a libc dependency for it.
     100.0
 }
+
+/// CPU time (user + system) the calling thread has used, in seconds.
+pub(crate) fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
