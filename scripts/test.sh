@@ -2,7 +2,8 @@
 # Runs the whole impush test suite, as CI does: formatting, lints, the memory-only build, every
 # Rust test (unit, conformance against memory and real brokers, end-to-end, multi-process
 # cluster and fault suites, CLI, doctests), the JavaScript client's tests against a real node,
-# the chat demo in a real Chromium, and the runnable examples.
+# the chat demo in a real Chromium, the runnable examples, schemathesis against the node's own
+# OpenAPI document, and each cargo-fuzz target for 60 s (IMPUSH_FUZZ_SECONDS).
 #
 #   ./scripts/test.sh
 #
@@ -41,12 +42,15 @@ scripts/brokers.sh up >/dev/null
 eval "$(scripts/brokers.sh env)"
 export IMPUSH_REQUIRE_BROKERS=1
 
-step "cargo test"
+step "cargo test (every member, the NATS custom broker example included)"
 cargo test --workspace
 
 step "build the binaries the JavaScript tests drive"
 cargo build -q -p impush-server --bin impush
 cargo build -q -p impush-examples --bin chat
+
+step "schemathesis: every check against the node's own OpenAPI document"
+IMPUSH_BIN="$root/target/debug/impush" scripts/schemathesis.sh
 
 step "clients/js: unit and integration tests against a real node"
 (cd clients/js && IMPUSH_BIN="$root/target/debug/impush" npm test)
@@ -59,4 +63,7 @@ scripts/brokers.sh install chromium >/dev/null
 step "examples"
 timeout 60 cargo run -q -p impush-examples --example embedded_chat >/dev/null
 echo "examples: embedded_chat ok" >&2
+
+step "fuzz: each cargo-fuzz target ${IMPUSH_FUZZ_SECONDS:-60}s"
+scripts/fuzz.sh "${IMPUSH_FUZZ_SECONDS:-60}"
 step "done"
