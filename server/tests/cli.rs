@@ -188,8 +188,13 @@ fn bad_config_is_one_line_naming_the_key() {
 
     let (code, stderr) = run_failing(&[], &[("IMPUSH_BROKER__KIND", "nats")]);
     assert_eq!(code, 2, "{stderr}");
+    // The list depends on the features this build has (rabbitmq and kafka are optional).
+    let known = stderr
+        .split_once("unknown broker kind `nats`; this build has: ")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("{stderr}"));
     assert!(
-        stderr.contains("unknown broker kind `nats`; this build has: memory, redis"),
+        known.contains("memory") && known.contains("redis"),
         "{stderr}"
     );
 
