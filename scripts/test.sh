@@ -43,7 +43,7 @@ eval "$(scripts/brokers.sh env)"
 export IMPUSH_REQUIRE_BROKERS=1
 
 step "cargo test (every member, the NATS custom broker example included)"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 step "build the binaries the JavaScript tests drive"
 cargo build -q -p impush-server --bin impush
