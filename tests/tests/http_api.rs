@@ -7,7 +7,7 @@ mod support;
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -519,7 +519,11 @@ async fn sse_streams_online_and_offline_in_order_with_keepalives() {
     eventually(|| async { h.connections(&id("alice")).await.unwrap() == 1 }).await;
     drop(a1);
     eventually(|| async { !h.is_online(&id("alice")).await.unwrap().value }).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(|| async {
+        let (events, comments) = parse_sse(&collected.lock().await);
+        events.len() >= 4 && comments >= 1
+    })
+    .await;
 
     let (events, comments) = {
         let text = collected.lock().await;
@@ -564,6 +568,8 @@ async fn sse_streams_online_and_offline_in_order_with_keepalives() {
 struct SwitchableBroker {
     inner: MemoryBroker,
     down: AtomicBool,
+    /// Every publish (its topic) and shutdown (`SHUTDOWN`), in order.
+    calls: Mutex<Vec<String>>,
 }
 
 impl SwitchableBroker {
@@ -581,6 +587,7 @@ impl SwitchableBroker {
 #[async_trait]
 impl Broker for SwitchableBroker {
     async fn publish(&self, topic: &str, payload: Bytes) -> CoreResult<()> {
+        self.calls.lock().unwrap().push(topic.to_owned());
         self.check()?;
         self.inner.publish(topic, payload).await
     }
@@ -592,8 +599,48 @@ impl Broker for SwitchableBroker {
         self.check()
     }
     async fn shutdown(&self) -> CoreResult<()> {
+        self.calls.lock().unwrap().push("SHUTDOWN".into());
         self.inner.shutdown().await
     }
+}
+
+/// A graceful shutdown publishes the offline events of the connections it closes, then
+/// flushes and closes the broker, once, after the last publish.
+#[tokio::test]
+async fn shutdown_publishes_offline_events_then_flushes_the_broker() {
+    let broker = Arc::new(SwitchableBroker::default());
+    let server = ImServer::start_with(
+        support::config(),
+        broker.clone(),
+        Arc::new(MemoryPresenceStore::new()),
+    )
+    .await
+    .unwrap();
+    let h = server.helper();
+    let _alice = Client::connect(&h, "alice", 1).await;
+    let events_before = broker
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| t.ends_with(".events"))
+        .count();
+    server.shutdown().await.unwrap();
+    let calls = broker.calls.lock().unwrap().clone();
+    let shutdowns: Vec<usize> = (0..calls.len())
+        .filter(|&i| calls[i] == "SHUTDOWN")
+        .collect();
+    assert_eq!(
+        shutdowns,
+        vec![calls.len() - 1],
+        "one flush, last: {calls:?}"
+    );
+    let events_after = calls.iter().filter(|t| t.ends_with(".events")).count();
+    assert_eq!(
+        events_after,
+        events_before + 1,
+        "alice's offline event is published before the flush: {calls:?}"
+    );
 }
 
 #[tokio::test]
