@@ -85,3 +85,51 @@ async fn trimmed_fanout_entries_are_reported_as_lag() {
     assert!(lagged >= 1);
     assert!(received < 3000, "got {received}, expected a gap");
 }
+
+/// `events_in_group` over Redis: two readers in one group share the online events, each
+/// exactly once, with no late duplicate (the group is a consumer group on the events stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_event_readers_gets_each_event_once_over_redis() {
+    use futures_util::StreamExt;
+    use std::time::Duration;
+    let Some(url) = impush_tests::env_or_skip("IMPUSH_TEST_REDIS_URL") else {
+        return;
+    };
+    let mut config = impush_server::Config::default();
+    config.node.listen = "127.0.0.1:0".parse().unwrap();
+    config.broker = impush_brokers::Section::new("redis")
+        .set("url", url)
+        .unwrap()
+        .set("prefix", impush_tests::unique_ns())
+        .unwrap();
+    let server = impush_server::ImServer::start(config).await.unwrap();
+    let h = server.helper();
+    let mut a = h.events_in_group("billing").await.unwrap();
+    let mut b = h.events_in_group("billing").await.unwrap();
+    let mut sockets = Vec::new();
+    for name in ["u1", "u2", "u3", "u4"] {
+        let client = impush_core::ClientId::new(name).unwrap();
+        let url = h
+            .prepare_connect(&client, serde_json::Value::Null)
+            .unwrap()
+            .url;
+        sockets.push(tokio_tungstenite::connect_async(url).await.unwrap().0);
+    }
+    let mut seen = Vec::new();
+    let mut merged = futures_util::stream::select(&mut a, &mut b);
+    while seen.len() < 4 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), merged.next())
+            .await
+            .expect("four group events in time")
+            .expect("group streams open")
+            .unwrap();
+        seen.push(ev.client().to_string());
+    }
+    if let Ok(extra) = tokio::time::timeout(Duration::from_secs(1), merged.next()).await {
+        panic!("a fifth group event: {extra:?} after {seen:?}");
+    }
+    seen.sort();
+    assert_eq!(seen, ["u1", "u2", "u3", "u4"]);
+    drop(sockets);
+    server.shutdown().await.unwrap();
+}

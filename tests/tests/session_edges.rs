@@ -188,3 +188,92 @@ async fn a_kick_reaches_a_client_whose_writes_are_stuck() {
     eventually(|| async { !h.is_online(&id("stuck")).await.unwrap().value }).await;
     server.shutdown().await.unwrap();
 }
+
+/// `limits.outbound_queue` alone (the byte bound far away): a client that stops reading is
+/// closed as a slow consumer once more frames than that wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_frame_count_alone_closes_a_slow_consumer() {
+    let server = start(|c| {
+        c.limits.outbound_queue = 8;
+        c.limits.outbound_queue_bytes = 1024 * 1024 * 1024;
+        // The dead-peer check must not be what closes it.
+        c.limits.ping_interval = Duration::from_secs(60);
+    })
+    .await;
+    let h = server.helper();
+    let url = h.prepare_connect(&id("slow"), Value::Null).unwrap().url;
+    let _ws = non_reading_client(&url).await;
+    eventually(|| async { h.is_online(&id("slow")).await.unwrap().value }).await;
+    let payload = "x".repeat(64 * 1024);
+    // 400 x 64 KiB = 25 MiB: far beyond what the kernel buffers, far below the byte bound.
+    for _ in 0..400 {
+        h.send_message(&id("srv"), &[id("slow")], &payload, false)
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+    }
+    eventually(|| async { !h.is_online(&id("slow")).await.unwrap().value }).await;
+    assert_eq!(server.metrics().slow_consumer_closes(), 1);
+    assert_eq!(server.metrics().dead_peer_closes(), 0);
+    server.shutdown().await.unwrap();
+}
+
+/// `limits.max_pending_acks`: a connection remembers only that many ackable messages; an ack
+/// for one it forgot produces no receipt (and is counted as ignored), the others do.
+#[tokio::test]
+async fn acks_beyond_max_pending_acks_are_ignored() {
+    let server = start(|c| c.limits.max_pending_acks = 2).await;
+    let h = server.helper();
+    let mut bob = Client::connect(&h, "bob", 1).await;
+    let mut alice = Client::connect(&h, "alice", 1).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = h
+            .send_message(&id("bob"), &[id("alice")], &i, true)
+            .await
+            .unwrap();
+        ids.push(r.id.as_str().to_owned());
+        assert_eq!(alice.next_json().await["id"], ids[i]);
+    }
+    for _ in 0..3 {
+        assert_eq!(bob.next_json().await["status"], "delivered");
+    }
+    for mid in &ids {
+        alice.send_json(json!({"type": "ack", "id": mid})).await;
+    }
+    // The first was forgotten when the third was delivered.
+    let mut acked = vec![bob.next_json().await, bob.next_json().await];
+    acked.sort_by_key(|r| r["id"].as_str().unwrap().to_owned());
+    let mut want = vec![ids[1].clone(), ids[2].clone()];
+    want.sort();
+    assert_eq!(
+        acked
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        want
+    );
+    assert!(acked.iter().all(|r| r["status"] == "acked"), "{acked:?}");
+    bob.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(server.metrics().ignored_frames(), 1);
+    server.shutdown().await.unwrap();
+}
+
+/// `limits.max_pending_tokens` through the server: beyond that many unexpired, unused tokens a
+/// connect is refused (`token_overloaded`) rather than forgetting one, which would allow a
+/// replay; tokens already used stay remembered until they expire.
+#[tokio::test]
+async fn connects_beyond_max_pending_tokens_are_refused() {
+    let server = start(|c| c.limits.max_pending_tokens = 2).await;
+    let h = server.helper();
+    let _a = Client::connect(&h, "a", 1).await;
+    let _b = Client::connect(&h, "b", 1).await;
+    let url = h.prepare_connect(&id("c"), Value::Null).unwrap().url;
+    let (status, body) = support::refused_status(&url).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_overloaded"))
+    );
+    assert!(!h.is_online(&id("c")).await.unwrap().value);
+    server.shutdown().await.unwrap();
+}
