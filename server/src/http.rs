@@ -152,7 +152,7 @@ async fn healthz() -> Response {
     Json(serde_json::json!({ "status": "ok" })).into_response()
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.shutdown.is_cancelled() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -384,3 +384,30 @@ impl ImServer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use axum::extract::State;
+
+    use super::*;
+
+    /// Once shutdown began, a request still in flight on an open connection (new ones are no
+    /// longer accepted) hears 503 `shutting_down` from `/readyz`, so a load balancer drains.
+    #[tokio::test]
+    async fn readyz_says_503_once_shutdown_began() {
+        let mut config = Config::default();
+        config.node.listen = "127.0.0.1:0".parse().unwrap();
+        let server = ImServer::start(config).await.unwrap();
+        let ready = http::readyz(State(server.app.clone())).await;
+        assert_eq!(ready.status(), 200);
+        server.app.shutdown.cancel();
+        let ready = http::readyz(State(server.app.clone())).await;
+        assert_eq!(ready.status(), 503);
+        let body = axum::body::to_bytes(ready.into_body(), 4096).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "shutting_down");
+        server.shutdown().await.unwrap();
+    }
+}
