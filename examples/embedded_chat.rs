@@ -9,7 +9,8 @@
 //! 3. push: a message with a receipt (alice acks it), a channel message, a broadcast;
 //! 4. watch online/offline events, then shut down gracefully.
 //!
-//! It prints every frame the clients receive and exits when done.
+//! It prints every frame the clients receive, checks each is what it should be, and exits
+//! with an error (never hangs: every wait has a timeout) when one is not; CI runs it.
 
 use std::time::Duration;
 
@@ -54,8 +55,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut alice_ws, _) = tokio_tungstenite::connect_async(alice_url.as_str()).await?;
     let (mut bob_ws, _) = tokio_tungstenite::connect_async(bob_url.as_str()).await?;
     for _ in 0..2 {
-        if let Some(Ok(Event::Online { client, first, .. })) = events.next().await {
-            println!("event: {client} online (first connection: {first})");
+        match next_event(&mut events).await? {
+            Event::Online { client, first, .. } => {
+                println!("event: {client} online (first connection: {first})");
+                check(first, "a first connection")?;
+            }
+            other => return Err(format!("expected an online event, got {other:?}").into()),
         }
     }
 
@@ -70,6 +75,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let frame = next_json(&mut alice_ws).await?;
     println!("alice got: {frame}");
+    check(
+        frame["data"] == json!({"text": "hi alice"}) && frame["id"] == sent.id.as_str(),
+        "alice gets bob's message",
+    )?;
     alice_ws
         .send(Message::Text(
             json!({"type": "ack", "id": sent.id.as_str()})
@@ -77,36 +86,62 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .into(),
         ))
         .await?;
-    println!("bob got:   {}", next_json(&mut bob_ws).await?); // delivered
-    println!("bob got:   {}", next_json(&mut bob_ws).await?); // acked
+    for status in ["delivered", "acked"] {
+        let receipt = next_json(&mut bob_ws).await?;
+        println!("bob got:   {receipt}");
+        check(
+            receipt["type"] == "receipt" && receipt["status"] == status,
+            &format!("a `{status}` receipt for bob"),
+        )?;
+    }
 
     // A channel with both of them.
     let lobby: ChannelName = "lobby".parse()?;
     helper
         .join_channel(&lobby, &[alice.clone(), bob.clone()])
         .await?;
-    println!(
-        "lobby members: {:?}, online: {}",
-        helper.channel_members(&lobby).await?,
-        helper.channel_online(&lobby).await?.value
-    );
+    let members = helper.channel_members(&lobby).await?;
+    let online = helper.channel_online(&lobby).await?.value;
+    println!("lobby members: {members:?}, online: {online}");
+    check(
+        members.len() == 2 && online == 2,
+        "two members in the lobby",
+    )?;
     helper
         .send_channel_message(&alice, &lobby, &json!({"text": "hello lobby"}))
         .await?;
-    println!("alice got: {}", next_json(&mut alice_ws).await?);
-    println!("bob got:   {}", next_json(&mut bob_ws).await?);
+    for (who, ws) in [("alice", &mut alice_ws), ("bob", &mut bob_ws)] {
+        let frame = next_json(ws).await?;
+        println!("{who} got: {frame}");
+        check(
+            frame["type"] == "channel" && frame["channel"] == "lobby",
+            "the lobby message",
+        )?;
+    }
 
     // Everyone.
     helper
         .broadcast(&json!({"notice": "maintenance at 02:00"}))
         .await?;
-    println!("alice got: {}", next_json(&mut alice_ws).await?);
-    println!("bob got:   {}", next_json(&mut bob_ws).await?);
+    for (who, ws) in [("alice", &mut alice_ws), ("bob", &mut bob_ws)] {
+        let frame = next_json(ws).await?;
+        println!("{who} got: {frame}");
+        check(frame["type"] == "broadcast", "the broadcast")?;
+    }
 
-    println!("online: {:?}", helper.online_clients().await?);
+    let online = helper.online_clients().await?;
+    println!("online: {online:?}");
+    check(online.len() == 2, "two clients online")?;
     alice_ws.close(None).await?;
-    if let Some(Ok(Event::Offline { client, last, .. })) = events.next().await {
-        println!("event: {client} offline (last connection: {last})");
+    match next_event(&mut events).await? {
+        Event::Offline { client, last, .. } => {
+            println!("event: {client} offline (last connection: {last})");
+            check(
+                client == alice && last,
+                "alice's last connection went offline",
+            )?;
+        }
+        other => return Err(format!("expected an offline event, got {other:?}").into()),
     }
 
     server.shutdown().await?;
@@ -115,6 +150,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 type BoxError = Box<dyn std::error::Error>;
+
+/// Fails the example (exit code 1) when what it just printed is not what it should be.
+fn check(ok: bool, what: &str) -> Result<(), BoxError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("expected {what}").into())
+    }
+}
+
+async fn next_event(events: &mut impush_helper::EventStream) -> Result<Event, BoxError> {
+    match tokio::time::timeout(Duration::from_secs(5), events.next()).await {
+        Ok(Some(Ok(ev))) => Ok(ev),
+        Ok(Some(Err(e))) => Err(e.into()),
+        Ok(None) => Err("the event stream ended".into()),
+        Err(_) => Err("no event within 5 s".into()),
+    }
+}
 
 async fn next_json(ws: &mut Ws) -> Result<Value, BoxError> {
     let frame = tokio::time::timeout(Duration::from_secs(5), async {
