@@ -1,7 +1,13 @@
 //! The socket loop of one connection ([`drive`]), its close handshake ([`close_socket`]),
 //! writing queued frames and reading the client's.
 
-use std::{collections::VecDeque, time::Duration};
+use std::{
+    collections::VecDeque,
+    future::Future,
+    pin::{pin, Pin},
+    task::Poll,
+    time::Duration,
+};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -55,17 +61,31 @@ pub(crate) async fn drive(
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    // Armed once and kept across iterations: re-registering with the token and the Notify for
+    // every frame is measurable at everyday rates, where each frame wakes the task alone.
+    let mut cancelled = pin!(handle.cancel.cancelled());
+    let mut ready = pin!(handle.ready.notified());
     let end = loop {
         tokio::select! {
             biased;
-            () = handle.cancel.cancelled() => break End::Close(handle.close_code()),
-            () = handle.ready.notified() => {
+            () = &mut cancelled => break End::Close(handle.close_code()),
+            () = &mut ready => {
+                ready.set(handle.ready.notified());
                 let batch = handle.take();
-                let write = write_batch(&mut socket, batch, &mut pending, handle, ctx.reports);
+                let mut write =
+                    pin!(write_batch(&mut socket, batch, &mut pending, handle, ctx.reports));
+                // Most writes complete at once (the socket buffer has room): then no timer is
+                // armed for the dead-peer check below.
+                if let Poll::Ready(res) = poll_once(write.as_mut()).await {
+                    if res.is_err() {
+                        break End::Gone;
+                    }
+                    continue;
+                }
                 tokio::select! {
                     biased;
                     // A slow consumer is cancelled while its write is stuck; stop waiting.
-                    () = handle.cancel.cancelled() => break End::Close(handle.close_code()),
+                    () = &mut cancelled => break End::Close(handle.close_code()),
                     res = write => if res.is_err() { break End::Gone },
                     // A peer that stopped reading also stops answering pings: it is dead even
                     // though the write never fails (the kernel keeps the socket open).
@@ -134,6 +154,12 @@ pub(crate) async fn drive(
         End::Gone => None,
     };
     (end, socket)
+}
+
+/// Polls `fut` once: its output if it completed without waiting, `Pending` otherwise (it can
+/// be polled again later).
+async fn poll_once<F: Future>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
 }
 
 /// Sends the close frame `code` and waits for the client's close reply (reading and dropping

@@ -77,6 +77,8 @@ impl Outgoing {
 struct Outbox {
     frames: VecDeque<Outgoing>,
     bytes: usize,
+    /// Set once the connection is gone and its queue discarded: nothing is queued after.
+    closed: bool,
 }
 
 /// The node's side of a connection.
@@ -149,7 +151,10 @@ impl SessionHandle {
     /// delivered.
     pub(crate) fn push(&self, out: Outgoing) -> bool {
         let len = out.frame.len();
-        if self.cancel.is_cancelled() {
+        // Not `cancel.is_cancelled()`: that takes the token's own lock, a cache miss per socket
+        // in a large fan-out. A connection closed for its own reason says so here; one ended
+        // by node shutdown is refused under the queue's lock once its queue was discarded.
+        if self.close_code.load(Ordering::Acquire) != 0 {
             return false;
         }
         {
@@ -157,6 +162,9 @@ impl SessionHandle {
             let Ok(mut q) = self.outbox.lock() else {
                 return false;
             };
+            if q.closed {
+                return false;
+            }
             if q.frames.len() >= self.max_frames || q.bytes + len > self.max_bytes {
                 drop(q);
                 self.close_slow();
@@ -173,14 +181,28 @@ impl SessionHandle {
     fn take(&self) -> VecDeque<Outgoing> {
         self.outbox
             .lock()
-            .map(|mut q| std::mem::take(&mut *q).frames)
+            .map(|mut q| {
+                q.bytes = 0;
+                std::mem::take(&mut q.frames)
+            })
             .unwrap_or_default()
     }
 
-    /// Drops whatever is still queued (the connection is gone): their tokens settle as not
-    /// delivered now instead of whenever the last reference to the handle goes.
+    /// Drops whatever is still queued and refuses anything pushed later (the connection is
+    /// gone): their tokens settle as not delivered now instead of whenever the last reference
+    /// to the handle goes.
     pub(crate) fn discard_queued(&self) {
-        drop(self.take());
+        let frames = self
+            .outbox
+            .lock()
+            .map(|mut q| {
+                q.closed = true;
+                q.bytes = 0;
+                std::mem::take(&mut q.frames)
+            })
+            .unwrap_or_default();
+        // Dropped outside the lock: settling a token can send a report.
+        drop(frames);
     }
 
     fn close_slow(&self) {
@@ -226,5 +248,52 @@ impl SessionHandle {
         if self.push(Outgoing::plain(PONG)) {
             self.metrics.out(OutKind::Pong, 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(cancel: CancellationToken) -> SessionHandle {
+        SessionHandle::new(
+            ClientId::new("alice").expect("valid id"),
+            ConnectionId::new("n1-1").expect("valid id"),
+            serde_json::Value::Null,
+            &LimitsConfig::default(),
+            cancel,
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn frame() -> Outgoing {
+        Outgoing::plain(Utf8Bytes::from_static("{}"))
+    }
+
+    #[test]
+    fn nothing_is_queued_once_the_queue_was_discarded() {
+        // Node shutdown cancels the parent token: no close code is set, so the discard is what
+        // must refuse later pushes, or frames would wait in a dead connection's queue.
+        let parent = CancellationToken::new();
+        let h = handle(parent.child_token());
+        assert!(h.push(frame()));
+        parent.cancel();
+        h.discard_queued();
+        assert!(h.take().is_empty(), "discard left frames queued");
+        assert!(!h.push(frame()), "a discarded queue took a frame");
+        assert!(h.take().is_empty());
+    }
+
+    #[test]
+    fn a_closed_connection_refuses_frames_at_once() {
+        let h = handle(CancellationToken::new());
+        assert!(h.push(frame()));
+        h.kick();
+        assert!(!h.push(frame()), "a kicked connection took a frame");
+        assert_eq!(
+            h.take().len(),
+            1,
+            "only the frame pushed before the kick is queued"
+        );
     }
 }
