@@ -2,7 +2,7 @@
 # Runs the standard benchmark set (DESIGN.md section 12 targets) and writes the results to
 # bench/results/ (JSON + SVG per scenario). Each scenario runs 3 times; summaries are medians.
 #
-#   bench/run-all.sh            # ~5 minutes on 2 cores, after a release build
+#   bench/run-all.sh            # ~15 minutes on 2 cores, after a release build
 #
 # Starts Redis itself (scripts/brokers.sh up) for the Redis scenarios.
 set -euo pipefail
@@ -26,3 +26,8 @@ $B "${common[@]}" fanout --broker memory --members 10000 --messages 50
 $B "${common[@]}" p2p --broker redis --nodes 2 --messages 200000 --in-flight 256
 $B "${common[@]}" p2p --broker redis --nodes 2 --messages 100000 --rate 20000 --in-flight 256
 $B "${common[@]}" fanout --broker redis --nodes 2 --members 10000 --messages 50
+# 5. everyday rates: one channel, paced; the node on core 0 and the clients on core 1, then
+#    sharing both cores
+$B "${common[@]}" paced --members 10000 --rate 5 --seconds 20 --pin 0 --pin 1
+$B "${common[@]}" paced --members 10000 --rate 5 --seconds 20
+$B "${common[@]}" paced --members 1000 --rate 20 --seconds 20 --pin 0 --pin 1
