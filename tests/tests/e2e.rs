@@ -538,8 +538,11 @@ async fn silent_peer_is_dropped_and_live_peer_kept() {
     // The silent one never polls its socket, so it never answers a ping.
     let _silent = Client::connect(&h, "silent", 1).await;
     eventually(|| async { !h.is_online(&id("silent")).await.unwrap().value }).await;
-    reader.await.unwrap();
+    // Keep the live client until the check: dropping it closes its socket, and the check
+    // would race that close.
+    let live = reader.await.unwrap();
     assert!(h.is_online(&id("live")).await.unwrap().value);
+    drop(live);
     server.shutdown().await.unwrap();
 }
 
