@@ -293,3 +293,92 @@ async fn a_silent_node_is_named_not_waited_for() {
     let cause = std::error::Error::source(&err).unwrap().to_string();
     assert!(cause.contains("n2"), "{cause}");
 }
+
+/// A broker whose first two publishes after `armed` is set each wait until the other one has
+/// started: it proves two publishes are under way at once.
+#[derive(Debug)]
+struct PairedPublishes {
+    inner: Arc<dyn Broker>,
+    armed: std::sync::atomic::AtomicBool,
+    seen: std::sync::atomic::AtomicUsize,
+    pair: tokio::sync::Barrier,
+}
+
+#[async_trait]
+impl Broker for PairedPublishes {
+    async fn publish(&self, topic: &str, payload: bytes::Bytes) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.armed.load(SeqCst) && self.seen.fetch_add(1, SeqCst) < 2 {
+            self.pair.wait().await;
+        }
+        self.inner.publish(topic, payload).await
+    }
+    async fn subscribe(
+        &self,
+        topic: &str,
+        mode: impush_core::SubscribeMode,
+    ) -> Result<impush_core::Subscription> {
+        self.inner.subscribe(topic, mode).await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
+    async fn shutdown(&self) -> Result<()> {
+        self.inner.shutdown().await
+    }
+}
+
+/// A node does not wait for one reply to reach the broker before it reads the next request:
+/// every new connection asks its owner for its channels, and one broker round trip per answer
+/// capped a node at a few hundred connections a second over Kafka. Here the node's first
+/// reply cannot be published until its second one is under way; answered one at a time, both
+/// queries would miss the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answers_the_next_request_while_a_reply_is_in_flight() {
+    let shared: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
+    let n1: NodeId = "n1".parse().unwrap();
+    let cluster = Cluster::new(
+        vec![NodeEntry {
+            id: n1.clone(),
+            url: "ws://127.0.0.1:1".into(),
+        }],
+        PartitionerKind::default(),
+    )
+    .unwrap();
+    let paired = Arc::new(PairedPublishes {
+        inner: shared.clone(),
+        armed: false.into(),
+        seen: 0.into(),
+        pair: tokio::sync::Barrier::new(2),
+    });
+    let node = ClusterPresence::start(
+        paired.clone(),
+        "pr",
+        Some(n1.clone()),
+        cluster.clone(),
+        LEASE,
+        &cfg(),
+    )
+    .await
+    .unwrap();
+    // A node that heartbeated publishes its state, so the helper starts synced.
+    node.heartbeat(&n1, LEASE).await.unwrap();
+    let helper = ClusterPresence::start(shared, "pr", None, cluster, LEASE, &cfg())
+        .await
+        .unwrap();
+    let room: ChannelName = "room".parse().unwrap();
+    let (a, b): (ClientId, ClientId) = ("a".parse().unwrap(), "b".parse().unwrap());
+    helper.join_channel(&room, std::slice::from_ref(&a)).await.unwrap();
+    paired
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (of_a, of_b) = tokio::join!(helper.client_channels(&a), helper.client_channels(&b));
+    let (of_a, of_b) = (of_a.unwrap(), of_b.unwrap());
+    assert!(
+        of_a.missing.is_empty() && of_b.missing.is_empty(),
+        "{of_a:?} {of_b:?}"
+    );
+    assert_eq!(of_a.value, vec![room]);
+    assert!(of_b.value.is_empty());
+    drop(node);
+}

@@ -16,7 +16,10 @@ use impush_core::{
     envelope, AddedConnection, Answer, Broker, ChannelInfo, ChannelName, ClientId, Cluster,
     ConnectionId, DroppedConnection, Error, NodeId, NodeSync, PresenceStore, Result, SubscribeMode,
 };
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    sync::{Notify, Semaphore},
+    time::Instant,
+};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{
@@ -29,6 +32,11 @@ use crate::{
 const BACKEND: &str = "cluster presence";
 /// Barriers remembered (a reader waits for one it expects; older ones are forgotten).
 const BARRIERS: usize = 1024;
+/// Replies being published at once. The reader hands replies off instead of awaiting each
+/// publish: one round trip to the broker per request would cap a node at a few hundred
+/// answers a second (every new connection asks its owner for its channels). Past this many
+/// the reader waits, so a flood of requests cannot grow memory.
+const REPLIES_IN_FLIGHT: usize = 256;
 
 /// Presence kept by the nodes themselves and exchanged over the broker.
 ///
@@ -55,6 +63,7 @@ struct Inner {
     pending: Pending,
     barriers: Mutex<VecDeque<(String, u64)>>,
     barrier_seen: Notify,
+    replies: Arc<Semaphore>,
 }
 
 #[derive(Debug)]
@@ -124,6 +133,7 @@ impl ClusterPresence {
             pending: Pending::default(),
             barriers: Mutex::new(VecDeque::new()),
             barrier_seen: Notify::new(),
+            replies: Arc::new(Semaphore::new(REPLIES_IN_FLIGHT)),
         });
         let stop = CancellationToken::new();
         tokio::spawn(inner.clone().run(sub, stop.clone()));
@@ -229,6 +239,38 @@ impl Inner {
     async fn publish(&self, msg: &Wire) -> Result<()> {
         let payload = envelope::encode("presence message", msg)?;
         self.broker.publish(&self.topic, payload).await
+    }
+
+    /// Publishes a reply without waiting for the broker to take it (bounded by
+    /// [`REPLIES_IN_FLIGHT`]). Replies need no order: each answers its own request id.
+    async fn send_reply(&self, msg: &Wire) {
+        let payload = match envelope::encode("presence message", msg) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "cannot encode a presence reply"
+                );
+                return;
+            }
+        };
+        // The semaphore is never closed, so this only waits for a free slot.
+        let Ok(permit) = self.replies.clone().acquire_owned().await else {
+            return;
+        };
+        let broker = self.broker.clone();
+        let topic = self.topic.clone();
+        tokio::spawn(async move {
+            match broker.publish(&topic, payload).await {
+                // The node is shutting down: nobody needs the answer.
+                Ok(()) | Err(Error::Closed(_)) => {}
+                Err(e) => tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "cannot send a presence reply"
+                ),
+            }
+            drop(permit);
+        });
     }
 
     async fn ask_all_state(&self) {
@@ -477,14 +519,7 @@ impl Inner {
                     node: me.clone(),
                     reply,
                 };
-                match self.publish(&msg).await {
-                    // The node is shutting down: nobody needs the answer.
-                    Ok(()) | Err(Error::Closed(_)) => {}
-                    Err(e) => tracing::warn!(
-                        error = &e as &dyn std::error::Error,
-                        "cannot send a presence reply"
-                    ),
-                }
+                self.send_reply(&msg).await;
             }
             Wire::Reply {
                 rid,
