@@ -40,6 +40,12 @@ struct Args {
     /// Redis for `--broker redis` (default: $IMPUSH_TEST_REDIS_URL).
     #[arg(long, global = true)]
     redis_url: Option<String>,
+    /// RabbitMQ for `--broker rabbitmq` (default: $IMPUSH_TEST_RABBITMQ_URL).
+    #[arg(long, global = true)]
+    rabbitmq_url: Option<String>,
+    /// Kafka bootstrap servers for `--broker kafka` (default: $IMPUSH_TEST_KAFKA_URL).
+    #[arg(long, global = true)]
+    kafka_url: Option<String>,
     /// Pin node processes to the first CPU list and client workers to the second
     /// (`taskset -c`), e.g. `--pin 0 --pin 1`.
     #[arg(long, global = true, num_args = 1)]
@@ -62,6 +68,8 @@ enum Cmd {
     },
     /// Point-to-point messages through ImHelper.
     P2p {
+        /// memory (one in-process node), redis, rabbitmq or kafka (node processes; the last
+        /// two with `[presence] kind = "cluster"`).
         #[arg(long, default_value = "memory")]
         broker: String,
         #[arg(long, default_value_t = 1)]
@@ -79,6 +87,8 @@ enum Cmd {
     },
     /// One channel with many local members.
     Fanout {
+        /// memory (one in-process node), redis, rabbitmq or kafka (node processes; the last
+        /// two with `[presence] kind = "cluster"`).
         #[arg(long, default_value = "memory")]
         broker: String,
         #[arg(long, default_value_t = 1)]
@@ -157,6 +167,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         redis_url: args
             .redis_url
             .or_else(|| std::env::var("IMPUSH_TEST_REDIS_URL").ok()),
+        rabbitmq_url: args
+            .rabbitmq_url
+            .or_else(|| std::env::var("IMPUSH_TEST_RABBITMQ_URL").ok()),
+        kafka_url: args
+            .kafka_url
+            .or_else(|| std::env::var("IMPUSH_TEST_KAFKA_URL").ok()),
     };
     match args.cmd {
         Cmd::Idle {
@@ -201,9 +217,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             scenarios::p2p(&o, "memory", 1, 10, 200, None, 8).await?;
             scenarios::p2p(&o, "memory", 1, 10, 100, Some(1000), 8).await?;
             scenarios::fanout(&o, "memory", 1, 20, 5, Duration::ZERO).await?;
-            if o.redis_url.is_some() {
-                scenarios::p2p(&o, "redis", 2, 10, 200, None, 8).await?;
-                scenarios::fanout(&o, "redis", 2, 20, 5, Duration::ZERO).await?;
+            let clusters = [
+                ("redis", &o.redis_url),
+                ("rabbitmq", &o.rabbitmq_url),
+                ("kafka", &o.kafka_url),
+            ];
+            for (broker, url) in clusters {
+                if url.is_some() {
+                    scenarios::p2p(&o, broker, 2, 10, 200, None, 8).await?;
+                    scenarios::fanout(&o, broker, 2, 20, 5, Duration::ZERO).await?;
+                }
             }
             Ok(())
         }

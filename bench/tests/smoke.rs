@@ -20,14 +20,24 @@ fn every_scenario_runs_tiny_and_writes_reports() {
         "p2p-memory-1n-1000rps",
         "fanout-memory-1n-20",
     ];
-    if std::env::var_os("IMPUSH_TEST_REDIS_URL").is_some() {
-        expected.extend(["p2p-redis-2n", "fanout-redis-2n-20"]);
-    } else {
-        assert!(
-            std::env::var_os("IMPUSH_REQUIRE_BROKERS").is_none(),
-            "IMPUSH_TEST_REDIS_URL must be set"
-        );
+    let clusters = [
+        ("IMPUSH_TEST_REDIS_URL", "redis"),
+        ("IMPUSH_TEST_RABBITMQ_URL", "rabbitmq"),
+        ("IMPUSH_TEST_KAFKA_URL", "kafka"),
+    ];
+    let mut names = Vec::new();
+    for (var, broker) in clusters {
+        if std::env::var_os(var).is_some() {
+            names.push(format!("p2p-{broker}-2n"));
+            names.push(format!("fanout-{broker}-2n-20"));
+        } else {
+            assert!(
+                std::env::var_os("IMPUSH_REQUIRE_BROKERS").is_none(),
+                "{var} must be set"
+            );
+        }
     }
+    expected.extend(names.iter().map(String::as_str));
     for name in expected {
         let text = std::fs::read_to_string(out.join(format!("{name}.json")))
             .unwrap_or_else(|e| panic!("{name}.json: {e}"));
