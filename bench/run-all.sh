@@ -2,9 +2,9 @@
 # Runs the standard benchmark set (DESIGN.md section 12 targets) and writes the results to
 # bench/results/ (JSON + SVG per scenario). Each scenario runs 3 times; summaries are medians.
 #
-#   bench/run-all.sh            # ~15 minutes on 2 cores, after a release build
+#   bench/run-all.sh            # ~20 minutes on 2 cores, after a release build
 #
-# Starts Redis itself (scripts/brokers.sh up) for the Redis scenarios.
+# Starts its brokers itself (scripts/brokers.sh up) for the Redis, RabbitMQ and Kafka scenarios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p impush-bench
@@ -26,7 +26,13 @@ $B "${common[@]}" fanout --broker memory --members 10000 --messages 50
 $B "${common[@]}" p2p --broker redis --nodes 2 --messages 200000 --in-flight 256
 $B "${common[@]}" p2p --broker redis --nodes 2 --messages 100000 --rate 20000 --in-flight 256
 $B "${common[@]}" fanout --broker redis --nodes 2 --members 10000 --messages 50
-# 5. everyday rates: one channel, paced; the node on core 0 and the clients on core 1, then
+# 5. the same over RabbitMQ and over Kafka, 2 nodes with cluster presence (no Redis)
+for b in rabbitmq kafka; do
+  $B "${common[@]}" p2p --broker "$b" --nodes 2 --messages 200000 --in-flight 256
+  $B "${common[@]}" p2p --broker "$b" --nodes 2 --messages 100000 --rate 20000 --in-flight 256
+  $B "${common[@]}" fanout --broker "$b" --nodes 2 --members 10000 --messages 50
+done
+# 6. everyday rates: one channel, paced; the node on core 0 and the clients on core 1, then
 #    sharing both cores
 $B "${common[@]}" paced --members 10000 --rate 5 --seconds 20 --pin 0 --pin 1
 $B "${common[@]}" paced --members 10000 --rate 5 --seconds 20
