@@ -161,6 +161,30 @@ impl Config {
             if o.max_bytes == 0 {
                 return bad("offline.max_bytes", "must be greater than zero");
             }
+            // A connecting client is handed its whole inbox at once: an inbox its outbound
+            // queue cannot hold would close it with 4008 on every connect, and it would never
+            // drain. Half the queue's bytes leaves room for frame envelopes and live messages.
+            if o.max_per_client >= self.limits.outbound_queue {
+                return bad(
+                    "offline.max_per_client",
+                    &format!(
+                        "must be below limits.outbound_queue ({}): a connecting client gets its \
+                         whole inbox at once; raise limits.outbound_queue to store more",
+                        self.limits.outbound_queue
+                    ),
+                );
+            }
+            if o.max_bytes > self.limits.outbound_queue_bytes / 2 {
+                return bad(
+                    "offline.max_bytes",
+                    &format!(
+                        "must be at most half of limits.outbound_queue_bytes ({}): a connecting \
+                         client gets its whole inbox at once; raise limits.outbound_queue_bytes \
+                         to store more",
+                        self.limits.outbound_queue_bytes
+                    ),
+                );
+            }
         }
         Ok(())
     }

@@ -175,6 +175,15 @@ fn bad_config_is_one_line_naming_the_key() {
             "[offline]\nenabled = true\nkind = \"tape\"\n",
             "offline.kind",
         ),
+        // Inboxes a connecting client's outbound queue could not take at once.
+        (
+            "[offline]\nenabled = true\nmax_per_client = 1024\n",
+            "offline.max_per_client",
+        ),
+        (
+            "[limits]\noutbound_queue_bytes = 1000000\n[offline]\nenabled = true\n",
+            "offline.max_bytes",
+        ),
         ("[limits]\ninbound_rate = 0\n", "limits.inbound_rate"),
         ("this is not toml", "impush.toml"),
     ];

@@ -208,6 +208,32 @@ async fn bounds_keep_the_newest_and_count_the_rest() {
     server.shutdown().await.unwrap();
 }
 
+/// The largest inbox a node accepts (one below the outbound queue: a bigger bound is refused
+/// at start-up) drains whole on connect, in order, without closing the client as slow.
+#[tokio::test]
+async fn a_full_inbox_drains_in_one_connect() {
+    let server = with_inbox(|c| {
+        c.limits.outbound_queue = 64;
+        c.offline.max_per_client = 63;
+    })
+    .await;
+    let h = server.helper();
+    for i in 0..63 {
+        h.send_message(&id("sys"), &[id("alice")], &json!(i), false)
+            .await
+            .unwrap();
+    }
+    eventually(|| async { server.app_inbox_count("alice").await == 63 }).await;
+    let mut a = Client::connect_with(&h, "alice", Value::Null).await;
+    let got = frames(&mut a, 63).await;
+    assert_eq!(
+        got.iter().map(|f| f["data"].clone()).collect::<Vec<_>>(),
+        (0..63).map(|i| json!(i)).collect::<Vec<_>>()
+    );
+    a.expect_silence(Duration::from_millis(300)).await;
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn expired_messages_are_not_pushed() {
     let server = with_inbox(|c| c.offline.ttl = Duration::from_millis(1500)).await;

@@ -147,8 +147,15 @@ impl Cluster {
             } else {
                 String::new()
             };
+            // A returning client gets its whole inbox at once: the queue must hold it (the
+            // node refuses an inbox bound its outbound queue cannot take).
+            let queue = if spec.offline {
+                "outbound_queue = 20000\noutbound_queue_bytes = 67108864\n"
+            } else {
+                ""
+            };
             let toml = format!(
-                "[node]\nid = \"{node}\"\nlisten = \"{a}\"\n{common}\n[limits]\nshutdown_grace = \"3s\"\n{offline}"
+                "[node]\nid = \"{node}\"\nlisten = \"{a}\"\n{common}\n[limits]\nshutdown_grace = \"3s\"\n{queue}{offline}"
             );
             std::fs::write(cluster.config(i), toml).unwrap();
         }
