@@ -1422,6 +1422,33 @@ fn ids(msgs: &[StoredMessage]) -> Vec<String> {
     msgs.iter().map(|m| m.id.to_string()).collect()
 }
 
+/// Messages [`offline_large_inbox_is_fetched_whole`] stores: more than a Redis script can
+/// `unpack()` at once (about 8,000).
+pub const LARGE_INBOX: u32 = 9_000;
+
+/// The bounds a store under [`offline_large_inbox_is_fetched_whole`] must be built with.
+pub const LARGE_INBOX_LIMITS: InboxLimits = InboxLimits {
+    ttl: Duration::from_secs(120),
+    max_per_client: LARGE_INBOX as usize,
+    max_bytes: 16 << 20,
+};
+
+/// An inbox of thousands comes back whole and in order from one fetch (a client returning to
+/// a full inbox gets it all). Not in [`offline_conformance!`]: it needs a store built with
+/// [`LARGE_INBOX_LIMITS`].
+pub async fn offline_large_inbox_is_fetched_whole(s: &dyn OfflineStore, ns: &str) {
+    let alice = client(ns, "alice");
+    for n in 0..LARGE_INBOX {
+        let r = call("store", s.store(&alice, stored(ns, n, 0, 60))).await;
+        assert!(r.kept && r.evicted == 0, "message {n}: {r:?}");
+    }
+    let all = call("fetch", s.fetch(&alice, LARGE_INBOX as usize)).await;
+    assert_eq!(all.len(), LARGE_INBOX as usize);
+    let expected: Vec<String> = (0..LARGE_INBOX).map(|n| format!("{ns}-m{n:04}")).collect();
+    let got: Vec<String> = all.iter().map(|m| m.id.as_str().to_owned()).collect();
+    assert!(got == expected, "the inbox came back out of order");
+}
+
 /// Messages come back oldest first (by send time), whatever order they were stored in, each
 /// field intact; `limit` caps a fetch; stats count them.
 pub async fn offline_returns_oldest_first(s: &dyn OfflineStore, ns: &str) {

@@ -68,3 +68,17 @@ async fn a_bad_path_names_the_file() {
     );
     assert!(chain.contains("/nonexistent-dir/x/offline.redb"), "{chain}");
 }
+
+#[tokio::test]
+async fn a_large_inbox_is_fetched_whole() {
+    let dir = std::env::temp_dir().join(format!("impush-disk-{}", impush_tests::unique_ns()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cfg = DiskOfflineConfig {
+        path: dir.join("offline.redb"),
+    };
+    let store = DiskOfflineStore::open(&cfg, impush_tests::LARGE_INBOX_LIMITS)
+        .await
+        .expect("open the file");
+    impush_tests::offline_large_inbox_is_fetched_whole(&store, &impush_tests::unique_ns()).await;
+    std::fs::remove_dir_all(&dir).ok();
+}

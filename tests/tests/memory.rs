@@ -27,3 +27,9 @@ async fn offline() -> Option<Arc<dyn OfflineStore>> {
 impush_tests::broker_conformance!(broker);
 impush_tests::offline_conformance!(offline);
 impush_tests::presence_conformance!(presence);
+
+#[tokio::test]
+async fn a_large_inbox_is_fetched_whole() {
+    let store = MemoryOfflineStore::new(impush_tests::LARGE_INBOX_LIMITS);
+    impush_tests::offline_large_inbox_is_fetched_whole(&store, &impush_tests::unique_ns()).await;
+}

@@ -52,6 +52,17 @@ impush_tests::broker_conformance!(broker);
 impush_tests::offline_conformance!(offline);
 impush_tests::presence_conformance!(presence);
 
+/// A returning client's inbox of thousands is fetched whole: the script reads it in slices.
+#[tokio::test]
+async fn a_large_inbox_is_fetched_whole() {
+    let Some(cfg) = config() else { return };
+    let ns = impush_tests::unique_ns();
+    let store = RedisOfflineStore::connect(&cfg, &ns, impush_tests::LARGE_INBOX_LIMITS)
+        .await
+        .expect("connect to redis");
+    impush_tests::offline_large_inbox_is_fetched_whole(&store, &ns).await;
+}
+
 /// A fanout reader that falls so far behind that Redis trims entries it has not read hears of
 /// it (`Lagged`) instead of skipping them silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,8 +55,14 @@ elseif op == 'fetch' then
   expire(ARGV[4])
   local ids = redis.call('ZRANGE', zs, 0, tonumber(ARGV[5]) - 1)
   tidy()
-  if #ids == 0 then return {} end
-  return redis.call('HMGET', ms, unpack(ids))
+  -- In slices: unpack() of a few thousand values overflows Lua's stack.
+  local out = {}
+  for i = 1, #ids, 1000 do
+    local slice = {}
+    for j = i, math.min(i + 999, #ids) do slice[#slice + 1] = ids[j] end
+    for _, m in ipairs(redis.call('HMGET', ms, unpack(slice))) do out[#out + 1] = m end
+  end
+  return out
 
 elseif op == 'remove' then
   for i = 4, #ARGV do
