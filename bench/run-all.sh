@@ -32,7 +32,11 @@ for b in rabbitmq kafka; do
   $B "${common[@]}" p2p --broker "$b" --nodes 2 --messages 100000 --rate 20000 --in-flight 256
   $B "${common[@]}" fanout --broker "$b" --nodes 2 --members 10000 --messages 50
 done
-# 6. everyday rates: one channel, paced; the node on core 0 and the clients on core 1, then
+# 6. the offline inbox: storing and draining 50,000 messages, per store
+for s in memory redis disk; do
+  $B "${common[@]}" inbox --store "$s" --messages 50000
+done
+# 7. everyday rates: one channel, paced; the node on core 0 and the clients on core 1, then
 #    sharing both cores
 $B "${common[@]}" paced --members 10000 --rate 5 --seconds 20 --pin 0 --pin 1
 $B "${common[@]}" paced --members 10000 --rate 5 --seconds 20

@@ -11,6 +11,7 @@
 
 mod fleet;
 mod hist;
+mod inbox;
 mod paced;
 mod report;
 mod scenarios;
@@ -82,6 +83,18 @@ enum Cmd {
         #[arg(long)]
         rate: Option<u64>,
         /// Sends in flight at once.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+    },
+    /// The offline inbox: store `messages` for a client that is away, then drain them when it
+    /// connects (one node on the memory broker, one store).
+    Inbox {
+        /// memory, redis or disk.
+        #[arg(long, default_value = "memory")]
+        store: String,
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
+        /// HTTP sends in flight at once.
         #[arg(long, default_value_t = 64)]
         in_flight: usize,
     },
@@ -210,9 +223,19 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             rate,
             seconds,
         } => paced::paced(&o, members, rate, seconds).await,
+        Cmd::Inbox {
+            store,
+            messages,
+            in_flight,
+        } => inbox::inbox(&o, &store, messages, in_flight).await,
         Cmd::Smoke => {
             let o = Opts { runs: 1, ..o };
             paced::paced(&o, 20, 10.0, 1).await?;
+            inbox::inbox(&o, "memory", 200, 8).await?;
+            inbox::inbox(&o, "disk", 200, 8).await?;
+            if o.redis_url.is_some() {
+                inbox::inbox(&o, "redis", 200, 8).await?;
+            }
             scenarios::idle(&o, 20, 8, 1).await?;
             scenarios::p2p(&o, "memory", 1, 10, 200, None, 8).await?;
             scenarios::p2p(&o, "memory", 1, 10, 100, Some(1000), 8).await?;

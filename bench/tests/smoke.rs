@@ -19,6 +19,8 @@ fn every_scenario_runs_tiny_and_writes_reports() {
         "p2p-memory-1n",
         "p2p-memory-1n-1000rps",
         "fanout-memory-1n-20",
+        "inbox-memory-200",
+        "inbox-disk-200",
     ];
     let clusters = [
         ("IMPUSH_TEST_REDIS_URL", "redis"),
@@ -30,6 +32,9 @@ fn every_scenario_runs_tiny_and_writes_reports() {
         if std::env::var_os(var).is_some() {
             names.push(format!("p2p-{broker}-2n"));
             names.push(format!("fanout-{broker}-2n-20"));
+            if broker == "redis" {
+                names.push("inbox-redis-200".to_owned());
+            }
         } else {
             assert!(
                 std::env::var_os("IMPUSH_REQUIRE_BROKERS").is_none(),
