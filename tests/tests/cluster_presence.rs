@@ -368,7 +368,10 @@ async fn a_node_answers_the_next_request_while_a_reply_is_in_flight() {
         .unwrap();
     let room: ChannelName = "room".parse().unwrap();
     let (a, b): (ClientId, ClientId) = ("a".parse().unwrap(), "b".parse().unwrap());
-    helper.join_channel(&room, std::slice::from_ref(&a)).await.unwrap();
+    helper
+        .join_channel(&room, std::slice::from_ref(&a))
+        .await
+        .unwrap();
     paired
         .armed
         .store(true, std::sync::atomic::Ordering::SeqCst);
