@@ -248,7 +248,9 @@ fn check_bounds(c: &Config) -> Result<()> {
     if let Some(o) = l.allowed_origins.iter().find(|o| !is_origin(o)) {
         return bad(
             "limits.allowed_origins",
-            &format!("`{o}` is not an origin like `https://chat.example.com` (scheme://host[:port], no path, no wildcard)"),
+            // Debug-quoted: the value is the user's and may hold a newline; the error stays
+            // one line.
+            &format!("{o:?} is not an origin like `https://chat.example.com` (scheme://host[:port], no path, no wildcard)"),
         );
     }
     Ok(())

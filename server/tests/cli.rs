@@ -305,6 +305,11 @@ fn values_that_could_panic_or_spin_are_refused_naming_the_key() {
             "[limits]\nallowed_origins = \"https://a.example\"\n",
             "limits.allowed_origins",
         ),
+        // A value with a newline (found by the config fuzzer) still gives one line.
+        (
+            "[limits]\nallowed_origins = [\"ht\\ntps://a.example\"]\n",
+            "limits.allowed_origins",
+        ),
     ];
     for (i, (toml, key)) in cases.iter().enumerate() {
         let path = dir.join(format!("bounds{i}.toml"));
