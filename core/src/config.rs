@@ -320,10 +320,13 @@ pub fn describe(err: &figment::Error) -> String {
     } else {
         format!("config key `{}`", path.join("."))
     };
-    match origin {
+    let line = match origin {
         Some(o) => format!("{subject}: {problem} (from {o})"),
         None => format!("{subject}: {problem}"),
-    }
+    };
+    // Keys and values are the user's and may hold line breaks (a quoted TOML key can): the
+    // message stays one line.
+    line.replace('\n', "\\n").replace('\r', "\\r")
 }
 
 #[cfg(test)]
