@@ -179,30 +179,27 @@ impl SessionHandle {
 
     /// Everything queued so far, leaving the queue empty (and unallocated).
     fn take(&self) -> VecDeque<Outgoing> {
-        self.outbox
-            .lock()
-            .map(|mut q| {
-                q.bytes = 0;
-                std::mem::take(&mut q.frames)
-            })
-            .unwrap_or_default()
+        self.empty_queue(false)
     }
 
     /// Drops whatever is still queued and refuses anything pushed later (the connection is
     /// gone): their tokens settle as not delivered now instead of whenever the last reference
     /// to the handle goes.
     pub(crate) fn discard_queued(&self) {
-        let frames = self
-            .outbox
+        // Dropped outside the lock: settling a token can send a report.
+        drop(self.empty_queue(true));
+    }
+
+    /// Empties the queue (and, with `close`, refuses later pushes); returns what it held.
+    fn empty_queue(&self, close: bool) -> VecDeque<Outgoing> {
+        self.outbox
             .lock()
             .map(|mut q| {
-                q.closed = true;
+                q.closed |= close;
                 q.bytes = 0;
                 std::mem::take(&mut q.frames)
             })
-            .unwrap_or_default();
-        // Dropped outside the lock: settling a token can send a report.
-        drop(frames);
+            .unwrap_or_default()
     }
 
     fn close_slow(&self) {
