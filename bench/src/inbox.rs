@@ -10,19 +10,18 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use impush_core::{token::TokenSigner, ClientId, NodeId};
+use impush_core::ClientId;
 use serde_json::{json, Value};
 
 use crate::{
     fleet::{Fleet, NodeProc},
     report::{self, median_at, Check},
-    scenarios::{tmpdir, Opts, SECRET},
+    scenarios::{lone_node_toml, n1_urls, tmpdir, Opts, API_KEY},
     worker::now_ns,
 };
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-const API_KEY: &str = "bench";
 const RECEIVER: &str = "away";
 
 /// `[offline]` for `store`, with room for every message of the run, and an outbound queue
@@ -97,12 +96,11 @@ pub(crate) async fn inbox(o: &Opts, store: &str, messages: u64, in_flight: usize
         // A prefix of its own, so Redis keys of earlier runs are never counted.
         std::fs::write(
             &cfg,
-            format!(
-                "[node]\nid = \"n1\"\nlisten = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n\
-                 api_key = \"{API_KEY}\"\ntoken_ttl = \"10m\"\n[broker]\nprefix = \"bench{}\"\n{}",
+            lone_node_toml(&format!(
+                "[broker]\nprefix = \"bench{}\"\n{}",
                 now_ns(),
                 offline_toml(o, store, messages, &dir)?
-            ),
+            )),
         )?;
         let node = NodeProc::start(&cfg).await?;
         let base = format!("http://{}", node.addr);
@@ -139,17 +137,10 @@ pub(crate) async fn inbox(o: &Opts, store: &str, messages: u64, in_flight: usize
             wait_count(&http, &base, messages, started, Duration::from_secs(300)).await?;
 
         // Phase two: the receiver comes back.
-        let signer = TokenSigner::new(SECRET.as_bytes(), Duration::from_secs(600), 16)?;
         let receiver: ClientId = RECEIVER.parse()?;
-        let n1: NodeId = "n1".parse()?;
-        let url = format!(
-            "ws://{}/ws?token={}",
-            node.addr,
-            signer.sign(&receiver, &n1, Value::Null)?
-        );
+        let urls = n1_urls(&node.addr, [&receiver])?;
         let drain_start = Instant::now();
-        let drain_ns = now_ns();
-        let (mut fleet, m) = Fleet::start(vec![url], 1, 1, 1, false).await?;
+        let (mut fleet, m) = Fleet::start(urls, 1, 1, 1, false).await?;
         if m.failed > 0 {
             return Err("the receiver failed to connect".into());
         }
@@ -168,7 +159,6 @@ pub(crate) async fn inbox(o: &Opts, store: &str, messages: u64, in_flight: usize
             "drained_frames_secs": frames_secs,
             "drained_per_sec": got.received as f64 / frames_secs.max(1e-9),
             "inbox_empty_secs": drain_secs,
-            "drain_start_ns": drain_ns,
         });
         println!("run {run}: {r}");
         all_lat.merge(&got.latency);

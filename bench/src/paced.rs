@@ -13,21 +13,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use impush_core::{token::TokenSigner, ClientId, NodeId};
+use impush_core::ClientId;
 use serde_json::{json, Value};
 
 use crate::{
     fleet::{Fleet, NodeProc},
     hist::LatHist,
     report::{self, latency_json, median_at, Check},
-    scenarios::{tmpdir, Opts, SECRET},
+    scenarios::{lone_node_toml, n1_urls, tmpdir, Opts, API_KEY},
     sys,
     worker::now_ns,
 };
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-const API_KEY: &str = "bench";
 
 /// CPU microseconds one `write()` of `size` bytes to a loopback TCP socket costs, over
 /// `sockets` connections (round robin), measured as this thread's CPU time.
@@ -80,29 +78,15 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
         let cfg = dir.join("n1.toml");
         std::fs::write(
             &cfg,
-            format!(
-                "[node]\nid = \"n1\"\nlisten = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\napi_key = \"{API_KEY}\"\n\
-                 token_ttl = \"10m\"\n[limits]\nmax_clients_per_join = 10000\n"
-            ),
+            lone_node_toml("[limits]\nmax_clients_per_join = 10000\n"),
         )?;
         let node = NodeProc::start(&cfg).await?;
         let base = format!("http://{}", node.addr);
         let http = reqwest::Client::new();
-        let signer = TokenSigner::new(SECRET.as_bytes(), Duration::from_secs(600), 1024)?;
-        let n1: NodeId = "n1".parse()?;
         let clients: Vec<ClientId> = (0..members)
             .map(|i| format!("m{i}").parse())
             .collect::<Result<_, _>>()?;
-        let urls = clients
-            .iter()
-            .map(|c| {
-                Ok(format!(
-                    "ws://{}/ws?token={}",
-                    node.addr,
-                    signer.sign(c, &n1, Value::Null)?
-                ))
-            })
-            .collect::<Result<Vec<_>, impush_core::Error>>()?;
+        let urls = n1_urls(&node.addr, &clients)?;
         let (mut fleet, m) = Fleet::start(urls, o.workers, o.source_ips, 256, true).await?;
         if m.failed > 0 {
             return Err(format!("{} clients failed to connect", m.failed).into());

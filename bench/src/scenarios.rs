@@ -24,6 +24,35 @@ use crate::{
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 pub(crate) const SECRET: &str = "impush-bench-secret";
+/// The HTTP API key of every node the bench starts.
+pub(crate) const API_KEY: &str = "bench";
+
+/// The config of a lone node `n1` on the memory broker (any free port), then `extra`.
+pub(crate) fn lone_node_toml(extra: &str) -> String {
+    format!(
+        "[node]\nid = \"n1\"\nlisten = \"127.0.0.1:0\"\n[auth]\nsecret = \"{SECRET}\"\n\
+         api_key = \"{API_KEY}\"\ntoken_ttl = \"10m\"\n{extra}"
+    )
+}
+
+/// Signed WebSocket URLs with which `clients` connect to node `n1` listening on `addr`.
+pub(crate) fn n1_urls<'a>(
+    addr: &impl std::fmt::Display,
+    clients: impl IntoIterator<Item = &'a ClientId>,
+) -> Res<Vec<String>> {
+    let signer = TokenSigner::new(SECRET.as_bytes(), Duration::from_secs(600), 1024)?;
+    let n1: NodeId = "n1".parse()?;
+    let urls = clients
+        .into_iter()
+        .map(|c| {
+            Ok(format!(
+                "ws://{addr}/ws?token={}",
+                signer.sign(c, &n1, Value::Null)?
+            ))
+        })
+        .collect::<Result<Vec<_>, impush_core::Error>>()?;
+    Ok(urls)
+}
 
 /// Options shared by every scenario.
 #[derive(Debug, Clone)]
@@ -60,7 +89,7 @@ fn common_toml(nodes: &[(String, String)], broker: &str) -> String {
         .map(|(id, a)| format!("{{ id = \"{id}\", url = \"ws://{a}\" }}"))
         .collect();
     format!(
-        "[cluster]\nnodes = [{}]\n[auth]\nsecret = \"{SECRET}\"\napi_key = \"bench\"\ntoken_ttl = \"10m\"\n{broker}",
+        "[cluster]\nnodes = [{}]\n[auth]\nsecret = \"{SECRET}\"\napi_key = \"{API_KEY}\"\ntoken_ttl = \"10m\"\n{broker}",
         list.join(", ")
     )
 }
@@ -143,18 +172,10 @@ pub(crate) async fn idle(o: &Opts, sockets: usize, concurrency: usize, idle_secs
         let node = NodeProc::start(&cfgs[0]).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss0 = sys::rss_bytes(node.pid());
-        let signer = TokenSigner::new(SECRET.as_bytes(), Duration::from_secs(600), 1024)?;
-        let n1: NodeId = "n1".parse()?;
-        let urls = (0..sockets)
-            .map(|i| {
-                let c: ClientId = format!("c{i}").parse()?;
-                Ok(format!(
-                    "ws://{}/ws?token={}",
-                    node.addr,
-                    signer.sign(&c, &n1, Value::Null)?
-                ))
-            })
-            .collect::<Result<Vec<_>, impush_core::Error>>()?;
+        let clients: Vec<ClientId> = (0..sockets)
+            .map(|i| format!("c{i}").parse())
+            .collect::<Result<_, _>>()?;
+        let urls = n1_urls(&node.addr, &clients)?;
         let cpu_before = sys::cpu_seconds(node.pid());
         let (mut fleet, m) =
             Fleet::start(urls, o.workers, o.source_ips, concurrency, false).await?;
