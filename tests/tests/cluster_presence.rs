@@ -50,18 +50,23 @@ fn cfg() -> ClusterPresenceConfig {
 
 const PREFIX: &str = "cp";
 
+/// A cluster of these node ids (their URLs are never dialled).
+fn cluster_of(ids: &[&str]) -> Cluster {
+    let nodes = ids
+        .iter()
+        .map(|n| NodeEntry {
+            id: n.parse().unwrap(),
+            url: "ws://127.0.0.1:1".into(),
+        })
+        .collect();
+    Cluster::new(nodes, PartitionerKind::default()).unwrap()
+}
+
 impl Adapter {
     async fn new() -> Self {
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
         let owner_id: NodeId = "owner".parse().unwrap();
-        let cluster = Cluster::new(
-            vec![NodeEntry {
-                id: owner_id.clone(),
-                url: "ws://127.0.0.1:1".into(),
-            }],
-            PartitionerKind::default(),
-        )
-        .unwrap();
+        let cluster = cluster_of(&[owner_id.as_str()]);
         let owner = Arc::new(
             ClusterPresence::start(
                 broker.clone(),
@@ -243,14 +248,7 @@ impush_tests::presence_conformance!(presence);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_is_named_not_waited_for() {
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
-    let nodes: Vec<NodeEntry> = ["n1", "n2"]
-        .iter()
-        .map(|n| NodeEntry {
-            id: n.parse().unwrap(),
-            url: "ws://127.0.0.1:1".into(),
-        })
-        .collect();
-    let cluster = Cluster::new(nodes, PartitionerKind::default()).unwrap();
+    let cluster = cluster_of(&["n1", "n2"]);
     let quick = ClusterPresenceConfig {
         query_timeout: Duration::from_millis(300),
     };
@@ -337,14 +335,7 @@ impl Broker for PairedPublishes {
 async fn a_node_answers_the_next_request_while_a_reply_is_in_flight() {
     let shared: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
     let n1: NodeId = "n1".parse().unwrap();
-    let cluster = Cluster::new(
-        vec![NodeEntry {
-            id: n1.clone(),
-            url: "ws://127.0.0.1:1".into(),
-        }],
-        PartitionerKind::default(),
-    )
-    .unwrap();
+    let cluster = cluster_of(&[n1.as_str()]);
     let paired = Arc::new(PairedPublishes {
         inner: shared.clone(),
         armed: false.into(),

@@ -6,12 +6,18 @@ use std::sync::Arc;
 use impush_core::OfflineStore;
 use impush_offline_disk::{DiskOfflineConfig, DiskOfflineStore};
 
-async fn offline() -> Option<Arc<dyn OfflineStore>> {
+/// A config for a new file in a directory of its own (returned for cleaning up).
+fn fresh_file() -> (std::path::PathBuf, DiskOfflineConfig) {
     let dir = std::env::temp_dir().join(format!("impush-disk-{}", impush_tests::unique_ns()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let cfg = DiskOfflineConfig {
         path: dir.join("offline.redb"),
     };
+    (dir, cfg)
+}
+
+async fn offline() -> Option<Arc<dyn OfflineStore>> {
+    let (_dir, cfg) = fresh_file();
     Some(Arc::new(
         DiskOfflineStore::open(&cfg, impush_tests::OFFLINE_LIMITS)
             .await
@@ -25,11 +31,7 @@ impush_tests::offline_conformance!(offline);
 #[tokio::test]
 async fn inboxes_survive_a_reopen() {
     use impush_core::{ClientId, MessageId, StoredMessage};
-    let dir = std::env::temp_dir().join(format!("impush-disk-{}", impush_tests::unique_ns()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let cfg = DiskOfflineConfig {
-        path: dir.join("offline.redb"),
-    };
+    let (dir, cfg) = fresh_file();
     let alice: ClientId = "alice".parse().expect("id");
     let msg = StoredMessage {
         id: MessageId::new("m1").expect("id"),
@@ -71,11 +73,7 @@ async fn a_bad_path_names_the_file() {
 
 #[tokio::test]
 async fn a_large_inbox_is_fetched_whole() {
-    let dir = std::env::temp_dir().join(format!("impush-disk-{}", impush_tests::unique_ns()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let cfg = DiskOfflineConfig {
-        path: dir.join("offline.redb"),
-    };
+    let (dir, cfg) = fresh_file();
     let store = DiskOfflineStore::open(&cfg, impush_tests::LARGE_INBOX_LIMITS)
         .await
         .expect("open the file");
