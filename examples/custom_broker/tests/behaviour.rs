@@ -307,7 +307,21 @@ async fn a_server_restart_is_a_reported_gap_for_fanout_and_nothing_for_queues() 
     assert_eq!(next(&mut member, "queue").await.unwrap(), "before");
 
     tokio::task::block_in_place(|| server.stop());
-    let err = broker.ping().await.unwrap_err();
+    // The client learns of the dead connection when it reads its end: a ping issued in that
+    // moment can still be flushed into the socket. Wait for the failure, with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match broker.ping().await {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "ping kept succeeding with the server down"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     assert!(err.is_transient(), "{err:?}");
     tokio::task::block_in_place(|| assert!(server.spawn()));
 
