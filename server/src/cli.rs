@@ -62,6 +62,9 @@ pub async fn run(backends: Backends) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Installed before anything is printed: a supervisor that reads the first line and sends
+    // SIGTERM at once must get a graceful stop.
+    let stop = crate::shutdown_signal();
     let addr = server.local_addr();
     println!("impush listening on {addr} (WebSocket: ws://{addr}/ws?token=...)");
     if let Some(secret) = &server.generated().secret {
@@ -78,7 +81,7 @@ pub async fn run(backends: Backends) -> ExitCode {
     }
 
     tokio::select! {
-        () = crate::shutdown_signal() => {}
+        () = stop => {}
         () = server.closed() => {
             eprintln!("impush: listener stopped unexpectedly");
         }

@@ -112,10 +112,6 @@ impl Follow {
     /// Entries added after this reader's cursor that the stream no longer holds.
     async fn trimmed(&mut self, reader: &Client, topic: &str) -> Result<u64, fred::error::Error> {
         let info = stream_info(reader, topic).await?;
-        eprintln!(
-            "DEBUG first={} last={} len={} added={} start={} consumed={}",
-            info.first, self.last, info.length, info.added, self.added_at_start, self.consumed
-        );
         if info.first.is_empty() || id_key(&info.first) <= id_key(&self.last) {
             return Ok(0); // the stream still holds our next entry
         }
@@ -250,7 +246,6 @@ pub(crate) async fn run_reader(
                         f.behind = false;
                     }
                     Err(e) => {
-                        eprintln!("DEBUG err {e}");
                         tracing::debug!(%topic, error = &e as &dyn std::error::Error, "XINFO STREAM failed")
                     }
                 }
