@@ -17,6 +17,9 @@ common=(--runs "$RUNS" --out "$OUT")
 
 # 1. idle capacity (and connect storm: connects/s while opening them)
 $B "${common[@]}" idle --sockets 19000
+#    and the whole machine as a cluster: 51,000 sockets over 3 node processes on Redis (each
+#    node and each of the 4 client workers stays under the 20,000 open-files limit)
+$B "${common[@]}" --workers 4 --source-ips 8 idle --broker redis --nodes 3 --sockets 51000
 # 2. point-to-point on the memory broker: full speed, then latency at 20k msgs/s
 $B "${common[@]}" p2p --broker memory --messages 200000
 $B "${common[@]}" p2p --broker memory --messages 100000 --rate 20000
@@ -26,6 +29,8 @@ $B "${common[@]}" fanout --broker memory --members 10000 --messages 50
 $B "${common[@]}" p2p --broker redis --nodes 2 --messages 200000 --in-flight 256
 $B "${common[@]}" p2p --broker redis --nodes 2 --messages 100000 --rate 20000 --in-flight 256
 $B "${common[@]}" fanout --broker redis --nodes 2 --members 10000 --messages 50
+#    and with the clients kept off the nodes' core (both nodes on core 0, clients on core 1)
+$B "${common[@]}" --pin 0 --pin 1 fanout --broker redis --nodes 2 --members 10000 --messages 50
 # 5. the same over RabbitMQ and over Kafka, 2 nodes with cluster presence (no Redis)
 for b in rabbitmq kafka; do
   $B "${common[@]}" p2p --broker "$b" --nodes 2 --messages 200000 --in-flight 256

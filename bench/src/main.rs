@@ -11,6 +11,7 @@
 
 mod fleet;
 mod hist;
+mod idle;
 mod inbox;
 mod paced;
 mod report;
@@ -57,8 +58,15 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Idle capacity: hold N sockets on one node; memory and CPU per socket; connect rate.
+    /// Idle capacity: hold N sockets on one node (or over `--nodes` node processes on a
+    /// backbone); memory and CPU per socket; connect rate.
     Idle {
+        /// memory (one node process) or redis, rabbitmq, kafka (`--nodes` node processes; the
+        /// last two with `[presence] kind = "cluster"`).
+        #[arg(long, default_value = "memory")]
+        broker: String,
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
         #[arg(long, default_value_t = 19_000)]
         sockets: usize,
         #[arg(long, default_value_t = 512)]
@@ -189,10 +197,21 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     match args.cmd {
         Cmd::Idle {
+            broker,
+            nodes,
             sockets,
             concurrency,
             idle_secs,
-        } => scenarios::idle(&o, sockets, concurrency, idle_secs).await,
+        } => {
+            let plan = idle::IdlePlan {
+                sockets,
+                concurrency,
+                idle_secs,
+                broker,
+                nodes,
+            };
+            idle::idle(&o, &plan).await
+        }
         Cmd::P2p {
             broker,
             nodes,
@@ -236,7 +255,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             if o.redis_url.is_some() {
                 inbox::inbox(&o, "redis", 200, 8).await?;
             }
-            scenarios::idle(&o, 20, 8, 1).await?;
+            let lone = idle::IdlePlan {
+                sockets: 20,
+                concurrency: 8,
+                idle_secs: 1,
+                broker: "memory".into(),
+                nodes: 1,
+            };
+            idle::idle(&o, &lone).await?;
             scenarios::p2p(&o, "memory", 1, 10, 200, None, 8).await?;
             scenarios::p2p(&o, "memory", 1, 10, 100, Some(1000), 8).await?;
             scenarios::fanout(&o, "memory", 1, 20, 5, Duration::ZERO).await?;
@@ -247,6 +273,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ];
             for (broker, url) in clusters {
                 if url.is_some() {
+                    let spread = idle::IdlePlan {
+                        broker: broker.into(),
+                        nodes: 2,
+                        ..lone.clone()
+                    };
+                    idle::idle(&o, &spread).await?;
                     scenarios::p2p(&o, broker, 2, 10, 200, None, 8).await?;
                     scenarios::fanout(&o, broker, 2, 20, 5, Duration::ZERO).await?;
                 }

@@ -17,7 +17,6 @@ use crate::{
     fleet::{Fleet, Merged, NodeProc},
     hist::LatHist,
     report::{self, latency_json, median_at, Check},
-    sys,
     worker::now_ns,
 };
 
@@ -95,7 +94,7 @@ fn common_toml(nodes: &[(String, String)], broker: &str) -> String {
 }
 
 /// Node configs (and a helper config) for `n` nodes on `broker` (TOML of [broker]/[presence]).
-fn write_configs(dir: &Path, n: usize, broker: &str) -> Res<(Vec<PathBuf>, PathBuf)> {
+pub(crate) fn write_configs(dir: &Path, n: usize, broker: &str) -> Res<(Vec<PathBuf>, PathBuf)> {
     let addrs = free_addrs(n)?;
     let nodes: Vec<(String, String)> = addrs
         .iter()
@@ -160,103 +159,19 @@ fn cluster_toml(o: &Opts, broker: &str) -> Res<String> {
     })
 }
 
-// ------------------------------------------------------------------------------ idle / storm
-
-/// Holds `sockets` idle connections on one node process; measures its memory and CPU per
-/// socket, and the connect rate.
-pub(crate) async fn idle(o: &Opts, sockets: usize, concurrency: usize, idle_secs: u64) -> Res<()> {
-    let mut runs = Vec::new();
-    for run in 0..o.runs {
-        let dir = tmpdir("idle")?;
-        let (cfgs, _) = write_configs(&dir, 1, "")?;
-        let node = NodeProc::start(&cfgs[0]).await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss0 = sys::rss_bytes(node.pid());
-        let clients: Vec<ClientId> = (0..sockets)
-            .map(|i| format!("c{i}").parse())
-            .collect::<Result<_, _>>()?;
-        let urls = n1_urls(&node.addr, &clients)?;
-        let cpu_before = sys::cpu_seconds(node.pid());
-        let (mut fleet, m) =
-            Fleet::start(urls, o.workers, o.source_ips, concurrency, false).await?;
-        let connect_cpu = sys::cpu_seconds(node.pid()) - cpu_before;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss1 = sys::rss_bytes(node.pid());
-        let cpu0 = sys::cpu_seconds(node.pid());
-        tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-        let cpu1 = sys::cpu_seconds(node.pid());
-        let still = fleet.report().await?;
-        let held = m.connected as u64 - still.closed;
-        let per_socket = rss1.saturating_sub(rss0) as f64 / m.connected.max(1) as f64;
-        let r = json!({
-            "run": run,
-            "sockets_requested": sockets,
-            "sockets_connected": m.connected,
-            "sockets_failed": m.failed,
-            "sockets_held_after_idle": held,
-            "connect_secs": m.connect_secs,
-            "connects_per_sec": m.connected as f64 / m.connect_secs.max(1e-9),
-            "server_cpu_us_per_connect": connect_cpu * 1e6 / m.connected.max(1) as f64,
-            "server_rss_base_mib": rss0 as f64 / 1048576.0,
-            "server_rss_loaded_mib": rss1 as f64 / 1048576.0,
-            "server_bytes_per_socket": per_socket,
-            "server_idle_cpu_percent": (cpu1 - cpu0) / idle_secs as f64 * 100.0,
-            "server_cpu_us_per_socket_per_sec": (cpu1 - cpu0) * 1e6 / idle_secs as f64 / m.connected.max(1) as f64,
-        });
-        println!("run {run}: {r}");
-        runs.push(r);
-        fleet.stop().await;
-        node.stop().await;
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let summary = json!({
-        "sockets_held (median)": median_at(&runs, &["sockets_held_after_idle"]),
-        "server_bytes_per_socket (median)": median_at(&runs, &["server_bytes_per_socket"]),
-        "server_idle_cpu_percent (median)": median_at(&runs, &["server_idle_cpu_percent"]),
-        "server_cpu_us_per_socket_per_sec (median)": median_at(&runs, &["server_cpu_us_per_socket_per_sec"]),
-        "connects_per_sec (median)": median_at(&runs, &["connects_per_sec"]),
-        "server_cpu_us_per_connect (median)": median_at(&runs, &["server_cpu_us_per_connect"]),
-    });
-    let checks = [
-        Check {
-            name: "idle sockets per node process",
-            target: ">= 19000".into(),
-            measured: format!("{:.0}", median_at(&runs, &["sockets_held_after_idle"])),
-            met: median_at(&runs, &["sockets_held_after_idle"]) >= 19_000.0,
-        },
-        Check {
-            name: "server memory per idle socket",
-            target: "<= 8192 B".into(),
-            measured: format!("{:.0} B", median_at(&runs, &["server_bytes_per_socket"])),
-            met: median_at(&runs, &["server_bytes_per_socket"]) <= 8192.0,
-        },
-    ];
-    let params = json!({"sockets": sockets, "workers": o.workers, "source_ips": o.source_ips, "concurrency": concurrency, "idle_secs": idle_secs, "runs": o.runs});
-    report::write(
-        &o.out,
-        &format!("idle-{sockets}"),
-        params,
-        runs,
-        summary,
-        &checks,
-        None,
-    )?;
-    Ok(())
-}
-
 // ------------------------------------------------------------------------------ clusters
 
 /// Nodes and a helper for a throughput scenario: in-process for memory (the helper must share
 /// the memory broker), separate processes for Redis.
-struct Bench {
-    helper: ImHelper,
+pub(crate) struct Bench {
+    pub(crate) helper: ImHelper,
     inproc: Option<ImServer>,
-    procs: Vec<NodeProc>,
+    pub(crate) procs: Vec<NodeProc>,
     dir: PathBuf,
 }
 
 impl Bench {
-    async fn start(o: &Opts, broker: &str, nodes: usize) -> Res<Bench> {
+    pub(crate) async fn start(o: &Opts, broker: &str, nodes: usize) -> Res<Bench> {
         let dir = tmpdir(broker)?;
         match broker {
             "memory" => {
@@ -294,12 +209,21 @@ impl Bench {
         }
     }
 
-    async fn fleet(&self, o: &Opts, clients: &[ClientId], track_seq: bool) -> Res<(Fleet, Merged)> {
+    /// Connects `clients` (each to its owning node, `concurrency` handshakes at a time) and
+    /// waits until presence has every one of them.
+    pub(crate) async fn fleet(
+        &self,
+        o: &Opts,
+        clients: &[ClientId],
+        concurrency: usize,
+        track_seq: bool,
+    ) -> Res<(Fleet, Merged)> {
         let urls = clients
             .iter()
             .map(|c| self.helper.prepare_connect(c, Value::Null).map(|i| i.url))
             .collect::<Result<Vec<_>, _>>()?;
-        let (fleet, m) = Fleet::start(urls, o.workers, o.source_ips, 256, track_seq).await?;
+        let (fleet, m) =
+            Fleet::start(urls, o.workers, o.source_ips, concurrency, track_seq).await?;
         if m.failed > 0 {
             return Err(format!(
                 "{} of {} clients failed to connect",
@@ -323,7 +247,7 @@ impl Bench {
         Ok((fleet, m))
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         if let Some(s) = self.inproc {
             let _ = s.shutdown().await;
         }
@@ -360,7 +284,7 @@ pub(crate) async fn p2p(
         let clients: Vec<ClientId> = (0..receivers)
             .map(|i| format!("r{i}").parse())
             .collect::<Result<_, _>>()?;
-        let (mut fleet, _) = bench.fleet(o, &clients, false).await?;
+        let (mut fleet, _) = bench.fleet(o, &clients, 256, false).await?;
         let from: ClientId = "bench".parse()?;
         let clients = Arc::new(clients);
         let start_ns = now_ns();
@@ -483,7 +407,7 @@ pub(crate) async fn fanout(
         let clients: Vec<ClientId> = (0..members)
             .map(|i| format!("m{i}").parse())
             .collect::<Result<_, _>>()?;
-        let (mut fleet, _) = bench.fleet(o, &clients, true).await?;
+        let (mut fleet, _) = bench.fleet(o, &clients, 256, true).await?;
         let room: ChannelName = "bench-room".parse()?;
         for chunk in clients.chunks(1000) {
             bench.helper.join_channel(&room, chunk).await?;

@@ -30,6 +30,7 @@ fn every_scenario_runs_tiny_and_writes_reports() {
     let mut names = Vec::new();
     for (var, broker) in clusters {
         if std::env::var_os(var).is_some() {
+            names.push(format!("idle-20-{broker}x2"));
             names.push(format!("p2p-{broker}-2n"));
             names.push(format!("fanout-{broker}-2n-20"));
             if broker == "redis" {
@@ -62,6 +63,10 @@ fn every_scenario_runs_tiny_and_writes_reports() {
         );
         if name.starts_with("idle") {
             assert_eq!(doc["runs"][0]["sockets_connected"], 20, "{name}: {doc}");
+            assert_eq!(
+                doc["runs"][0]["sockets_held_after_idle"], 20,
+                "{name}: {doc}"
+            );
         } else {
             // Nothing lost: every message sent was delivered.
             let lost = doc["summary"]["lost"]
