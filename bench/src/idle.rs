@@ -3,7 +3,7 @@
 //! --broker redis` (or rabbitmq, kafka) spreads the sockets over N node processes, each client
 //! on the node that owns it, to show the whole machine as a cluster.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use impush_core::ClientId;
 use serde_json::{json, Value};
@@ -30,24 +30,39 @@ pub(crate) struct IdlePlan {
 
 /// The node processes of one run and the clients' connections to them.
 struct Held {
-    nodes: Vec<NodeProc>,
-    /// The cluster's helper, when there is a cluster (kept until the run ends).
+    /// The lone node and its config directory (one node on the memory broker).
+    lone: Option<(NodeProc, PathBuf)>,
+    /// The cluster's nodes and helper (a backbone).
     bench: Option<Bench>,
     fleet: Fleet,
     connected: Merged,
-    /// Sockets each node owns, in `nodes` order.
+    /// Sockets each node owns, in node order.
     per_node: Vec<usize>,
     /// Node memory before any client connected.
     rss_base: Vec<u64>,
     connect_cpu: f64,
 }
 
-fn pids(h: &Held) -> Vec<u32> {
-    h.nodes
-        .iter()
-        .chain(h.bench.iter().flat_map(|b| b.procs.iter()))
-        .map(NodeProc::pid)
-        .collect()
+impl Held {
+    fn pids(&self) -> Vec<u32> {
+        self.lone
+            .iter()
+            .map(|(n, _)| n)
+            .chain(self.bench.iter().flat_map(|b| b.procs.iter()))
+            .map(NodeProc::pid)
+            .collect()
+    }
+
+    async fn stop(self) {
+        self.fleet.stop().await;
+        if let Some((node, dir)) = self.lone {
+            node.stop().await;
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(b) = self.bench {
+            b.stop().await;
+        }
+    }
 }
 
 fn cpu_total(pids: &[u32]) -> f64 {
@@ -61,8 +76,9 @@ fn clients(n: usize) -> Res<Vec<ClientId>> {
 }
 
 /// One node on the memory broker; every client connects to it.
-async fn lone(o: &Opts, p: &IdlePlan, dir: &std::path::Path) -> Res<Held> {
-    let (cfgs, _) = write_configs(dir, 1, "")?;
+async fn lone(o: &Opts, p: &IdlePlan) -> Res<Held> {
+    let dir = tmpdir("idle")?;
+    let (cfgs, _) = write_configs(&dir, 1, "")?;
     let node = NodeProc::start(&cfgs[0]).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_base = vec![sys::rss_bytes(node.pid())];
@@ -72,7 +88,7 @@ async fn lone(o: &Opts, p: &IdlePlan, dir: &std::path::Path) -> Res<Held> {
         Fleet::start(urls, o.workers, o.source_ips, p.concurrency, false).await?;
     let connect_cpu = sys::cpu_seconds(node.pid()) - cpu_before;
     Ok(Held {
-        nodes: vec![node],
+        lone: Some((node, dir)),
         bench: None,
         fleet,
         connected,
@@ -93,19 +109,21 @@ async fn cluster(o: &Opts, p: &IdlePlan) -> Res<Held> {
         .map(|n| sys::rss_bytes(n.pid()))
         .collect();
     let ids = clients(p.sockets)?;
+    // Node ids are n1..nN in `procs` order (see `write_configs`).
+    let names: Vec<String> = (1..=p.nodes).map(|i| format!("n{i}")).collect();
     let mut per_node = vec![0; p.nodes];
     for c in &ids {
-        let node = bench.helper.prepare_connect(c, Value::Null)?.node;
-        // Node ids are n1..nN in `procs` order (see `write_configs`).
-        let i = node.as_str()[1..].parse::<usize>()? - 1;
-        per_node[i] += 1;
+        let owner = bench.helper.cluster().owner(c).id.as_str();
+        if let Some(i) = names.iter().position(|n| n == owner) {
+            per_node[i] += 1;
+        }
     }
     let pids: Vec<u32> = bench.procs.iter().map(NodeProc::pid).collect();
     let cpu_before = cpu_total(&pids);
     let (fleet, connected) = bench.fleet(o, &ids, p.concurrency, false).await?;
     let connect_cpu = cpu_total(&pids) - cpu_before;
     Ok(Held {
-        nodes: Vec::new(),
+        lone: None,
         bench: Some(bench),
         fleet,
         connected,
@@ -128,13 +146,12 @@ pub(crate) async fn idle(o: &Opts, p: &IdlePlan) -> Res<()> {
     }
     let mut runs = Vec::new();
     for run in 0..o.runs {
-        let dir = tmpdir("idle")?;
         let mut held = if lone_node {
-            lone(o, p, &dir).await?
+            lone(o, p).await?
         } else {
             cluster(o, p).await?
         };
-        let pids = pids(&held);
+        let pids = held.pids();
         let (n_connected, n_failed, connect_secs) = (
             held.connected.connected,
             held.connected.failed,
@@ -184,14 +201,7 @@ pub(crate) async fn idle(o: &Opts, p: &IdlePlan) -> Res<()> {
         });
         println!("run {run}: {r}");
         runs.push(r);
-        held.fleet.stop().await;
-        for n in held.nodes {
-            n.stop().await;
-        }
-        if let Some(b) = held.bench {
-            b.stop().await;
-        }
-        let _ = std::fs::remove_dir_all(&dir);
+        held.stop().await;
     }
     report_runs(o, p, runs)
 }
