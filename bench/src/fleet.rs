@@ -63,6 +63,7 @@ pub(crate) struct Merged {
     pub(crate) latency: LatHist,
     pub(crate) timeline: std::collections::BTreeMap<u64, u64>,
     pub(crate) seq_max: std::collections::BTreeMap<u64, u64>,
+    pub(crate) warm: u64,
 }
 
 impl Fleet {
@@ -126,6 +127,7 @@ impl Fleet {
             m.connect_secs = m.connect_secs.max(s.connect_secs);
             m.received += s.received;
             m.closed += s.closed;
+            m.warm += s.warm;
             m.latency.merge(&s.latency);
             for (k, v) in s.timeline {
                 *m.timeline.entry(k).or_default() += v;
@@ -152,6 +154,22 @@ impl Fleet {
                 return Ok(m);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until `want` warm-up frames (`{"warmup": true}`) arrived, which proves that many
+    /// members are reachable before timing starts; an error after `timeout`.
+    pub(crate) async fn wait_warm(&mut self, want: u64, timeout: Duration) -> Res<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let warm = self.report().await?.warm;
+            if warm >= want {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("warm-up reached {warm} of {want} members").into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -108,9 +108,8 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
             json!({"from": "bench", "data": {"warmup": true}}),
         )
         .await?;
-        let warm = fleet.report().await?.received;
         fleet
-            .wait_received(warm.max(members as u64), Duration::from_secs(60))
+            .wait_warm(members as u64, Duration::from_secs(60))
             .await?;
         let base_received = fleet.report().await?.received;
 

@@ -418,6 +418,9 @@ pub(crate) async fn fanout(
             .helper
             .send_channel_message(&from, &room, &json!({"warmup": true}))
             .await?;
+        fleet
+            .wait_warm(members as u64, Duration::from_secs(60))
+            .await?;
         let base = fleet.report().await?.received;
         let want = base + members as u64 * messages;
         let start_ns = now_ns();

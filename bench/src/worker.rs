@@ -48,6 +48,9 @@ pub(crate) struct Stats {
     /// (sequence number, latency of the last receiver in this worker, ns).
     pub(crate) seq_max: Vec<(u64, u64)>,
     pub(crate) closed: u64,
+    /// Warm-up frames (`{"warmup": true}`) received; they carry no time and are not in `received`.
+    #[serde(default)]
+    pub(crate) warm: u64,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +60,7 @@ struct Shared {
     timeline: HashMap<u64, u64>,
     seq_max: HashMap<u64, u64>,
     closed: u64,
+    warm: u64,
 }
 
 #[derive(Deserialize)]
@@ -66,8 +70,10 @@ struct Frame {
 
 #[derive(Deserialize)]
 struct Stamp {
-    t: u64,
+    t: Option<u64>,
     s: Option<u64>,
+    #[serde(default)]
+    warmup: bool,
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -113,16 +119,24 @@ fn record(shared: &Mutex<Shared>, text: &str, track_seq: bool) {
     let Ok(Frame { data: Some(stamp) }) = serde_json::from_str::<Frame>(text) else {
         return;
     };
-    let lat = now.saturating_sub(stamp.t);
-    if let Ok(mut s) = shared.lock() {
-        s.received += 1;
-        s.latency.record(lat);
-        *s.timeline.entry(now / 100_000_000).or_default() += 1;
-        if track_seq {
-            if let Some(seq) = stamp.s {
-                let e = s.seq_max.entry(seq).or_default();
-                *e = (*e).max(lat);
-            }
+    let Ok(mut s) = shared.lock() else {
+        return;
+    };
+    if stamp.warmup {
+        s.warm += 1;
+        return;
+    }
+    let Some(t) = stamp.t else {
+        return;
+    };
+    let lat = now.saturating_sub(t);
+    s.received += 1;
+    s.latency.record(lat);
+    *s.timeline.entry(now / 100_000_000).or_default() += 1;
+    if track_seq {
+        if let Some(seq) = stamp.s {
+            let e = s.seq_max.entry(seq).or_default();
+            *e = (*e).max(lat);
         }
     }
 }
@@ -190,6 +204,7 @@ pub(crate) async fn run() {
                     base.received = s.received;
                     base.latency = s.latency.clone();
                     base.closed = s.closed;
+                    base.warm = s.warm;
                     base.timeline = s.timeline.iter().map(|(k, v)| (*k, *v)).collect();
                     base.seq_max = s.seq_max.iter().map(|(k, v)| (*k, *v)).collect();
                 }
