@@ -37,7 +37,7 @@ fn command(exe: &Path, cpus: Option<&str>) -> Command {
     }
 }
 
-fn pin() -> Option<&'static Pin> {
+pub(crate) fn pin() -> Option<&'static Pin> {
     PIN.get().and_then(Option::as_ref)
 }
 

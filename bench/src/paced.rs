@@ -17,7 +17,7 @@ use impush_core::ClientId;
 use serde_json::{json, Value};
 
 use crate::{
-    fleet::{Fleet, NodeProc},
+    fleet::{pin, Fleet, NodeProc, Pin},
     hist::LatHist,
     report::{self, latency_json, median_at, Check},
     scenarios::{lone_node_toml, n1_urls, tmpdir, Opts, API_KEY},
@@ -28,28 +28,129 @@ use crate::{
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// CPU microseconds one `write()` of `size` bytes to a loopback TCP socket costs, over
-/// `sockets` connections (round robin), measured as this thread's CPU time.
-pub(crate) fn write_floor_us(sockets: usize, size: usize, rounds: usize) -> std::io::Result<f64> {
+/// `sockets` connections (round robin), measured as the writing thread's CPU time.
+///
+/// On loopback the writer's `write()` also runs the receiver's TCP input and wakes the receiver
+/// if it waits, so two floors are measured: `quiet`, whose readers never read (nothing to wake),
+/// and `waiting`, whose readers wait in epoll on another thread as the bench's client workers do
+/// (a pause between rounds lets them drain and sleep again, as between paced messages). With
+/// `pin`, the writer runs on the node's cores and the readers on the workers'.
+pub(crate) fn write_floor_us(
+    sockets: usize,
+    size: usize,
+    rounds: usize,
+    pin: Option<&Pin>,
+) -> Res<Floor> {
+    if let Some(p) = pin {
+        pin_this_thread(&p.node)?;
+    }
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let mut writers = Vec::with_capacity(sockets);
-    let mut readers = Vec::with_capacity(sockets);
-    for _ in 0..sockets {
-        let w = TcpStream::connect(addr)?;
-        w.set_nodelay(true)?;
-        writers.push(w);
-        readers.push(listener.accept()?.0);
-    }
-    let buf = vec![b'x'; size];
-    let before = sys::thread_cpu_seconds();
-    for _ in 0..rounds {
-        for w in &mut writers {
-            w.write_all(&buf)?;
+    let connect = |n: usize| -> std::io::Result<(Vec<TcpStream>, Vec<TcpStream>)> {
+        let (mut writers, mut readers) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            let w = TcpStream::connect(addr)?;
+            w.set_nodelay(true)?;
+            writers.push(w);
+            readers.push(listener.accept()?.0);
         }
+        Ok((writers, readers))
+    };
+    let buf = vec![b'x'; size];
+    let per_write = |writers: &mut [TcpStream], pause: Duration| -> std::io::Result<f64> {
+        let mut spent = 0.0;
+        for _ in 0..rounds {
+            std::thread::sleep(pause);
+            let before = sys::thread_cpu_seconds();
+            for w in writers.iter_mut() {
+                w.write_all(&buf)?;
+            }
+            spent += sys::thread_cpu_seconds() - before;
+        }
+        Ok(spent * 1e6 / (writers.len() * rounds) as f64)
+    };
+
+    let (mut writers, readers) = connect(sockets)?;
+    let quiet = per_write(&mut writers, Duration::ZERO)?;
+    drop((writers, readers));
+
+    let (mut writers, readers) = connect(sockets)?;
+    let drained = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = spawn_readers(readers, pin.map(|p| p.workers.clone()), drained.clone())?;
+    let waiting = per_write(&mut writers, Duration::from_millis(20));
+    drop(writers);
+    let read = reader.join().map_err(|_| "floor reader panicked")??;
+    let waiting = waiting?;
+    let want = (sockets * rounds * size) as u64;
+    if read != want {
+        return Err(format!("floor readers got {read} of {want} bytes").into());
     }
-    let spent = sys::thread_cpu_seconds() - before;
-    drop(readers);
-    Ok(spent * 1e6 / (sockets * rounds) as f64)
+    Ok(Floor { quiet, waiting })
+}
+
+/// The two floors of [`write_floor_us`], µs of CPU per write.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Floor {
+    pub(crate) quiet: f64,
+    pub(crate) waiting: f64,
+}
+
+/// A thread with a single-threaded runtime reading every stream until EOF; returns the bytes read.
+fn spawn_readers(
+    readers: Vec<TcpStream>,
+    cpus: Option<String>,
+    drained: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::io::Result<std::thread::JoinHandle<Result<u64, String>>> {
+    std::thread::Builder::new()
+        .name("floor-readers".into())
+        .spawn(move || {
+            if let Some(c) = cpus {
+                pin_this_thread(&c).map_err(|e| e.to_string())?;
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let mut tasks = Vec::with_capacity(readers.len());
+                for r in readers {
+                    r.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    let mut r = tokio::net::TcpStream::from_std(r).map_err(|e| e.to_string())?;
+                    let drained = drained.clone();
+                    tasks.push(tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt;
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n @ 1..) = r.read(&mut buf).await {
+                            drained.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.map_err(|e| e.to_string())?;
+                }
+                Ok(drained.load(std::sync::atomic::Ordering::Relaxed))
+            })
+        })
+}
+
+/// Pins the calling thread to `cpus` (a `taskset -c` list) with `taskset -p`.
+fn pin_this_thread(cpus: &str) -> std::io::Result<()> {
+    let me = std::fs::read_link("/proc/thread-self")?;
+    let tid = me
+        .file_name()
+        .and_then(|t| t.to_str())
+        .ok_or_else(|| std::io::Error::other("no thread id"))?
+        .to_owned();
+    let out = std::process::Command::new("taskset")
+        .args(["-p", "-c", cpus, &tid])
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "taskset -p -c {cpus} {tid}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 async fn api(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Res<Value> {
@@ -68,8 +169,23 @@ async fn api(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Res
 /// Paced channel fan-out; see the module docs.
 pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> Res<()> {
     let messages = (rate * seconds as f64).round().max(1.0) as u64;
-    let floor = tokio::task::spawn_blocking(|| write_floor_us(2000, 150, 20)).await??;
-    println!("floor: one 150-byte write() to a loopback socket = {floor:.2} us of CPU");
+    // As many sockets as members, up to what two ends per socket leave of the open-files limit,
+    // because the kernel's cost per write grows with the number of sockets; its own thread,
+    // because it pins itself.
+    let sockets = members.clamp(1000, 8000);
+    let rounds = 40_000usize.div_ceil(sockets);
+    let floor = tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || {
+            write_floor_us(sockets, 150, rounds, pin()).map_err(|e| e.to_string())
+        })
+        .join()
+        .map_err(|_| "the floor thread panicked".to_owned())?
+    })
+    .await??;
+    println!(
+        "floor: one 150-byte write() to a loopback socket = {:.2} us of CPU ({:.2} us when its reader waits in epoll)",
+        floor.quiet, floor.waiting
+    );
     let mut runs = Vec::new();
     let mut all_last = LatHist::default();
     let mut last_timeline = Default::default();
@@ -147,8 +263,10 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
             "node_cpu_secs": cpu,
             "node_cpu_percent": cpu / (now_ns() - start_ns) as f64 * 1e9 * 100.0,
             "node_cpu_us_per_frame": us_per_frame,
-            "floor_us_per_write": floor,
-            "node_cost_over_floor": us_per_frame / floor.max(1e-9),
+            "floor_us_per_write": floor.quiet,
+            "floor_us_per_write_waiting_reader": floor.waiting,
+            "node_cost_over_floor": us_per_frame / floor.quiet.max(1e-9),
+            "node_cost_over_waiting_floor": us_per_frame / floor.waiting.max(1e-9),
             "last_member_latency": latency_json(&last),
             "frame_latency": latency_json(&m.latency),
         });
@@ -162,8 +280,10 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
     }
     let summary = json!({
         "node_cpu_us_per_frame (median)": median_at(&runs, &["node_cpu_us_per_frame"]),
-        "floor_us_per_write": floor,
+        "floor_us_per_write": floor.quiet,
+        "floor_us_per_write_waiting_reader": floor.waiting,
         "node_cost_over_floor (median)": median_at(&runs, &["node_cost_over_floor"]),
+        "node_cost_over_waiting_floor (median)": median_at(&runs, &["node_cost_over_waiting_floor"]),
         "node_cpu_percent (median)": median_at(&runs, &["node_cpu_percent"]),
         "last_member_p50_ms (median)": median_at(&runs, &["last_member_latency", "p50_ms"]),
         "last_member_p99_ms (median)": median_at(&runs, &["last_member_latency", "p99_ms"]),

@@ -16,6 +16,7 @@ fn every_scenario_runs_tiny_and_writes_reports() {
     assert!(status.success());
     let mut expected = vec![
         "idle-20",
+        "paced-20x10",
         "p2p-memory-1n",
         "p2p-memory-1n-1000rps",
         "fanout-memory-1n-20",
