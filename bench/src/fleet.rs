@@ -157,6 +157,15 @@ impl Fleet {
         }
     }
 
+    /// CPU seconds the worker processes used so far.
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        self.workers
+            .iter()
+            .filter_map(|w| w.child.id())
+            .map(crate::sys::cpu_seconds)
+            .sum()
+    }
+
     /// Waits until `want` warm-up frames (`{"warmup": true}`) arrived, which proves that many
     /// members are reachable before timing starts; an error after `timeout`.
     pub(crate) async fn wait_warm(&mut self, want: u64, timeout: Duration) -> Res<()> {

@@ -169,6 +169,7 @@ async fn api(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Res
 /// Paced channel fan-out; see the module docs.
 pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> Res<()> {
     let messages = (rate * seconds as f64).round().max(1.0) as u64;
+    let pinned = pin().is_some();
     // As many sockets as members, up to what two ends per socket leave of the open-files limit,
     // because the kernel's cost per write grows with the number of sockets; its own thread,
     // because it pins itself.
@@ -230,6 +231,7 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
         let base_received = fleet.report().await?.received;
 
         let cpu0 = sys::cpu_seconds(node.pid());
+        let clients_cpu0 = fleet.cpu_seconds();
         let start_ns = now_ns();
         let started = Instant::now();
         for i in 0..messages {
@@ -247,12 +249,22 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
         let want = base_received + members as u64 * messages;
         let m = fleet.wait_received(want, Duration::from_secs(120)).await?;
         let cpu = sys::cpu_seconds(node.pid()) - cpu0;
+        let clients_cpu = fleet.cpu_seconds() - clients_cpu0;
         let frames = m.received - base_received;
         let mut last = LatHist::default();
         for v in m.seq_max.values() {
             last.record(*v);
         }
         let us_per_frame = cpu * 1e6 / frames.max(1) as f64;
+        let clients_us_per_frame = clients_cpu * 1e6 / frames.max(1) as f64;
+        // The least time one message can take to reach its last member, from CPU alone: pinned,
+        // the node's core does every write; unpinned, node and clients share every core.
+        let cores = sys::machine().cores.max(1) as f64;
+        let cpu_bound_ms = if pinned {
+            us_per_frame * members as f64 / 1e3
+        } else {
+            (us_per_frame + clients_us_per_frame) * members as f64 / cores / 1e3
+        };
         let r = json!({
             "run": run,
             "members": members,
@@ -263,6 +275,8 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
             "node_cpu_secs": cpu,
             "node_cpu_percent": cpu / (now_ns() - start_ns) as f64 * 1e9 * 100.0,
             "node_cpu_us_per_frame": us_per_frame,
+            "clients_cpu_us_per_frame": clients_us_per_frame,
+            "last_member_cpu_bound_ms": cpu_bound_ms,
             "floor_us_per_write": floor.quiet,
             "floor_us_per_write_waiting_reader": floor.waiting,
             "node_cost_over_floor": us_per_frame / floor.quiet.max(1e-9),
@@ -285,6 +299,8 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
         "node_cost_over_floor (median)": median_at(&runs, &["node_cost_over_floor"]),
         "node_cost_over_waiting_floor (median)": median_at(&runs, &["node_cost_over_waiting_floor"]),
         "node_cpu_percent (median)": median_at(&runs, &["node_cpu_percent"]),
+        "clients_cpu_us_per_frame (median)": median_at(&runs, &["clients_cpu_us_per_frame"]),
+        "last_member_cpu_bound_ms (median)": median_at(&runs, &["last_member_cpu_bound_ms"]),
         "last_member_p50_ms (median)": median_at(&runs, &["last_member_latency", "p50_ms"]),
         "last_member_p99_ms (median)": median_at(&runs, &["last_member_latency", "p99_ms"]),
         "last_member_max_ms (median)": median_at(&runs, &["last_member_latency", "max_ms"]),
@@ -307,7 +323,6 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
             met: median_at(&runs, &["last_member_latency", "p99_ms"]) <= 45.0,
         },
     ];
-    let pinned = crate::fleet::PIN.get().is_some_and(Option::is_some);
     let params = json!({"members": members, "rate": rate, "seconds": seconds, "messages": messages, "workers": o.workers, "runs": o.runs, "pinned": pinned});
     report::write(
         &o.out,
