@@ -129,7 +129,7 @@ async fn ws(
     }
     let limits = &app.node.limits;
     let node = app.node.clone();
-    let cancel = app.shutdown.child_token();
+    let shutdown = app.shutdown.clone();
     let sessions = app.sessions.clone();
     upgrade
         // Small buffers: tungstenite allocates (and touches) the read buffer eagerly, 128 KiB
@@ -143,7 +143,7 @@ async fn ws(
                 socket,
                 claims.client,
                 claims.metadata,
-                cancel,
+                shutdown,
             ))
         })
 }

@@ -351,6 +351,7 @@ impl ImServer {
     pub async fn shutdown(self) -> Result<()> {
         let grace = self.app.node.limits.shutdown_grace;
         self.app.shutdown.cancel();
+        self.app.node.close_sessions();
         self.app.sessions.close();
         if tokio::time::timeout(grace, self.app.sessions.wait())
             .await

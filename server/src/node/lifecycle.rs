@@ -25,19 +25,23 @@ impl Node {
         socket: WebSocket,
         client: ClientId,
         metadata: serde_json::Value,
-        cancel: CancellationToken,
+        shutdown: CancellationToken,
     ) {
         let handle = Arc::new(SessionHandle::new(
             client,
             self.next_connection_id(),
             metadata,
             &self.limits,
-            cancel,
             self.metrics.clone(),
         ));
         // Boxed: attach and detach are large futures needed once, and the task keeps the space
         // of its largest state for its whole life.
         Box::pin(self.attach(&handle)).await;
+        // Shutdown closes every session in the index; one attached just after that sweep sees
+        // the token instead (the sweep runs after the token is cancelled).
+        if shutdown.is_cancelled() {
+            handle.close(session::close::GOING_AWAY);
+        }
         let ctx = Context {
             limits: &self.limits,
             reports: &self.outcomes.reports,
@@ -49,6 +53,13 @@ impl Node {
         if let (End::Close(code), Some(socket)) = (end, socket) {
             session::close_socket(socket, code).await;
         }
+    }
+
+    /// Asks every connection on this node to close with 1001 (node shutdown).
+    pub(crate) fn close_sessions(&self) {
+        self.registry.for_all(|s| {
+            s.close(session::close::GOING_AWAY);
+        });
     }
 
     /// Registers a new connection: stored messages queued first, then the local index (live

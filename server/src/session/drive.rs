@@ -18,7 +18,7 @@ use super::{
     acks::{Ackable, PendingAcks},
     close,
     rate::InboundRate,
-    Outgoing, SessionHandle,
+    Outgoing, SessionHandle, Wake,
 };
 use crate::{
     metrics::{CloseKind, InKind},
@@ -61,16 +61,13 @@ pub(crate) async fn drive(
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    // Armed once and kept across iterations: re-registering with the token and the Notify for
-    // every frame is measurable at everyday rates, where each frame wakes the task alone.
-    let mut cancelled = pin!(handle.cancel.cancelled());
-    let mut ready = pin!(handle.ready.notified());
     let end = loop {
         tokio::select! {
             biased;
-            () = &mut cancelled => break End::Close(handle.close_code()),
-            () = &mut ready => {
-                ready.set(handle.ready.notified());
+            wake = std::future::poll_fn(|cx| handle.poll_wake(cx)) => {
+                if let Wake::Close(code) = wake {
+                    break End::Close(code);
+                }
                 let batch = handle.take();
                 let mut write =
                     pin!(write_batch(&mut socket, batch, &mut pending, handle, ctx.reports));
@@ -84,8 +81,8 @@ pub(crate) async fn drive(
                 }
                 tokio::select! {
                     biased;
-                    // A slow consumer is cancelled while its write is stuck; stop waiting.
-                    () = &mut cancelled => break End::Close(handle.close_code()),
+                    // A slow consumer is closed while its write is stuck; stop waiting.
+                    code = std::future::poll_fn(|cx| handle.poll_closing(cx)) => break End::Close(code),
                     res = write => if res.is_err() { break End::Gone },
                     // A peer that stopped reading also stops answering pings: it is dead even
                     // though the write never fails (the kernel keeps the socket open).

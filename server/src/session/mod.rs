@@ -1,16 +1,22 @@
 //! One WebSocket connection: its [`SessionHandle`] (what the node pushes into) and the task
 //! that drives the socket ([`drive`]).
 //!
-//! Everything for a connection happens on one task: a `select!` over the node's outbound queue,
-//! the client's frames, the ping timer and the connection's cancellation. The outbound queue is
+//! Everything for a connection happens on one task: a `select!` over the node's outbound queue
+//! (and its closing), the client's frames and the ping timer. The outbound queue is
 //! bounded in frames and bytes; a client that cannot keep up is closed with 4008 instead of being
 //! buffered without bound. Frames are shared `Utf8Bytes`: a message for many sockets is
 //! serialised once.
 //!
 //! Idle connections are the common case (tens of thousands per node), so the queue is a plain
-//! `VecDeque` behind a short mutex plus a `Notify`: it holds no heap memory until something is
-//! queued, and the writer takes the whole batch at once, freeing it after writing. (A bounded
-//! `mpsc` channel keeps a 2 KiB block per connection even when empty.)
+//! `VecDeque` behind a short mutex: it holds no heap memory until something is queued, and the
+//! writer takes the whole batch at once, freeing it after writing. (A bounded `mpsc` channel
+//! keeps a 2 KiB block per connection even when empty.)
+//!
+//! The task is woken through one `AtomicWaker` with two flags beside it: frames queued, and a
+//! close code. At everyday rates every frame wakes its task alone, so the wake-up is per-frame
+//! cost: re-registering the same waker is a few atomic operations, where a `Notify` takes its
+//! lock on every poll and a child `CancellationToken` the lock of its tree node (and allocates
+//! that node per connection).
 //!
 //! A session knows nothing of the node: it counts into [`Metrics`], settles the
 //! [`FrameToken`](crate::settle::FrameToken)s of the frames it writes, and reports client acks
@@ -27,15 +33,15 @@ mod rate;
 use std::{
     collections::{HashSet, VecDeque},
     sync::{
-        atomic::{AtomicU16, Ordering},
+        atomic::{AtomicBool, AtomicU16, Ordering},
         Arc, Mutex,
     },
+    task::{Context as TaskContext, Poll},
 };
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use impush_core::{config::LimitsConfig, ClientId, ConnectionId, MessageId};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 pub(crate) use drive::{close_socket, drive, Context, End};
 
@@ -72,6 +78,15 @@ impl Outgoing {
     }
 }
 
+/// Why the session task was woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The connection must close with this code.
+    Close(u16),
+    /// Frames were queued.
+    Frames,
+}
+
 /// Frames waiting for the writer.
 #[derive(Debug, Default)]
 struct Outbox {
@@ -89,11 +104,14 @@ pub(crate) struct SessionHandle {
     /// What `prepare_connect` signed in; it travels with the online/offline events.
     pub(crate) metadata: serde_json::Value,
     outbox: Mutex<Outbox>,
-    ready: Notify,
+    /// The session task, woken when frames are queued or the connection must close.
+    waker: AtomicWaker,
+    /// Frames were queued since the task last took the queue.
+    queued: AtomicBool,
     max_frames: usize,
     max_bytes: usize,
+    /// Non-zero once the connection must close: the close code (the first reason wins).
     close_code: AtomicU16,
-    cancel: CancellationToken,
     metrics: Arc<Metrics>,
     /// Ids of offline-inbox messages already queued on this socket (a drain racing a
     /// reconnect, or a redelivery, must not show an id twice). Allocated on first use.
@@ -110,7 +128,6 @@ impl SessionHandle {
         connection: ConnectionId,
         metadata: serde_json::Value,
         limits: &LimitsConfig,
-        cancel: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -118,11 +135,11 @@ impl SessionHandle {
             connection,
             metadata,
             outbox: Mutex::new(Outbox::default()),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
+            queued: AtomicBool::new(false),
             max_frames: limits.outbound_queue.max(1),
             max_bytes: limits.outbound_queue_bytes.max(1),
             close_code: AtomicU16::new(0),
-            cancel,
             metrics,
             stored_sent: Mutex::new(None),
         }
@@ -151,9 +168,8 @@ impl SessionHandle {
     /// delivered.
     pub(crate) fn push(&self, out: Outgoing) -> bool {
         let len = out.frame.len();
-        // Not `cancel.is_cancelled()`: that takes the token's own lock, a cache miss per socket
-        // in a large fan-out. A connection closed for its own reason says so here; one ended
-        // by node shutdown is refused under the queue's lock once its queue was discarded.
+        // A closing connection says so here; a finished one is refused under the queue's lock
+        // once its queue was discarded.
         if self.close_code.load(Ordering::Acquire) != 0 {
             return false;
         }
@@ -173,8 +189,33 @@ impl SessionHandle {
             q.bytes += len;
             q.frames.push_back(out);
         }
-        self.ready.notify_one();
+        self.queued.store(true, Ordering::Release);
+        self.waker.wake();
         true
+    }
+
+    /// Ready with what the session task must do next: close with a code, or write what was
+    /// queued. Registers the task first and reads the flags after, so a push or close racing
+    /// this poll either is seen now or wakes the task again.
+    pub(crate) fn poll_wake(&self, cx: &mut TaskContext<'_>) -> Poll<Wake> {
+        self.waker.register(cx.waker());
+        if let c @ 1.. = self.close_code.load(Ordering::Acquire) {
+            return Poll::Ready(Wake::Close(c));
+        }
+        if self.queued.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(Wake::Frames);
+        }
+        Poll::Pending
+    }
+
+    /// Ready with the close code once the connection must close (frames queued meanwhile are
+    /// left for later).
+    pub(crate) fn poll_closing(&self, cx: &mut TaskContext<'_>) -> Poll<u16> {
+        self.waker.register(cx.waker());
+        match self.close_code.load(Ordering::Acquire) {
+            0 => Poll::Pending,
+            c => Poll::Ready(c),
+        }
     }
 
     /// Everything queued so far, leaving the queue empty (and unallocated).
@@ -216,15 +257,8 @@ impl SessionHandle {
             .close_code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
-        self.cancel.cancel();
+        self.waker.wake();
         first
-    }
-
-    fn close_code(&self) -> u16 {
-        match self.close_code.load(Ordering::Acquire) {
-            0 => close::GOING_AWAY, // cancelled by node shutdown
-            c => c,
-        }
     }
 
     /// Closes the connection as replaced (4009) and counts it.
@@ -252,13 +286,12 @@ impl SessionHandle {
 mod tests {
     use super::*;
 
-    fn handle(cancel: CancellationToken) -> SessionHandle {
+    fn handle() -> SessionHandle {
         SessionHandle::new(
             ClientId::new("alice").expect("valid id"),
             ConnectionId::new("n1-1").expect("valid id"),
             serde_json::Value::Null,
             &LimitsConfig::default(),
-            cancel,
             Arc::new(Metrics::default()),
         )
     }
@@ -269,12 +302,10 @@ mod tests {
 
     #[test]
     fn nothing_is_queued_once_the_queue_was_discarded() {
-        // Node shutdown cancels the parent token: no close code is set, so the discard is what
-        // must refuse later pushes, or frames would wait in a dead connection's queue.
-        let parent = CancellationToken::new();
-        let h = handle(parent.child_token());
+        // A connection whose peer went away has no close code, so the discard is what must
+        // refuse later pushes, or frames would wait in a dead connection's queue.
+        let h = handle();
         assert!(h.push(frame()));
-        parent.cancel();
         h.discard_queued();
         assert!(h.take().is_empty(), "discard left frames queued");
         assert!(!h.push(frame()), "a discarded queue took a frame");
@@ -283,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_closed_connection_refuses_frames_at_once() {
-        let h = handle(CancellationToken::new());
+        let h = handle();
         assert!(h.push(frame()));
         h.kick();
         assert!(!h.push(frame()), "a kicked connection took a frame");
@@ -291,6 +322,61 @@ mod tests {
             h.take().len(),
             1,
             "only the frame pushed before the kick is queued"
+        );
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_task_is_woken_for_frames_once_and_for_closing_always() {
+        let h = handle();
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = TaskContext::from_waker(&waker);
+        let count = || wakes.0.load(Ordering::SeqCst);
+
+        assert_eq!(h.poll_wake(&mut cx), Poll::Pending);
+        assert!(h.push(frame()));
+        assert_eq!(count(), 1, "a push must wake the waiting task");
+        assert_eq!(h.poll_wake(&mut cx), Poll::Ready(Wake::Frames));
+        assert_eq!(h.take().len(), 1);
+        assert_eq!(
+            h.poll_wake(&mut cx),
+            Poll::Pending,
+            "frames already taken woke the task again"
+        );
+        assert_eq!(h.poll_closing(&mut cx), Poll::Pending);
+
+        // Closing wins over frames queued before it, and is seen by both polls from then on.
+        assert!(h.push(frame()));
+        assert_eq!(count(), 2);
+        h.kick();
+        assert_eq!(
+            h.poll_wake(&mut cx),
+            Poll::Ready(Wake::Close(close::KICKED))
+        );
+        assert_eq!(h.poll_closing(&mut cx), Poll::Ready(close::KICKED));
+        assert_eq!(
+            h.poll_wake(&mut cx),
+            Poll::Ready(Wake::Close(close::KICKED))
+        );
+
+        // A close wakes a waiting task.
+        let other = handle();
+        assert_eq!(other.poll_wake(&mut cx), Poll::Pending);
+        other.replace();
+        assert_eq!(count(), 3, "a close must wake the waiting task");
+        assert_eq!(
+            other.poll_wake(&mut cx),
+            Poll::Ready(Wake::Close(close::REPLACED))
         );
     }
 }
