@@ -32,17 +32,29 @@ pub struct MemoryOfflineStore {
 struct Inbox {
     /// Keyed by (ts, id): iteration order is inbox order.
     messages: BTreeMap<(u64, MessageId), StoredMessage>,
+    /// The ts of every id in `messages`: acks remove by id, and a full inbox holds thousands.
+    ts_of: HashMap<MessageId, u64>,
     bytes: usize,
 }
 
 impl Inbox {
     fn pop_oldest(&mut self) -> bool {
         match self.messages.pop_first() {
-            Some((_, m)) => {
+            Some(((_, id), m)) => {
+                self.ts_of.remove(&id);
                 self.bytes -= m.size();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Removes the message `id`, if held.
+    fn remove(&mut self, id: &MessageId) {
+        if let Some(ts) = self.ts_of.remove(id) {
+            if let Some(m) = self.messages.remove(&(ts, id.clone())) {
+                self.bytes -= m.size();
+            }
         }
     }
 
@@ -99,14 +111,15 @@ impl OfflineStore for MemoryOfflineStore {
         }
         let inbox = inboxes.entry(client.clone()).or_default();
         inbox.expire(cutoff);
-        let key = (message.ts, message.id.clone());
-        if inbox.messages.contains_key(&key) {
+        if inbox.ts_of.contains_key(&message.id) {
             return Ok(Stored {
                 evicted: 0,
                 kept: true,
             });
         }
+        let key = (message.ts, message.id.clone());
         inbox.bytes += message.size();
+        inbox.ts_of.insert(message.id.clone(), message.ts);
         inbox.messages.insert(key.clone(), message);
         let mut evicted = 0;
         while inbox.messages.len() > self.limits.max_per_client
@@ -138,16 +151,8 @@ impl OfflineStore for MemoryOfflineStore {
         let Some(inbox) = inboxes.get_mut(client) else {
             return Ok(());
         };
-        let gone: Vec<(u64, MessageId)> = inbox
-            .messages
-            .keys()
-            .filter(|(_, id)| ids.contains(id))
-            .cloned()
-            .collect();
-        for key in gone {
-            if let Some(m) = inbox.messages.remove(&key) {
-                inbox.bytes -= m.size();
-            }
+        for id in ids {
+            inbox.remove(id);
         }
         if inbox.messages.is_empty() {
             inboxes.remove(client);
@@ -183,5 +188,58 @@ impl OfflineStore for MemoryOfflineStore {
 
     fn is_shared(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    fn message(n: u64, ts: u64) -> StoredMessage {
+        StoredMessage {
+            id: MessageId::new(format!("m{n}")).unwrap(),
+            from: ClientId::new("bob").unwrap(),
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            ts,
+            receipt: false,
+        }
+    }
+
+    /// The id index must follow every way a message leaves: an ack, an eviction. A stale
+    /// entry would make a later store of that id look like a duplicate and lose it.
+    #[tokio::test]
+    async fn ids_that_left_can_be_stored_again() {
+        let s = MemoryOfflineStore::new(InboxLimits {
+            ttl: Duration::from_secs(60),
+            max_per_client: 2,
+            max_bytes: 1 << 20,
+        });
+        let alice = ClientId::new("alice").unwrap();
+        let t = now_ms();
+        for n in 0..3 {
+            s.store(&alice, message(n, t + n)).await.unwrap();
+        }
+        // m0 was evicted, m1 is acked: both may come back (m2 is then the oldest, evicted).
+        s.remove(&alice, &[message(1, 0).id]).await.unwrap();
+        assert!(s.store(&alice, message(0, t + 10)).await.unwrap().kept);
+        assert!(s.store(&alice, message(1, t + 11)).await.unwrap().kept);
+        let ids: Vec<String> = s
+            .fetch(&alice, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id.as_str().to_owned())
+            .collect();
+        assert_eq!(ids, ["m0", "m1"]);
+        let st = s.stats(&alice).await.unwrap();
+        assert_eq!(st.bytes, message(0, 0).size() + message(1, 0).size());
+        s.remove(&alice, &[message(0, 0).id, message(1, 0).id])
+            .await
+            .unwrap();
+        assert!(s.lock().unwrap().is_empty(), "an emptied inbox is dropped");
     }
 }
