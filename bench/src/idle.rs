@@ -3,7 +3,7 @@
 //! --broker redis` (or rabbitmq, kafka) spreads the sockets over N node processes, each client
 //! on the node that owns it, to show the whole machine as a cluster.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use impush_core::ClientId;
 use serde_json::{json, Value};
@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::{
     fleet::{Fleet, Merged, NodeProc},
     report::{self, median_at, Check},
-    scenarios::{n1_urls, tmpdir, write_configs, Bench, Opts},
+    scenarios::{n1_urls, tmpdir, write_configs, Bench, Opts, TempDir},
     sys,
 };
 
@@ -31,7 +31,7 @@ pub(crate) struct IdlePlan {
 /// The node processes of one run and the clients' connections to them.
 struct Held {
     /// The lone node and its config directory (one node on the memory broker).
-    lone: Option<(NodeProc, PathBuf)>,
+    lone: Option<(NodeProc, TempDir)>,
     /// The cluster's nodes and helper (a backbone).
     bench: Option<Bench>,
     fleet: Fleet,
@@ -55,9 +55,8 @@ impl Held {
 
     async fn stop(self) {
         self.fleet.stop().await;
-        if let Some((node, dir)) = self.lone {
+        if let Some((node, _dir)) = self.lone {
             node.stop().await;
-            let _ = std::fs::remove_dir_all(dir);
         }
         if let Some(b) = self.bench {
             b.stop().await;

@@ -166,7 +166,7 @@ pub(crate) async fn inbox(o: &Opts, store: &str, messages: u64, in_flight: usize
         runs.push(r);
         fleet.stop().await;
         node.stop().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        drop(dir);
     }
     let lost: u64 = runs
         .iter()

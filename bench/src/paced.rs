@@ -290,7 +290,7 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
         runs.push(r);
         fleet.stop().await;
         node.stop().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        drop(dir);
     }
     let summary = json!({
         "node_cpu_us_per_frame (median)": median_at(&runs, &["node_cpu_us_per_frame"]),

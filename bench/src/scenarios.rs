@@ -65,14 +65,33 @@ pub(crate) struct Opts {
     pub(crate) kafka_url: Option<String>,
 }
 
-pub(crate) fn tmpdir(tag: &str) -> Res<PathBuf> {
+/// A directory for a run's configs and data, removed when dropped (a run that fails half-way
+/// leaves nothing behind either).
+#[derive(Debug)]
+pub(crate) struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(crate) fn tmpdir(tag: &str) -> Res<TempDir> {
     let d = std::env::temp_dir().join(format!(
         "impush-bench-{tag}-{}-{}",
         std::process::id(),
         now_ns()
     ));
     std::fs::create_dir_all(&d)?;
-    Ok(d)
+    Ok(TempDir(d))
 }
 
 fn free_addrs(n: usize) -> Res<Vec<std::net::SocketAddr>> {
@@ -167,7 +186,8 @@ pub(crate) struct Bench {
     pub(crate) helper: ImHelper,
     inproc: Option<ImServer>,
     pub(crate) procs: Vec<NodeProc>,
-    dir: PathBuf,
+    /// Removed once the nodes are stopped (fields drop in order).
+    _dir: TempDir,
 }
 
 impl Bench {
@@ -187,7 +207,7 @@ impl Bench {
                     helper: server.helper(),
                     inproc: Some(server),
                     procs: Vec::new(),
-                    dir,
+                    _dir: dir,
                 })
             }
             _ => {
@@ -203,7 +223,7 @@ impl Bench {
                     helper,
                     inproc: None,
                     procs,
-                    dir,
+                    _dir: dir,
                 })
             }
         }
@@ -254,7 +274,6 @@ impl Bench {
         for p in self.procs {
             p.stop().await;
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

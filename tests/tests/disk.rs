@@ -17,12 +17,14 @@ fn fresh_file() -> (std::path::PathBuf, DiskOfflineConfig) {
 }
 
 async fn offline() -> Option<Arc<dyn OfflineStore>> {
-    let (_dir, cfg) = fresh_file();
-    Some(Arc::new(
-        DiskOfflineStore::open(&cfg, impush_tests::OFFLINE_LIMITS)
-            .await
-            .expect("open the file"),
-    ))
+    let (dir, cfg) = fresh_file();
+    let store = DiskOfflineStore::open(&cfg, impush_tests::OFFLINE_LIMITS)
+        .await
+        .expect("open the file");
+    // The suite hands the store away, so nothing would remove the directory afterwards. Once
+    // open, the file lives on (unlinked) until the store is dropped.
+    std::fs::remove_dir_all(&dir).expect("remove the temp dir");
+    Some(Arc::new(store))
 }
 
 impush_tests::offline_conformance!(offline);
