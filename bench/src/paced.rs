@@ -75,8 +75,7 @@ pub(crate) fn write_floor_us(
     drop((writers, readers));
 
     let (mut writers, readers) = connect(sockets)?;
-    let drained = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let reader = spawn_readers(readers, pin.map(|p| p.workers.clone()), drained.clone())?;
+    let reader = spawn_readers(readers, pin.map(|p| p.workers.clone()))?;
     let waiting = per_write(&mut writers, Duration::from_millis(20));
     drop(writers);
     let read = reader.join().map_err(|_| "floor reader panicked")??;
@@ -99,7 +98,6 @@ pub(crate) struct Floor {
 fn spawn_readers(
     readers: Vec<TcpStream>,
     cpus: Option<String>,
-    drained: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> std::io::Result<std::thread::JoinHandle<Result<u64, String>>> {
     std::thread::Builder::new()
         .name("floor-readers".into())
@@ -111,6 +109,7 @@ fn spawn_readers(
                 .enable_io()
                 .build()
                 .map_err(|e| e.to_string())?;
+            let drained = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             rt.block_on(async move {
                 let mut tasks = Vec::with_capacity(readers.len());
                 for r in readers {
