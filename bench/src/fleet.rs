@@ -145,40 +145,49 @@ impl Fleet {
         self.collect(true).await
     }
 
-    /// Polls until `want` frames arrived (or `timeout`), then returns the final report.
-    pub(crate) async fn wait_received(&mut self, want: u64, timeout: Duration) -> Res<Merged> {
+    /// Polls the reports every `every` until `done` holds or `timeout` passed; the last report
+    /// and whether `done` held.
+    async fn poll_until(
+        &mut self,
+        done: impl Fn(&Merged) -> bool,
+        timeout: Duration,
+        every: Duration,
+    ) -> Res<(Merged, bool)> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let m = self.report().await?;
-            if m.received >= want || tokio::time::Instant::now() >= deadline {
-                return Ok(m);
+            if done(&m) {
+                return Ok((m, true));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            if tokio::time::Instant::now() >= deadline {
+                return Ok((m, false));
+            }
+            tokio::time::sleep(every).await;
         }
+    }
+
+    /// Polls until `want` frames arrived (or `timeout`), then returns the final report.
+    pub(crate) async fn wait_received(&mut self, want: u64, timeout: Duration) -> Res<Merged> {
+        let every = Duration::from_millis(200);
+        Ok(self
+            .poll_until(|m| m.received >= want, timeout, every)
+            .await?
+            .0)
     }
 
     /// CPU seconds the worker processes used so far.
     pub(crate) fn cpu_seconds(&self) -> f64 {
-        self.workers
-            .iter()
-            .filter_map(|w| w.child.id())
-            .map(crate::sys::cpu_seconds)
-            .sum()
+        let pids: Vec<u32> = self.workers.iter().filter_map(|w| w.child.id()).collect();
+        crate::sys::cpu_total(&pids)
     }
 
     /// Waits until `want` warm-up frames (`{"warmup": true}`) arrived, which proves that many
     /// members are reachable before timing starts; an error after `timeout`.
     pub(crate) async fn wait_warm(&mut self, want: u64, timeout: Duration) -> Res<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let warm = self.report().await?.warm;
-            if warm >= want {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(format!("warm-up reached {warm} of {want} members").into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let every = Duration::from_millis(20);
+        match self.poll_until(|m| m.warm >= want, timeout, every).await? {
+            (_, true) => Ok(()),
+            (m, false) => Err(format!("warm-up reached {} of {want} members", m.warm).into()),
         }
     }
 

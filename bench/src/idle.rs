@@ -64,10 +64,6 @@ impl Held {
     }
 }
 
-fn cpu_total(pids: &[u32]) -> f64 {
-    pids.iter().map(|p| sys::cpu_seconds(*p)).sum()
-}
-
 fn clients(n: usize) -> Res<Vec<ClientId>> {
     Ok((0..n)
         .map(|i| format!("c{i}").parse())
@@ -118,9 +114,9 @@ async fn cluster(o: &Opts, p: &IdlePlan) -> Res<Held> {
         }
     }
     let pids: Vec<u32> = bench.procs.iter().map(NodeProc::pid).collect();
-    let cpu_before = cpu_total(&pids);
+    let cpu_before = sys::cpu_total(&pids);
     let (fleet, connected) = bench.fleet(o, &ids, p.concurrency, false).await?;
-    let connect_cpu = cpu_total(&pids) - cpu_before;
+    let connect_cpu = sys::cpu_total(&pids) - cpu_before;
     Ok(Held {
         lone: None,
         bench: Some(bench),
@@ -158,9 +154,9 @@ pub(crate) async fn idle(o: &Opts, p: &IdlePlan) -> Res<()> {
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss_loaded: Vec<u64> = pids.iter().map(|p| sys::rss_bytes(*p)).collect();
-        let cpu0 = cpu_total(&pids);
+        let cpu0 = sys::cpu_total(&pids);
         tokio::time::sleep(Duration::from_secs(p.idle_secs)).await;
-        let cpu1 = cpu_total(&pids);
+        let cpu1 = sys::cpu_total(&pids);
         let still = held.fleet.report().await?;
         let held_sockets = n_connected as u64 - still.closed;
         let growth: u64 = rss_loaded

@@ -69,6 +69,11 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / clock_ticks()
 }
 
+/// CPU seconds `pids` used so far, together.
+pub(crate) fn cpu_total(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
+}
+
 fn clock_ticks() -> f64 {
     // sysconf(_SC_CLK_TCK) is 100 on every Linux we run on; avoid a libc dependency for it.
     100.0
