@@ -80,6 +80,7 @@ export type StateEvent =
 export type ErrorKind = "getUrl" | "connect" | "frame" | "handler";
 
 export declare class ImpushClientError extends Error {
+  constructor(kind: ErrorKind, message: string, options?: { cause?: unknown; frame?: string });
   readonly name: "ImpushClientError";
   readonly kind: ErrorKind;
   readonly cause?: unknown;
@@ -96,13 +97,20 @@ export interface ImpushClientEvents {
   error: ImpushClientError;
 }
 
-/** The subset of the WebSocket API the client uses. */
+/**
+ * A handler property the client assigns and the socket calls, with the fields of the event the
+ * client reads. Checked bivariantly (method syntax), so a socket whose own property takes a
+ * richer event (the DOM's `MessageEvent`, `CloseEvent`) still fits `WebSocketLike`.
+ */
+export type SocketHandler<E> = { bivarianceHack(ev: E): unknown }["bivarianceHack"] | null;
+
+/** The subset of the WebSocket API the client uses; `globalThis.WebSocket` instances fit. */
 export interface WebSocketLike {
   readonly readyState: number;
-  onopen: ((ev: any) => any) | null;
-  onmessage: ((ev: { data: any }) => any) | null;
-  onerror: ((ev: any) => any) | null;
-  onclose: ((ev: { code: number; reason: string }) => any) | null;
+  onopen: SocketHandler<unknown>;
+  onmessage: SocketHandler<{ data: unknown }>;
+  onerror: SocketHandler<unknown>;
+  onclose: SocketHandler<{ code: number; reason: string }>;
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }

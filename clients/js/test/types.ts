@@ -1,0 +1,206 @@
+// Type-level test of src/index.d.ts: `npm test` runs `tsc -p tsconfig.json` over this file and
+// never executes it. It imports the package by its own name, as an app would, so the `exports`
+// and `types` entries of package.json are resolved too.
+//
+// Lines marked `@ts-expect-error` must stay errors: if a declaration grows too loose (an event
+// name or a payload field typed `any`), tsc reports the unused directive and the test fails.
+
+import {
+  CloseCodes,
+  ImpushClient,
+  ImpushClientError,
+  type ChannelFrame,
+  type ConnectionState,
+  type ErrorKind,
+  type ImpushClientEvents,
+  type ImpushClientOptions,
+  type MessageFrame,
+  type ReceiptStatus,
+  type StateEvent,
+  type WebSocketLike,
+} from "impush-client";
+
+/** Fails to compile when a switch misses a case. */
+function unreachable(x: never): never {
+  throw new Error(`unexpected ${String(x)}`);
+}
+
+// ---- construction -----------------------------------------------------------------------------
+
+// The smallest client: getUrl may return a string or a promise of one.
+const minimal = new ImpushClient({ getUrl: () => "ws://127.0.0.1:6001/ws?token=t" });
+
+// Every option, with the browser's own WebSocket class.
+const options: ImpushClientOptions = {
+  getUrl: async () => {
+    const r = await fetch("/im/connect", { method: "POST" });
+    const j = (await r.json()) as { url: string };
+    return j.url;
+  },
+  WebSocket: globalThis.WebSocket,
+  autoAck: true,
+  autoConnect: false,
+  backoffBase: 500,
+  backoffMax: 60_000,
+  stableAfter: 5_000,
+  pingInterval: 0,
+  pongTimeout: 5_000,
+  connectTimeout: 10_000,
+  dedupeSize: 0,
+  random: Math.random,
+  timers: { setTimeout, clearTimeout, now: Date.now },
+};
+const im = new ImpushClient(options);
+
+// Any constructor of something WebSocket-shaped is accepted, e.g. a test double.
+class FakeSocket implements WebSocketLike {
+  readyState = 0;
+  onopen: ((ev: unknown) => void) | null = null;
+  onmessage: ((ev: { data: unknown }) => void) | null = null;
+  onerror: ((ev: unknown) => void) | null = null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null = null;
+  constructor(readonly url: string) {}
+  send(_data: string): void {}
+  close(_code?: number, _reason?: string): void {}
+}
+new ImpushClient({ getUrl: () => "ws://x/ws", WebSocket: FakeSocket, timers: { now: () => 0 } });
+
+// @ts-expect-error getUrl is required
+new ImpushClient({});
+// @ts-expect-error getUrl returns a URL, not an object
+new ImpushClient({ getUrl: () => ({ url: "ws://x" }) });
+// @ts-expect-error durations are milliseconds, not strings
+new ImpushClient({ getUrl: () => "ws://x", backoffBase: "1s" });
+// @ts-expect-error autoAck is a boolean
+new ImpushClient({ getUrl: () => "ws://x", autoAck: "yes" });
+// @ts-expect-error unknown options are typos
+new ImpushClient({ getUrl: () => "ws://x", pingIntervall: 1 });
+
+// ---- events -----------------------------------------------------------------------------------
+
+const offMessage: () => void = im.on("message", (m) => {
+  const id: string = m.id;
+  const from: string = m.from;
+  const ts: number = m.ts;
+  const receipt: boolean | undefined = m.receipt;
+  const stored: boolean | undefined = m.stored;
+  // Application data is not trusted to have a shape: it must be narrowed before use.
+  // @ts-expect-error data is unknown
+  m.data.text;
+  if (typeof m.data === "object" && m.data !== null && "text" in m.data) void m.data.text;
+  // @ts-expect-error no such field
+  void m.channel;
+  if (receipt || stored) im.ack(id);
+  void [from, ts];
+});
+offMessage();
+
+im.on("channel", (m: ChannelFrame) => {
+  const channel: string = m.channel;
+  const t: "channel" = m.type;
+  void [channel, t, m.id, m.from, m.ts, m.data];
+});
+
+im.on("broadcast", (m) => {
+  const t: "broadcast" = m.type;
+  // @ts-expect-error broadcasts have no sender
+  void m.from;
+  void [t, m.id, m.ts, m.data];
+});
+
+im.on("receipt", (r) => {
+  const to: string[] = r.to;
+  const status: ReceiptStatus = r.status;
+  switch (status) {
+    case "delivered":
+    case "offline":
+    case "stored":
+    case "acked":
+      break;
+    default:
+      unreachable(status);
+  }
+  // @ts-expect-error not a receipt status
+  if (r.status === "read") void to;
+});
+
+im.on("state", (s: StateEvent) => {
+  const attempt: number = s.attempt;
+  switch (s.state) {
+    case "connecting":
+    case "connected":
+      // @ts-expect-error only a disconnect has a close code
+      void s.code;
+      break;
+    case "disconnected": {
+      const code: number | undefined = s.code;
+      const reason: string = s.reason;
+      const delay: number | undefined = s.delay;
+      if (!s.willReconnect && (code === CloseCodes.KICKED || code === CloseCodes.REPLACED)) {
+        void reason;
+      }
+      void delay;
+      break;
+    }
+    default:
+      unreachable(s);
+  }
+  void attempt;
+});
+
+im.on("error", (e) => {
+  const err: Error = e;
+  const asImpush: ImpushClientError = e;
+  const kind: ErrorKind = e.kind;
+  switch (kind) {
+    case "getUrl":
+    case "connect":
+    case "frame":
+    case "handler":
+      break;
+    default:
+      unreachable(kind);
+  }
+  const frame: string | undefined = e.frame;
+  const cause: unknown = e.cause;
+  void [err, asImpush, frame, cause];
+});
+
+// A handler for one event cannot be registered for another.
+const onMessage = (m: MessageFrame) => void m.id;
+im.on("message", onMessage);
+im.off("message", onMessage);
+// @ts-expect-error a message handler does not take receipts
+im.on("receipt", onMessage);
+// @ts-expect-error no such event
+im.on("mesage", () => {});
+
+// The event map is public, so apps can write their own typed helpers over it.
+function once<K extends keyof ImpushClientEvents>(c: ImpushClient, event: K): Promise<ImpushClientEvents[K]> {
+  return new Promise((resolve) => {
+    const off = c.on(event, (ev) => {
+      off();
+      resolve(ev);
+    });
+  });
+}
+void once(im, "state").then((s) => s.state);
+
+// ---- methods and exports ----------------------------------------------------------------------
+
+const sent: boolean = im.ack("01a2");
+// @ts-expect-error ids are strings
+im.ack(42);
+im.connect();
+im.close();
+const state: ConnectionState = minimal.state;
+// @ts-expect-error state is read-only
+minimal.state = "connected";
+
+const kicked: 4001 = CloseCodes.KICKED;
+// @ts-expect-error CloseCodes is frozen
+CloseCodes.KICKED = 4002;
+
+const made = new ImpushClientError("frame", "frame is not JSON", { frame: "{", cause: new SyntaxError() });
+const name: "ImpushClientError" = made.name;
+void [sent, state, kicked, name];
