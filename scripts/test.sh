@@ -54,8 +54,9 @@ cargo build -q -p impush-examples --bin chat
 step "schemathesis: every check against the node's own OpenAPI document"
 IMPUSH_BIN="$root/target/debug/impush" scripts/schemathesis.sh
 
-step "clients/js: unit and integration tests against a real node"
-(cd clients/js && IMPUSH_BIN="$root/target/debug/impush" npm test)
+step "clients/js: types (tsc), the packed package, unit and integration tests against a real node"
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error \
+  && IMPUSH_BIN="$root/target/debug/impush" npm test)
 
 step "examples/chat: the demo in Chromium"
 scripts/brokers.sh install chromium >/dev/null
