@@ -20,60 +20,38 @@
 //! consumer) run on the blocking thread pool, never on the runtime's workers.
 
 use std::{
-    collections::HashMap,
     fmt,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
 };
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use impush_core::{Broker, Result, SubscribeMode, Subscription};
 use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    admin::AdminClient,
     config::FromClientConfigAndContext,
     error::KafkaError,
     producer::{FutureProducer, FutureRecord, Producer},
     types::RDKafkaErrorCode,
     util::Timeout,
 };
-use tokio::sync::OnceCell;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     client::{self, Ctx, Health},
     config::KafkaConfig,
     error::Error,
+    shared::{blocking, Clients, Inner},
     subscription,
+    topics::{check_topic, Topics},
 };
 
 /// A [`Broker`] over Kafka. See the module docs for the layout.
 pub struct KafkaBroker {
     inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) cfg: KafkaConfig,
-    /// `host:port,...` as librdkafka takes it; named in every error.
-    pub(crate) bootstrap: String,
-    /// Taken out (and flushed) by `shutdown`.
-    clients: Mutex<Option<Clients>>,
-    closed: AtomicBool,
-    /// Ends every subscription at shutdown.
-    pub(crate) cancel: CancellationToken,
-    /// The subscription tasks, so that shutdown waits for their last commits.
-    pub(crate) tasks: TaskTracker,
-}
-
-#[derive(Clone)]
-struct Clients {
-    producer: FutureProducer<Ctx>,
-    /// Whether this producer lost every broker after it had reached the cluster.
-    health: Arc<Health>,
-    topics: Arc<Topics>,
 }
 
 impl fmt::Debug for KafkaBroker {
@@ -83,126 +61,6 @@ impl fmt::Debug for KafkaBroker {
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
-}
-
-impl Drop for Inner {
-    /// Without a `shutdown`, the clients are still here; dropping them blocks (the producer
-    /// purges and flushes, threads are joined), so it happens on the blocking pool when there
-    /// is a runtime.
-    fn drop(&mut self) {
-        let clients = self
-            .clients
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let (Some(clients), Ok(rt)) = (clients, tokio::runtime::Handle::try_current()) {
-            rt.spawn_blocking(move || drop(clients));
-        }
-    }
-}
-
-/// Creates topics on first use, once per topic and process.
-pub(crate) struct Topics {
-    admin: AdminClient<Ctx>,
-    bootstrap: String,
-    partitions: i32,
-    replication: i32,
-    max_message_bytes: String,
-    timeout: Duration,
-    known: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
-}
-
-impl Topics {
-    fn cell(&self, topic: &str) -> Arc<OnceCell<()>> {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known.entry(topic.to_owned()).or_default().clone()
-    }
-
-    /// Makes sure `topic` exists (creates it the first time this process uses it).
-    pub(crate) async fn ensure(&self, topic: &str) -> Result<()> {
-        self.cell(topic)
-            .get_or_try_init(|| self.create(topic))
-            .await
-            .map(drop)
-    }
-
-    /// Forgets that `topic` exists (the broker said it does not), so the next `ensure`
-    /// creates it again.
-    pub(crate) fn forget(&self, topic: &str) {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known.remove(topic);
-    }
-
-    /// Forgets every topic (the cluster may have restarted without them).
-    fn forget_all(&self) {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known.clear();
-    }
-
-    async fn create(&self, topic: &str) -> Result<()> {
-        let new = NewTopic::new(
-            topic,
-            self.partitions,
-            TopicReplication::Fixed(self.replication),
-        )
-        .set("max.message.bytes", &self.max_message_bytes);
-        let opts = AdminOptions::new()
-            .request_timeout(Some(self.timeout))
-            .operation_timeout(Some(self.timeout));
-        let results = self
-            .admin
-            .create_topics([&new], &opts)
-            .await
-            .map_err(Error::kafka(&self.bootstrap, "create topic"))?;
-        for r in results {
-            match r {
-                Ok(_) => tracing::debug!(%topic, "kafka topic created"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => {
-                    return Err(Error::Kafka {
-                        bootstrap: self.bootstrap.clone(),
-                        op: "create topic",
-                        source: KafkaError::AdminOp(code),
-                    }
-                    .into())
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`.
-fn check_topic(topic: &str) -> Result<()> {
-    let ok = !topic.is_empty()
-        && topic.len() <= 249
-        && topic != "."
-        && topic != ".."
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(impush_core::Error::InvalidArgument(format!(
-            "`{topic}` is not a valid Kafka topic name (1 to 249 of [a-zA-Z0-9._-])"
-        )))
-    }
-}
-
-/// Runs a blocking librdkafka call on the blocking pool.
-pub(crate) async fn blocking<T, F>(bootstrap: &str, op: &'static str, f: F) -> Result<T>
-where
-    F: FnOnce() -> Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
-        Err(Error::Stuck {
-            bootstrap: bootstrap.to_owned(),
-            op,
-        }
-        .into())
-    })
 }
 
 impl KafkaBroker {
@@ -220,15 +78,7 @@ impl KafkaBroker {
             Ctx::new(&bootstrap, None),
         )
         .map_err(|e| config_error(&bootstrap, "admin client", e))?;
-        let topics = Arc::new(Topics {
-            admin,
-            bootstrap: bootstrap.clone(),
-            partitions: cfg.partitions,
-            replication: cfg.replication,
-            max_message_bytes: cfg.max_message_bytes.to_string(),
-            timeout: cfg.request_timeout,
-            known: Mutex::new(HashMap::new()),
-        });
+        let topics = Arc::new(Topics::new(admin, cfg, &bootstrap));
         let broker = Self {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),

@@ -5,7 +5,9 @@ mod client;
 mod config;
 mod error;
 mod offsets;
+mod shared;
 mod subscription;
+mod topics;
 
 pub use broker::KafkaBroker;
 pub use config::{KafkaConfig, KAFKA_SCHEME};

@@ -36,9 +36,10 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
-    broker::{blocking, Inner, Topics},
     client::{self, Ctx, Group},
     error::Error,
+    shared::{blocking, Inner},
+    topics::Topics,
 };
 
 /// Deliveries buffered between a consumer and its subscriber.
