@@ -9,8 +9,8 @@
 //! - `Queue{group}`: the durable queue `{topic}.{group}`, declared when a member subscribes, so
 //!   a node's inbox keeps its messages while the node restarts (within `queue_max_len`).
 //!
-//! See `publish` (confirms, batching), `consume` (acks, prefetch, lag) and `link`
-//! (reconnection).
+//! See `publish` (confirms, batching), `consume` (acks, prefetch, lag), `link` (the
+//! connection) and `shared` (reconnection).
 
 use std::{
     fmt,
@@ -28,8 +28,9 @@ use crate::{
     config::RabbitMqConfig,
     consume::{self, Sub},
     error::Error,
-    link::{within, Shared},
+    link::within,
     publish::{self, Outgoing},
+    shared::Shared,
 };
 
 /// The longest topic (routing key) RabbitMQ takes.
@@ -98,7 +99,7 @@ impl Broker for RabbitMqBroker {
             // (and resumes this subscription too).
             let mut subs = shared.subs.lock().await;
             let link = shared.link()?;
-            let first = consume::open(shared, &link, topic, &mode).await?;
+            let first = consume::open(&shared.cfg, &link, topic, &mode).await?;
             let sub = Sub::new(topic, mode);
             subs.retain(|s| s.strong_count() > 0);
             subs.push(Arc::downgrade(&sub));

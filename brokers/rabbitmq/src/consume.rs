@@ -52,8 +52,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     batch,
+    config::RabbitMqConfig,
     error::{Error, BACKEND},
-    link::{Link, Shared, CLOSE_TIMEOUT},
+    link::{Link, CLOSE_TIMEOUT},
 };
 
 /// Payloads a fanout subscription buffers for a slow subscriber before it lags.
@@ -136,7 +137,7 @@ impl Generation {
 
 /// Declares and binds the queue of `mode` on `link` and starts consuming it.
 pub(crate) async fn open(
-    shared: &Shared,
+    cfg: &RabbitMqConfig,
     link: &Arc<Link>,
     topic: &str,
     mode: &SubscribeMode,
@@ -147,7 +148,7 @@ pub(crate) async fn open(
         .await
         .map_err(Error::op("channel.open"))?;
     let mut args = FieldTable::default();
-    let max_len = i64::try_from(shared.cfg.queue_max_len).unwrap_or(i64::MAX);
+    let max_len = i64::try_from(cfg.queue_max_len).unwrap_or(i64::MAX);
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(max_len));
     args.insert(
         "x-overflow".into(),
@@ -164,13 +165,13 @@ pub(crate) async fn open(
             true,
         ),
         SubscribeMode::Queue { group } => {
-            if let Some(expires) = shared.cfg.queue_expires {
+            if let Some(expires) = cfg.queue_expires {
                 let ms = i64::try_from(expires.as_millis())
                     .unwrap_or(i64::MAX)
                     .max(1);
                 args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
             }
-            ch.basic_qos(shared.cfg.prefetch, BasicQosOptions { global: false })
+            ch.basic_qos(cfg.prefetch, BasicQosOptions { global: false })
                 .await
                 .map_err(Error::op("basic.qos"))?;
             (
@@ -189,7 +190,7 @@ pub(crate) async fn open(
         .map_err(Error::op("queue.declare"))?;
     ch.queue_bind(
         declared.name().clone(),
-        shared.cfg.exchange.as_str().into(),
+        cfg.exchange.as_str().into(),
         topic.into(),
         QueueBindOptions::default(),
         FieldTable::default(),

@@ -7,6 +7,7 @@ mod consume;
 mod error;
 mod link;
 mod publish;
+mod shared;
 
 pub use broker::RabbitMqBroker;
 pub use config::RabbitMqConfig;

@@ -1,29 +1,21 @@
-//! The connection to RabbitMQ ([`Link`]) and the loop that replaces it when it is lost
-//! ([`supervise`]).
+//! One connection to RabbitMQ ([`Link`]) and its shared channels.
 //!
 //! One AMQP connection per broker instance, with one channel per role: a publisher channel in
 //! confirm mode, a control channel (topology, `ping`), and one channel per subscription
 //! (`consume`). lapin's own auto-recovery is off: it has open reports of not recovering after a
 //! server restart, and it would replay consumers behind our back. Instead, when the connection
-//! is lost, [`Link::dead`] is cancelled (every subscription's consumer stops), calls fail at
-//! once with "unavailable", and [`supervise`] connects again with backoff: it declares the
-//! exchange, declares every live subscription's queue again and hands it a new consumer
-//! (`consume::Sub`), and only then makes the new connection the broker's, so that `ping`
-//! succeeds only once everything consumes again.
+//! is lost, [`Link::dead`] is cancelled (every subscription's consumer stops) and the
+//! supervisor (`shared`) replaces the link with a new one.
 
 use std::{
     future::Future,
     pin::Pin,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, Weak,
-    },
+    sync::{Arc, Mutex},
     task::{Context, Poll, Waker},
     time::Duration,
 };
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
     types::{FieldTable, ShortString},
@@ -32,138 +24,10 @@ use lapin::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    config::RabbitMqConfig,
-    consume::{self, Sub},
-    error::Error,
-};
+use crate::{config::RabbitMqConfig, error::Error};
 
-/// Longest pause between two reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// How often the supervisor looks at the connection's state besides lapin's error events.
-const CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How long closing a channel or the connection may take before we give up on it.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What every part of the broker shares: the configuration and the current connection.
-pub(crate) struct Shared {
-    pub(crate) cfg: RabbitMqConfig,
-    uri: AMQPUri,
-    /// `cfg.url` with the password redacted.
-    pub(crate) url: String,
-    link: Mutex<Option<Arc<Link>>>,
-    /// Every live subscription, to resume after a reconnect. Held while subscribing and while
-    /// resuming, so that a subscription is either resumed by a reconnect or made on its link.
-    pub(crate) subs: tokio::sync::Mutex<Vec<Weak<Sub>>>,
-    /// Set when `shutdown` starts: publishes and subscribes are refused from then on.
-    pub(crate) closing: AtomicBool,
-    /// Cancelled by `shutdown` once pending publishes are done; every link's `dead` token is a
-    /// child of it.
-    pub(crate) closed: CancellationToken,
-}
-
-impl Shared {
-    /// Parses the configuration and opens the first connection.
-    pub(crate) async fn connect(cfg: RabbitMqConfig) -> Result<Arc<Self>, Error> {
-        let url = cfg.redacted_url();
-        let uri = cfg.amqp_uri().map_err(|reason| Error::Url {
-            url: url.clone(),
-            reason,
-        })?;
-        let shared = Arc::new(Self {
-            cfg,
-            uri,
-            url,
-            link: Mutex::new(None),
-            subs: tokio::sync::Mutex::new(Vec::new()),
-            closing: AtomicBool::new(false),
-            closed: CancellationToken::new(),
-        });
-        let link = shared.open().await?;
-        shared.set_link(Some(link.clone()));
-        tokio::spawn(supervise(shared.clone(), link));
-        Ok(shared)
-    }
-
-    /// The live connection: `Closed` once shutdown started, `Down` while reconnecting.
-    pub(crate) fn link(&self) -> impush_core::Result<Arc<Link>> {
-        if self.closing.load(Ordering::Acquire) {
-            return Err(impush_core::Error::Closed("rabbitmq broker"));
-        }
-        self.link_for_flush()
-    }
-
-    /// [`Shared::link`] for publishes queued before `shutdown`: usable until it is done.
-    pub(crate) fn link_for_flush(&self) -> impush_core::Result<Arc<Link>> {
-        if self.closed.is_cancelled() {
-            return Err(impush_core::Error::Closed("rabbitmq broker"));
-        }
-        let link = self.link.lock().ok().and_then(|l| l.clone());
-        match link {
-            Some(l) if !l.dead.is_cancelled() => Ok(l),
-            _ => Err(Error::Down {
-                url: self.url.clone(),
-            }
-            .into()),
-        }
-    }
-
-    fn set_link(&self, link: Option<Arc<Link>>) {
-        if let Ok(mut slot) = self.link.lock() {
-            *slot = link;
-        }
-    }
-
-    /// Removes the current connection (shutdown).
-    pub(crate) fn take_link(&self) -> Option<Arc<Link>> {
-        self.link.lock().ok().and_then(|mut l| l.take())
-    }
-
-    /// Connects, declares the exchange and opens the publisher channel, within
-    /// `connect_timeout`.
-    async fn open(&self) -> Result<Arc<Link>, Error> {
-        let after = self.cfg.connect_timeout;
-        match tokio::time::timeout(after, self.open_inner()).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::ConnectTimeout {
-                url: self.url.clone(),
-                after,
-            }),
-        }
-    }
-
-    async fn open_inner(&self) -> Result<Arc<Link>, Error> {
-        let connect_err = |source| Error::Connect {
-            url: self.url.clone(),
-            source,
-        };
-        let props = ConnectionProperties::default().with_connection_name("impush".into());
-        let conn = Connection::connect_uri(self.uri.clone(), props)
-            .await
-            .map_err(connect_err)?;
-        let control = conn.create_channel().await.map_err(connect_err)?;
-        control
-            .exchange_declare(
-                self.cfg.exchange.as_str().into(),
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(Error::op("exchange.declare"))?;
-        let publisher = open_publisher(&conn).await?;
-        Ok(Arc::new(Link {
-            conn,
-            publisher: tokio::sync::Mutex::new(Some(publisher)),
-            control: tokio::sync::Mutex::new(Some(control)),
-            order: Mutex::new(()),
-            dead: self.closed.child_token(),
-        }))
-    }
-}
 
 async fn open_publisher(conn: &Connection) -> Result<Channel, Error> {
     let ch = conn
@@ -193,6 +57,62 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// Connects to `uri`, declares the exchange and opens the publisher channel, within
+    /// `connect_timeout`. The connection's `dead` token is a child of `closed` (the broker's
+    /// shutdown). `url` is `uri` with the password redacted, for errors.
+    pub(crate) async fn open(
+        cfg: &RabbitMqConfig,
+        uri: &AMQPUri,
+        url: &str,
+        closed: &CancellationToken,
+    ) -> Result<Arc<Link>, Error> {
+        let after = cfg.connect_timeout;
+        match tokio::time::timeout(after, Self::open_inner(cfg, uri, url, closed)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::ConnectTimeout {
+                url: url.to_owned(),
+                after,
+            }),
+        }
+    }
+
+    async fn open_inner(
+        cfg: &RabbitMqConfig,
+        uri: &AMQPUri,
+        url: &str,
+        closed: &CancellationToken,
+    ) -> Result<Arc<Link>, Error> {
+        let connect_err = |source| Error::Connect {
+            url: url.to_owned(),
+            source,
+        };
+        let props = ConnectionProperties::default().with_connection_name("impush".into());
+        let conn = Connection::connect_uri(uri.clone(), props)
+            .await
+            .map_err(connect_err)?;
+        let control = conn.create_channel().await.map_err(connect_err)?;
+        control
+            .exchange_declare(
+                cfg.exchange.as_str().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(Error::op("exchange.declare"))?;
+        let publisher = open_publisher(&conn).await?;
+        Ok(Arc::new(Link {
+            conn,
+            publisher: tokio::sync::Mutex::new(Some(publisher)),
+            control: tokio::sync::Mutex::new(Some(control)),
+            order: Mutex::new(()),
+            dead: closed.child_token(),
+        }))
+    }
+
     /// The publisher channel, reopened if it closed.
     async fn publisher(&self) -> Result<Channel, Error> {
         let mut slot = self.publisher.lock().await;
@@ -303,99 +223,4 @@ pub(crate) async fn within<T>(
     tokio::time::timeout(after, fut)
         .await
         .unwrap_or(Err(Error::Timeout { op, after }))
-}
-
-/// Watches the connection and replaces it when it is lost, until shutdown.
-async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
-    loop {
-        wait_until_lost(&shared, &link).await;
-        link.dead.cancel();
-        if shared.closed.is_cancelled() {
-            return;
-        }
-        shared.set_link(None);
-        tracing::warn!(url = %shared.url, "connection to RabbitMQ lost; reconnecting");
-        let mut backoff = Duration::from_millis(100);
-        link = loop {
-            tokio::select! {
-                () = shared.closed.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            let l = match shared.open().await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::debug!(error = &e as &dyn std::error::Error, "reconnect failed");
-                    continue;
-                }
-            };
-            if shared.resume(&l).await {
-                break l;
-            }
-            l.close().await;
-        };
-        tracing::warn!(url = %shared.url, "reconnected to RabbitMQ");
-    }
-}
-
-impl Shared {
-    /// Declares every live subscription's queue on `link` and hands each its new consumer,
-    /// then makes `link` the broker's connection; false (and nothing changed) if `link` was
-    /// lost meanwhile. A subscription whose queue cannot be declared on a live connection
-    /// ends, so that its subscriber finds out.
-    async fn resume(&self, link: &Arc<Link>) -> bool {
-        let mut subs = self.subs.lock().await;
-        subs.retain(|s| s.strong_count() > 0);
-        let mut resumed = 0;
-        for sub in subs.iter().filter_map(Weak::upgrade) {
-            let opened = within(
-                "resubscribe",
-                self.cfg.publish_timeout,
-                consume::open(self, link, &sub.topic, &sub.mode),
-            )
-            .await;
-            match opened {
-                Ok(generation) => {
-                    sub.hand_over(generation);
-                    resumed += 1;
-                }
-                Err(_) if link.dead.is_cancelled() || !link.conn.status().connected() => {
-                    return false;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        topic = %sub.topic,
-                        error = &e as &dyn std::error::Error,
-                        "cannot resubscribe after reconnecting; ending the subscription"
-                    );
-                    sub.give_up();
-                }
-            }
-        }
-        if self.closed.is_cancelled() {
-            return false;
-        }
-        tracing::debug!(resumed, "subscriptions resumed");
-        self.set_link(Some(link.clone()));
-        true
-    }
-}
-
-/// Returns once `link`'s connection is no longer usable, or at shutdown.
-async fn wait_until_lost(shared: &Shared, link: &Link) {
-    let mut events = link.conn.events_listener();
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    loop {
-        tokio::select! {
-            () = shared.closed.cancelled() => return,
-            () = link.dead.cancelled() => return,
-            // lapin reports errors (of the connection or of one channel) as events; its state
-            // says whether the connection survived. The tick covers losses without an event.
-            ev = events.next() => if ev.is_none() { return },
-            _ = tick.tick() => {}
-        }
-        if !link.conn.status().connected() {
-            return;
-        }
-    }
 }

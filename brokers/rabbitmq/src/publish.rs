@@ -22,11 +22,7 @@ use impush_core::Result;
 use lapin::{types::ShortString, BasicProperties};
 use tokio::sync::oneshot;
 
-use crate::{
-    batch,
-    error::Error,
-    link::{within, Shared},
-};
+use crate::{batch, error::Error, link::within, shared::Shared};
 
 /// Most payloads in one message.
 const MAX_PER_MESSAGE: usize = 512;
