@@ -151,6 +151,11 @@ pub struct LimitsConfig {
     pub max_pending_tokens: usize,
     /// Most receipt-requesting messages per connection awaiting the client's ack.
     pub max_pending_acks: usize,
+    /// With the offline inbox on and `offline.require_ack`: most point-to-point messages a
+    /// connection may hold written but unacked. Past it the node stops writing that
+    /// connection's frames until acks come (flow control, never a drop; the outbound queue
+    /// still bounds what waits).
+    pub max_unacked: usize,
     /// Connections allowed per client id; the oldest is closed with 4009 beyond it.
     /// `0` means unlimited (the default).
     pub max_connections_per_client: usize,
@@ -216,6 +221,7 @@ impl Default for LimitsConfig {
             max_metadata_bytes: 1024,
             max_pending_tokens: 1_000_000,
             max_pending_acks: 256,
+            max_unacked: 256,
             max_connections_per_client: 0,
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),

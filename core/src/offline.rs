@@ -1,5 +1,5 @@
 //! The [`OfflineStore`] trait: the offline inbox, where point-to-point messages for a receiver
-//! with no connection wait (DESIGN section 9).
+//! with no connection wait (`docs/design.md` section 9).
 //!
 //! The owning node stores a message when none of the receiver's sockets took it, pushes what is
 //! stored, oldest first, when the receiver connects, and removes messages once acked (or once
@@ -28,6 +28,11 @@ pub struct StoredMessage {
     pub ts: u64,
     /// Whether the sender wants receipts.
     pub receipt: bool,
+    /// The message was written to one of the receiver's sockets and kept until the client acks
+    /// it (`docs/design.md` section 15): when pushed again it says `"redelivered": true`
+    /// instead of `"stored": true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub written: bool,
 }
 
 impl PartialEq for StoredMessage {
@@ -37,6 +42,7 @@ impl PartialEq for StoredMessage {
             && self.data.get() == other.data.get()
             && self.ts == other.ts
             && self.receipt == other.receipt
+            && self.written == other.written
     }
 }
 

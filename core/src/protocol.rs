@@ -1,5 +1,5 @@
-//! The client protocol of DESIGN.md section 4: frames a node writes to WebSocket clients and the
-//! two frames clients may send.
+//! The client protocol of `docs/design.md` section 4: frames a node writes to WebSocket clients and
+//! the two frames clients may send.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -28,6 +28,10 @@ pub enum ServerFrame<'a> {
         /// Pushed from the offline inbox (sent while the client was away); omitted when false.
         #[serde(skip_serializing_if = "is_false")]
         stored: bool,
+        /// Pushed again: it was written to one of this client's sockets before, which closed
+        /// before the client acked it; omitted when false.
+        #[serde(skip_serializing_if = "is_false")]
+        redelivered: bool,
     },
     /// A channel message.
     Channel {
@@ -109,6 +113,7 @@ mod tests {
             ts: 5,
             receipt: true,
             stored: false,
+            redelivered: false,
         }
         .to_json();
         assert_eq!(
@@ -122,6 +127,7 @@ mod tests {
             ts: 5,
             receipt: false,
             stored: true,
+            redelivered: false,
         }
         .to_json();
         assert_eq!(

@@ -69,6 +69,11 @@ pub struct Metrics {
     pub(crate) offline_evicted: AtomicU64,
     pub(crate) offline_drained: AtomicU64,
     pub(crate) offline_errors: AtomicU64,
+    /// Times a connection reached `limits.max_unacked` and its writes were held.
+    pub(crate) flow_control_holds: AtomicU64,
+    /// Written messages whose every socket closed before the client acked them: they went
+    /// back to the offline inbox.
+    pub(crate) unacked_requeued: AtomicU64,
     /// Open TCP connections counted against `limits.max_connections` (the edge's cap).
     pub(crate) http_connections: AtomicU64,
     pub(crate) http_refused: AtomicU64,
@@ -97,6 +102,11 @@ impl Metrics {
             ReceiptStatus::Acked => 3,
         };
         self.receipts[i].fetch_add(receivers, Ordering::Relaxed);
+    }
+
+    /// A connection reached `limits.max_unacked`: its writes wait for acks.
+    pub(crate) fn flow_control_hold(&self) {
+        Self::bump(&self.flow_control_holds);
     }
 
     pub(crate) fn close(&self, kind: CloseKind) {
@@ -160,6 +170,17 @@ impl Metrics {
     /// Inbox messages dropped because their id was delivered already (broker redeliveries).
     pub fn duplicates_dropped(&self) -> u64 {
         self.duplicates_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Times a connection reached `limits.max_unacked` and its writes waited for acks.
+    pub fn flow_control_holds(&self) -> u64 {
+        self.flow_control_holds.load(Ordering::Relaxed)
+    }
+
+    /// Written messages that went back to the offline inbox because every socket that took
+    /// them closed before the client acked.
+    pub fn unacked_requeued(&self) -> u64 {
+        self.unacked_requeued.load(Ordering::Relaxed)
     }
 
     /// Messages kept in the offline inbox.
@@ -309,6 +330,20 @@ impl Metrics {
             "counter",
             "Offline store calls that failed (retried, or left for the next connect).",
             &[(None, load(&self.offline_errors).to_string())],
+        );
+        family(
+            "impush_flow_control_holds_total",
+            "counter",
+            "Times a connection had limits.max_unacked messages written and unacked, so its \
+             writes waited for acks.",
+            &[(None, load(&self.flow_control_holds).to_string())],
+        );
+        family(
+            "impush_unacked_requeued_total",
+            "counter",
+            "Written messages whose sockets all closed before the client acked them; they wait \
+             in the offline inbox and are pushed again (redelivered) on the next connection.",
+            &[(None, load(&self.unacked_requeued).to_string())],
         );
         family(
             "impush_channel_index_rebuilds_total",

@@ -11,6 +11,11 @@
 //!
 //! Sessions also report client acks and written offline-inbox frames here
 //! ([`ClientReport`]), so this module is all a session needs to know about receipts.
+//!
+//! A receiver may ack a frame before its message settled (other receivers' frames are still
+//! queued): [`Settlement::acked_early`] records it, so the settled outcome lists it and the
+//! node does not keep, as pending, a message the device already acked (`docs/design.md`
+//! section 15).
 
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +37,8 @@ pub(crate) struct Settled {
     pub(crate) delivered: Vec<ClientId>,
     /// Receivers with no socket here, or none that took the frame.
     pub(crate) undelivered: Vec<ClientId>,
+    /// Delivered receivers whose client acked before the message settled.
+    pub(crate) acked: Vec<ClientId>,
     /// Acknowledges the inbox delivery; call it once the outcome is acted upon.
     pub(crate) acker: Acker,
 }
@@ -45,6 +52,7 @@ impl Settled {
             data: self.data.clone(),
             ts: self.ts,
             receipt: self.receipt,
+            written: false,
         }
     }
 }
@@ -59,8 +67,9 @@ pub(crate) enum ClientReport {
         receiver: ClientId,
         /// The sender wants receipts.
         receipt: bool,
-        /// The frame came from the offline inbox (the ack removes it there).
-        stored: bool,
+        /// The message may be kept in the offline inbox (it came from there, or was kept as
+        /// pending once written): the ack removes it there.
+        remove: bool,
     },
     /// A frame from the offline inbox was written to the socket.
     StoredWritten {
@@ -99,8 +108,10 @@ pub(crate) struct Outcomes {
 struct Progress {
     /// Frames queued and not yet written or dropped, plus one while frames are being queued.
     open: usize,
-    /// Per receiver (index into `receivers`): whether a frame was written.
+    /// Per receiver (index into `receivers`): whether a frame was written, and whether the
+    /// client acked it already.
     delivered: Vec<bool>,
+    acked: Vec<bool>,
     acker: Option<Acker>,
 }
 
@@ -138,6 +149,7 @@ impl Settlement {
             progress: Mutex::new(Progress {
                 open: 1,
                 delivered: vec![false; n],
+                acked: Vec::new(),
                 acker: Some(acker),
             }),
             out,
@@ -166,9 +178,41 @@ impl Settlement {
         self.done(None);
     }
 
-    /// The message id and sender when the sender wants receipts (the receiver may then ack).
-    pub(crate) fn ackable(&self) -> Option<(&MessageId, &ClientId)> {
-        self.receipt.then_some((&self.id, &self.sender))
+    /// The message id.
+    pub(crate) fn id(&self) -> &MessageId {
+        &self.id
+    }
+
+    /// The sender.
+    pub(crate) fn sender(&self) -> &ClientId {
+        &self.sender
+    }
+
+    /// Whether the sender wants receipts.
+    pub(crate) fn wants_receipt(&self) -> bool {
+        self.receipt
+    }
+
+    /// Receiver number `receiver` acked its frame. Returns whether the message had not settled
+    /// yet (the outcome then lists the receiver as acked); `false` means it settled already.
+    pub(crate) fn acked_early(&self, receiver: u32) -> bool {
+        let Ok(mut p) = self.progress.lock() else {
+            return false;
+        };
+        if p.acker.is_none() {
+            return false;
+        }
+        let n = self.receivers.len();
+        if p.acked.is_empty() {
+            p.acked = vec![false; n];
+        }
+        match p.acked.get_mut(receiver as usize) {
+            Some(a) => {
+                *a = true;
+                true
+            }
+            None => false,
+        }
     }
 
     fn done(&self, written_to: Option<u32>) {
@@ -185,15 +229,23 @@ impl Settlement {
             if p.open > 0 {
                 return;
             }
-            (std::mem::take(&mut p.delivered), p.acker.take())
+            (
+                std::mem::take(&mut p.delivered),
+                std::mem::take(&mut p.acked),
+                p.acker.take(),
+            )
         };
-        let (delivered_flags, acker) = finished;
+        let (delivered_flags, acked_flags, acker) = finished;
         let Some(acker) = acker else { return };
         let mut delivered = Vec::new();
         let mut undelivered = Vec::new();
-        for (client, ok) in self.receivers.iter().zip(delivered_flags) {
+        let mut acked = Vec::new();
+        for (i, (client, ok)) in self.receivers.iter().zip(delivered_flags).enumerate() {
             if ok {
                 delivered.push(client.clone());
+                if acked_flags.get(i).copied().unwrap_or(false) {
+                    acked.push(client.clone());
+                }
             } else {
                 undelivered.push(client.clone());
             }
@@ -208,6 +260,7 @@ impl Settlement {
             ts: self.ts,
             delivered,
             undelivered,
+            acked,
             acker,
         });
     }
@@ -228,8 +281,13 @@ impl FrameToken {
     }
 
     /// The message this frame belongs to.
-    pub(crate) fn settlement(&self) -> &Settlement {
+    pub(crate) fn settlement(&self) -> &Arc<Settlement> {
         &self.settlement
+    }
+
+    /// The receiver's number in the settlement (for [`Settlement::acked_early`]).
+    pub(crate) fn receiver(&self) -> u32 {
+        self.receiver
     }
 }
 
@@ -275,6 +333,25 @@ mod tests {
         assert_eq!(out.delivered, vec![id("a")]);
         assert_eq!(out.undelivered, vec![id("b"), id("c")]);
         assert!(rx.try_recv().is_err(), "settled twice");
+    }
+
+    #[test]
+    fn an_ack_before_settling_is_listed_and_one_after_is_refused() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = settlement(tx);
+        let a = s.token(0);
+        let b = s.token(1);
+        s.queued();
+        a.written();
+        assert!(s.acked_early(0), "the message had not settled yet");
+        b.written();
+        let out = rx.try_recv().expect("settled");
+        assert_eq!(out.delivered, vec![id("a"), id("b")]);
+        assert_eq!(out.acked, vec![id("a")]);
+        assert!(
+            !s.acked_early(1),
+            "an ack after settling must go the usual way"
+        );
     }
 
     #[test]

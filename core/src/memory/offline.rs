@@ -206,6 +206,7 @@ mod tests {
             data: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
             ts,
             receipt: false,
+            written: false,
         }
     }
 

@@ -31,6 +31,7 @@ impl Node {
             ts: d.ts,
             receipt: d.receipt,
             stored: false,
+            redelivered: false,
         }
         .to_json()
         .into();

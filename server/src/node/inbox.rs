@@ -1,5 +1,5 @@
-//! The offline inbox on the node (DESIGN section 9): storing a message for the receivers none
-//! of whose sockets took it, pushing stored messages to a client that connects (oldest first,
+//! The offline inbox on the node (`docs/design.md` section 9): storing a message for the receivers
+//! none of whose sockets took it, pushing stored messages to a client that connects (oldest first,
 //! before live messages, `"stored": true`), and removing them once acked (or once written, for
 //! clients that never ack).
 //!
@@ -28,7 +28,8 @@ pub(crate) struct OfflineInbox {
     pub(crate) max_per_client: usize,
 }
 
-/// The frame of a stored message: as it was first sent, plus `"stored": true`.
+/// The frame of a stored message: as it was first sent, plus `"stored": true`, or
+/// `"redelivered": true` when it had been written to a socket that closed before the ack.
 fn stored_frame(m: &StoredMessage) -> Utf8Bytes {
     ServerFrame::Message {
         id: &m.id,
@@ -36,25 +37,26 @@ fn stored_frame(m: &StoredMessage) -> Utf8Bytes {
         data: &m.data,
         ts: m.ts,
         receipt: m.receipt,
-        stored: true,
+        stored: !m.written,
+        redelivered: m.written,
     }
     .to_json()
     .into()
 }
 
 impl Node {
-    /// Stores `message` for each of the receivers that did not get it, retrying while the store is
-    /// unreachable (the broker delivery stays unacked meanwhile). Returns the receivers it was
-    /// stored for and those it was not (too large, or already expired).
-    pub(super) async fn store_undelivered(
+    /// Stores `message` for each of `receivers`, retrying while the store is unreachable (the
+    /// broker delivery stays unacked meanwhile). Returns the receivers it was stored for and
+    /// those it was not (too large, or already expired).
+    pub(super) async fn store_for(
         &self,
         inbox: &OfflineInbox,
         message: &StoredMessage,
-        undelivered: &[ClientId],
+        receivers: &[ClientId],
     ) -> (Vec<ClientId>, Vec<ClientId>) {
         let mut kept = Vec::new();
         let mut not_kept = Vec::new();
-        for to in undelivered {
+        for to in receivers {
             let mut backoff = Duration::from_millis(100);
             let stored = loop {
                 match inbox.store.store(to, message.clone()).await {
@@ -71,7 +73,9 @@ impl Node {
                 .offline_evicted
                 .fetch_add(stored.evicted as u64, std::sync::atomic::Ordering::Relaxed);
             if stored.kept {
-                Metrics::bump(&self.metrics.offline_stored);
+                if !message.written {
+                    Metrics::bump(&self.metrics.offline_stored);
+                }
                 kept.push(to.clone());
             } else {
                 not_kept.push(to.clone());

@@ -45,11 +45,13 @@ impl Node {
         let ctx = Context {
             limits: &self.limits,
             reports: &self.outcomes.reports,
+            must_ack: self.must_ack(),
         };
         let (end, socket) = session::drive(socket, &handle, ctx).await;
         Box::pin(self.detach(&handle)).await;
         // Nobody can push to it any more: settle what it never wrote.
         handle.discard_queued();
+        self.requeue_unacked(&handle, handle.take_unacked());
         if let (End::Close(code), Some(socket)) = (end, socket) {
             session::close_socket(socket, code).await;
         }

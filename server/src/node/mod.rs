@@ -10,6 +10,7 @@
 //! - `lifecycle`: a connection from attach to detach (local index, presence, events).
 //! - `upkeep`: the presence lease, reaping dead nodes, and reconciling the store after outages.
 //! - `inbox`: the offline inbox (store for absent receivers, push on connect, remove on ack).
+//! - `pending`: point-to-point messages kept until the device acks them.
 //! - `dedupe`: ids of recent messages, so a redelivered message reaches sockets once.
 
 mod dedupe;
@@ -17,6 +18,7 @@ mod delivery;
 mod feeds;
 mod inbox;
 mod lifecycle;
+mod pending;
 mod receipts;
 mod upkeep;
 
@@ -80,6 +82,7 @@ pub(crate) struct Node {
     outcomes: Outcomes,
     recent: dedupe::RecentIds,
     repair: Repair,
+    keeping: pending::Keeping,
 }
 
 /// What the presence store may have missed while it was unreachable.
@@ -122,6 +125,7 @@ impl Node {
             },
             recent: dedupe::RecentIds::new(RECENT_IDS),
             repair: Repair::default(),
+            keeping: pending::Keeping::default(),
         });
         (
             node,

@@ -2,9 +2,9 @@
 //! broker ack) and on what sessions report (acks, written inbox frames).
 //!
 //! A receipt frame covers one message and one status for all the receivers settled together
-//! (DESIGN section 4), so a message to 10,000 receivers costs its sender a handful of frames.
-//! Acks (and deliveries from the offline inbox) of one message trickle in one by one; they are
-//! gathered for [`GATHER_WINDOW`] before a frame goes out, and inbox removals likewise.
+//! (`docs/design.md` section 4), so a message to 10,000 receivers costs its sender a handful of
+//! frames. Acks (and deliveries from the offline inbox) of one message trickle in one by one; they
+//! are gathered for [`GATHER_WINDOW`] before a frame goes out, and inbox removals likewise.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -84,9 +84,10 @@ impl Node {
                 sender,
                 receiver,
                 receipt,
-                stored,
+                remove,
             } => {
-                if stored {
+                // A keep still in flight removes the message itself once it is done.
+                if remove && !self.keeping.acked(&receiver, &id) {
                     g.removals
                         .entry(receiver.clone())
                         .or_default()
@@ -138,11 +139,24 @@ impl Node {
     }
 
     fn on_settled(self: &Arc<Self>, s: Settled) {
+        let keep_written = self.must_ack() && s.delivered.len() > s.acked.len();
         match &self.offline {
-            Some(_) if !s.undelivered.is_empty() => {
+            Some(_) if !s.undelivered.is_empty() || keep_written => {
                 // Storing is I/O: one slow store must not hold up the other receipts.
+                let written = if keep_written {
+                    s.delivered
+                        .iter()
+                        .filter(|c| !s.acked.contains(c))
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                for c in &written {
+                    self.keeping.start(c, &s.id);
+                }
                 let node = self.clone();
-                tokio::spawn(async move { node.settle_with_inbox(s).await });
+                tokio::spawn(async move { node.settle_with_inbox(s, written).await });
             }
             _ => {
                 let (delivered, undelivered) = (s.delivered.clone(), s.undelivered.clone());
@@ -151,13 +165,27 @@ impl Node {
         }
     }
 
-    /// Stores the message for the receivers that did not get it, then finishes it; pushes it
-    /// at once to a receiver that connected meanwhile.
-    async fn settle_with_inbox(self: Arc<Self>, s: Settled) {
+    /// Keeps the message as pending for `written` (receivers it was written to, unacked; see
+    /// `pending`), stores it for the receivers that did not get it, then finishes it; pushes
+    /// it at once to a receiver that connected meanwhile.
+    async fn settle_with_inbox(self: Arc<Self>, s: Settled, written: Vec<ClientId>) {
         let Some(inbox) = &self.offline else { return };
+        if !written.is_empty() {
+            let mut pending = s.stored();
+            pending.written = true;
+            let _ = self.store_for(inbox, &pending, &written).await;
+            let acked: Vec<ClientId> = written
+                .into_iter()
+                .filter(|c| self.keeping.finish(c, &s.id))
+                .collect();
+            for client in acked {
+                self.remove_from_inbox(&client, std::slice::from_ref(&s.id))
+                    .await;
+            }
+        }
         let message = s.stored();
         let undelivered = s.undelivered.clone();
-        let (stored, not_kept) = self.store_undelivered(inbox, &message, &undelivered).await;
+        let (stored, not_kept) = self.store_for(inbox, &message, &undelivered).await;
         let delivered = s.delivered.clone();
         let connected: Vec<ClientId> = stored
             .iter()
@@ -216,7 +244,7 @@ impl Node {
 
     /// Sends a receipt to `sender`'s connections: pushed here when this node owns the sender,
     /// else published to the owner's inbox. `then` is acked once that is done.
-    fn send_receipt(
+    pub(super) fn send_receipt(
         &self,
         id: MessageId,
         sender: ClientId,

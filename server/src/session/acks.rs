@@ -1,61 +1,105 @@
-//! [`PendingAcks`]: the delivered messages a client may still ack, bounded, so an ack can only
-//! produce a receipt for a message that was really written to this socket.
+//! [`PendingAcks`]: the messages written to one socket that the client may still ack.
+//!
+//! Two kinds, bounded differently (`docs/design.md` section 15):
+//! - **required**: with the offline inbox on and `offline.require_ack`, every point-to-point
+//!   message stays pending until the client acks it. These are never forgotten: the session
+//!   stops writing new ones past `limits.max_unacked` (flow control), and when the socket
+//!   closes the node learns which went unacked.
+//! - **optional**: otherwise only messages whose sender wants receipts are remembered, so an
+//!   ack can produce an `acked` receipt for a message really written here; at most
+//!   `limits.max_pending_acks`, the oldest forgotten first.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use impush_core::{ClientId, MessageId};
 
-/// What an ack of a delivered message tells the node.
+use crate::settle::Settlement;
+
+/// Where an acked message came from, which says what its ack must settle.
 #[derive(Debug, Clone)]
-pub(super) struct Ackable {
-    pub(super) sender: ClientId,
-    pub(super) receipt: bool,
-    pub(super) stored: bool,
+pub(crate) enum AckSource {
+    /// A live message: receiver number `receiver` of its settlement.
+    Live {
+        settlement: Arc<Settlement>,
+        receiver: u32,
+    },
+    /// A message pushed from the offline inbox.
+    Stored,
 }
 
-/// The ids of delivered messages the client may still ack, oldest first, bounded.
-#[derive(Debug)]
-pub(super) struct PendingAcks {
-    cap: usize,
-    order: VecDeque<MessageId>,
-    senders: HashMap<MessageId, Ackable>,
+/// What an ack of a written message tells the node.
+#[derive(Debug, Clone)]
+pub(crate) struct Ackable {
+    pub(crate) sender: ClientId,
+    pub(crate) receipt: bool,
+    pub(crate) source: AckSource,
+}
+
+/// The messages written to one socket and not acked yet.
+#[derive(Debug, Default)]
+pub(crate) struct PendingAcks {
+    required: HashMap<MessageId, Ackable>,
+    optional_order: VecDeque<MessageId>,
+    optional: HashMap<MessageId, Ackable>,
 }
 
 impl PendingAcks {
-    pub(super) fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            order: VecDeque::new(),
-            senders: HashMap::new(),
-        }
+    /// Remembers a message the client must ack (never forgotten until acked or closed).
+    pub(crate) fn require(&mut self, id: MessageId, a: Ackable) {
+        self.optional.remove(&id);
+        self.required.insert(id, a);
     }
 
-    pub(super) fn insert(&mut self, id: MessageId, sender: Ackable) {
-        if self.cap == 0 || self.senders.contains_key(&id) {
+    /// Remembers a message the client may ack, forgetting the oldest beyond `cap`.
+    pub(crate) fn allow(&mut self, id: MessageId, a: Ackable, cap: usize) {
+        if cap == 0 || self.optional.contains_key(&id) || self.required.contains_key(&id) {
             return;
         }
-        if self.order.len() >= self.cap {
-            if let Some(old) = self.order.pop_front() {
-                self.senders.remove(&old);
+        if self.optional_order.len() >= cap {
+            if let Some(old) = self.optional_order.pop_front() {
+                self.optional.remove(&old);
             }
         }
-        self.order.push_back(id.clone());
-        self.senders.insert(id, sender);
+        self.optional_order.push_back(id.clone());
+        self.optional.insert(id, a);
     }
 
-    pub(super) fn take(&mut self, id: &MessageId) -> Option<Ackable> {
-        let sender = self.senders.remove(id)?;
+    /// The ack of `id`, if it was pending here (and no longer is).
+    pub(crate) fn take(&mut self, id: &MessageId) -> Option<Ackable> {
+        if let Some(a) = self.required.remove(id) {
+            return Some(a);
+        }
+        let a = self.optional.remove(id)?;
         // Clients ack in delivery order; only an out-of-order ack pays for the scan.
-        if self.order.front() == Some(id) {
-            self.order.pop_front();
+        if self.optional_order.front() == Some(id) {
+            self.optional_order.pop_front();
         } else {
-            self.order.retain(|x| x != id);
+            self.optional_order.retain(|x| x != id);
         }
-        if self.senders.is_empty() {
-            // Give the capacity back: most connections sit idle after a burst.
-            *self = Self::new(self.cap);
-        }
-        Some(sender)
+        Some(a)
+    }
+
+    /// How many required acks are outstanding.
+    pub(crate) fn unacked(&self) -> usize {
+        self.required.len()
+    }
+
+    /// Whether `id` waits for a required ack here.
+    pub(crate) fn requires(&self, id: &MessageId) -> bool {
+        self.required.contains_key(id)
+    }
+
+    /// The required acks still outstanding (the socket closed).
+    pub(crate) fn into_required(self) -> Vec<(MessageId, Ackable)> {
+        self.required.into_iter().collect()
+    }
+
+    /// Nothing pending: the caller may free it.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.required.is_empty() && self.optional.is_empty()
     }
 }
 
@@ -63,19 +107,44 @@ impl PendingAcks {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pending_acks_give_memory_back_when_empty() {
-        let mut p = PendingAcks::new(4);
-        let id = MessageId::new("m1").unwrap();
-        let a = Ackable {
+    fn ackable() -> Ackable {
+        Ackable {
             sender: ClientId::new("s").unwrap(),
             receipt: true,
-            stored: false,
-        };
-        p.insert(id.clone(), a);
-        assert!(p.senders.capacity() > 0);
-        assert!(p.take(&id).is_some());
-        assert_eq!(p.senders.capacity(), 0);
-        assert_eq!(p.order.capacity(), 0);
+            source: AckSource::Stored,
+        }
+    }
+
+    fn id(s: &str) -> MessageId {
+        MessageId::new(s).unwrap()
+    }
+
+    #[test]
+    fn required_acks_are_never_evicted_and_optional_ones_are_bounded() {
+        let mut p = PendingAcks::default();
+        p.require(id("r1"), ackable());
+        for i in 0..10 {
+            p.allow(id(&format!("o{i}")), ackable(), 4);
+        }
+        assert_eq!(p.unacked(), 1);
+        assert!(p.requires(&id("r1")));
+        assert!(
+            p.take(&id("o0")).is_none(),
+            "the oldest optional ack was forgotten"
+        );
+        assert!(p.take(&id("o9")).is_some());
+        assert!(p.take(&id("r1")).is_some());
+        assert!(p.take(&id("r1")).is_none(), "an ack counts once");
+        assert_eq!(p.unacked(), 0);
+    }
+
+    #[test]
+    fn what_was_never_acked_comes_back_at_close() {
+        let mut p = PendingAcks::default();
+        p.require(id("a"), ackable());
+        p.require(id("b"), ackable());
+        assert!(p.take(&id("a")).is_some());
+        let left: Vec<_> = p.into_required().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(left, vec![id("b")]);
     }
 }

@@ -15,7 +15,7 @@ use impush_core::{config::LimitsConfig, protocol::ClientFrame};
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
-    acks::{Ackable, PendingAcks},
+    acks::{AckSource, Ackable},
     close,
     rate::InboundRate,
     Outgoing, SessionHandle, Wake,
@@ -42,6 +42,9 @@ pub(crate) enum End {
 pub(crate) struct Context<'a> {
     pub(crate) limits: &'a LimitsConfig,
     pub(crate) reports: &'a mpsc::UnboundedSender<ClientReport>,
+    /// Every point-to-point message stays pending until the client acks it (offline inbox on
+    /// with `require_ack`), at most `limits.max_unacked` at once.
+    pub(crate) must_ack: bool,
 }
 
 /// Drives one accepted connection until it must close; returns why and, when a close frame is
@@ -53,7 +56,8 @@ pub(crate) async fn drive(
 ) -> (End, Option<WebSocket>) {
     let limits = ctx.limits;
     let metrics = &handle.metrics;
-    let mut pending = PendingAcks::new(limits.max_pending_acks);
+    // Frames held back by flow control (too many unacked): an ack lets them out.
+    let mut held = false;
     let mut rate = InboundRate::new(limits.inbound_rate, limits.inbound_burst);
     let mut last_seen = Instant::now();
     let silence_limit = limits.ping_interval + limits.pong_timeout;
@@ -68,9 +72,20 @@ pub(crate) async fn drive(
                 if let Wake::Close(code) = wake {
                     break End::Close(code);
                 }
-                let batch = handle.take();
-                let mut write =
-                    pin!(write_batch(&mut socket, batch, &mut pending, handle, ctx.reports));
+                let budget = if ctx.must_ack {
+                    limits.max_unacked.saturating_sub(handle.unacked())
+                } else {
+                    usize::MAX
+                };
+                let (batch, holding) = handle.take_within(budget);
+                if holding && !held {
+                    metrics.flow_control_hold();
+                }
+                held = holding;
+                if batch.is_empty() {
+                    continue;
+                }
+                let mut write = pin!(write_batch(&mut socket, batch, handle, ctx));
                 // Most writes complete at once (the socket buffer has room): then no timer is
                 // armed for the dead-peer check below.
                 if let Poll::Ready(res) = poll_once(write.as_mut()).await {
@@ -98,9 +113,16 @@ pub(crate) async fn drive(
                 // Acks of delivered messages are free: a receiver acking a burst (or its
                 // inbox) must not be closed for keeping up. Everything else is charged.
                 let charged = match &msg {
-                    Some(Ok(Message::Text(text))) => {
-                        on_client_text(handle, &mut pending, ctx.reports, text) == Charge::Charged
-                    }
+                    Some(Ok(Message::Text(text))) => match on_client_text(handle, ctx, text) {
+                        Charge::Charged => true,
+                        Charge::Free => {
+                            if std::mem::take(&mut held) {
+                                // An ack freed room: write what flow control held back.
+                                handle.requeue();
+                            }
+                            false
+                        }
+                    },
                     Some(Ok(Message::Binary(_) | Message::Ping(_))) => true,
                     _ => false,
                 };
@@ -181,15 +203,15 @@ pub(crate) async fn close_socket(mut socket: WebSocket, code: u16) {
     .await;
 }
 
-/// Writes a batch and flushes it; only then are its point-to-point frames delivered (and
-/// ackable: when their sender wants receipts, or they came from the offline inbox). On an
-/// error the unwritten tokens settle as dropped.
+/// Writes a batch and flushes it; only then are its point-to-point frames delivered and
+/// pending an ack (required with `must_ack`; otherwise remembered when their sender wants
+/// receipts, or they came from the offline inbox). On an error the unwritten tokens settle
+/// as dropped.
 async fn write_batch(
     socket: &mut WebSocket,
     batch: VecDeque<Outgoing>,
-    pending: &mut PendingAcks,
     handle: &SessionHandle,
-    reports: &mpsc::UnboundedSender<ClientReport>,
+    ctx: Context<'_>,
 ) -> Result<(), axum::Error> {
     let mut tokens = Vec::new();
     for out in batch {
@@ -197,35 +219,53 @@ async fn write_batch(
         tokens.extend(out.token);
     }
     socket.flush().await?;
-    for token in tokens {
-        match token {
-            Tracked::Live(token) => {
-                if let Some((id, sender)) = token.settlement().ackable() {
-                    let ackable = Ackable {
-                        sender: sender.clone(),
-                        receipt: true,
-                        stored: false,
-                    };
-                    pending.insert(id.clone(), ackable);
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let cap = ctx.limits.max_pending_acks;
+    handle.with_acks(|pending| {
+        for token in tokens {
+            match token {
+                Tracked::Live(token) => {
+                    let s = token.settlement();
+                    if ctx.must_ack || s.wants_receipt() {
+                        let ackable = Ackable {
+                            sender: s.sender().clone(),
+                            receipt: s.wants_receipt(),
+                            source: AckSource::Live {
+                                settlement: s.clone(),
+                                receiver: token.receiver(),
+                            },
+                        };
+                        if ctx.must_ack {
+                            pending.require(s.id().clone(), ackable);
+                        } else {
+                            pending.allow(s.id().clone(), ackable, cap);
+                        }
+                    }
+                    token.written();
                 }
-                token.written();
-            }
-            Tracked::Stored(s) => {
-                let ackable = Ackable {
-                    sender: s.sender.clone(),
-                    receipt: s.receipt,
-                    stored: true,
-                };
-                pending.insert(s.id.clone(), ackable);
-                let _ = reports.send(ClientReport::StoredWritten {
-                    id: s.id,
-                    sender: s.sender,
-                    receiver: handle.client.clone(),
-                    receipt: s.receipt,
-                });
+                Tracked::Stored(s) => {
+                    let ackable = Ackable {
+                        sender: s.sender.clone(),
+                        receipt: s.receipt,
+                        source: AckSource::Stored,
+                    };
+                    if ctx.must_ack {
+                        pending.require(s.id.clone(), ackable);
+                    } else {
+                        pending.allow(s.id.clone(), ackable, cap);
+                    }
+                    let _ = ctx.reports.send(ClientReport::StoredWritten {
+                        id: s.id,
+                        sender: s.sender,
+                        receiver: handle.client.clone(),
+                        receipt: s.receipt,
+                    });
+                }
             }
         }
-    }
+    });
     Ok(())
 }
 
@@ -236,12 +276,7 @@ enum Charge {
     Charged,
 }
 
-fn on_client_text(
-    handle: &SessionHandle,
-    pending: &mut PendingAcks,
-    reports: &mpsc::UnboundedSender<ClientReport>,
-    text: &str,
-) -> Charge {
+fn on_client_text(handle: &SessionHandle, ctx: Context<'_>, text: &str) -> Charge {
     let metrics = &handle.metrics;
     match serde_json::from_str::<ClientFrame>(text) {
         Ok(ClientFrame::Ping) => {
@@ -249,15 +284,24 @@ fn on_client_text(
             handle.push_pong();
             Charge::Charged
         }
-        Ok(ClientFrame::Ack { id }) => match pending.take(&id) {
+        Ok(ClientFrame::Ack { id }) => match handle.with_acks(|p| p.take(&id)) {
             Some(a) => {
                 metrics.inbound(InKind::Ack);
-                let _ = reports.send(ClientReport::Acked {
+                // A live message acked before it settled is never kept as pending; after
+                // that (or from the inbox) it may be kept, and the ack removes it.
+                let remove = match &a.source {
+                    AckSource::Live {
+                        settlement,
+                        receiver,
+                    } => !settlement.acked_early(*receiver) && ctx.must_ack,
+                    AckSource::Stored => true,
+                };
+                let _ = ctx.reports.send(ClientReport::Acked {
                     id,
                     sender: a.sender,
                     receiver: handle.client.clone(),
                     receipt: a.receipt,
-                    stored: a.stored,
+                    remove,
                 });
                 Charge::Free
             }

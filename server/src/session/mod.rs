@@ -22,8 +22,12 @@
 //! [`FrameToken`](crate::settle::FrameToken)s of the frames it writes, and reports client acks
 //! and written offline-inbox frames as [`ClientReport`](crate::settle::ClientReport)s.
 //!
+//! The messages written here that the client has not acked yet live on the handle (not in the
+//! task), so the node can ask whether another socket of the same client still holds one when
+//! this one closes (`docs/design.md` section 15).
+//!
 //! - `drive`: the socket loop, the close handshake, writing batches, client frames;
-//! - `acks`: which delivered messages the client may still ack;
+//! - `acks`: which written messages the client may (or must) still ack;
 //! - `rate`: the inbound frame rate limit.
 
 mod acks;
@@ -43,8 +47,10 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
 use impush_core::{config::LimitsConfig, ClientId, ConnectionId, MessageId};
 
+pub(crate) use acks::Ackable;
 pub(crate) use drive::{close_socket, drive, Context, End};
 
+use self::acks::PendingAcks;
 use crate::{
     metrics::{CloseKind, Metrics, OutKind},
     settle::{StoredFrame, Tracked},
@@ -52,7 +58,7 @@ use crate::{
 
 const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
 
-/// Close codes of the client protocol (DESIGN.md section 4).
+/// Close codes of the client protocol (`docs/design.md` section 4).
 pub(crate) mod close {
     pub(crate) const GOING_AWAY: u16 = 1001;
     pub(crate) const INVALID_DATA: u16 = 1007;
@@ -119,6 +125,8 @@ pub(crate) struct SessionHandle {
     // would cost every idle socket 48 bytes.
     #[allow(clippy::box_collection)]
     stored_sent: Mutex<Option<Box<HashSet<MessageId>>>>,
+    /// Messages written here and not acked yet; allocated while there are any.
+    acks: Mutex<Option<Box<PendingAcks>>>,
 }
 
 impl SessionHandle {
@@ -142,7 +150,42 @@ impl SessionHandle {
             close_code: AtomicU16::new(0),
             metrics,
             stored_sent: Mutex::new(None),
+            acks: Mutex::new(None),
         }
+    }
+
+    /// Runs `f` on the pending acks, allocating them if needed and freeing them once empty
+    /// (most connections sit idle after a burst).
+    pub(crate) fn with_acks<R>(&self, f: impl FnOnce(&mut PendingAcks) -> R) -> R {
+        let mut guard = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        let acks = guard.get_or_insert_with(Box::default);
+        let out = f(acks);
+        if acks.is_empty() {
+            *guard = None;
+        }
+        out
+    }
+
+    /// How many written messages wait for a required ack.
+    pub(crate) fn unacked(&self) -> usize {
+        self.acks
+            .lock()
+            .map(|a| a.as_ref().map_or(0, |a| a.unacked()))
+            .unwrap_or(0)
+    }
+
+    /// Whether message `id` was written here and waits for a required ack.
+    pub(crate) fn awaits_ack(&self, id: &MessageId) -> bool {
+        self.acks
+            .lock()
+            .map(|a| a.as_ref().is_some_and(|a| a.requires(id)))
+            .unwrap_or(false)
+    }
+
+    /// The required acks still outstanding, leaving none (the socket closed).
+    pub(crate) fn take_unacked(&self) -> Vec<(MessageId, Ackable)> {
+        let taken = self.acks.lock().map(|mut a| a.take()).unwrap_or_default();
+        taken.map(|a| a.into_required()).unwrap_or_default()
     }
 
     /// Queues a frame from the offline inbox unless this socket already got that id; returns
@@ -219,8 +262,47 @@ impl SessionHandle {
     }
 
     /// Everything queued so far, leaving the queue empty (and unallocated).
+    #[cfg(test)]
     fn take(&self) -> VecDeque<Outgoing> {
         self.empty_queue(false)
+    }
+
+    /// The queued frames from the front, up to (not including) the first tracked frame past
+    /// `budget` tracked frames: flow control keeps the rest, in order, until acks come.
+    /// Returns the frames and whether some were held back.
+    fn take_within(&self, budget: usize) -> (VecDeque<Outgoing>, bool) {
+        let Ok(mut q) = self.outbox.lock() else {
+            return (VecDeque::new(), false);
+        };
+        if budget == usize::MAX || q.frames.iter().filter(|o| o.token.is_some()).count() <= budget {
+            q.bytes = 0;
+            return (std::mem::take(&mut q.frames), false);
+        }
+        let mut left = budget;
+        let cut = q
+            .frames
+            .iter()
+            .position(|o| {
+                if o.token.is_none() {
+                    return false;
+                }
+                if left == 0 {
+                    return true;
+                }
+                left -= 1;
+                false
+            })
+            .unwrap_or(q.frames.len());
+        let rest = q.frames.split_off(cut);
+        let taken = std::mem::replace(&mut q.frames, rest);
+        q.bytes = q.frames.iter().map(|o| o.frame.len()).sum();
+        (taken, true)
+    }
+
+    /// Wakes the task to look at the queue again (acks freed room for held frames).
+    fn requeue(&self) {
+        self.queued.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Drops whatever is still queued and refuses anything pushed later (the connection is
