@@ -2,6 +2,8 @@
 //! with. Both the `/ws` and health routes (`http`) and the API (`api`) depend on it, never on
 //! each other's internals.
 
+mod event_groups;
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{
@@ -16,7 +18,9 @@ use impush_core::{
 use impush_helper::ImHelper;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{api::EventGroups, node::Node};
+use crate::node::Node;
+
+pub(crate) use event_groups::EventGroups;
 
 /// What request handlers share.
 #[derive(Debug)]

@@ -13,8 +13,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    api::EventGroups,
-    app::App,
+    app::{App, EventGroups},
     config::Config,
     edge::{self, EdgeLimits},
     http,

@@ -25,7 +25,6 @@ use serde_json::{json, value::RawValue, Value};
 
 pub(crate) use error::ApiError;
 use extract::{require_api_key, ApiJson, ChannelMemberPath, IdPath};
-pub(crate) use sse::EventGroups;
 
 use crate::{app::App, metrics::Metrics};
 

@@ -6,19 +6,14 @@
 //! `event: lagged` with `{"dropped": n}` and the stream goes on. The stream ends when the node
 //! shuts down, so it never holds up a graceful shutdown.
 //!
-//! `?group=` names are bounded ([`EventGroups`]): a node holds a place for at most
-//! `limits.max_event_groups` of them, a group keeps its place while it has a reader here and for
-//! `limits.event_group_idle` after its last reader left, and a new group when every place is
-//! taken gets `429 too_many_groups`. Together with the broker's own retention for groups without
+//! `?group=` names are bounded ([`EventGroups`](crate::app::EventGroups)): a node holds a place
+//! for at most `limits.max_event_groups` of them, a group keeps its place while it has a reader
+//! here and for `limits.event_group_idle` after its last reader left, and a new group when every
+//! place is taken gets `429 too_many_groups`. Together with the broker's own retention for groups without
 //! a member (the memory broker drops such a group after `broker.group_idle_ttl`), abandoned
 //! group names cannot grow a node's memory without bound.
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    sync::{atomic::Ordering, Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{convert::Infallible, sync::Arc};
 
 use axum::http::StatusCode;
 use axum::{
@@ -34,88 +29,6 @@ use crate::{app::App, metrics::Metrics};
 
 /// Most bytes of a `?group=` name.
 const MAX_GROUP_NAME: usize = 256;
-
-/// The `?group=` names this node serves events to, bounded by `limits.max_event_groups`.
-#[derive(Debug)]
-pub(crate) struct EventGroups {
-    max: usize,
-    idle: Duration,
-    metrics: Arc<Metrics>,
-    groups: Mutex<HashMap<String, Place>>,
-}
-
-#[derive(Debug)]
-struct Place {
-    readers: usize,
-    /// When the last reader left (`None` while it has readers).
-    idle_since: Option<Instant>,
-}
-
-impl EventGroups {
-    pub(crate) fn new(max: usize, idle: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self {
-            max,
-            idle,
-            metrics,
-            groups: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// A reader joins `group`: its place is held until the returned lease is dropped (and then
-    /// for `idle` more). `None` when the group is new and every place is taken.
-    fn join(self: &Arc<Self>, group: &str) -> Option<GroupLease> {
-        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(place) = groups.get_mut(group) {
-            place.readers += 1;
-            place.idle_since = None;
-        } else {
-            if groups.len() >= self.max {
-                let idle = self.idle;
-                groups.retain(|_, p| p.idle_since.is_none_or(|t| t.elapsed() < idle));
-            }
-            if groups.len() >= self.max {
-                return None;
-            }
-            groups.insert(
-                group.to_owned(),
-                Place {
-                    readers: 1,
-                    idle_since: None,
-                },
-            );
-        }
-        self.metrics
-            .event_groups
-            .store(groups.len() as i64, Ordering::Relaxed);
-        Some(GroupLease {
-            groups: self.clone(),
-            group: group.to_owned(),
-        })
-    }
-
-    fn leave(&self, group: &str) {
-        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(place) = groups.get_mut(group) {
-            place.readers = place.readers.saturating_sub(1);
-            if place.readers == 0 {
-                place.idle_since = Some(Instant::now());
-            }
-        }
-    }
-}
-
-/// One reader's hold on its group's place.
-#[derive(Debug)]
-struct GroupLease {
-    groups: Arc<EventGroups>,
-    group: String,
-}
-
-impl Drop for GroupLease {
-    fn drop(&mut self) {
-        self.groups.leave(&self.group);
-    }
-}
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct EventsQuery {
