@@ -1,7 +1,7 @@
 //! The kinds impush ships (`memory` and `cluster` always, the others per Cargo feature),
-//! registered by [`register`]: one cfg-gated function, so a build
-//! without a backend's feature never compiles that backend's client, and selecting it says
-//! which feature brings it.
+//! registered by [`register`] (for [`Backends::with_defaults`]): one cfg-gated function, so a
+//! build without a backend's feature never compiles that backend's client, and selecting it
+//! says which feature brings it.
 
 use impush_core::{MemoryBroker, MemoryOfflineStore, MemoryPresenceStore};
 use serde::Deserialize;
@@ -42,8 +42,20 @@ pub struct MemoryPresenceConfig {}
 #[serde(deny_unknown_fields)]
 pub struct MemoryOfflineConfig {}
 
+impl Backends {
+    /// Every kind this build contains: `memory` always, the others as compiled in (a kind
+    /// compiled out stays known, so selecting it says which feature brings it).
+    // Here rather than in `registry`, so that the registry does not depend on the built-ins
+    // it registers.
+    pub fn with_defaults() -> Self {
+        let mut b = Self::empty();
+        register(&mut b);
+        b
+    }
+}
+
 /// Registers every built-in kind this build has, and marks the others as compiled out.
-pub(crate) fn register(b: &mut Backends) {
+fn register(b: &mut Backends) {
     b.register_broker("memory", |c: MemoryBrokerConfig, _| async move {
         Ok(MemoryBroker::new(c.fanout_capacity, c.queue_capacity)
             .with_group_idle_ttl(c.group_idle_ttl))

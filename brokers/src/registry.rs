@@ -136,14 +136,6 @@ impl Backends {
         }
     }
 
-    /// Every kind this build contains: `memory` always, the others as compiled in (a kind
-    /// compiled out stays known, so selecting it says which feature brings it).
-    pub fn with_defaults() -> Self {
-        let mut b = Self::empty();
-        crate::builtin::register(&mut b);
-        b
-    }
-
     /// Registers (or replaces) broker kind `kind`. `factory` gets the section's options as `C`
     /// (make it `#[serde(deny_unknown_fields)]` so typos are refused) and the context.
     pub fn register_broker<C, F, Fut, B>(&mut self, kind: &str, factory: F) -> &mut Self
