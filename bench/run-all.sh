@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the standard benchmark set (DESIGN.md section 12 targets) and writes the results to
+# Runs the standard benchmark set (docs/design.md section 12 targets) and writes the results to
 # bench/results/ (JSON + SVG per scenario). Each scenario runs 3 times; summaries are medians.
 #
 #   bench/run-all.sh            # ~20 minutes on 2 cores, after a release build

@@ -3,7 +3,8 @@
 # Rust test (unit, conformance against memory and real brokers, end-to-end, multi-process
 # cluster and fault suites, CLI, doctests), the JavaScript client's tests against a real node,
 # the chat demo in a real Chromium, the runnable examples, schemathesis against the node's own
-# OpenAPI document, and each cargo-fuzz target for 60 s (IMPUSH_FUZZ_SECONDS).
+# OpenAPI document, the deploy files (scripts/check-deploy.sh), and each cargo-fuzz target for
+# 60 s (IMPUSH_FUZZ_SECONDS).
 #
 #   ./scripts/test.sh
 #
@@ -24,6 +25,19 @@ fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "citations stay inside the repository"
+# Comments and docs cite docs/design.md section N or a README anchor: a citation of another
+# design file, or of a path outside the repository, is one a reader of the repository cannot follow.
+rc=0
+cites=$(git grep -nE 'DESIGN[.]md|DESIGN[ ]section|[.][.]/shared/|/work[/]shared' -- ':!docs/') || rc=$?
+if [ "$rc" -eq 0 ]; then
+  printf 'cite docs/design.md section N instead of:\n%s\n' "$cites" >&2
+  exit 1
+elif [ "$rc" -ne 1 ]; then
+  echo "git grep failed (exit $rc); the citation check needs a git checkout" >&2
+  exit 1
+fi
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
@@ -66,6 +80,9 @@ scripts/brokers.sh install chromium >/dev/null
 step "examples"
 timeout 60 cargo run -q -p impush-examples --example embedded_chat >/dev/null
 echo "examples: embedded_chat ok" >&2
+
+step "deploy: Dockerfile, compose file, systemd unit, Kubernetes manifests (no Docker engine here: deploy/README.md)"
+scripts/check-deploy.sh "$root/target/debug/impush"
 
 step "fuzz: each cargo-fuzz target ${IMPUSH_FUZZ_SECONDS:-60}s"
 scripts/fuzz.sh "${IMPUSH_FUZZ_SECONDS:-60}"

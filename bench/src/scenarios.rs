@@ -1,5 +1,5 @@
 //! The benchmark scenarios. Each runs `runs` times, reports every run and the median of its
-//! figures, and compares them with the targets of DESIGN.md section 12.
+//! figures, and compares them with the targets of `docs/design.md` section 12.
 
 use std::{
     path::{Path, PathBuf},
@@ -376,7 +376,7 @@ pub(crate) async fn p2p(
             met: median_at(&runs, &["delivered_per_sec"]) >= 100_000.0,
         }),
         (_, Some(r)) => {
-            // What each backbone is asked for (DESIGN.md section 12 and its issues): a
+            // What each backbone is asked for (`docs/design.md` section 12 and its issues): a
             // broker that confirms each publish, or batches records, adds its own latency.
             let p99_max = match broker {
                 "rabbitmq" => 10.0,

@@ -1,5 +1,5 @@
-//! Connect tokens (DESIGN.md section 5): self-contained, signed, expiring, single-use and bound
-//! to one node.
+//! Connect tokens (`docs/design.md` section 5): self-contained, signed, expiring, single-use and
+//! bound to one node.
 //!
 //! Format: `v1.<base64url(claims JSON)>.<base64url(HMAC-SHA256 over "v1.<claims>")>`.
 //! The helper signs with [`TokenSigner`]; the node checks the signature and expiry with the same

@@ -8,7 +8,7 @@
 //! - `--port N` or `CHAT_PORT` (default 5555): the page and the business API;
 //! - `--impush-port N` or `CHAT_IMPUSH_PORT` (default 6001): the embedded impush node, which the
 //!   browsers' WebSockets connect to. `0` picks a free port for either; the chosen addresses
-//!   are printed on stdout. `IMPUSH_*` variables configure the node (DESIGN.md section 8).
+//!   are printed on stdout. `IMPUSH_*` variables configure the node (`docs/design.md` section 8).
 //!
 //! The page logs in over HTTP, gets its WebSocket URL from `GET /im/connect` (the backend's
 //! `prepare_connect`), and sends every action (messages, rooms, kicks) to this backend, which

@@ -1,4 +1,4 @@
-//! [`Config`]: a node's whole configuration file (DESIGN.md section 8).
+//! [`Config`]: a node's whole configuration file (`docs/design.md` section 8).
 
 use std::{path::Path, time::Duration};
 
@@ -10,8 +10,8 @@ use impush_core::{
 use impush_helper::HelperConfig;
 use serde::Deserialize;
 
-/// `[offline]`: the offline inbox (DESIGN.md section 9): keys every store shares, plus `kind`
-/// (`memory`, `redis`, `disk`, or one registered in code) and that kind's own keys.
+/// `[offline]`: the offline inbox (`docs/design.md` section 9): keys every store shares, plus
+/// `kind` (`memory`, `redis`, `disk`, or one registered in code) and that kind's own keys.
 ///
 /// ```toml
 /// [offline]

@@ -1,6 +1,6 @@
-//! The node's HTTP edge (DESIGN.md section 10): the accept loop, the cap on open connections,
-//! and the timeouts of each connection, in front of the router. hyper is driven directly because
-//! `axum::serve` has none of these knobs.
+//! The node's HTTP edge (`docs/design.md` section 10): the accept loop, the cap on open
+//! connections, and the timeouts of each connection, in front of the router. hyper is driven
+//! directly because `axum::serve` has none of these knobs.
 //!
 //! - **Connection cap** (`limits.max_connections`): every accepted TCP connection takes a slot
 //!   until its socket closes, WebSocket sessions included (the slot travels with the socket

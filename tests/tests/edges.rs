@@ -1,5 +1,5 @@
-//! The node's HTTP edges (DESIGN.md section 10, issue 14) against a live node: header, idle and
-//! body timeouts, the cap on open connections, allowed Origins, the SSE group cap and the
+//! The node's HTTP edges (`docs/design.md` section 10, issue 14) against a live node: header, idle
+//! and body timeouts, the cap on open connections, allowed Origins, the SSE group cap and the
 //! API's list limits.
 //!
 //! Timeouts are configured short (about a second) and every check waits on the condition with a

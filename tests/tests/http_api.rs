@@ -1,4 +1,5 @@
-//! The HTTP API of DESIGN.md section 7 against a live node: every endpoint, success and failure.
+//! The HTTP API of `docs/design.md` section 7 against a live node: every endpoint, success and
+//! failure.
 
 #![allow(clippy::unwrap_used)]
 

@@ -1,4 +1,4 @@
-//! The offline inbox end to end on one node (DESIGN section 9): a message for an absent
+//! The offline inbox end to end on one node (`docs/design.md` section 9): a message for an absent
 //! receiver is stored (`stored` receipt) and pushed when it connects, oldest first, before live
 //! messages, as first sent plus `"stored": true`; acks remove; TTL and bounds hold; the HTTP
 //! API shows and clears an inbox.

@@ -1,4 +1,4 @@
-//! Receipts at scale (DESIGN section 4): one receipt frame per message and status for the
+//! Receipts at scale (`docs/design.md` section 4): one receipt frame per message and status for the
 //! receivers a node settled together, acks gathered, so a message to 10,000 receivers costs
 //! its sender a handful of frames and never closes it with 4008.
 

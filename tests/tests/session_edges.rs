@@ -1,5 +1,5 @@
-//! Hostile and broken clients at the WebSocket session (DESIGN section 10): a frame flood is
-//! closed with 1008, invalid UTF-8 with 1007, and a client that stops reading is closed as dead
+//! Hostile and broken clients at the WebSocket session (`docs/design.md` section 10): a frame flood
+//! is closed with 1008, invalid UTF-8 with 1007, and a client that stops reading is closed as dead
 //! within `ping_interval + pong_timeout` even while a write to it is stuck, with its offline
 //! event published; a kick still reaches such a client.
 

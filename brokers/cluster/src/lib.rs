@@ -1,5 +1,5 @@
 //! impush-presence-cluster: `[presence] kind = "cluster"`, presence with no store beside the
-//! broker (DESIGN section 3, "The cluster presence store").
+//! broker (`docs/design.md` section 3, "The cluster presence store").
 //!
 //! Who knows what:
 //! - each node is the authority for its own connections and for the channel memberships of the

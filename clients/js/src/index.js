@@ -1,7 +1,7 @@
 // impush-client: one WebSocket to an impush node, reconnected for as long as the app wants it.
 // No dependencies and no build step: this file is what ships.
 
-/** Close codes of the impush client protocol (DESIGN.md section 4). */
+/** Close codes of the impush client protocol (`docs/design.md` section 4). */
 export const CloseCodes = Object.freeze({
   NORMAL: 1000,
   GOING_AWAY: 1001,

@@ -1,5 +1,5 @@
-//! The HTTP API (DESIGN.md section 7): the whole ImHelper over JSON, so business backends in any
-//! language can push through impush.
+//! The HTTP API (`docs/design.md` section 7): the whole ImHelper over JSON, so business backends in
+//! any language can push through impush.
 //!
 //! Every route lives in one table ([`table`]): the router is built from it and
 //! [`api_routes`] lists it, which is how a test keeps the OpenAPI document

@@ -1,5 +1,5 @@
-//! Keeping the presence store true (DESIGN section 13): this node's lease, reaping nodes that
-//! died, and repairing what failed writes or a reap of a live node left wrong.
+//! Keeping the presence store true (`docs/design.md` section 13): this node's lease, reaping nodes
+//! that died, and repairing what failed writes or a reap of a live node left wrong.
 //!
 //! Every `lease / 3` the node renews its lease. Then:
 //! - if the store no longer knows this node (it was reaped while alive, e.g. after a long

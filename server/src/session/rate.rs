@@ -1,4 +1,5 @@
-//! [`InboundRate`]: the per-connection limit on frames a client sends (DESIGN section 10).
+//! [`InboundRate`]: the per-connection limit on frames a client sends (`docs/design.md`
+//! section 10).
 
 use tokio::time::Instant;
 
