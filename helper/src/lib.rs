@@ -481,7 +481,62 @@ impl ImHelper {
         let payload = envelope::encode("command", value)?;
         self.inner.broker.publish(topic, payload).await
     }
+
+    /// Empties `channel`: every member leaves it (FreeIM `ClearChanClient`). Returns how many
+    /// members it had.
+    ///
+    /// The members are read from the presence store and removed [`CLEAR_CHUNK`] at a time: one
+    /// presence write and one membership change on the cluster topic per chunk, so clearing a
+    /// channel of a million members never builds one huge broker message. A client that joins
+    /// while the clear runs may stay a member. Members' sockets stop getting the channel's
+    /// messages sent after this returns.
+    ///
+    /// # Errors
+    /// Presence store or broker errors (the chunks before the failure have left: calling again
+    /// finishes the job). [`Error::Unavailable`] when the member list was partial
+    /// (`[presence] kind = "cluster"` and a node did not answer in time): the members that were
+    /// listed have left, the missing node's have not.
+    pub async fn clear_channel(&self, channel: &ChannelName) -> Result<usize> {
+        let members = self.inner.presence.channel_members(channel).await?;
+        for chunk in members.value.chunks(CLEAR_CHUNK) {
+            self.leave_channel(channel, chunk).await?;
+        }
+        if !members.missing.is_empty() {
+            let nodes: Vec<&str> = members.missing.iter().map(NodeId::as_str).collect();
+            return Err(Error::Unavailable {
+                backend: "presence",
+                source: Some(
+                    format!(
+                        "channel `{channel}` cleared partly: node(s) {} did not list their \
+                         members in time",
+                        nodes.join(", ")
+                    )
+                    .into(),
+                ),
+            });
+        }
+        Ok(members.value.len())
+    }
+
+    /// Removes `client` from each of `channels` (FreeIM `LeaveChan(client, [channels])`).
+    /// Leaving a channel the client is not in is harmless; a channel listed twice is left once.
+    ///
+    /// # Errors
+    /// Presence store or broker errors; the channels before the failing one have been left.
+    pub async fn leave_channels(&self, client: &ClientId, channels: &[ChannelName]) -> Result<()> {
+        let mut seen = std::collections::HashSet::with_capacity(channels.len());
+        for channel in channels.iter().filter(|c| seen.insert(*c)) {
+            self.leave_channel(channel, std::slice::from_ref(client))
+                .await?;
+        }
+        Ok(())
+    }
 }
+
+/// How many members [`ImHelper::clear_channel`] removes per presence write and per membership
+/// command on the cluster topic: a bound on the size of one broker message (1,000 ids of at most
+/// 128 bytes stay well under the 1 MB many brokers default to).
+pub const CLEAR_CHUNK: usize = 1000;
 
 fn to_raw<T: Serialize + ?Sized>(data: &T) -> Result<Box<RawValue>> {
     serde_json::value::to_raw_value(data).map_err(|e| Error::codec("message data", e))

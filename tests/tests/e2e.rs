@@ -676,3 +676,184 @@ async fn receipt_status_enum_round_trips() {
     assert!(serde_json::from_value::<ReceiptStatus>(json!("Delivered")).is_err());
     assert!(serde_json::from_value::<ReceiptStatus>(json!("lost")).is_err());
 }
+
+/// Sends a broadcast `marker` after whatever was published before it on `.all`, so a socket's
+/// next frames can be checked without waiting out a silence: `.all` keeps one publisher's order.
+async fn broadcast_marker(h: &impush_helper::ImHelper, marker: &str) {
+    h.broadcast(&json!({ "marker": marker })).await.unwrap();
+}
+
+/// Asserts that `c`'s next frame is the broadcast `marker` (nothing of a channel it left came
+/// first).
+async fn next_is_marker(c: &mut Client, marker: &str) {
+    let f = c.next_json().await;
+    assert_eq!(
+        (f["type"].as_str(), &f["data"]),
+        (Some("broadcast"), &json!({ "marker": marker })),
+        "expected the marker broadcast, got {f}"
+    );
+}
+
+/// Clients owned by `n1` and `n2` of a `start_cluster` cluster.
+fn one_per_node(h: &impush_helper::ImHelper) -> [String; 2] {
+    ["n1", "n2"].map(|want| {
+        (0..)
+            .map(|i| format!("member{i}"))
+            .find(|n| h.cluster().owner(&id(n)).id.as_str() == want)
+            .unwrap()
+    })
+}
+
+#[tokio::test]
+async fn clear_channel_removes_every_member_on_every_node() {
+    let nodes = start_cluster(2, |_| {}).await;
+    // The helper of n2 clears what n1's helper set up: membership is cluster-wide.
+    let (h1, h2) = (nodes[0].helper(), nodes[1].helper());
+    let [a, b] = one_per_node(&h1);
+    let mut ca = Client::connect(&h1, &a, 1).await;
+    let mut cb = Client::connect(&h1, &b, 1).await;
+    let room = ch("to-clear");
+    let other = ch("stays");
+    h1.join_channel(&room, &[id(&a), id(&b), id("offline-dave")])
+        .await
+        .unwrap();
+    h1.join_channel(&other, &[id(&a)]).await.unwrap();
+    h1.send_channel_message(&id("sys"), &room, &"before")
+        .await
+        .unwrap();
+    for c in [&mut ca, &mut cb] {
+        assert_eq!(c.next_json().await["data"], "before");
+    }
+
+    assert_eq!(h2.clear_channel(&room).await.unwrap(), 3);
+    assert!(h1.channel_members(&room).await.unwrap().is_empty());
+    assert_eq!(
+        h1.client_channels(&id(&a)).await.unwrap(),
+        vec![other.clone()]
+    );
+    assert!(h1.client_channels(&id(&b)).await.unwrap().is_empty());
+    assert_eq!(
+        h1.channels().await.unwrap().len(),
+        1,
+        "only `stays` is left"
+    );
+
+    // Published after the clear by the same helper: each node applied the clear first.
+    h2.send_channel_message(&id("sys"), &room, &"after")
+        .await
+        .unwrap();
+    h2.send_channel_message(&id("sys"), &other, &"other")
+        .await
+        .unwrap();
+    broadcast_marker(&h2, "m1").await;
+    assert_eq!(ca.next_json().await["data"], "other");
+    next_is_marker(&mut ca, "m1").await;
+    next_is_marker(&mut cb, "m1").await;
+
+    // Clearing again, or an unknown channel, removes nobody.
+    assert_eq!(h2.clear_channel(&room).await.unwrap(), 0);
+    assert_eq!(h2.clear_channel(&ch("never-was")).await.unwrap(), 0);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn clearing_a_big_channel_publishes_bounded_membership_changes() {
+    use impush_core::{
+        envelope::{decode, ClusterCommand},
+        Broker, SubscribeMode, Topics,
+    };
+    let server = start(|_| {}).await;
+    let h = server.helper();
+    let room = ch("big");
+    let n = impush_helper::CLEAR_CHUNK * 2 + 500;
+    let members: Vec<_> = (0..n).map(|i| id(&format!("u{i}"))).collect();
+    h.join_channel(&room, &members).await.unwrap();
+    let mut all = h
+        .broker()
+        .subscribe(Topics::new("impush").all(), SubscribeMode::Fanout)
+        .await
+        .unwrap();
+
+    assert_eq!(h.clear_channel(&room).await.unwrap(), n);
+    let mut left = Vec::new();
+    let mut commands = 0;
+    while left.len() < n {
+        let d = tokio::time::timeout(support::WAIT, all.next())
+            .await
+            .expect("the membership changes within the timeout")
+            .unwrap()
+            .unwrap();
+        if let ClusterCommand::Left { channel, clients } =
+            decode::<ClusterCommand>("command", &d.ack()).unwrap()
+        {
+            assert_eq!(channel, room);
+            assert!(
+                clients.len() <= impush_helper::CLEAR_CHUNK,
+                "one command carries {} ids",
+                clients.len()
+            );
+            commands += 1;
+            left.extend(clients);
+        }
+    }
+    assert_eq!(commands, 3);
+    left.sort();
+    let mut want = members.clone();
+    want.sort();
+    assert_eq!(left, want);
+    assert!(h.channel_members(&room).await.unwrap().is_empty());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn leave_channels_removes_one_client_from_several() {
+    let nodes = start_cluster(2, |_| {}).await;
+    let h = nodes[0].helper();
+    let [a, b] = one_per_node(&h);
+    let mut ca = Client::connect(&h, &a, 1).await;
+    let mut cb = Client::connect(&h, &b, 1).await;
+    let rooms = [ch("r1"), ch("r2"), ch("r3")];
+    for r in &rooms {
+        h.join_channel(r, &[id(&a), id(&b)]).await.unwrap();
+    }
+
+    // `a` (on n1) leaves r1 and r2 (r1 listed twice, plus a channel it never joined), through
+    // the helper of n2, which then publishes the checks: `.all` keeps one publisher's order.
+    let h2 = nodes[1].helper();
+    h2.leave_channels(
+        &id(&a),
+        &[
+            rooms[0].clone(),
+            rooms[1].clone(),
+            rooms[0].clone(),
+            ch("nope"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        h.client_channels(&id(&a)).await.unwrap(),
+        vec![rooms[2].clone()]
+    );
+    assert_eq!(h.client_channels(&id(&b)).await.unwrap(), rooms.to_vec());
+    for r in &rooms {
+        h2.send_channel_message(&id("sys"), r, &r.as_str())
+            .await
+            .unwrap();
+    }
+    broadcast_marker(&h2, "m2").await;
+    assert_eq!(ca.next_json().await["data"], "r3");
+    next_is_marker(&mut ca, "m2").await;
+    for r in &rooms {
+        assert_eq!(cb.next_json().await["data"], r.as_str());
+    }
+    next_is_marker(&mut cb, "m2").await;
+
+    // Nothing to leave is fine.
+    h.leave_channels(&id(&b), &[]).await.unwrap();
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -741,3 +741,208 @@ async fn metrics_count_what_happened() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// Asserts that `c`'s next frame is the broadcast `{"marker": marker}`: nothing of a channel
+/// it left was pushed before it (one API node publishes both in order on `.all`).
+async fn next_is_marker(c: &mut Client, marker: &str) {
+    let f = c.next_json().await;
+    assert_eq!(
+        (f["type"].as_str(), &f["data"]),
+        (Some("broadcast"), &json!({ "marker": marker })),
+        "expected the marker broadcast, got {f}"
+    );
+}
+
+async fn marker(api: &Api, marker: &str) {
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/broadcast",
+            Some(json!({"data": {"marker": marker}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn leave_several_channels_and_clear_a_channel_over_http() {
+    let server = start(|_| {}).await;
+    let api = Api::new(&server);
+    let h = server.helper();
+    let mut alice = Client::connect(&h, "alice", 1).await;
+    let mut bob = Client::connect(&h, "bob", 1).await;
+    for room in ["r1", "r2", "r3"] {
+        let (status, body) = api
+            .call(
+                "POST",
+                &format!("/api/v1/channels/{room}/members"),
+                Some(json!({"client_ids": ["alice", "bob", "dave"]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // alice leaves r1 and r2 (and a channel she never joined) in one call.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/clients/alice/channels/leave",
+            Some(json!({"channels": ["r1", "r2", "ghost"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"client_id": "alice", "left": ["r1", "r2", "ghost"]})
+        )
+    );
+    let (_, body) = api.call("GET", "/api/v1/clients/alice", None).await;
+    assert_eq!(body["channels"], json!(["r3"]));
+    for room in ["r1", "r3"] {
+        api.call(
+            "POST",
+            &format!("/api/v1/channels/{room}/messages"),
+            Some(json!({"from": "sys", "data": room})),
+        )
+        .await;
+    }
+    marker(&api, "m1").await;
+    assert_eq!(alice.next_json().await["data"], "r3");
+    next_is_marker(&mut alice, "m1").await;
+    assert_eq!(bob.next_json().await["data"], "r1");
+    assert_eq!(bob.next_json().await["data"], "r3");
+    next_is_marker(&mut bob, "m1").await;
+
+    // Clearing r1 removes bob and the offline dave.
+    let (status, body) = api
+        .call("DELETE", "/api/v1/channels/r1/members", None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"channel": "r1", "removed": 2}))
+    );
+    let (_, body) = api.call("GET", "/api/v1/channels/r1", None).await;
+    assert_eq!(body, json!({"name": "r1", "members": [], "online": 0}));
+    let (_, body) = api.call("GET", "/api/v1/clients/bob", None).await;
+    assert_eq!(body["channels"], json!(["r2", "r3"]));
+    api.call(
+        "POST",
+        "/api/v1/channels/r1/messages",
+        Some(json!({"from": "sys", "data": "r1 again"})),
+    )
+    .await;
+    marker(&api, "m2").await;
+    next_is_marker(&mut bob, "m2").await;
+    next_is_marker(&mut alice, "m2").await;
+    // Again, or an unknown channel: nobody to remove.
+    for path in [
+        "/api/v1/channels/r1/members",
+        "/api/v1/channels/void/members",
+    ] {
+        let (status, body) = api.call("DELETE", path, None).await;
+        assert_eq!((status, &body["removed"]), (200, &json!(0)), "{path}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn leave_several_channels_and_clear_refuse_bad_input() {
+    let server = start(|c| c.limits.max_clients_per_join = 2).await;
+    let api = Api::new(&server);
+    let leave = "/api/v1/clients/alice/channels/leave";
+    let cases: Vec<(&str, &str, Option<String>, u16, &str)> = vec![
+        (
+            "POST",
+            leave,
+            Some(r#"{"channels":[]}"#.into()),
+            422,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            leave,
+            Some(r#"{"channels":["a","b","c"]}"#.into()),
+            413,
+            "too_many_channels",
+        ),
+        (
+            "POST",
+            leave,
+            Some(r#"{"channel":["a"]}"#.into()),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            leave,
+            Some(r#"{"channels":"a"}"#.into()),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            leave,
+            Some(r#"{"channels":["a\u0001"]}"#.into()),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            leave,
+            Some(r#"{"channels":[""]}"#.into()),
+            400,
+            "invalid_json",
+        ),
+        ("POST", leave, Some("{not json".into()), 400, "invalid_json"),
+        (
+            "POST",
+            "/api/v1/clients/a%01b/channels/leave",
+            Some(r#"{"channels":["a"]}"#.into()),
+            400,
+            "invalid_id",
+        ),
+        ("GET", leave, None, 405, "method_not_allowed"),
+        (
+            "POST",
+            "/api/v1/clients/alice/channels",
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/api/v1/channels/tab%09name/members",
+            None,
+            400,
+            "invalid_id",
+        ),
+        (
+            "PUT",
+            "/api/v1/channels/room/members",
+            None,
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (m, p, body, want_status, want_code) in cases {
+        let (status, resp) = api.raw(m, p, body.clone(), Some(KEY)).await;
+        assert_eq!(
+            (status, err_code(&resp)),
+            (want_status, want_code),
+            "{m} {p} {body:?}: {resp}"
+        );
+        assert!(
+            resp["message"].as_str().is_some_and(|s| !s.is_empty()),
+            "{resp}"
+        );
+    }
+    // Without the key, nothing is read or changed.
+    for (m, p) in [("POST", leave), ("DELETE", "/api/v1/channels/room/members")] {
+        let (status, resp) = api
+            .raw(m, p, Some(r#"{"channels":["a"]}"#.into()), None)
+            .await;
+        assert_eq!((status, err_code(&resp)), (401, "unauthorized"), "{m} {p}");
+    }
+    server.shutdown().await.unwrap();
+}

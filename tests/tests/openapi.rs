@@ -684,12 +684,14 @@ async fn a_broker_outage_gives_documented_statuses() {
     let http = reqwest::Client::new();
     broker.shutdown().await.unwrap();
     // Operations that publish to (or subscribe on) the broker; the others only read the
-    // presence store, which is still up.
+    // presence store, which is still up (`clearChannel` of a channel with no member has
+    // nothing to publish).
     let publishing = [
         "sendMessage",
         "kickClient",
         "joinChannel",
         "leaveChannel",
+        "leaveChannels",
         "sendChannelMessage",
         "broadcast",
         "events",
@@ -748,6 +750,8 @@ async fn documented_edge_cases_hold() {
     let join = op_of(&doc, "POST", "/api/v1/channels/{name}/members");
     let leave = op_of(&doc, "DELETE", "/api/v1/channels/{name}/members/{id}");
     let events = op_of(&doc, "GET", "/api/v1/events");
+    let clear = op_of(&doc, "DELETE", "/api/v1/channels/{name}/members");
+    let leave_many = op_of(&doc, "POST", "/api/v1/clients/{id}/channels/leave");
 
     // Unknown client: 200, offline, nothing.
     let (s, v) = documented_call(
@@ -788,6 +792,31 @@ async fn documented_edge_cases_hold() {
     )
     .await;
     assert_eq!(s, 200);
+    // Clearing an unknown channel: 200, removed 0; leaving channels one is not in: 200.
+    let (s, v) = documented_call(
+        &doc,
+        &http,
+        &clear,
+        &format!("{api}/channels/void/members"),
+        None,
+    )
+    .await;
+    assert_eq!((s, v), (200, json!({"channel": "void", "removed": 0})));
+    let (s, v) = documented_call(
+        &doc,
+        &http,
+        &leave_many,
+        &format!("{api}/clients/nobody/channels/leave"),
+        Some(json!({"channels": ["void", "void"]})),
+    )
+    .await;
+    assert_eq!(
+        (s, v),
+        (
+            200,
+            json!({"client_id": "nobody", "left": ["void", "void"]})
+        )
+    );
 
     // A client literally named "online": the fixed route wins; percent-encoding reaches it.
     let (s, _) = documented_call(

@@ -59,9 +59,15 @@ fn table() -> Vec<(&'static str, &'static str, Handler)> {
         route("POST", "/api/v1/clients/{id}/kick", kick),
         route("GET", "/api/v1/clients/{id}/inbox", inbox_stats),
         route("DELETE", "/api/v1/clients/{id}/inbox", inbox_clear),
+        route(
+            "POST",
+            "/api/v1/clients/{id}/channels/leave",
+            leave_channels,
+        ),
         route("GET", "/api/v1/channels", channels),
         route("GET", "/api/v1/channels/{name}", channel_info),
         route("POST", "/api/v1/channels/{name}/members", join_channel),
+        route("DELETE", "/api/v1/channels/{name}/members", clear_channel),
         route(
             "DELETE",
             "/api/v1/channels/{name}/members/{id}",
@@ -366,4 +372,45 @@ async fn broadcast(
     let r = app.helper.broadcast_raw(body.data).await;
     let id = publishing(&app, r)?;
     Ok(Json(json!({ "id": id })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaveChannelsBody {
+    channels: Vec<ChannelName>,
+}
+
+/// FreeIM's `LeaveChan(client, [channels])`: one client leaves several channels.
+async fn leave_channels(
+    State(app): State<Arc<App>>,
+    IdPath(client): IdPath<ClientId>,
+    ApiJson(body): ApiJson<LeaveChannelsBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.channels.is_empty() {
+        return Err(ApiError::unprocessable("channels must not be empty"));
+    }
+    // The bound on one membership change's list, whichever way round it goes.
+    let limit = app.node.limits.max_clients_per_join;
+    if body.channels.len() > limit {
+        return Err(ApiError::too_many(
+            "too_many_channels",
+            format!(
+                "{} channels is over limits.max_clients_per_join ({limit})",
+                body.channels.len()
+            ),
+        ));
+    }
+    let r = app.helper.leave_channels(&client, &body.channels).await;
+    publishing(&app, r)?;
+    Ok(Json(json!({ "client_id": client, "left": body.channels })))
+}
+
+/// FreeIM's `ClearChanClient`: every member leaves the channel.
+async fn clear_channel(
+    State(app): State<Arc<App>>,
+    IdPath(channel): IdPath<ChannelName>,
+) -> Result<Json<Value>, ApiError> {
+    let r = app.helper.clear_channel(&channel).await;
+    let removed = publishing(&app, r)?;
+    Ok(Json(json!({ "channel": channel, "removed": removed })))
 }
