@@ -3,7 +3,8 @@
 //!
 //! `kind` names an entry of a [`Backends`] registry, not a variant of a closed enum: the built-in
 //! kinds are registered by one cfg-gated function ([`Backends::with_defaults`]) and a user
-//! registers more in code with [`Backends::register_broker`] / [`Backends::register_presence`].
+//! registers more in code with [`Backends::register_broker`], [`Backends::register_presence`]
+//! and [`Backends::register_offline`].
 //! Each factory deserialises its own options from the [`Section`]; the keys every kind shares
 //! (`kind`, `prefix`) are read once, here. The server and the helper take a `Backends`, so one
 //! custom broker serves both.

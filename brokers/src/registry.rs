@@ -1,10 +1,12 @@
-//! [`Backends`]: the registry of broker and presence factories, keyed by `kind`.
+//! [`Backends`]: the registry of broker, presence store and offline store factories, each keyed
+//! by `kind` (`docs/design.md` section 3, "Backends are plug-ins").
 //!
 //! A factory gets its own options (deserialised from the section into the factory's config
-//! type) and a [`BackendContext`] (the cluster's prefix, nodes, lease, the broker section and,
-//! for presence, the connected broker), and returns a connected backend. The server and the
-//! helper hold a `Backends` and never match on kinds themselves, so a kind registered in code
-//! works everywhere a built-in one does.
+//! type) and a [`BackendContext`] (the cluster's prefix, nodes, lease, the broker and presence
+//! sections, for presence the connected broker, for offline stores the inbox limits), and
+//! returns a connected backend. The server and the helper hold a `Backends` and never match on
+//! kinds themselves, so a kind registered in code works everywhere a built-in one does (the
+//! helper starts a broker and a presence store; only a node opens the offline store).
 
 use std::{collections::BTreeMap, fmt, future::Future, sync::Arc, time::Duration};
 
@@ -92,7 +94,7 @@ impl<T: ?Sized> Clone for Slot<T> {
     }
 }
 
-/// The broker and presence kinds a server or helper can be configured with.
+/// The broker, presence store and offline store kinds a server or helper can be configured with.
 ///
 /// ```
 /// use impush_brokers::{Backends, Section};

@@ -1,4 +1,6 @@
-//! [`Section`]: one `[broker]` or `[presence]` table as the user wrote it.
+//! [`Section`]: one `[broker]`, `[presence]` or `[offline]` table as the user wrote it (for
+//! `[offline]`, the keys every offline store shares, such as `enabled` and `ttl`, are read by the
+//! server first; the section is what remains).
 //!
 //! The keys every kind shares (`kind`, `prefix`) are taken out here, once; the rest stays raw
 //! until the factory registered for `kind` deserialises it into its own config type, so a kind
@@ -16,8 +18,8 @@ pub const DEFAULT_PREFIX: &str = "impush";
 /// The kind of a section the configuration leaves out: the embedded, in-process backend.
 pub const DEFAULT_KIND: &str = "memory";
 
-/// A `[broker]` or `[presence]` section: `kind`, the optional shared `prefix`, and the options
-/// that belong to the kind's factory.
+/// A `[broker]`, `[presence]` or `[offline]` section: `kind`, the optional shared `prefix`, and
+/// the options that belong to the kind's factory.
 ///
 /// `Debug` shows the kind, the prefix and the option *names* only: option values may hold
 /// passwords (URLs with credentials, tokens).

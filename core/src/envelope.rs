@@ -1,11 +1,14 @@
 //! What travels over the broker between helpers and nodes, and the topics it travels on.
 //!
-//! Three topics per cluster (see DESIGN.md section 3):
+//! Four topics per cluster (`docs/design.md` section 3, "Topics"):
 //! - `{prefix}.inbox.{node}`: [`NodeCommand`]s for one node, read as `Queue{group = node}` so that
 //!   messages for a restarting node wait for it;
 //! - `{prefix}.all`: [`ClusterCommand`]s every node acts on (channel messages, broadcasts,
 //!   membership changes), read `Fanout`;
-//! - `{prefix}.events`: [`Event`]s (online/offline) for the business, read by helpers.
+//! - `{prefix}.events`: [`Event`]s (online/offline) for the business, read by helpers;
+//! - `{prefix}.presence`: only with `[presence] kind = "cluster"`, what the nodes tell each
+//!   other about connections and memberships; its messages are defined by that store
+//!   (`impush-presence-cluster`), not here.
 //!
 //! Payloads are JSON. The business `data` is carried as a [`RawValue`] so that a node copies it
 //! into client frames without parsing it (and never double-encodes it).

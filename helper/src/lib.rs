@@ -211,8 +211,10 @@ impl ImHelper {
     ///
     /// `from` need not be a connected client. With `receipt`, the sender's connections get
     /// `receipt` frames: one per status for the receivers each node settled together
-    /// (`delivered` once written to a socket, `offline`, later `acked`). The sender gets its own
-    /// message only if it is listed in `to`.
+    /// (`delivered` once written to a socket; `stored` when the receiver had no socket to take
+    /// it and it waits in the offline inbox, `[offline] enabled = true`; `offline` when it had
+    /// none and nothing was stored; later `acked` when the receiver's client acks it). The
+    /// sender gets its own message only if it is listed in `to`.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for an empty `to`; broker errors.
