@@ -201,7 +201,8 @@ pub struct LimitsConfig {
     pub event_group_idle: Duration,
     /// Most receivers (`to`) in one HTTP API message; more is refused with `413` (default 100000).
     pub max_receivers_per_message: usize,
-    /// Most client ids in one HTTP API channel join; more is refused with `413` (default 10000).
+    /// Most client ids in one HTTP API channel join, and most channels in one leave of several
+    /// channels; more is refused with `413` (default 10000).
     pub max_clients_per_join: usize,
     /// Most frames per second a client may send (averaged over `inbound_burst` frames); a
     /// client over it is closed with 1008 (default 20).
