@@ -23,6 +23,8 @@
 //! not survive that node's restart (use Redis presence if they must).
 
 mod config;
+mod exchange;
+mod machine;
 mod rpc;
 mod state;
 mod store;

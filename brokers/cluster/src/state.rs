@@ -26,10 +26,10 @@ pub(crate) struct NodeView {
 }
 
 impl NodeView {
-    fn new(lease: Duration) -> Self {
+    fn new(lease: Duration, now: Instant) -> Self {
         Self {
             connections: HashMap::new(),
-            seen: Instant::now(),
+            seen: now,
             lease,
             synced: false,
             asked: None,
@@ -65,11 +65,12 @@ impl View {
         }
     }
 
-    fn node_mut(&mut self, node: &NodeId) -> &mut NodeView {
+    /// `node`'s view, created (as first seen at `now`) if this is the first word of it.
+    fn node_mut(&mut self, node: &NodeId, now: Instant) -> &mut NodeView {
         let lease = self.default_lease;
         self.nodes
             .entry(node.clone())
-            .or_insert_with(|| NodeView::new(lease))
+            .or_insert_with(|| NodeView::new(lease, now))
     }
 
     pub(crate) fn node(&self, node: &NodeId) -> Option<&NodeView> {
@@ -80,9 +81,15 @@ impl View {
         self.nodes.iter()
     }
 
-    pub(crate) fn add(&mut self, node: &NodeId, client: &ClientId, connection: &ConnectionId) {
+    pub(crate) fn add(
+        &mut self,
+        node: &NodeId,
+        client: &ClientId,
+        connection: &ConnectionId,
+        now: Instant,
+    ) {
         let fresh = self
-            .node_mut(node)
+            .node_mut(node, now)
             .connections
             .insert(connection.clone(), client.clone())
             .is_none();
@@ -110,7 +117,12 @@ impl View {
     }
 
     /// Replaces what the view holds for `node` with its full state.
-    pub(crate) fn replace(&mut self, node: &NodeId, connections: &[(ClientId, ConnectionId)]) {
+    pub(crate) fn replace(
+        &mut self,
+        node: &NodeId,
+        connections: &[(ClientId, ConnectionId)],
+        now: Instant,
+    ) {
         let old: Vec<ConnectionId> = self
             .nodes
             .get(node)
@@ -120,9 +132,9 @@ impl View {
             self.remove(node, c);
         }
         for (client, connection) in connections {
-            self.add(node, client, connection);
+            self.add(node, client, connection, now);
         }
-        self.node_mut(node).synced = true;
+        self.node_mut(node, now).synced = true;
     }
 
     /// Forgets `node` entirely (reaped or cleared), returning what it held, sorted by client
@@ -169,14 +181,15 @@ impl View {
         out
     }
 
-    pub(crate) fn heard(&mut self, node: &NodeId, lease: Duration) {
-        let v = self.node_mut(node);
-        v.seen = Instant::now();
+    /// A heartbeat of `node` arrived at `now`: alive for `lease` more.
+    pub(crate) fn heard(&mut self, node: &NodeId, lease: Duration, now: Instant) {
+        let v = self.node_mut(node, now);
+        v.seen = now;
         v.lease = lease;
     }
 
-    pub(crate) fn mark_asked(&mut self, node: &NodeId) {
-        self.node_mut(node).asked = Some(Instant::now());
+    pub(crate) fn mark_asked(&mut self, node: &NodeId, now: Instant) {
+        self.node_mut(node, now).asked = Some(now);
     }
 
     pub(crate) fn connections_of(&self, client: &ClientId) -> usize {
@@ -304,12 +317,13 @@ mod tests {
 
     #[test]
     fn view_counts_follow_adds_removes_and_replacements() {
+        let now = Instant::now();
         let mut v = View::new(Duration::from_secs(1));
-        v.add(&n("n1"), &c("a"), &k("1"));
-        v.add(&n("n1"), &c("a"), &k("1")); // idempotent
-        v.add(&n("n2"), &c("a"), &k("2"));
+        v.add(&n("n1"), &c("a"), &k("1"), now);
+        v.add(&n("n1"), &c("a"), &k("1"), now); // idempotent
+        v.add(&n("n2"), &c("a"), &k("2"), now);
         assert_eq!(v.connections_of(&c("a")), 2);
-        v.replace(&n("n1"), &[(c("b"), k("3"))]);
+        v.replace(&n("n1"), &[(c("b"), k("3"))], now);
         assert_eq!(v.connections_of(&c("a")), 1);
         assert_eq!(v.online_clients(), vec![c("a"), c("b")]);
         let dropped = v.drop_node(&n("n2"));

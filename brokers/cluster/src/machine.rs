@@ -1,0 +1,196 @@
+//! The state machine of cluster presence: what one instance knows and the rules that change it.
+//!
+//! An instance knows its [`View`] of every node's connections; a node also knows its own
+//! connections (the truth the view mirrors), the [`Memberships`] of the clients it owns, and
+//! where it stands with the cluster (`known`, `ready`, whether its own heartbeats come back).
+//! Here: that state, who owns a client's memberships ([`Machine::memberships_owner`]) and what
+//! the view answers. `feed` is what a message read from `{prefix}.presence` does and what a
+//! request gets; `own` is what the node's own presence operations do.
+//!
+//! Nothing here does I/O or reads the clock: every method takes the time it runs at and
+//! returns what must be published, so the exchange (`exchange`) and the store (`store`) do the
+//! talking and these rules are tested on their own (`machine/tests.rs`).
+
+mod feed;
+mod own;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use impush_core::{ClientId, Cluster, ConnectionId, DroppedConnection, NodeId};
+use tokio::time::Instant;
+
+use crate::{
+    state::{Memberships, View},
+    wire::Wire,
+};
+
+/// A node's lease as its own view has it, before its first heartbeat set one.
+const FALLBACK_LEASE: Duration = Duration::from_secs(10);
+/// Least time between two requests for one node's full state, whatever its lease.
+const MIN_ASK_GAP: Duration = Duration::from_millis(200);
+
+/// What one instance (a node, or a helper when `me` is `None`) knows.
+#[derive(Debug)]
+pub(crate) struct Machine {
+    me: Option<NodeId>,
+    cluster: Cluster,
+    /// The configured nodes, in the cluster's order.
+    nodes: Vec<NodeId>,
+    /// The configured lease: how long a node not heard from yet may still be starting.
+    lease: Duration,
+    started: Instant,
+    view: View,
+    /// This node's own connections (a node instance only): the truth the view mirrors.
+    local: HashMap<ConnectionId, ClientId>,
+    /// Memberships of the clients this node owns.
+    memberships: Memberships,
+    /// Whether the cluster still counts this node as alive (false before the first heartbeat,
+    /// after a clear, and after another node reaped it).
+    known: bool,
+    /// Whether this node has settled what its previous run left (cleared, synced or
+    /// heartbeated): until then it does not publish its (empty) state, which would make the
+    /// others forget connections it must first announce as gone.
+    ready: bool,
+    /// When this node's own heartbeat last came back through the feed, and since when it has
+    /// come back without a gap longer than a lease: a node judges others only from a feed it
+    /// has been reading all along, never from a view that went stale while it was frozen or
+    /// cut off.
+    last_echo: Option<Instant>,
+    echoing_since: Option<Instant>,
+}
+
+impl Machine {
+    /// A fresh instance started at `now`: `me` is this node (`None` in a helper).
+    pub(crate) fn new(me: Option<NodeId>, cluster: Cluster, lease: Duration, now: Instant) -> Self {
+        Self {
+            me,
+            nodes: cluster.nodes().iter().map(|n| n.id.clone()).collect(),
+            cluster,
+            lease,
+            started: now,
+            view: View::new(lease),
+            local: HashMap::new(),
+            memberships: Memberships::default(),
+            known: false,
+            ready: false,
+            last_echo: None,
+            echoing_since: None,
+        }
+    }
+
+    pub(crate) fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// The configured nodes.
+    pub(crate) fn nodes(&self) -> &[NodeId] {
+        &self.nodes
+    }
+
+    // ---- ownership ----
+
+    /// The node that owns `client`'s channel memberships: the only node that records its joins
+    /// and leaves, drops them when the client is gone, and answers for its channels. Every
+    /// ownership decision of this crate goes through here.
+    pub(crate) fn memberships_owner(&self, client: &ClientId) -> NodeId {
+        self.cluster.owner(client).id.clone()
+    }
+
+    /// `clients` grouped by the owner of their memberships.
+    pub(crate) fn by_owner(&self, clients: &[ClientId]) -> BTreeMap<NodeId, Vec<ClientId>> {
+        let mut out: BTreeMap<NodeId, Vec<ClientId>> = BTreeMap::new();
+        for c in clients {
+            out.entry(self.memberships_owner(c))
+                .or_default()
+                .push(c.clone());
+        }
+        out
+    }
+
+    /// Whether this instance is the node owning `client`'s memberships.
+    fn owns(&self, client: &ClientId) -> bool {
+        self.me
+            .as_ref()
+            .is_some_and(|me| self.memberships_owner(client) == *me)
+    }
+
+    /// `client` left every channel, if this node owns its memberships.
+    fn leave_all_if_owned(&mut self, client: &ClientId) {
+        if self.owns(client) {
+            self.memberships.leave_all(client);
+        }
+    }
+
+    // ---- what the view can answer ----
+
+    /// Configured nodes, other than this one, whose connections this view may lack: alive (or
+    /// not heard from yet, within a lease of start) and never synced.
+    pub(crate) fn unsynced(&self, now: Instant) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| Some(*n) != self.me.as_ref())
+            .filter(|n| match self.view.node(n) {
+                Some(v) => !v.synced && v.alive(now),
+                None => now.duration_since(self.started) < self.lease,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Splits the nodes a request goes to into those worth waiting for and those known to be
+    /// dead (reported missing at once).
+    pub(crate) fn split_dead(
+        &self,
+        expected: Vec<NodeId>,
+        now: Instant,
+    ) -> (Vec<NodeId>, Vec<NodeId>) {
+        expected.into_iter().partition(|n| {
+            Some(n) == self.me.as_ref() || self.view.node(n).is_none_or(|v| v.alive(now))
+        })
+    }
+
+    /// This node's connections as one message (`None` in a helper).
+    pub(crate) fn state_message(&self) -> Option<Wire> {
+        Some(Wire::NodeState {
+            node: self.me.clone()?,
+            connections: sorted(&self.local),
+        })
+    }
+
+    /// The clients whose last connection is among `dropped` leave their channels (those this
+    /// node owns).
+    fn leave_all_of_last(&mut self, dropped: &[DroppedConnection]) {
+        for d in dropped.iter().filter(|d| d.last) {
+            self.leave_all_if_owned(&d.client);
+        }
+    }
+}
+
+/// `dropped` (connections of `node`, removed by `by`) as a message, unless there are none.
+fn dropped_message(
+    node: &NodeId,
+    by: &NodeId,
+    dropped: &[DroppedConnection],
+    clear: bool,
+) -> Option<Wire> {
+    (!dropped.is_empty()).then(|| Wire::Dropped {
+        node: node.clone(),
+        by: by.clone(),
+        dropped: dropped.to_vec(),
+        clear,
+    })
+}
+
+fn sorted(local: &HashMap<ConnectionId, ClientId>) -> Vec<(ClientId, ConnectionId)> {
+    let mut v: Vec<(ClientId, ConnectionId)> = local
+        .iter()
+        .map(|(conn, client)| (client.clone(), conn.clone()))
+        .collect();
+    v.sort();
+    v
+}
