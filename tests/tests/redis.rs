@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use impush_broker_redis::{RedisBroker, RedisConfig, RedisOfflineStore, RedisPresenceStore};
-use impush_core::{Broker, OfflineStore, PresenceStore};
+use impush_core::{Broker, InboxLimits, OfflineStore, PresenceStore};
 
 fn config() -> Option<RedisConfig> {
     let url = impush_tests::env_or_skip("IMPUSH_TEST_REDIS_URL")?;
@@ -35,33 +35,20 @@ async fn presence() -> Option<Arc<dyn PresenceStore>> {
     ))
 }
 
-async fn offline() -> Option<Arc<dyn OfflineStore>> {
+/// A store in a keyspace of its own; the large-inbox case checks that the script reads a
+/// returning client's inbox of thousands in slices.
+async fn offline(limits: InboxLimits) -> Option<Arc<dyn OfflineStore>> {
     let cfg = config()?;
     Some(Arc::new(
-        RedisOfflineStore::connect(
-            &cfg,
-            &impush_tests::unique_ns(),
-            impush_tests::OFFLINE_LIMITS,
-        )
-        .await
-        .expect("connect to redis"),
+        RedisOfflineStore::connect(&cfg, &impush_tests::unique_ns(), limits)
+            .await
+            .expect("connect to redis"),
     ))
 }
 
 impush_tests::broker_conformance!(broker);
 impush_tests::offline_conformance!(offline);
 impush_tests::presence_conformance!(presence);
-
-/// A returning client's inbox of thousands is fetched whole: the script reads it in slices.
-#[tokio::test]
-async fn a_large_inbox_is_fetched_whole() {
-    let Some(cfg) = config() else { return };
-    let ns = impush_tests::unique_ns();
-    let store = RedisOfflineStore::connect(&cfg, &ns, impush_tests::LARGE_INBOX_LIMITS)
-        .await
-        .expect("connect to redis");
-    impush_tests::offline_large_inbox_is_fetched_whole(&store, &ns).await;
-}
 
 /// A fanout reader that falls so far behind that Redis trims entries it has not read hears of
 /// it (`Lagged`) instead of skipping them silently.

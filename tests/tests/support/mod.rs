@@ -3,7 +3,7 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use impush_core::{
@@ -37,13 +37,7 @@ pub async fn start(f: impl FnOnce(&mut Config)) -> ImServer {
     ImServer::start(c).await.expect("server starts")
 }
 
-/// Free loopback ports (bound then released) for multi-node configs that need URLs up front.
-pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let ls: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap()).collect()
-}
+pub use impush_tests::free_addrs;
 
 /// Starts `n` nodes in this process sharing one memory broker and presence store: a cluster
 /// without any external broker.
@@ -168,19 +162,12 @@ impl Client {
 }
 
 /// Polls `cond` until it holds, failing after [`WAIT`].
-pub async fn eventually<F, Fut>(mut cond: F)
+pub async fn eventually<F, Fut>(cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    impush_tests::eventually_within("condition", WAIT, cond).await;
 }
 
 /// Tries to connect with a raw URL and returns the HTTP status of a refusal.
