@@ -28,7 +28,8 @@
 //! # Layout
 //!
 //! [`support`] (skips, namespaces, ports, waiting), `broker`, `presence` and `offline` (the
-//! cases, all re-exported here, where the macros find them) and `macros`.
+//! cases, all re-exported here, where the macros find them), `macros` and [`proxy`] (a TCP
+//! proxy that injects link faults).
 
 pub mod support;
 
@@ -36,6 +37,7 @@ mod broker;
 mod macros;
 mod offline;
 mod presence;
+pub mod proxy;
 
 pub use broker::*;
 pub use offline::*;
