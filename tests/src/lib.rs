@@ -25,11 +25,18 @@
 //! - an `Err` item on a subscription (e.g. `Error::Lagged`) fails the test;
 //! - only what the trait contracts in `impush-core` state is asserted.
 //!
+//! # The cluster suite (feature `cluster`)
+//!
+//! `cluster` holds real node processes over a real broker and the cases run against them
+//! (`cluster_suite!`); see its module docs. It is a feature because it brings an HTTP client, a
+//! WebSocket client and `impush-helper`, which a crate that only runs the conformance suites
+//! does not need.
+//!
 //! # Layout
 //!
 //! [`support`] (skips, namespaces, ports, waiting), `broker`, `presence` and `offline` (the
-//! cases, all re-exported here, where the macros find them), `macros` and [`proxy`] (a TCP
-//! proxy that injects link faults).
+//! cases, all re-exported here, where the macros find them), `macros`, [`proxy`] (a TCP proxy
+//! that injects link faults) and `cluster`.
 
 pub mod support;
 
@@ -38,6 +45,9 @@ mod macros;
 mod offline;
 mod presence;
 pub mod proxy;
+
+#[cfg(feature = "cluster")]
+pub mod cluster;
 
 pub use broker::*;
 pub use offline::*;

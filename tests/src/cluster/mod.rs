@@ -1,0 +1,117 @@
+//! The multi-process cluster suite: real node processes over a real broker, `kill -9`, SIGSTOP
+//! of nodes and brokers, broker restarts, floods, broken links; what the business sees from
+//! events and queries must match the sockets that exist, and an accepted message must not be
+//! lost (`docs/design.md` section 13).
+//!
+//! A backbone's test file defines its [`harness::Backend`] and calls
+//! [`cluster_suite!`](crate::cluster_suite), which expands to one `#[tokio::test]` per case
+//! (named after it) of the standard group and of each group listed:
+//!
+//! ```ignore
+//! use impush_tests::cluster::{brokers::private_redis, harness::Backend};
+//!
+//! fn redis() -> Backend {
+//!     Backend::new("redis", env!("CARGO_BIN_EXE_impush"), |url| format!(
+//!         "[broker]\nkind = \"redis\"\nurl = \"{url}\"\n[presence]\nkind = \"redis\"\n"
+//!     ), || impush_tests::env_or_skip("IMPUSH_TEST_REDIS_URL"))
+//!     .private(private_redis)
+//!     .offline("kind = \"redis\"")
+//! }
+//!
+//! impush_tests::cluster_suite!(redis; private_broker, broker_proxy);
+//! ```
+//!
+//! The groups, each a list in [`__cluster_group!`](crate::__cluster_group):
+//! - the standard group, always: delivery, node kills, restarts and freezes, floods, inboxes
+//!   waiting for their node, a client link reset through a proxy;
+//! - `private_broker`: the broker stalled, frozen and restarted (needs [`Backend::private`]);
+//! - `cluster_presence`: the nodes answer queries (`[presence] kind = "cluster"`);
+//! - `broker_proxy`: a node's broker link through a [`FaultProxy`](crate::proxy::FaultProxy),
+//!   for brokers whose clients use the address in the URL (not Kafka's, whose brokers
+//!   advertise their own).
+//!
+//! A new case is a `pub async fn(&Backend)` in a file of [`cases`] and one line in its group's
+//! list. A case that needs something a backend may lack starts a new group.
+//!
+//! [`Backend::private`]: harness::Backend::private
+
+pub mod brokers;
+pub mod cases;
+pub mod clients;
+pub mod harness;
+pub mod http;
+
+/// Expands to one `#[tokio::test]` per cluster case that applies to `$backend` (an `fn() ->
+/// Backend`): the standard group and each group listed after `;`.
+///
+/// The tests run on a multi-threaded runtime (the harness blocks in place while processes
+/// start), reached through this crate's re-export of tokio, so the calling crate must not
+/// rename the `impush-tests` dependency.
+#[macro_export]
+macro_rules! cluster_suite {
+    ($backend:path $(; $($group:ident),+ $(,)?)?) => {
+        $crate::__cluster_group!(standard $backend);
+        $($( $crate::__cluster_group!($group $backend); )+)?
+    };
+}
+
+/// The cases of each group of [`cluster_suite!`]: add a case to its group's list.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cluster_group {
+    (standard $backend:path) => {
+        $crate::__cluster_cases!($backend;
+            cross_node_delivery_channels_kick_and_events,
+            killed_node_drops_its_clients_within_the_lease,
+            restarted_node_announces_the_connections_it_lost,
+            frozen_node_is_declared_dead_then_announces_itself_again,
+            flood_with_receipts_survives_a_receiver_node_kill,
+            flood_with_inbox_reaches_the_receiver_despite_a_node_kill,
+            inbox_waits_for_its_node_across_a_kill_and_restart,
+            client_link_reset_through_a_proxy_is_an_offline_event,
+        );
+    };
+    (private_broker $backend:path) => {
+        $crate::__cluster_cases!($backend;
+            stalled_broker_declares_nobody_dead,
+            failed_presence_writes_are_reconciled,
+            broker_restart_keeps_sockets_and_delivery_resumes,
+            traffic_through_a_broker_restart,
+        );
+    };
+    (cluster_presence $backend:path) => {
+        $crate::__cluster_cases!($backend;
+            silent_node_gives_partial_answers_then_goes_offline,
+        );
+    };
+    (broker_proxy $backend:path) => {
+        $crate::__cluster_cases!($backend;
+            paused_broker_link_holds_delivery_until_healed,
+        );
+    };
+    ($other:ident $backend:path) => {
+        ::std::compile_error!(::std::concat!(
+            "cluster_suite!: no case group `",
+            ::std::stringify!($other),
+            "` (groups: private_broker, cluster_presence, broker_proxy)"
+        ));
+    };
+}
+
+/// One `#[tokio::test]` per listed case, calling `$crate::cluster::cases::$case(&$backend())`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cluster_cases {
+    ($backend:path; $($case:ident),+ $(,)?) => {
+        $(
+            #[$crate::tokio::test(
+                crate = "impush_tests::tokio",
+                flavor = "multi_thread",
+                worker_threads = 2
+            )]
+            async fn $case() {
+                $crate::cluster::cases::$case(&$backend()).await;
+            }
+        )+
+    };
+}
