@@ -8,6 +8,7 @@
 # schemathesis is pinned in scripts/schemathesis-requirements.txt and installed into a private
 # venv ($IMPUSH_SCHEMATHESIS_VENV, default ~/.cache/impush/schemathesis-venv), never system-wide.
 # The SSE route (/api/v1/events) is excluded: schemathesis would wait on the endless stream.
+# So is POST /api/v1/node/drain: it stops the node under test (tests/tests/drain.rs covers it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -55,6 +56,7 @@ start=$SECONDS
 status=0
 NO_COLOR=1 "$venv/bin/schemathesis" run "http://$addr/api/v1/openapi.json" \
   --exclude-path /api/v1/events \
+  --exclude-path /api/v1/node/drain \
   -H "Authorization: Bearer $key" \
   --checks all \
   --seed "${SCHEMATHESIS_SEED:-1}" \

@@ -52,6 +52,19 @@ pub struct ClusterConfig {
     /// Nodes heartbeat every third of it.
     #[serde(with = "humantime_serde")]
     pub node_lease: Duration,
+    /// How long a draining node (SIGTERM, or `POST /api/v1/node/drain`) takes to move its
+    /// clients to their next node: it closes them with 1012 spread over this time, jittered,
+    /// so they reconnect at a bounded rate (default `10s`).
+    #[serde(with = "humantime_serde")]
+    pub drain_period: Duration,
+    /// How long a node takes to send clients home once their owner is live again: the same
+    /// gradual 1012 closes (default `10s`).
+    #[serde(with = "humantime_serde")]
+    pub rebalance_period: Duration,
+    /// How long a connection closed to move its client (drain, return home) still counts in
+    /// presence, so the client reconnecting elsewhere never looks offline (default `5s`).
+    #[serde(with = "humantime_serde")]
+    pub move_grace: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -60,6 +73,9 @@ impl Default for ClusterConfig {
             partitioner: PartitionerKind::default(),
             nodes: Vec::new(),
             node_lease: Duration::from_secs(10),
+            drain_period: Duration::from_secs(10),
+            rebalance_period: Duration::from_secs(10),
+            move_grace: Duration::from_secs(5),
         }
     }
 }
@@ -209,6 +225,14 @@ pub struct LimitsConfig {
     pub inbound_rate: u32,
     /// How many frames a client may send at once before `inbound_rate` applies (default 40).
     pub inbound_burst: u32,
+    /// WebSocket connects per second this node accepts (a second's worth at once); beyond it
+    /// `/ws` answers `503` with `Retry-After` before any token work. `0` (the default) means no
+    /// limit.
+    pub connect_rate: u32,
+    /// WebSocket connects per second one IP address may make; beyond it `/ws` answers `429`
+    /// with `Retry-After`. `0` (the default) means no limit (clients behind one NAT share an
+    /// address).
+    pub connect_rate_per_ip: u32,
 }
 
 impl Default for LimitsConfig {
@@ -239,6 +263,8 @@ impl Default for LimitsConfig {
             max_clients_per_join: 10_000,
             inbound_rate: 20,
             inbound_burst: 40,
+            connect_rate: 0,
+            connect_rate_per_ip: 0,
         }
     }
 }

@@ -203,6 +203,12 @@ pub enum Event {
         metadata: serde_json::Value,
         /// The client has no connection left.
         last: bool,
+        /// The node closed the connection to move the client to another node (drain or
+        /// return home, `docs/design.md` section 16): the client reconnects at once, so this
+        /// event comes after its new connection's online (`first: false`) unless it never came
+        /// back within `cluster.move_grace`. Omitted when false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        moved: bool,
     },
 }
 
@@ -279,6 +285,7 @@ mod tests {
             connection: ConnectionId::new("n1-1").unwrap(),
             metadata: serde_json::Value::Null,
             last: true,
+            moved: false,
         };
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["type"], "offline");

@@ -37,7 +37,7 @@ pub mod protocol;
 pub mod token;
 
 pub use broker::{Acker, Acknowledge, Broker, Delivery, SubscribeMode, Subscription};
-pub use cluster::{Cluster, NodeEntry};
+pub use cluster::{follow_live_nodes, Cluster, NodeEntry, NodeStatus};
 pub use envelope::{Event, ReceiptStatus, Topics};
 pub use error::{BoxError, Error, Result, TokenError};
 pub use id::{parse_all, ChannelName, ClientId, ConnectionId, MessageId, NodeId, MAX_ID_BYTES};
@@ -48,5 +48,6 @@ pub use partition::{
     RendezvousPartitioner,
 };
 pub use presence::{
-    AddedConnection, Answer, ChannelInfo, DroppedConnection, NodeSync, PresenceStore,
+    AddedConnection, Answer, ChannelInfo, DroppedConnection, NodeLease, NodeState, NodeSync,
+    PresenceStore,
 };

@@ -19,6 +19,28 @@ use crate::{ClientId, NodeId};
 pub trait Partitioner: Send + Sync + Debug {
     /// The index in `nodes` of the node that owns `client`.
     fn node_for(&self, client: &ClientId, nodes: &[NodeId]) -> usize;
+
+    /// The owner of `client` among the nodes `usable` accepts (the live ones), or `None`
+    /// when it accepts none (`docs/design.md` section 16).
+    ///
+    /// The default keeps [`node_for`](Partitioner::node_for)'s choice when it is usable and
+    /// otherwise takes the next usable node in list order (wrapping), so only the clients of
+    /// an unusable node move, and each to one fallback. [`RendezvousPartitioner`] overrides it
+    /// with the next node in the client's own rendezvous order, which spreads a dead node's
+    /// clients over all the others.
+    fn node_for_among(
+        &self,
+        client: &ClientId,
+        nodes: &[NodeId],
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let n = nodes.len();
+        if n == 0 {
+            return None;
+        }
+        let first = self.node_for(client, nodes).min(n - 1);
+        (0..n).map(|k| (first + k) % n).find(|&i| usable(i))
+    }
 }
 
 /// FreeIM's scheme: numeric ids modulo the node count, other ids hashed first.
@@ -50,16 +72,25 @@ pub struct RendezvousPartitioner;
 
 impl Partitioner for RendezvousPartitioner {
     fn node_for(&self, client: &ClientId, nodes: &[NodeId]) -> usize {
+        self.node_for_among(client, nodes, &|_| true).unwrap_or(0)
+    }
+
+    fn node_for_among(
+        &self,
+        client: &ClientId,
+        nodes: &[NodeId],
+        usable: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         let client_hash = fnv1a(client.as_bytes());
-        let mut best = (0usize, 0u64);
-        for (i, node) in nodes.iter().enumerate() {
+        let mut best: Option<(usize, u64)> = None;
+        for (i, node) in nodes.iter().enumerate().filter(|(i, _)| usable(*i)) {
             let score = mix(fnv1a(node.as_bytes()) ^ client_hash.rotate_left(17));
             // Ties are astronomically rare; breaking them by position keeps the result stable.
-            if i == 0 || score > best.1 {
-                best = (i, score);
+            if best.is_none_or(|(_, b)| score > b) {
+                best = Some((i, score));
             }
         }
-        best.0
+        best.map(|(i, _)| i)
     }
 }
 
@@ -204,6 +235,57 @@ mod tests {
         }
         let client = ClientId::new("x").expect("valid client id");
         assert_eq!(Murmur2Partitioner.node_for(&client, &[]), 0);
+    }
+
+    fn nodes(n: usize) -> Vec<NodeId> {
+        (1..=n)
+            .map(|i| NodeId::new(format!("n{i}")).expect("valid node id"))
+            .collect()
+    }
+
+    fn clients(n: usize) -> Vec<ClientId> {
+        (0..n)
+            .map(|i| ClientId::new(format!("c{i}")).expect("valid client id"))
+            .collect()
+    }
+
+    /// Only the clients of the node that is down move; each partitioner keeps every other
+    /// client where it was.
+    #[test]
+    fn a_dead_nodes_clients_move_and_nobody_else_does() {
+        let nodes = nodes(4);
+        for kind in [
+            PartitionerKind::Rendezvous,
+            PartitionerKind::Modulo,
+            PartitionerKind::Murmur2,
+        ] {
+            let p = kind.build();
+            let dead = 2usize;
+            let mut moved_to = std::collections::HashSet::new();
+            for c in clients(2000) {
+                let home = p.node_for(&c, &nodes);
+                let live = p
+                    .node_for_among(&c, &nodes, &|i| i != dead)
+                    .expect("a live node");
+                if home == dead {
+                    assert_ne!(live, dead, "{kind:?}");
+                    moved_to.insert(live);
+                } else {
+                    assert_eq!(live, home, "{kind:?}: a client of a live node moved");
+                }
+                assert_eq!(p.node_for_among(&c, &nodes, &|_| true), Some(home));
+            }
+            if kind == PartitionerKind::Rendezvous {
+                assert_eq!(
+                    moved_to.len(),
+                    3,
+                    "rendezvous spreads them over all the others"
+                );
+            } else {
+                assert_eq!(moved_to.len(), 1, "{kind:?}: the next node in list order");
+            }
+            assert_eq!(p.node_for_among(&clients(1)[0], &nodes, &|_| false), None);
+        }
     }
 
     #[test]

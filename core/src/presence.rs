@@ -107,6 +107,28 @@ pub struct NodeSync {
     pub added: Vec<AddedConnection>,
 }
 
+/// What a node says of itself with each [`PresenceStore::heartbeat`] (`docs/design.md`
+/// section 16).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Serving: new clients may be handed to it.
+    #[default]
+    Live,
+    /// Shutting down gently: it still holds its clients, moving them to their next node, and
+    /// no new client is handed to it.
+    Draining,
+}
+
+/// A node that holds its lease, as listed by [`PresenceStore::live_nodes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLease {
+    /// The node.
+    pub node: NodeId,
+    /// What it said of itself in its last heartbeat.
+    pub state: NodeState,
+}
+
 /// A connection removed because its node's lease ran out (see [`PresenceStore::reap_expired`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DroppedConnection {
@@ -173,11 +195,17 @@ pub trait PresenceStore: Send + Sync + Debug + 'static {
         clear_channels: bool,
     ) -> Result<NodeSync>;
 
-    /// Marks `node` alive for `lease` from now. Returns whether the store still knew the node:
-    /// `false` on a node's first heartbeat, after `clear_node`, and after the store lost its
-    /// data or reaped the node, which tells the node to register its connections again. A
-    /// lease that ran out but was not reaped (the store stalled) still counts as known.
-    async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<bool>;
+    /// Marks `node` alive for `lease` from now, in `state`. Returns whether the store still
+    /// knew the node: `false` on a node's first heartbeat, after `clear_node`, and after the
+    /// store lost its data or reaped the node, which tells the node to register its
+    /// connections again. A lease that ran out but was not reaped (the store stalled) still
+    /// counts as known.
+    async fn heartbeat(&self, node: &NodeId, lease: Duration, state: NodeState) -> Result<bool>;
+
+    /// The nodes whose lease has not run out, each with the state of its last heartbeat,
+    /// sorted by node. `clear_node` ends a node's lease at once. Nodes, helpers and the HTTP
+    /// API pick a client's owner among these (`docs/design.md` section 16).
+    async fn live_nodes(&self) -> Result<Vec<NodeLease>>;
 
     /// Removes every connection of every node whose lease has run out, and those nodes' leases,
     /// returning the connections (sorted by node, client, connection) so the caller can publish
@@ -243,8 +271,11 @@ macro_rules! forward_presence {
             ) -> Result<NodeSync> {
                 (**self).sync_node(n, c, clear).await
             }
-            async fn heartbeat(&self, n: &NodeId, lease: Duration) -> Result<bool> {
-                (**self).heartbeat(n, lease).await
+            async fn heartbeat(&self, n: &NodeId, lease: Duration, st: NodeState) -> Result<bool> {
+                (**self).heartbeat(n, lease, st).await
+            }
+            async fn live_nodes(&self) -> Result<Vec<NodeLease>> {
+                (**self).live_nodes().await
             }
             async fn reap_expired(&self, clear: bool) -> Result<Vec<DroppedConnection>> {
                 (**self).reap_expired(clear).await

@@ -126,13 +126,32 @@ impl HelperBuilder {
             .backends
             .connect_presence(&config.presence, &ctx)
             .await?;
-        Ok(ImHelper::new(HelperParts {
+        // The live view (who owns a client now, `docs/design.md` section 16), read from
+        // presence as often as nodes renew their leases.
+        let follow = tokio::spawn(impush_core::follow_live_nodes(
+            cluster.clone(),
+            presence.clone(),
+            config.cluster.node_lease / 3,
+        ));
+        let mut helper = ImHelper::new(HelperParts {
             cluster,
             signer,
             broker,
             presence,
             prefix: ctx.prefix,
-        }))
+        });
+        helper.follow = Some(Arc::new(AbortOnDrop(follow)));
+        Ok(helper)
+    }
+}
+
+/// Stops the live-view task when the last clone of its helper is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -141,6 +160,9 @@ impl HelperBuilder {
 pub struct ImHelper {
     inner: Arc<HelperParts>,
     topics: Arc<Topics>,
+    /// Keeps the cluster's live view current (helpers built from config; an embedded helper
+    /// shares its node's view).
+    follow: Option<Arc<AbortOnDrop>>,
 }
 
 impl ImHelper {
@@ -151,6 +173,7 @@ impl ImHelper {
         Self {
             inner: Arc::new(parts),
             topics,
+            follow: None,
         }
     }
 

@@ -39,6 +39,11 @@ pub(crate) struct App {
     pub(crate) sse_keep_alive: Duration,
     /// The SSE `?group=` names this node serves (`limits.max_event_groups`).
     pub(crate) event_groups: Arc<EventGroups>,
+    /// Cancelled when a drain was asked for over the API (`POST /api/v1/node/drain`); the
+    /// binary then drains and stops, as on SIGTERM.
+    pub(crate) drain_requested: CancellationToken,
+    /// `limits.connect_rate` and `limits.connect_rate_per_ip`, applied at `/ws`.
+    pub(crate) throttle: crate::throttle::ConnectThrottle,
 }
 
 /// A JSON error body `{"error": code, "message": ...}` with its status.

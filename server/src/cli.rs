@@ -80,11 +80,19 @@ pub async fn run(backends: Backends) -> ExitCode {
         );
     }
 
-    tokio::select! {
-        () = stop => {}
+    let drain = server.drain_requested();
+    let graceful = tokio::select! {
+        () = stop => true,
+        () = drain => true,
         () = server.closed() => {
             eprintln!("impush: listener stopped unexpectedly");
+            false
         }
+    };
+    // A rolling deploy: move the clients to their next node before going (nothing to do
+    // when no other node is live).
+    if graceful {
+        server.drain().await;
     }
     match server.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,

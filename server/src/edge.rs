@@ -24,6 +24,7 @@ use std::{
     convert::Infallible,
     future::Future,
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -97,8 +98,8 @@ pub(crate) async fn serve(
             () = stop.cancelled() => break,
             r = listener.accept() => r,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 Metrics::bump(&metrics.accept_errors);
@@ -123,6 +124,7 @@ pub(crate) async fn serve(
         };
         conns.spawn(connection(
             stream,
+            peer,
             slot,
             service.clone(),
             limits,
@@ -200,6 +202,7 @@ impl Drop for Slot {
 /// Serves one connection: hyper's HTTP/1 state machine plus the edge's deadline.
 async fn connection(
     stream: TcpStream,
+    peer: SocketAddr,
     slot: Slot,
     service: TowerToHyperService<Router>,
     limits: EdgeLimits,
@@ -214,6 +217,7 @@ async fn connection(
     });
     let service = EdgeService {
         inner: service,
+        peer,
         state: state.clone(),
         body_timeout: limits.request_body_timeout,
         metrics: metrics.clone(),
@@ -402,6 +406,8 @@ impl AsyncWrite for EdgeIo {
 #[derive(Debug)]
 struct EdgeService {
     inner: TowerToHyperService<Router>,
+    /// The client's address, for handlers that limit per address (`ConnectInfo`).
+    peer: SocketAddr,
     state: Arc<ConnState>,
     body_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -416,7 +422,9 @@ impl hyper::service::Service<Request<Incoming>> for EdgeService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let guard = self.state.begin();
-        let req = req.map(|body| TimedBody::new(body, self.body_timeout, &self.metrics));
+        let mut req = req.map(|body| TimedBody::new(body, self.body_timeout, &self.metrics));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         let response = hyper::service::Service::call(&self.inner, req);
         Box::pin(async move {
             let response = response.await?;

@@ -1,17 +1,17 @@
 //! The node's HTTP surface: `/ws` (token check, then upgrade), the HTTP API under `/api/v1`,
 //! `/healthz`, `/readyz`, `/metrics`, and JSON errors for everything else.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     extract::{
         rejection::QueryRejection,
         ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade},
-        Query, State,
+        ConnectInfo, Query, State,
     },
     http::{
-        header::{CONTENT_TYPE, ORIGIN},
-        HeaderMap, StatusCode,
+        header::{CONTENT_TYPE, ORIGIN, RETRY_AFTER},
+        HeaderMap, HeaderValue, StatusCode,
     },
     response::{IntoResponse, Response},
     routing::get,
@@ -24,6 +24,7 @@ use crate::{
     api,
     app::{error, App},
     metrics::Metrics,
+    throttle::Refused,
 };
 
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -87,12 +88,60 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
         .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
+/// A refusal with `Retry-After`.
+fn retry_later(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    after: std::time::Duration,
+) -> Response {
+    let mut r = error(status, code, message);
+    r.headers_mut().insert(
+        RETRY_AFTER,
+        HeaderValue::from(crate::throttle::retry_after_secs(after)),
+    );
+    r
+}
+
 async fn ws(
     State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // A draining node takes nobody new: the client asks for a fresh URL, which names another
+    // node (`docs/design.md` section 16).
+    if app.node.state() == impush_core::NodeState::Draining {
+        return retry_later(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining; ask for a new connect URL",
+            std::time::Duration::ZERO,
+        );
+    }
+    // Connect storms are refused at the door, before any token work.
+    match app.throttle.admit(peer.ip(), std::time::Instant::now()) {
+        Ok(()) => {}
+        Err(Refused::Node(after)) => {
+            app.node.metrics.connect_throttled(false);
+            return retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connect_rate",
+                "too many connects to this node; retry later",
+                after,
+            );
+        }
+        Err(Refused::Address(after)) => {
+            app.node.metrics.connect_throttled(true);
+            return retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                "connect_rate_per_ip",
+                "too many connects from this address; retry later",
+                after,
+            );
+        }
+    }
     // The Origin is checked first (a page from another site cannot even spend a token), then
     // the token, so a refused client never gets a socket.
     if !origin_allowed(&app.node.limits.allowed_origins, &headers) {
@@ -153,6 +202,13 @@ async fn healthz() -> Response {
 }
 
 pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.node.state() == impush_core::NodeState::Draining {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining its clients to other nodes",
+        );
+    }
     if app.shutdown.is_cancelled() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -74,6 +74,12 @@ pub struct Metrics {
     /// Written messages whose every socket closed before the client acked them: they went
     /// back to the offline inbox.
     pub(crate) unacked_requeued: AtomicU64,
+    /// Connections closed with 1012 to move their client (drain, return home).
+    pub(crate) moved: AtomicU64,
+    /// Commands of a dead node's inbox re-routed by this node.
+    pub(crate) taken_over: AtomicU64,
+    /// WebSocket connects refused by `limits.connect_rate` (node) and `connect_rate_per_ip`.
+    pub(crate) connects_throttled: [AtomicU64; 2],
     /// Open TCP connections counted against `limits.max_connections` (the edge's cap).
     pub(crate) http_connections: AtomicU64,
     pub(crate) http_refused: AtomicU64,
@@ -102,6 +108,11 @@ impl Metrics {
             ReceiptStatus::Acked => 3,
         };
         self.receipts[i].fetch_add(receivers, Ordering::Relaxed);
+    }
+
+    /// A connect refused by `limits.connect_rate` (`per_ip` false) or `connect_rate_per_ip`.
+    pub(crate) fn connect_throttled(&self, per_ip: bool) {
+        Self::bump(&self.connects_throttled[usize::from(per_ip)]);
     }
 
     /// A connection reached `limits.max_unacked`: its writes wait for acks.
@@ -181,6 +192,11 @@ impl Metrics {
     /// them closed before the client acked.
     pub fn unacked_requeued(&self) -> u64 {
         self.unacked_requeued.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed with 1012 to move their client (drain, return home).
+    pub fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
     }
 
     /// Messages kept in the offline inbox.
@@ -344,6 +360,26 @@ impl Metrics {
             "Written messages whose sockets all closed before the client acked them; they wait \
              in the offline inbox and are pushed again (redelivered) on the next connection.",
             &[(None, load(&self.unacked_requeued).to_string())],
+        );
+        family(
+            "impush_moved_total",
+            "counter",
+            "Connections closed with 1012 to move their client to another node (drain, return \
+             home).",
+            &[(None, load(&self.moved).to_string())],
+        );
+        family(
+            "impush_taken_over_total",
+            "counter",
+            "Commands of a dead node's inbox this node re-routed to their new owners.",
+            &[(None, load(&self.taken_over).to_string())],
+        );
+        family(
+            "impush_connects_throttled_total",
+            "counter",
+            "WebSocket connects refused by limits.connect_rate (scope=node, 503) or \
+             limits.connect_rate_per_ip (scope=ip, 429).",
+            &labelled("scope", &["node", "ip"], &self.connects_throttled),
         );
         family(
             "impush_channel_index_rebuilds_total",

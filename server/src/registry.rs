@@ -189,6 +189,18 @@ impl Registry {
         }
     }
 
+    /// The sessions of the local clients `pick` selects.
+    pub(crate) fn sessions_of(
+        &self,
+        mut pick: impl FnMut(&ClientId) -> bool,
+    ) -> Vec<Arc<SessionHandle>> {
+        read(&self.clients)
+            .iter()
+            .filter(|(c, _)| pick(c))
+            .flat_map(|(_, s)| s.iter().cloned())
+            .collect()
+    }
+
     /// Whether `client` has a connection here.
     pub(crate) fn is_local(&self, client: &ClientId) -> bool {
         read(&self.clients).contains_key(client)

@@ -6,7 +6,7 @@ use impush_brokers::{BackendContext, Backends};
 use impush_core::{
     config::Secret,
     token::{NonceCache, TokenSigner},
-    Broker, Cluster, NodeEntry, OfflineStore, PresenceStore, Topics,
+    Broker, Cluster, NodeEntry, OfflineStore, Partitioner, PresenceStore, Topics,
 };
 use impush_helper::{HelperParts, ImHelper};
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -81,9 +81,17 @@ pub struct ImServerBuilder {
     broker: Option<Arc<dyn Broker>>,
     presence: Option<Arc<dyn PresenceStore>>,
     offline: Option<Arc<dyn OfflineStore>>,
+    partitioner: Option<Arc<dyn Partitioner>>,
 }
 
 impl ImServerBuilder {
+    /// Places clients with this partitioner instead of the one `cluster.partitioner` names
+    /// (give helpers the same one: `Cluster::with_partitioner`).
+    pub fn partitioner(mut self, partitioner: Arc<dyn Partitioner>) -> Self {
+        self.partitioner = Some(partitioner);
+        self
+    }
+
     /// Looks the configured kinds up in `backends` (default: [`Backends::with_defaults`]).
     pub fn backends(mut self, backends: Backends) -> Self {
         self.backends = backends;
@@ -129,7 +137,11 @@ impl ImServerBuilder {
             } else {
                 config.cluster.nodes.clone()
             };
-            Cluster::new(nodes, config.cluster.partitioner)
+            let partitioner = self
+                .partitioner
+                .clone()
+                .unwrap_or_else(|| config.cluster.partitioner.build());
+            Cluster::with_partitioner(nodes, partitioner)
         };
         let mut ctx = BackendContext::new(&config.broker)
             .with_node(config.node.id.clone())
@@ -197,6 +209,7 @@ impl ImServerBuilder {
             limits: config.limits.clone(),
             persist_channels: config.channels.persist,
             metrics: Arc::new(Metrics::default()),
+            cluster_config: config.cluster.clone(),
             offline: offline.map(|store| OfflineInbox {
                 store,
                 require_ack: config.offline.require_ack,
@@ -253,6 +266,11 @@ impl ImServerBuilder {
             api_key,
             sse_keep_alive: config.limits.sse_keep_alive,
             event_groups,
+            drain_requested: CancellationToken::new(),
+            throttle: crate::throttle::ConnectThrottle::new(
+                config.limits.connect_rate,
+                config.limits.connect_rate_per_ip,
+            ),
         });
         let router = http::router(app.clone());
         let serve = tokio::spawn(edge::serve(
@@ -284,6 +302,7 @@ impl ImServer {
             broker: None,
             presence: None,
             offline: None,
+            partitioner: None,
         }
     }
 
@@ -340,6 +359,35 @@ impl ImServer {
     /// Resolves when the node stops serving on its own (the listener failed).
     pub async fn closed(&mut self) {
         let _ = (&mut self.serve).await;
+    }
+
+    /// Drains the node for a rolling deploy (`docs/design.md` section 16): it is marked
+    /// draining in presence (no longer handed out, new connects refused with 503), and its
+    /// clients are moved to their next node, closed with 1012 spread over
+    /// `cluster.drain_period`; returns once they are gone and their moves settled (at most
+    /// the drain period plus `cluster.move_grace` and a second). Returns `false` at once when
+    /// no other node is live to take them. Follow it with [`ImServer::shutdown`].
+    pub async fn drain(&self) -> bool {
+        let node = &self.app.node;
+        if !node.drain().await {
+            return false;
+        }
+        let c = &node.cluster_config();
+        node.drained(c.drain_period + c.move_grace + std::time::Duration::from_secs(1))
+            .await;
+        true
+    }
+
+    /// Resolves once a drain was asked for over the HTTP API (`POST /api/v1/node/drain`):
+    /// an embedding program then calls [`ImServer::drain`] and [`ImServer::shutdown`], as the
+    /// `impush` binary does.
+    pub fn drain_requested(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.app.drain_requested.clone().cancelled_owned()
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.app.node.state() == impush_core::NodeState::Draining
     }
 
     /// Graceful shutdown: stop accepting, close every connection with 1001 (publishing offline

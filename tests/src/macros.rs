@@ -108,6 +108,7 @@ macro_rules! presence_conformance {
             presence_sync_node_makes_the_store_match,
             presence_expired_lease_is_known_until_reaped,
             presence_leases_expire_and_reap_drops_connections,
+            presence_live_nodes_follow_leases_and_states,
         );
     };
 }

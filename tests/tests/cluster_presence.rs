@@ -23,7 +23,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use impush_core::{
     Answer, Broker, ChannelInfo, ChannelName, ClientId, Cluster, ConnectionId, DroppedConnection,
-    MemoryBroker, NodeEntry, NodeId, NodeSync, PartitionerKind, PresenceStore, Result,
+    MemoryBroker, NodeEntry, NodeId, NodeLease, NodeState, NodeSync, PartitionerKind,
+    PresenceStore, Result,
 };
 use impush_presence_cluster::{ClusterPresence, ClusterPresenceConfig};
 use tokio::sync::Mutex;
@@ -79,14 +80,21 @@ impl Adapter {
             .await
             .unwrap(),
         );
-        owner.heartbeat(&owner_id, OWNER_LEASE).await.unwrap();
+        owner
+            .heartbeat(&owner_id, OWNER_LEASE, NodeState::Live)
+            .await
+            .unwrap();
         // A live node heartbeats all along; a reaper must have for a whole lease.
         let beating = owner.clone();
         let beat_id = owner_id.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(OWNER_LEASE / 5).await;
-                if beating.heartbeat(&beat_id, OWNER_LEASE).await.is_err() {
+                if beating
+                    .heartbeat(&beat_id, OWNER_LEASE, NodeState::Live)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -127,7 +135,7 @@ impl Adapter {
             .unwrap(),
         );
         self.owner
-            .heartbeat(&self.owner_id, OWNER_LEASE)
+            .heartbeat(&self.owner_id, OWNER_LEASE, NodeState::Live)
             .await
             .unwrap();
         // What the others hold now reaches the newcomer before its first write.
@@ -186,11 +194,14 @@ impl PresenceStore for Adapter {
         self.settle(&inst).await;
         r
     }
-    async fn heartbeat(&self, n: &NodeId, lease: Duration) -> Result<bool> {
+    async fn heartbeat(&self, n: &NodeId, lease: Duration, state: NodeState) -> Result<bool> {
         let inst = self.node(n).await;
-        let r = inst.heartbeat(n, lease).await;
+        let r = inst.heartbeat(n, lease, state).await;
         self.settle(&inst).await;
         r
+    }
+    async fn live_nodes(&self) -> Result<Vec<NodeLease>> {
+        self.reader.live_nodes().await
     }
     async fn reap_expired(&self, clear: bool) -> Result<Vec<DroppedConnection>> {
         let nodes: Vec<Arc<ClusterPresence>> = self.nodes.lock().await.values().cloned().collect();
@@ -353,7 +364,7 @@ async fn a_node_answers_the_next_request_while_a_reply_is_in_flight() {
     .await
     .unwrap();
     // A node that heartbeated publishes its state, so the helper starts synced.
-    node.heartbeat(&n1, LEASE).await.unwrap();
+    node.heartbeat(&n1, LEASE, NodeState::Live).await.unwrap();
     let helper = ClusterPresence::start(shared, "pr", None, cluster, LEASE, &cfg())
         .await
         .unwrap();

@@ -41,6 +41,16 @@ impl Op {
         self.op["operationId"].as_str().unwrap_or("?")
     }
 
+    /// The success status the document lists (200, or 202 for an operation that only
+    /// starts something).
+    fn success(&self) -> u16 {
+        self.statuses()
+            .iter()
+            .filter_map(|s| s.parse::<u16>().ok())
+            .find(|s| (200..300).contains(s))
+            .unwrap_or(200)
+    }
+
     /// Statuses the document lists, as strings ("200", "401", ...).
     fn statuses(&self) -> BTreeSet<String> {
         self.op["responses"]
@@ -373,7 +383,7 @@ async fn every_operation_is_routed_and_answers_as_documented() {
         let sse = op.is_sse();
         let (status, _) = assert_documented(&doc, &op, resp).await;
         // A healthy node with memory backends answers every minimal valid request with success.
-        assert_eq!(status, 200, "{}: minimal valid request", op.name());
+        assert_eq!(status, op.success(), "{}: minimal valid request", op.name());
         assert_eq!(sse, op.id() == "events", "{}", op.name());
     }
     server.shutdown().await.unwrap();
@@ -709,7 +719,7 @@ async fn a_broker_outage_gives_documented_statuses() {
             };
             assert_eq!((status, &v["error"]), (503, &json!(code)), "{name}: {v}");
         } else {
-            assert_eq!(status, 200, "{name}: {v}");
+            assert_eq!(status, op.success(), "{name}: {v}");
         }
     }
     let _ = server.shutdown().await;

@@ -56,6 +56,8 @@ pub(crate) struct Machine {
     /// heartbeated): until then it does not publish its (empty) state, which would make the
     /// others forget connections it must first announce as gone.
     ready: bool,
+    /// This node is draining: its heartbeats say so (`docs/design.md` section 16).
+    pub(crate) draining: bool,
     /// When this node's own heartbeat last came back through the feed, and since when it has
     /// come back without a gap longer than a lease: a node judges others only from a feed it
     /// has been reading all along, never from a view that went stale while it was frozen or
@@ -78,6 +80,7 @@ impl Machine {
             memberships: Memberships::default(),
             known: false,
             ready: false,
+            draining: false,
             last_echo: None,
             echoing_since: None,
         }

@@ -23,6 +23,8 @@ pub(crate) struct NodeView {
     pub(crate) synced: bool,
     /// When this instance last asked the node for its state (rate limit).
     pub(crate) asked: Option<Instant>,
+    /// Its last heartbeat said it is draining.
+    pub(crate) draining: bool,
 }
 
 impl NodeView {
@@ -33,6 +35,7 @@ impl NodeView {
             lease,
             synced: false,
             asked: None,
+            draining: false,
         }
     }
 
@@ -179,6 +182,31 @@ impl View {
             });
         }
         out
+    }
+
+    /// Forgets `node`'s lease (it cleared itself); its connections were removed already.
+    pub(crate) fn forget_lease(&mut self, node: &NodeId) {
+        if self
+            .nodes
+            .get(node)
+            .is_some_and(|v| v.connections.is_empty())
+        {
+            self.nodes.remove(node);
+        }
+    }
+
+    /// Whether `node` said it is draining in its last heartbeat.
+    pub(crate) fn set_draining(&mut self, node: &NodeId, draining: bool, now: Instant) {
+        self.node_mut(node, now).draining = draining;
+    }
+
+    /// The nodes whose lease has not run out at `now`, and whether each is draining, sorted.
+    pub(crate) fn live_nodes(&self, now: Instant) -> Vec<(NodeId, bool)> {
+        self.nodes
+            .iter()
+            .filter(|(_, v)| v.alive(now))
+            .map(|(n, v)| (n.clone(), v.draining))
+            .collect()
     }
 
     /// A heartbeat of `node` arrived at `now`: alive for `lease` more.

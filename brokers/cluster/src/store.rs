@@ -14,7 +14,7 @@ use std::{
 use async_trait::async_trait;
 use impush_core::{
     Answer, Broker, ChannelInfo, ChannelName, ClientId, Cluster, ConnectionId, DroppedConnection,
-    Error, NodeId, NodeSync, PresenceStore, Result,
+    Error, NodeId, NodeLease, NodeState, NodeSync, PresenceStore, Result,
 };
 use tokio::time::Instant;
 use tokio_util::sync::DropGuard;
@@ -195,14 +195,33 @@ impl PresenceStore for ClusterPresence {
         Ok(sync)
     }
 
-    async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<bool> {
+    async fn heartbeat(&self, node: &NodeId, lease: Duration, state: NodeState) -> Result<bool> {
         let me = self.mine(node)?;
-        let msg = self.exchange.machine().heartbeat_message(me, lease);
+        let msg = {
+            let mut machine = self.exchange.machine();
+            machine.draining = state == NodeState::Draining;
+            machine.heartbeat_message(me, lease)
+        };
         self.exchange.publish(&msg).await?;
         Ok(self
             .exchange
             .machine()
             .heartbeat_sent(me, lease, Instant::now()))
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeLease>> {
+        let live = self.exchange.machine().view().live_nodes(Instant::now());
+        Ok(live
+            .into_iter()
+            .map(|(node, draining)| NodeLease {
+                node,
+                state: if draining {
+                    NodeState::Draining
+                } else {
+                    NodeState::Live
+                },
+            })
+            .collect())
     }
 
     async fn reap_expired(&self, clear_channels: bool) -> Result<Vec<DroppedConnection>> {

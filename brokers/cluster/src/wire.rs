@@ -46,6 +46,10 @@ pub(crate) enum Wire {
         lease_ms: u64,
         count: u64,
         digest: u64,
+        /// The node is draining (`docs/design.md` section 16): alive, but no client is handed
+        /// to it. Absent (false) from nodes that predate it.
+        #[serde(default)]
+        draining: bool,
     },
     /// A question for `to` (one node) or every node (`None`).
     Request {

@@ -4,6 +4,7 @@
 --
 -- Keys under prefix P:
 --   P:nodes            ZSET  node -> lease expiry (unix ms)
+--   P:draining         SET   nodes whose last heartbeat said they are draining
 --   P:node:{node}      HASH  connection -> client   (what a node holds)
 --   P:conns:{client}   HASH  connection -> node     (a client's connections)
 --   P:online           SET   clients with at least one connection
@@ -48,6 +49,7 @@ local function drop_node(node, clear)
   end
   redis.call('DEL', p .. ':node:' .. node)
   redis.call('ZREM', p .. ':nodes', node)
+  redis.call('SREM', p .. ':draining', node)
   return out
 end
 
@@ -125,10 +127,25 @@ elseif op == 'heartbeat' then
   -- ARGV[3] node, ARGV[4] now (ms), ARGV[5] expiry (ms); returns 1 if the node was known (not
   -- reaped or cleared since its last heartbeat, even if that lease ran out meanwhile: a stalled
   -- store is no reason for a live node to announce itself again)
+  -- ARGV[6] is the node's state: 'draining' or 'live'.
   local old = redis.call('ZSCORE', p .. ':nodes', ARGV[3])
   redis.call('ZADD', p .. ':nodes', ARGV[5], ARGV[3])
+  if ARGV[6] == 'draining' then
+    redis.call('SADD', p .. ':draining', ARGV[3])
+  else
+    redis.call('SREM', p .. ':draining', ARGV[3])
+  end
   if old then return 1 end
   return 0
+
+elseif op == 'live_nodes' then
+  -- ARGV[3] now (ms); returns node, state, ... for every lease that has not run out
+  local out = {}
+  for _, node in ipairs(redis.call('ZRANGEBYSCORE', p .. ':nodes', '(' .. ARGV[3], '+inf')) do
+    out[#out + 1] = node
+    out[#out + 1] = redis.call('SISMEMBER', p .. ':draining', node) == 1 and 'draining' or 'live'
+  end
+  return out
 
 elseif op == 'reap' then
   -- ARGV[3] now (ms), ARGV[4] clear; returns node, client, connection, offline, ... per dropped connection

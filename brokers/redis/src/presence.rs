@@ -13,7 +13,7 @@ use fred::{
 };
 use impush_core::{
     envelope::now_ms, AddedConnection, Answer, ChannelInfo, ChannelName, ClientId, ConnectionId,
-    DroppedConnection, NodeId, NodeSync, PresenceStore, Result,
+    DroppedConnection, NodeId, NodeLease, NodeState, NodeSync, PresenceStore, Result,
 };
 
 use crate::{
@@ -197,16 +197,44 @@ impl PresenceStore for RedisPresenceStore {
         })
     }
 
-    async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<bool> {
+    async fn heartbeat(&self, node: &NodeId, lease: Duration, state: NodeState) -> Result<bool> {
         let now = now_ms();
         let expiry = now.saturating_add(lease.as_millis() as u64);
+        let state = match state {
+            NodeState::Live => "live",
+            NodeState::Draining => "draining",
+        };
         let known: i64 = self
             .run_as(
                 "heartbeat",
-                vec![node.to_string(), now.to_string(), expiry.to_string()],
+                vec![
+                    node.to_string(),
+                    now.to_string(),
+                    expiry.to_string(),
+                    state.to_owned(),
+                ],
             )
             .await?;
         Ok(known == 1)
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeLease>> {
+        let flat: Vec<String> = self
+            .run_as("live_nodes", vec![now_ms().to_string()])
+            .await?;
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            out.push(NodeLease {
+                node: parse("live_nodes", pair[0].clone())?,
+                state: if pair[1] == "draining" {
+                    NodeState::Draining
+                } else {
+                    NodeState::Live
+                },
+            });
+        }
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(out)
     }
 
     async fn reap_expired(&self, clear_channels: bool) -> Result<Vec<DroppedConnection>> {

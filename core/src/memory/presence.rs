@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use crate::{
     envelope::now_ms, AddedConnection, Answer, ChannelInfo, ChannelName, ClientId, ConnectionId,
-    DroppedConnection, Error, NodeId, NodeSync, PresenceStore, Result,
+    DroppedConnection, Error, NodeId, NodeLease, NodeState, NodeSync, PresenceStore, Result,
 };
 
 /// Presence for one process (the embedded default). All methods are O(size of the answer), under
@@ -26,8 +26,8 @@ struct State {
     clients: HashMap<ClientId, ClientState>,
     /// Channel -> members. Ordered so listings come out sorted without a sort.
     channels: BTreeMap<ChannelName, BTreeSet<ClientId>>,
-    /// Node -> lease expiry (unix ms).
-    leases: HashMap<NodeId, u64>,
+    /// Node -> lease expiry (unix ms) and the state of its last heartbeat.
+    leases: HashMap<NodeId, (u64, NodeState)>,
 }
 
 #[derive(Debug, Default)]
@@ -212,11 +212,27 @@ impl PresenceStore for MemoryPresenceStore {
         Ok(NodeSync { removed, added })
     }
 
-    async fn heartbeat(&self, node: &NodeId, lease: Duration) -> Result<bool> {
+    async fn heartbeat(&self, node: &NodeId, lease: Duration, state: NodeState) -> Result<bool> {
         let now = now_ms();
         let expiry = now.saturating_add(lease.as_millis() as u64);
-        let previous = self.lock()?.leases.insert(node.clone(), expiry);
+        let previous = self.lock()?.leases.insert(node.clone(), (expiry, state));
         Ok(previous.is_some())
+    }
+
+    async fn live_nodes(&self) -> Result<Vec<NodeLease>> {
+        let now = now_ms();
+        let mut live: Vec<NodeLease> = self
+            .lock()?
+            .leases
+            .iter()
+            .filter(|(_, (expiry, _))| *expiry > now)
+            .map(|(node, (_, state))| NodeLease {
+                node: node.clone(),
+                state: *state,
+            })
+            .collect();
+        live.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(live)
     }
 
     async fn reap_expired(&self, clear_channels: bool) -> Result<Vec<DroppedConnection>> {
@@ -225,7 +241,7 @@ impl PresenceStore for MemoryPresenceStore {
         let mut expired: Vec<NodeId> = s
             .leases
             .iter()
-            .filter(|(_, e)| **e <= now)
+            .filter(|(_, (e, _))| *e <= now)
             .map(|(n, _)| n.clone())
             .collect();
         expired.sort();

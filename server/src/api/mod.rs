@@ -7,6 +7,7 @@
 
 mod error;
 mod extract;
+mod nodes;
 mod sse;
 
 use std::sync::Arc;
@@ -80,6 +81,8 @@ fn table() -> Vec<(&'static str, &'static str, Handler)> {
         ),
         route("POST", "/api/v1/broadcast", broadcast),
         route("GET", "/api/v1/events", sse::events),
+        route("GET", "/api/v1/nodes", nodes::nodes),
+        route("POST", "/api/v1/node/drain", nodes::drain),
     ]
 }
 

@@ -48,7 +48,7 @@ impl Node {
             must_ack: self.must_ack(),
         };
         let (end, socket) = session::drive(socket, &handle, ctx).await;
-        Box::pin(self.detach(&handle)).await;
+        Box::pin(self.detach(handle.clone())).await;
         // Nobody can push to it any more: settle what it never wrote.
         handle.discard_queued();
         self.requeue_unacked(&handle, handle.take_unacked());
@@ -82,71 +82,63 @@ impl Node {
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Metrics::bump(&self.metrics.connections_total);
-        {
+        let count = {
             let _gate = self.repair.gate.read().await;
-            if let Err(e) = self
+            match self
                 .presence
                 .connect(&self.id, client, &handle.connection)
                 .await
             {
-                self.presence_error("connect", &e);
-                self.mark_dirty();
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.presence_error("connect", &e);
+                    self.mark_dirty();
+                    None
+                }
             }
-        }
+        };
         if first {
             self.load_channels(client).await;
         }
+        // The store counts connections on every node (a client moving here from another node
+        // still has its old one there for a moment); without it, what this node knows.
+        let first_anywhere = count.map_or(first, |n| n == 1);
         if self.offline.is_some() {
             // A message stored while the inbox was being read above.
             self.drain_inbox(client).await;
         }
-        tracing::info!(%client, connection = %handle.connection, first, "connected");
+        tracing::info!(%client, connection = %handle.connection, first = first_anywhere, "connected");
         self.publish_event(&Event::Online {
             client: client.clone(),
             node: self.id.clone(),
             connection: handle.connection.clone(),
             metadata: handle.metadata.clone(),
-            first,
+            first: first_anywhere,
         })
         .await;
     }
 
-    /// Unregisters a closed connection: local index, presence (and channel membership when it
-    /// was the last one), offline event.
-    async fn detach(&self, handle: &Arc<SessionHandle>) {
+    /// Unregisters a closed connection: local index, then presence (and channel membership
+    /// when it was the client's last) and the offline event; for a connection closed to move
+    /// its client, presence only after `cluster.move_grace` (see `moves`).
+    async fn detach(self: &Arc<Self>, handle: Arc<SessionHandle>) {
         let client = &handle.client;
         let _guard = self.client_lock(client).lock().await;
-        let last = self.registry.remove(handle);
+        let last = self.registry.remove(&handle);
         self.metrics
             .connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let clear = last && !self.persist_channels;
-        {
-            let _gate = self.repair.gate.read().await;
-            if let Err(e) = self
-                .presence
-                .disconnect(&self.id, client, &handle.connection, clear)
-                .await
-            {
-                self.presence_error("disconnect", &e);
-                self.mark_dirty();
-            }
+        if handle.close_code() == session::close::MOVED {
+            self.park(handle.clone(), last);
+            return;
         }
+        self.leave_presence(&handle, false).await;
         if last {
             self.registry.forget_channels(client);
             if let Ok(mut unloaded) = self.repair.unloaded.lock() {
                 unloaded.remove(client);
             }
         }
-        tracing::info!(%client, connection = %handle.connection, last, "disconnected");
-        self.publish_event(&Event::Offline {
-            client: client.clone(),
-            node: self.id.clone(),
-            connection: handle.connection.clone(),
-            metadata: handle.metadata.clone(),
-            last,
-        })
-        .await;
     }
 
     /// Loads `client`'s channel memberships into the local index; on failure, remembers to
@@ -181,6 +173,7 @@ impl Node {
                 connection: d.connection,
                 metadata: serde_json::Value::Null,
                 last: d.last,
+                moved: false,
             })
             .await;
         }

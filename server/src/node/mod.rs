@@ -11,6 +11,9 @@
 //! - `upkeep`: the presence lease, reaping dead nodes, and reconciling the store after outages.
 //! - `inbox`: the offline inbox (store for absent receivers, push on connect, remove on ack).
 //! - `pending`: point-to-point messages kept until the device acks them.
+//! - `ownership`: this node's state and the live view: sending guests home, taking over a
+//!   dead node's inbox (`takeover`).
+//! - `moves`: planned moves of clients (drain, return home) that are not logouts.
 //! - `dedupe`: ids of recent messages, so a redelivered message reaches sockets once.
 
 mod dedupe;
@@ -18,24 +21,29 @@ mod delivery;
 mod feeds;
 mod inbox;
 mod lifecycle;
+mod moves;
+mod ownership;
 mod pending;
 mod receipts;
+mod takeover;
 mod upkeep;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     hash::{BuildHasher, RandomState},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
+    time::Duration,
 };
 
 use impush_core::{
-    config::LimitsConfig, envelope, Broker, ClientId, Cluster, ConnectionId, Error, Event, NodeId,
-    PresenceStore, Topics,
+    config::{ClusterConfig, LimitsConfig},
+    envelope, Broker, ClientId, Cluster, ConnectionId, Error, Event, NodeId, PresenceStore, Topics,
 };
 use tokio::sync::{mpsc, Mutex as AsyncMutex, RwLock as AsyncRwLock};
+use tokio_util::{sync::DropGuard, task::TaskTracker};
 
 pub(crate) use feeds::Feed;
 pub(crate) use inbox::OfflineInbox;
@@ -59,6 +67,8 @@ pub(crate) struct NodeParts {
     pub(crate) persist_channels: bool,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) offline: Option<OfflineInbox>,
+    /// `[cluster]`: the lease and the timings of moves.
+    pub(crate) cluster_config: ClusterConfig,
 }
 
 /// One node's shared state.
@@ -83,6 +93,18 @@ pub(crate) struct Node {
     recent: dedupe::RecentIds,
     repair: Repair,
     keeping: pending::Keeping,
+    /// The node's presence lease.
+    pub(crate) lease: Duration,
+    /// `[cluster]` timings of drain and return home.
+    cluster_timing: ClusterConfig,
+    /// Set once the node started draining.
+    draining: AtomicBool,
+    /// Gradual 1012 closes under way.
+    moves: TaskTracker,
+    /// Connections closed for a move, still in presence until their grace ends.
+    parked: TaskTracker,
+    /// Inboxes of dead nodes this node took over; dropping a guard lets go.
+    takeovers: Mutex<HashMap<NodeId, DropGuard>>,
 }
 
 /// What the presence store may have missed while it was unreachable.
@@ -126,6 +148,12 @@ impl Node {
             recent: dedupe::RecentIds::new(RECENT_IDS),
             repair: Repair::default(),
             keeping: pending::Keeping::default(),
+            lease: parts.cluster_config.node_lease,
+            cluster_timing: parts.cluster_config,
+            draining: AtomicBool::new(false),
+            moves: TaskTracker::new(),
+            parked: TaskTracker::new(),
+            takeovers: Mutex::new(HashMap::new()),
         });
         (
             node,
@@ -134,6 +162,11 @@ impl Node {
                 reports: reports_rx,
             },
         )
+    }
+
+    /// `[cluster]` as configured (lease, drain and return-home timings).
+    pub(crate) fn cluster_config(&self) -> &ClusterConfig {
+        &self.cluster_timing
     }
 
     /// A connection id unique across the cluster and across restarts of this node.

@@ -28,7 +28,7 @@ impl Node {
         // Since when heartbeats have succeeded without interruption.
         let mut healthy_since: Option<Instant> = None;
         loop {
-            match self.presence.heartbeat(&self.id, lease).await {
+            match self.presence.heartbeat(&self.id, lease, self.state()).await {
                 Ok(known) => {
                     let since = *healthy_since.get_or_insert_with(Instant::now);
                     // The very first heartbeat of a run finds no entry: start-up cleared it.
@@ -40,8 +40,12 @@ impl Node {
                     } else if self.repair.dirty.load(std::sync::atomic::Ordering::Acquire) {
                         self.sync_presence(false).await;
                     }
-                    first = false;
                     self.reload_channels().await;
+                    // Like reaping, judging other nodes dead waits for a lease of healthy
+                    // heartbeats (after an outage, or at start-up, every other lease may look
+                    // expired); who came back is learned at once.
+                    self.refresh_view(since.elapsed() >= lease).await;
+                    first = false;
                     if since.elapsed() >= lease {
                         self.reap_dead_nodes().await;
                     }

@@ -61,6 +61,8 @@ const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
 /// Close codes of the client protocol (`docs/design.md` section 4).
 pub(crate) mod close {
     pub(crate) const GOING_AWAY: u16 = 1001;
+    /// Service restart: reconnect now, to the URL `getUrl` gives (drain, return home).
+    pub(crate) const MOVED: u16 = 1012;
     pub(crate) const INVALID_DATA: u16 = 1007;
     pub(crate) const POLICY: u16 = 1008;
     pub(crate) const TOO_LARGE: u16 = 1009;
@@ -118,6 +120,8 @@ pub(crate) struct SessionHandle {
     max_bytes: usize,
     /// Non-zero once the connection must close: the close code (the first reason wins).
     close_code: AtomicU16,
+    /// Scheduled to move to another node (drain, return home): not scheduled twice.
+    moving: AtomicBool,
     metrics: Arc<Metrics>,
     /// Ids of offline-inbox messages already queued on this socket (a drain racing a
     /// reconnect, or a redelivery, must not show an id twice). Allocated on first use.
@@ -148,6 +152,7 @@ impl SessionHandle {
             max_frames: limits.outbound_queue.max(1),
             max_bytes: limits.outbound_queue_bytes.max(1),
             close_code: AtomicU16::new(0),
+            moving: AtomicBool::new(false),
             metrics,
             stored_sent: Mutex::new(None),
             acks: Mutex::new(None),
@@ -341,6 +346,16 @@ impl SessionHandle {
             .is_ok();
         self.waker.wake();
         first
+    }
+
+    /// Marks the connection as scheduled to move; returns `false` when it already was.
+    pub(crate) fn schedule_move(&self) -> bool {
+        !self.moving.swap(true, Ordering::AcqRel)
+    }
+
+    /// The code the connection was closed with (0 while open).
+    pub(crate) fn close_code(&self) -> u16 {
+        self.close_code.load(Ordering::Acquire)
     }
 
     /// Closes the connection as replaced (4009) and counts it.

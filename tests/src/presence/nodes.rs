@@ -1,6 +1,6 @@
 //! Whole nodes: `clear_node`, `sync_node`, leases and reaping, `ping`.
 
-use impush_core::{DroppedConnection, PresenceStore};
+use impush_core::{DroppedConnection, NodeLease, NodeState, PresenceStore};
 
 use super::helpers::{dropped, info, my_channels, my_online_clients};
 use crate::support::{call, channel, client, conn, node};
@@ -197,9 +197,21 @@ pub async fn presence_leases_expire_and_reap_drops_connections(p: &dyn PresenceS
     };
 
     let short = Duration::from_secs(1);
-    assert!(!call("first heartbeat", p.heartbeat(&n1, short)).await);
-    assert!(call("renewed heartbeat", p.heartbeat(&n1, short)).await);
-    assert!(!call("heartbeat n2", p.heartbeat(&n2, Duration::from_secs(60))).await);
+    assert!(!call("first heartbeat", p.heartbeat(&n1, short, NodeState::Live)).await);
+    assert!(
+        call(
+            "renewed heartbeat",
+            p.heartbeat(&n1, short, NodeState::Live)
+        )
+        .await
+    );
+    assert!(
+        !call(
+            "heartbeat n2",
+            p.heartbeat(&n2, Duration::from_secs(60), NodeState::Live)
+        )
+        .await
+    );
     call("connect k1", p.connect(&n1, &alice, &k1)).await;
     call("connect k2", p.connect(&n2, &alice, &k2)).await;
     call("connect k3", p.connect(&n1, &bob, &k3)).await;
@@ -252,8 +264,20 @@ pub async fn presence_leases_expire_and_reap_drops_connections(p: &dyn PresenceS
     let again = call("second reap", p.reap_expired(true)).await;
     assert!(mine(&again).is_empty(), "reaped twice: {again:?}");
     // The reaped node learns from its next heartbeat that it must register again.
-    assert!(!call("heartbeat after reap", p.heartbeat(&n1, short)).await);
-    assert!(call("n2 still alive", p.heartbeat(&n2, Duration::from_secs(60))).await);
+    assert!(
+        !call(
+            "heartbeat after reap",
+            p.heartbeat(&n1, short, NodeState::Live)
+        )
+        .await
+    );
+    assert!(
+        call(
+            "n2 still alive",
+            p.heartbeat(&n2, Duration::from_secs(60), NodeState::Live)
+        )
+        .await
+    );
     call("clear n2", p.clear_node(&n2, true)).await;
     call("clear n1", p.clear_node(&n1, true)).await;
 }
@@ -263,12 +287,18 @@ pub async fn presence_leases_expire_and_reap_drops_connections(p: &dyn PresenceS
 pub async fn presence_expired_lease_is_known_until_reaped(p: &dyn PresenceStore, ns: &str) {
     use std::time::Duration;
     let n = node(ns, "n1");
-    assert!(!call("first heartbeat", p.heartbeat(&n, Duration::from_millis(1))).await);
+    assert!(
+        !call(
+            "first heartbeat",
+            p.heartbeat(&n, Duration::from_millis(1), NodeState::Live)
+        )
+        .await
+    );
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(
         call(
             "heartbeat after expiry",
-            p.heartbeat(&n, Duration::from_secs(60))
+            p.heartbeat(&n, Duration::from_secs(60), NodeState::Live)
         )
         .await,
         "an expired but unreaped lease was forgotten"
@@ -277,11 +307,58 @@ pub async fn presence_expired_lease_is_known_until_reaped(p: &dyn PresenceStore,
     assert!(
         !call(
             "heartbeat after clear",
-            p.heartbeat(&n, Duration::from_secs(60))
+            p.heartbeat(&n, Duration::from_secs(60), NodeState::Live)
         )
         .await
     );
     call("clear again", p.clear_node(&n, true)).await;
+}
+
+/// `live_nodes` lists the nodes whose lease runs, each with the state its last heartbeat
+/// gave; a lease that ran out, or a node that cleared itself, is not listed.
+pub async fn presence_live_nodes_follow_leases_and_states(p: &dyn PresenceStore, ns: &str) {
+    use std::time::Duration;
+    let (n1, n2, n3) = (node(ns, "n1"), node(ns, "n2"), node(ns, "n3"));
+    let long = Duration::from_secs(60);
+    call("heartbeat n1", p.heartbeat(&n1, long, NodeState::Live)).await;
+    call("heartbeat n2", p.heartbeat(&n2, long, NodeState::Draining)).await;
+    call(
+        "heartbeat n3",
+        p.heartbeat(&n3, Duration::from_millis(300), NodeState::Live),
+    )
+    .await;
+    // A node that clears itself says so to the others with the connections it drops.
+    call("connect", p.connect(&n1, &client(ns, "a"), &conn(ns, "a1"))).await;
+    let mine = |all: Vec<NodeLease>| -> Vec<NodeLease> {
+        all.into_iter()
+            .filter(|l| [&n1, &n2, &n3].contains(&&l.node))
+            .collect()
+    };
+    let lease = |n: &impush_core::NodeId, state| NodeLease {
+        node: n.clone(),
+        state,
+    };
+    // n3's lease runs out by itself: poll for it instead of sleeping a fixed time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = mine(call("live_nodes", p.live_nodes()).await);
+        if live == vec![lease(&n1, NodeState::Live), lease(&n2, NodeState::Draining)] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "live nodes never became n1 live and n2 draining: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    call("n2 live again", p.heartbeat(&n2, long, NodeState::Live)).await;
+    call("clear n1", p.clear_node(&n1, true)).await;
+    assert_eq!(
+        mine(call("live_nodes", p.live_nodes()).await),
+        vec![lease(&n2, NodeState::Live)]
+    );
+    call("clear n2", p.clear_node(&n2, true)).await;
+    call("clear n3", p.clear_node(&n3, true)).await;
 }
 
 /// `ping` succeeds on a working store.

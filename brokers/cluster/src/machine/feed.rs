@@ -44,8 +44,10 @@ impl Machine {
                 lease_ms,
                 count,
                 digest,
+                draining,
             } => {
                 let lease = Duration::from_millis(lease_ms);
+                self.view.set_draining(&node, draining, now);
                 if mine(&node) {
                     self.on_echo(lease, now);
                 } else {
@@ -94,6 +96,11 @@ impl Machine {
             for d in dropped {
                 self.view.remove(&d.node, &d.connection);
             }
+        }
+        // A node that cleared itself (starting, or stopping) holds no lease until its next
+        // heartbeat: it is not live (`docs/design.md` section 16).
+        if by == node && !about_me {
+            self.view.forget_lease(node);
         }
         if clear {
             for d in dropped.iter().filter(|d| d.last) {

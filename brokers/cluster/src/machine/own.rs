@@ -141,6 +141,7 @@ impl Machine {
             lease_ms: lease.as_millis() as u64,
             count: self.local.len() as u64,
             digest: digest(self.local.keys()),
+            draining: self.draining,
         }
     }
 
@@ -148,6 +149,7 @@ impl Machine {
     /// registers its connections again), and counts it as known from now on.
     pub(crate) fn heartbeat_sent(&mut self, me: &NodeId, lease: Duration, now: Instant) -> bool {
         self.view.heard(me, lease, now);
+        self.view.set_draining(me, self.draining, now);
         self.ready = true;
         std::mem::replace(&mut self.known, true)
     }

@@ -77,6 +77,7 @@ fn beat(node: &str) -> Wire {
         lease_ms: LEASE.as_millis() as u64,
         count: 0,
         digest: 0,
+        draining: false,
     }
 }
 
@@ -171,6 +172,7 @@ fn a_node_whose_state_never_came_is_asked_even_when_its_digest_matches() {
         lease_ms: 50,
         count: 0,
         digest: 0,
+        draining: false,
     };
     assert_eq!(m.apply(hb.clone(), t0), Some(n("n2")));
     // A short lease still waits at least 200 ms between two asks.

@@ -1,0 +1,141 @@
+//! Planned moves of clients between nodes (`docs/design.md` section 16): drain (this node is
+//! going away) and return home (their owner is live again).
+//!
+//! A move closes a connection with 1012, which tells the client to reconnect at once with a
+//! fresh URL; connections are closed one by one, spread over a period (jittered), so their
+//! clients reconnect at a bounded rate instead of all at once.
+//!
+//! A planned move is not a logout: the closed connection keeps its presence entry (and so its
+//! client's channels) for `cluster.move_grace`, long enough for the client to connect to its
+//! new node. Its offline event (`moved: true`) comes after that, and says `last: false` when
+//! the client is back. A client that does not come back within the grace is reported gone
+//! (`last: true`), as it is.
+
+use std::{sync::Arc, time::Duration};
+
+use impush_core::{ClientId, Event, NodeState};
+use rand::seq::SliceRandom;
+
+use super::Node;
+use crate::session::{self, SessionHandle};
+
+impl Node {
+    /// Closes `sessions` with 1012 one after another over `period`, skipping any already
+    /// scheduled; returns how many it scheduled.
+    pub(crate) fn move_gradually(
+        self: &Arc<Self>,
+        sessions: Vec<Arc<SessionHandle>>,
+        period: Duration,
+    ) -> usize {
+        let mut batch: Vec<_> = sessions.into_iter().filter(|s| s.schedule_move()).collect();
+        let n = batch.len();
+        if n == 0 {
+            return 0;
+        }
+        batch.shuffle(&mut rand::rng());
+        let step = period / u32::try_from(n).unwrap_or(u32::MAX);
+        let node = self.clone();
+        self.moves.spawn(async move {
+            for s in batch {
+                // Half to one and a half steps: the rate stays bounded, and nodes moving
+                // clients at the same time do not fall into step.
+                let jitter = step.mul_f64(rand::random::<f64>() + 0.5);
+                tokio::time::sleep(jitter).await;
+                if s.close(session::close::MOVED) {
+                    crate::metrics::Metrics::bump(&node.metrics.moved);
+                }
+            }
+        });
+        n
+    }
+
+    /// Starts draining: marks this node draining in presence at once (it is no longer handed
+    /// out), then moves every client to its next node over `cluster.drain_period`. Returns
+    /// `false`, doing nothing, when no other node is live to take them (shutdown then closes
+    /// them with 1001 as usual).
+    pub(crate) async fn drain(self: &Arc<Self>) -> bool {
+        let others_live = self
+            .cluster
+            .statuses()
+            .iter()
+            .any(|(id, s)| id != &self.id && *s == impush_core::NodeStatus::Live);
+        if !others_live {
+            return false;
+        }
+        self.set_state(NodeState::Draining);
+        // Tell the store now, not at the next heartbeat, so helpers stop handing us out
+        // within one refresh of their view.
+        if let Err(e) = self
+            .presence
+            .heartbeat(&self.id, self.lease, NodeState::Draining)
+            .await
+        {
+            self.presence_error("heartbeat (drain)", &e);
+        }
+        let all = self.registry.sessions_of(|_| true);
+        tracing::info!(connections = all.len(), period = ?self.cluster_timing.drain_period, "draining");
+        self.move_gradually(all, self.cluster_timing.drain_period);
+        true
+    }
+
+    /// Waits until every connection moved away and every moved connection's grace ended (or
+    /// `limit` passed).
+    pub(crate) async fn drained(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if self.registry.for_all(|_| {}) == 0 && self.moves.is_empty() && self.parked.is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The end of a connection closed for a move: it leaves the local index now (nothing more
+    /// is delivered to it), and presence after `cluster.move_grace`.
+    pub(super) fn park(self: &Arc<Self>, handle: Arc<SessionHandle>, last_here: bool) {
+        if last_here {
+            self.registry.forget_channels(&handle.client);
+        }
+        let node = self.clone();
+        let grace = self.cluster_timing.move_grace;
+        self.parked.spawn(async move {
+            tokio::time::sleep(grace).await;
+            node.leave_presence(&handle, true).await;
+        });
+    }
+
+    /// Removes a closed connection from presence (its client's channels too when it was the
+    /// client's last anywhere and memberships do not persist) and publishes its offline event.
+    pub(super) async fn leave_presence(&self, handle: &SessionHandle, moved: bool) {
+        let client: &ClientId = &handle.client;
+        let remaining = {
+            let _gate = self.repair.gate.read().await;
+            match self
+                .presence
+                .disconnect(&self.id, client, &handle.connection, !self.persist_channels)
+                .await
+            {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.presence_error("disconnect", &e);
+                    self.mark_dirty();
+                    None
+                }
+            }
+        };
+        // What the store counts is the truth across nodes (a moving client has its new
+        // connection elsewhere); without it, what this node knows.
+        let last = remaining.map_or_else(|| !self.registry.is_local(client), |n| n == 0);
+        tracing::info!(%client, connection = %handle.connection, last, moved, "disconnected");
+        self.publish_event(&Event::Offline {
+            client: client.clone(),
+            node: self.id.clone(),
+            connection: handle.connection.clone(),
+            metadata: handle.metadata.clone(),
+            last,
+            moved,
+        })
+        .await;
+    }
+}

@@ -1,0 +1,102 @@
+//! Live ownership on the node (`docs/design.md` section 16): this node's state (live or
+//! draining), the live view it shares with its helper, and what a change of the view asks of
+//! it:
+//! - clients sitting here whose owner is another node now (their home came back) are sent
+//!   home gradually (`cluster.rebalance_period`);
+//! - the inbox of a node that died is taken over by one live node (the first live one in the
+//!   dead node's own rendezvous order), which re-routes what waits there to the new owners;
+//!   it lets go when the node is back.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use impush_core::{ClientId, NodeId, NodeState, NodeStatus};
+
+use super::Node;
+
+impl Node {
+    /// This node's state, as its heartbeats say.
+    pub(crate) fn state(&self) -> NodeState {
+        if self.draining.load(Ordering::Acquire) {
+            NodeState::Draining
+        } else {
+            NodeState::Live
+        }
+    }
+
+    pub(super) fn set_state(&self, state: NodeState) {
+        self.draining
+            .store(state == NodeState::Draining, Ordering::Release);
+        // Our own entry in the view: no store round trip needed to know ourselves.
+        self.cluster.set_status(&self.id, NodeStatus::of(state));
+    }
+
+    /// Reads the live nodes from presence into the shared view (declaring nodes dead only
+    /// when `judge`) and acts on what changed.
+    pub(super) async fn refresh_view(self: &Arc<Self>, judge: bool) {
+        match self.presence.live_nodes().await {
+            Ok(leases) => {
+                let me = Some((&self.id, self.state()));
+                if judge {
+                    self.cluster.apply_leases(&leases, me);
+                } else {
+                    self.cluster.apply_leases_without_deaths(&leases, me);
+                }
+                self.send_guests_home();
+                self.manage_takeovers();
+            }
+            Err(e) => self.presence_error("live_nodes", &e),
+        }
+    }
+
+    /// Moves home, gradually, the clients here whose owner is another live node.
+    fn send_guests_home(self: &Arc<Self>) {
+        if self.state() == NodeState::Draining {
+            return; // the drain moves everyone anyway
+        }
+        let me = &self.id;
+        let guests = self
+            .registry
+            .sessions_of(|c: &ClientId| &self.cluster.owner(c).id != me);
+        if guests.is_empty() {
+            return;
+        }
+        let n = self.move_gradually(guests, self.cluster_timing.rebalance_period);
+        if n > 0 {
+            tracing::info!(clients = n, "sending clients home");
+        }
+    }
+
+    /// The node that takes over `dead`'s inbox: the first live node in `dead`'s own
+    /// rendezvous order (so different dead nodes land on different survivors).
+    fn heir_of(&self, dead: &NodeId) -> Option<NodeId> {
+        let as_client = ClientId::new(dead.as_str()).ok()?;
+        let heir = self.cluster.owner(&as_client);
+        (self.cluster.status(&heir.id) == NodeStatus::Live).then(|| heir.id.clone())
+    }
+
+    /// Starts taking over the inbox of each dead node this node is heir of, and lets go of
+    /// those that are back (or whose heir is another node now).
+    fn manage_takeovers(self: &Arc<Self>) {
+        let mut held = self.takeovers.lock().unwrap_or_else(|e| e.into_inner());
+        for (node, status) in self.cluster.statuses() {
+            if node == self.id {
+                continue;
+            }
+            let mine = status == NodeStatus::Dead && self.heir_of(&node).as_ref() == Some(&self.id);
+            match (mine, held.contains_key(&node)) {
+                (true, false) => {
+                    tracing::warn!(%node, "taking over the inbox of a dead node");
+                    let stop = tokio_util::sync::CancellationToken::new();
+                    held.insert(node.clone(), stop.clone().drop_guard());
+                    let me = self.clone();
+                    tokio::spawn(async move { me.take_over(node, stop).await });
+                }
+                (false, true) => {
+                    tracing::info!(%node, "letting go of a node's inbox");
+                    held.remove(&node);
+                }
+                _ => {}
+            }
+        }
+    }
+}
