@@ -1,0 +1,301 @@
+//! Live ownership, drain and return home (`docs/design.md` section 16) on in-process clusters
+//! (memory broker and presence): a client's owner is the first live node in its order; a
+//! draining node moves its clients with 1012 without them ever looking offline; they come home
+//! when their node is back; connect storms are refused with `Retry-After`. The multi-process
+//! cases (kill -9, every backbone) are in the cluster suite.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use impush_core::{
+    Broker, ClientId, Event, MemoryBroker, MemoryPresenceStore, NodeEntry, NodeStatus,
+    PresenceStore,
+};
+use impush_helper::ImHelper;
+use impush_server::{Config, ImServer};
+use serde_json::Value;
+use support::{config, eventually, free_addrs, id, Client};
+
+/// The pair's broker as each node holds it: a node's shutdown flushes and closes its broker,
+/// which here the other node still uses.
+#[derive(Debug)]
+struct Shared(Arc<dyn Broker>);
+
+#[async_trait::async_trait]
+impl Broker for Shared {
+    async fn publish(&self, topic: &str, payload: bytes::Bytes) -> impush_core::Result<()> {
+        self.0.publish(topic, payload).await
+    }
+    async fn subscribe(
+        &self,
+        topic: &str,
+        mode: impush_core::SubscribeMode,
+    ) -> impush_core::Result<impush_core::Subscription> {
+        self.0.subscribe(topic, mode).await
+    }
+    async fn ping(&self) -> impush_core::Result<()> {
+        self.0.ping().await
+    }
+    async fn shutdown(&self) -> impush_core::Result<()> {
+        Ok(())
+    }
+}
+
+/// A two-node cluster in this process whose nodes can be stopped and started again.
+struct Pair {
+    broker: Arc<dyn Broker>,
+    presence: Arc<dyn PresenceStore>,
+    configs: Vec<Config>,
+    nodes: Vec<Option<ImServer>>,
+}
+
+impl Pair {
+    async fn start(tune: impl Fn(&mut Config)) -> Pair {
+        let addrs = free_addrs(2);
+        let entries: Vec<NodeEntry> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| NodeEntry {
+                id: format!("n{}", i + 1).parse().unwrap(),
+                url: format!("ws://{a}"),
+            })
+            .collect();
+        let mut pair = Pair {
+            broker: Arc::new(Shared(Arc::new(MemoryBroker::default()))),
+            presence: Arc::new(MemoryPresenceStore::new()),
+            configs: Vec::new(),
+            nodes: Vec::new(),
+        };
+        for (i, a) in addrs.iter().enumerate() {
+            let mut c = config();
+            c.node.id = entries[i].id.clone();
+            c.node.listen = *a;
+            c.cluster.nodes = entries.clone();
+            c.cluster.node_lease = Duration::from_millis(900);
+            c.cluster.drain_period = Duration::from_secs(1);
+            c.cluster.rebalance_period = Duration::from_secs(1);
+            c.cluster.move_grace = Duration::from_secs(2);
+            tune(&mut c);
+            pair.configs.push(c);
+            pair.nodes.push(None);
+            pair.up(i).await;
+        }
+        // Every node sees every other live before a case starts.
+        for i in 0..2 {
+            let h = pair.helper(i);
+            eventually(|| async {
+                h.cluster()
+                    .statuses()
+                    .iter()
+                    .all(|(_, s)| *s == NodeStatus::Live)
+            })
+            .await;
+        }
+        pair
+    }
+
+    async fn up(&mut self, i: usize) {
+        let server = ImServer::start_with(
+            self.configs[i].clone(),
+            self.broker.clone(),
+            self.presence.clone(),
+        )
+        .await
+        .expect("node starts");
+        self.nodes[i] = Some(server);
+    }
+
+    fn node(&self, i: usize) -> &ImServer {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    fn helper(&self, i: usize) -> ImHelper {
+        self.node(i).helper()
+    }
+
+    async fn stop(&mut self, i: usize) {
+        let server = self.nodes[i].take().expect("node is running");
+        server.shutdown().await.unwrap();
+    }
+}
+
+/// A client id whose home is node `n{i+1}`.
+fn homed_on(h: &ImHelper, i: usize, tag: &str) -> ClientId {
+    let want = format!("n{}", i + 1);
+    (0..)
+        .map(|k| id(&format!("{tag}{k}")))
+        .find(|c| h.cluster().home(c).id.as_str() == want)
+        .unwrap()
+}
+
+async fn node_of_url(h: &ImHelper, c: &ClientId) -> String {
+    h.prepare_connect(c, Value::Null).unwrap().node.to_string()
+}
+
+#[tokio::test]
+async fn a_stopped_nodes_clients_are_handed_to_the_next_node() {
+    let mut pair = Pair::start(|_| {}).await;
+    let h1 = pair.helper(0);
+    let alice = homed_on(&h1, 1, "alice");
+    assert_eq!(node_of_url(&h1, &alice).await, "n2");
+    pair.stop(1).await;
+    // n2 cleared its lease on the way out: within a refresh n1 hands alice to itself.
+    eventually(|| async { node_of_url(&h1, &alice).await == "n1" }).await;
+    let mut c = Client::connect(&h1, alice.as_str(), 1).await;
+    h1.send_message(&id("bob"), &[alice.clone()], &"hi", false)
+        .await
+        .unwrap();
+    assert_eq!(c.next_json().await["data"], "hi");
+    // n2 returns: alice is sent home gently (1012) and her next URL names n2 again.
+    pair.up(1).await;
+    assert_eq!(c.close_code().await, 1012);
+    assert_eq!(node_of_url(&h1, &alice).await, "n2");
+    let h2 = pair.helper(1);
+    let mut c = Client::connect(&h2, alice.as_str(), 1).await;
+    h1.send_message(&id("bob"), &[alice.clone()], &"home", false)
+        .await
+        .unwrap();
+    assert_eq!(c.next_json().await["data"], "home");
+    pair.stop(0).await;
+    pair.stop(1).await;
+}
+
+#[tokio::test]
+async fn a_drain_moves_clients_without_a_logout() {
+    let mut pair = Pair::start(|_| {}).await;
+    let h1 = pair.helper(0);
+    let h2 = pair.helper(1);
+    let alice = homed_on(&h1, 0, "alice");
+    let room: impush_core::ChannelName = "room".parse().unwrap();
+    let mut c = Client::connect(&h1, alice.as_str(), 1).await;
+    h1.join_channel(&room, &[alice.clone()]).await.unwrap();
+    let mut events = h2.events().await.unwrap();
+
+    let drained = tokio::spawn({
+        let presence = pair.presence.clone();
+        let alice = alice.clone();
+        async move {
+            // Watches presence throughout the move: alice never looks offline, and never
+            // leaves her room.
+            let start = tokio::time::Instant::now();
+            let mut samples = 0;
+            while start.elapsed() < Duration::from_secs(4) {
+                assert!(presence.online(&[alice.clone()]).await.unwrap()[0], "alice offline");
+                assert_eq!(
+                    presence.client_channels(&alice).await.unwrap().value,
+                    vec!["room".parse::<impush_core::ChannelName>().unwrap()]
+                );
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            samples
+        }
+    });
+    let node1 = pair.nodes[0].take().unwrap();
+    let drain = tokio::spawn(async move {
+        let moved = node1.drain().await;
+        (moved, node1)
+    });
+    assert_eq!(c.close_code().await, 1012, "moved with 1012");
+    // While n1 drains it is not handed out: alice's new URL names n2.
+    eventually(|| async { node_of_url(&h2, &alice).await == "n2" }).await;
+    let mut c = Client::connect(&h2, alice.as_str(), 1).await;
+    h2.send_channel_message(&id("bob"), &room, &"still here")
+        .await
+        .unwrap();
+    assert_eq!(c.next_json().await["data"], "still here", "rooms moved along");
+
+    let (moved, node1) = drain.await.unwrap();
+    assert!(moved);
+    assert!(drained.await.unwrap() > 50);
+    // Events: the new connection first (not the first: the old one still counted), then the
+    // old one's offline, flagged as a move and not the last.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if ev.client() == &alice {
+            seen.push(ev);
+        }
+    }
+    assert!(matches!(&seen[0], Event::Online { first: false, node, .. } if node.as_str() == "n2"), "{seen:?}");
+    assert!(matches!(&seen[1], Event::Offline { last: false, moved: true, node, .. } if node.as_str() == "n1"), "{seen:?}");
+    assert!(node1.metrics().moved() >= 1);
+    node1.shutdown().await.unwrap();
+    pair.stop(1).await;
+}
+
+#[tokio::test]
+async fn a_draining_node_refuses_new_connects_and_is_not_ready() {
+    let mut pair = Pair::start(|c| c.cluster.drain_period = Duration::from_secs(3)).await;
+    let h1 = pair.helper(0);
+    let alice = homed_on(&h1, 0, "alice");
+    let _c = Client::connect(&h1, alice.as_str(), 1).await;
+    let url = h1.prepare_connect(&alice, Value::Null).unwrap().url;
+    let base = format!("http://{}", pair.node(0).local_addr());
+    let node1 = pair.nodes[0].take().unwrap();
+    let drain = tokio::spawn(async move {
+        node1.drain().await;
+        node1
+    });
+    eventually(|| async {
+        reqwest::get(format!("{base}/readyz")).await.unwrap().status() == 503
+    })
+    .await;
+    let (status, body) = support::refused_status(&url).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("draining")));
+    drain.await.unwrap().shutdown().await.unwrap();
+    pair.stop(1).await;
+}
+
+#[tokio::test]
+async fn a_lone_node_does_not_drain() {
+    let server = support::start(|_| {}).await;
+    assert!(!server.drain().await, "nobody to take the clients");
+    assert!(!server.is_draining());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_storms_are_refused_at_the_door_with_retry_after() {
+    let server = support::start(|c| {
+        c.limits.connect_rate = 3;
+        c.limits.connect_rate_per_ip = 2;
+    })
+    .await;
+    let h = server.helper();
+    let _a = Client::connect(&h, "a", 1).await;
+    let _b = Client::connect(&h, "b", 1).await;
+    // The third connect from this address within the second is refused before its token is
+    // looked at: the token stays usable.
+    let url = h.prepare_connect(&id("c"), Value::Null).unwrap().url;
+    let refused = match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    // A second later the same URL works: no token was spent on the refusal.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("the refused URL still works");
+    let text = reqwest::get(format!("http://{}/metrics", server.local_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("impush_connects_throttled_total{node=\"n1\",scope=\"ip\"} 1"),
+        "{text}"
+    );
+    server.shutdown().await.unwrap();
+}
