@@ -8,6 +8,8 @@ export declare const CloseCodes: Readonly<{
   INVALID_DATA: 1007;
   RATE_LIMITED: 1008;
   TOO_LARGE: 1009;
+  /** Service restart (a drain or a return home): the client reconnects at once. */
+  MOVED: 1012;
   KICKED: 4001;
   TOO_SLOW: 4008;
   REPLACED: 4009;
@@ -33,6 +35,10 @@ export interface ChannelFrame<D = unknown> {
   from: string;
   data: D;
   ts: number;
+  /** Position in the channel's stream within `epoch` (grows by one per message); absent when the node keeps no history. */
+  offset?: number;
+  /** The stream's epoch: changes when its sequencer changes (a node restart, a failover). */
+  epoch?: string;
 }
 
 export interface BroadcastFrame<D = unknown> {
@@ -40,6 +46,46 @@ export interface BroadcastFrame<D = unknown> {
   id: string;
   data: D;
   ts: number;
+  /** Position in the broadcast stream within `epoch`; absent when the node keeps no history. */
+  offset?: number;
+  epoch?: string;
+}
+
+/**
+ * Why a stream could not be resumed: `window` (older than the node's history), `epoch` (the
+ * history was lost, e.g. a restart), `future` (a position the node never gave), `not_member`,
+ * `too_many` (more channels than the node resumes at once), `malformed` (the whole request).
+ * A newer node may add reasons: treat every `recovered: false` alike.
+ */
+export type ResumeReason = "window" | "epoch" | "future" | "not_member" | "too_many" | "malformed";
+
+/**
+ * The node's answer for one stream after a reconnect, sent after that stream's replayed frames.
+ * `channel` names the channel; it is null for the broadcast stream (`broadcast: true`) and for
+ * a request the node could not read (`broadcast: false`, reason `malformed`). When not
+ * recovered, the client forgot that stream's position: reload it from your backend.
+ */
+export type ResumeFrame = {
+  type: "resume";
+  channel: string | null;
+  broadcast: boolean;
+} & (
+  | {
+      recovered: true;
+      /** How many frames were pushed again, before this one. */
+      replayed: number;
+    }
+  | {
+      recovered: false;
+      reason: ResumeReason | (string & {});
+    }
+);
+
+/** What a connection asked the node to resume: the "connected" event carries it. */
+export interface Resuming {
+  /** Channels asked for, most recently active first. A channel not listed gets no `resume` event. */
+  channels: string[];
+  broadcast: boolean;
 }
 
 export type ReceiptStatus = "delivered" | "offline" | "stored" | "acked";
@@ -64,6 +110,8 @@ export type StateEvent =
   | {
       state: "connected";
       attempt: number;
+      /** Present when this connection asked to resume streams (a reconnect with positions). */
+      resuming?: Resuming;
     }
   | {
       state: "disconnected";
@@ -71,8 +119,10 @@ export type StateEvent =
       code: number | undefined;
       reason: string;
       willReconnect: boolean;
-      /** Milliseconds until the next attempt, when willReconnect. */
+      /** Milliseconds until the next attempt, when willReconnect (0 after a 1012). */
       delay?: number;
+      /** Seconds the backend asked to wait (Retry-After), when getUrl was refused with one. */
+      retryAfter?: number;
       /** The `attempt` the next "connecting" will carry. */
       attempt: number;
     };
@@ -93,6 +143,7 @@ export interface ImpushClientEvents {
   channel: ChannelFrame;
   broadcast: BroadcastFrame;
   receipt: ReceiptFrame;
+  resume: ResumeFrame;
   state: StateEvent;
   error: ImpushClientError;
 }
@@ -123,9 +174,19 @@ export interface Timers {
   now(): number;
 }
 
+/** The part of a fetch `Response` the client reads to honour `Retry-After`. */
+export interface ResponseLike {
+  readonly status: number;
+  readonly headers: { get(name: string): string | null };
+}
+
 export interface ImpushClientOptions {
-  /** Returns a fresh single-use `ws(s)://.../ws?token=...` URL. Called on every connect attempt. */
-  getUrl: () => string | Promise<string>;
+  /**
+   * Returns a fresh single-use `ws(s)://.../ws?token=...` URL. Called on every connect attempt.
+   * A refusal with a wait: throw an error with `retryAfter` (seconds), or return or throw a 429
+   * or 503 response with a `Retry-After` header (also as an error's `response`).
+   */
+  getUrl: () => string | ResponseLike | Promise<string | ResponseLike>;
   /** WebSocket constructor; defaults to `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor;
   /** Send `{"type":"ack"}` for every message with `receipt: true` or `stored: true`, after the handlers ran. Default false. */
@@ -146,6 +207,10 @@ export interface ImpushClientOptions {
   connectTimeout?: number;
   /** How many message ids to remember for dropping duplicates; 0 disables. Default 1000. */
   dedupeSize?: number;
+  /** Remember channel and broadcast positions and resume them on reconnect. Default true. */
+  resume?: boolean;
+  /** How many channels (the most recently active) to remember positions for; 0 disables channel resume. Default 256. */
+  resumeChannels?: number;
   /** Source of randomness for the jitter, returning [0, 1). Default Math.random. */
   random?: () => number;
   /** Timer functions, for tests or unusual runtimes. */

@@ -9,6 +9,7 @@ export const CloseCodes = Object.freeze({
   INVALID_DATA: 1007,
   RATE_LIMITED: 1008,
   TOO_LARGE: 1009,
+  MOVED: 1012,
   KICKED: 4001,
   TOO_SLOW: 4008,
   REPLACED: 4009,
@@ -18,7 +19,20 @@ export const CloseCodes = Object.freeze({
 // connection of the same client took our place): stay down until the app calls connect().
 const FINAL_CODES = new Set([CloseCodes.KICKED, CloseCodes.REPLACED]);
 
-const EVENTS = new Set(["message", "channel", "broadcast", "receipt", "state", "error"]);
+const EVENTS = new Set(["message", "channel", "broadcast", "receipt", "resume", "state", "error"]);
+
+// What the client remembers to resume channels and broadcasts after a reconnect
+// (`docs/design.md` section 15): the `resumeChannels` most recently active channels, and per
+// stream the most recently seen epochs. Memory stays bounded whatever the server sends.
+const RESUME_EPOCHS = 4;
+const MAX_EPOCH_CHARS = 128;
+// The `resume` query parameter, URL-encoded, stays under this many characters, so the whole URL
+// fits the 8 KiB request line common reverse proxies accept. The most recently active channels
+// go first; the others are left out (and forgotten: the app reloads them, see `resuming`).
+const RESUME_MAX_CHARS = 6000;
+// A Retry-After longer than this (seconds) is taken as this: a misconfigured backend must not
+// keep a client away for days.
+const RETRY_AFTER_MAX = 3600;
 
 // WebSocket.OPEN, spelled out because an injected WebSocket class need not carry the constants.
 const OPEN = 1;
@@ -33,6 +47,8 @@ const DEFAULTS = {
   dedupeSize: 1000,
   autoAck: false,
   autoConnect: true,
+  resume: true,
+  resumeChannels: 256,
 };
 
 /** What the `error` event carries. `kind` says where it came from. */
@@ -62,6 +78,9 @@ export class ImpushClient {
   #ws = null;
   #failures = 0; // consecutive failed attempts: the backoff exponent
   #openedAt = null; // when the current socket opened; null while not open
+  #moved = false; // the last loss was a 1012 answered at once, and no connection was stable since
+  #retryAfter = undefined; // seconds, from the getUrl failure that ends the current attempt
+  #resuming = null; // what the current attempt asked to resume: { channels, broadcast }
 
   // Pending timer ids by purpose; at most one of each.
   #pending = { retry: undefined, connect: undefined, ping: undefined, pong: undefined };
@@ -70,6 +89,12 @@ export class ImpushClient {
   // id -> whether the app acked it. A Map iterates in insertion order, so evicting the first
   // key forgets the oldest id and memory stays at dedupeSize entries.
   #seen = new Map();
+
+  // Resume positions: channel -> (epoch -> last offset seen), and the same for the broadcast
+  // stream. Maps iterate in insertion order, and an entry is re-inserted whenever it is used,
+  // so the first key is always the one to evict.
+  #channelPos = new Map();
+  #broadcastPos = new Map();
 
   constructor(options) {
     const o = options ?? {};
@@ -205,10 +230,13 @@ export class ImpushClient {
     Promise.resolve(url).then(
       (u) => {
         if (run !== this.#run) return;
-        if (typeof u !== "string" || u === "") {
-          this.#urlFailed(run, new TypeError(`getUrl returned ${u === "" ? "an empty string" : typeof u}`));
+        if (typeof u === "string" && u !== "") {
+          this.#open(run, this.#withResume(u));
+        } else if (isResponse(u)) {
+          // e.g. `getUrl: () => fetch(...)` answered 429/503: its Retry-After is honoured.
+          this.#urlFailed(run, u);
         } else {
-          this.#open(run, u);
+          this.#urlFailed(run, new TypeError(`getUrl returned ${u === "" ? "an empty string" : typeof u}`));
         }
       },
       (err) => this.#urlFailed(run, err),
@@ -218,7 +246,9 @@ export class ImpushClient {
   #urlFailed(run, err) {
     if (run !== this.#run) return;
     this.#emitError(new ImpushClientError("getUrl", "getUrl failed", { cause: err }));
-    if (run === this.#run) this.#lost(undefined, "getUrl failed");
+    if (run !== this.#run) return; // an error handler called close()
+    this.#retryAfter = retryAfterOf(err);
+    this.#lost(undefined, "getUrl failed");
   }
 
   #open(run, url) {
@@ -238,7 +268,9 @@ export class ImpushClient {
       this.#clear("connect");
       this.#openedAt = this.#timers.now();
       this.#schedulePing();
-      this.#setState({ state: "connected", attempt: this.#failures });
+      const ev = { state: "connected", attempt: this.#failures };
+      if (this.#resuming) ev.resuming = this.#resuming;
+      this.#setState(ev);
     };
     ws.onmessage = (ev) => {
       if (ws === this.#ws) this.#onFrame(ev.data);
@@ -273,16 +305,35 @@ export class ImpushClient {
     this.#run++;
     this.#ws = null;
     this.#clearTimers();
+    this.#resuming = null;
+    const retryAfter = this.#retryAfter;
+    this.#retryAfter = undefined;
     const openedAt = this.#openedAt;
     this.#openedAt = null;
     // Only a connection that stayed up resets the backoff: a server that accepts and then closes
     // at once (rate limit, bad frame, restart loop) must still see us back off.
-    if (openedAt !== null && this.#timers.now() - openedAt >= this.#opts.stableAfter) this.#failures = 0;
+    if (openedAt !== null && this.#timers.now() - openedAt >= this.#opts.stableAfter) {
+      this.#failures = 0;
+      this.#moved = false;
+    }
 
     const ev = { state: "disconnected", code, reason, willReconnect: !FINAL_CODES.has(code) };
     if (ev.willReconnect) {
-      ev.delay = this.#backoff();
-      this.#failures++;
+      if (code === CloseCodes.MOVED && !this.#moved) {
+        // A drain or a return home (`docs/design.md` section 16): the node spreads these closes
+        // over time itself and getUrl names a node that is ready, so go now and count nothing.
+        // Only once in a row: a server closing every new connection with 1012 gets the backoff.
+        this.#moved = true;
+        ev.delay = 0;
+      } else {
+        if (retryAfter !== undefined) {
+          ev.retryAfter = retryAfter;
+          ev.delay = this.#afterRetryAfter(retryAfter);
+        } else {
+          ev.delay = this.#backoff();
+        }
+        this.#failures++;
+      }
       this.#pending.retry = this.#timers.setTimeout(() => {
         this.#pending.retry = undefined;
         this.#attempt();
@@ -302,6 +353,18 @@ export class ImpushClient {
     const cap = Math.min(backoffMax, backoffBase * 2 ** Math.min(this.#failures, 30));
     const r = this.#random();
     return Math.floor((r >= 0 && r < 1 ? r : 0) * cap);
+  }
+
+  /**
+   * The server said when to come back: not before, and spread over as long again (at least
+   * backoffBase, at most backoffMax) so that clients told the same time do not return together.
+   */
+  #afterRetryAfter(seconds) {
+    const { backoffBase, backoffMax } = this.#opts;
+    const ms = seconds * 1000;
+    const spread = Math.min(backoffMax, Math.max(backoffBase, ms));
+    const r = this.#random();
+    return Math.ceil(ms + (r >= 0 && r < 1 ? r : 0) * spread);
   }
 
   // ---- frames -----------------------------------------------------------------------------
@@ -339,6 +402,9 @@ export class ImpushClient {
         else if (!Array.isArray(f.to)) f.to = [];
         this.#emit("receipt", f);
         return;
+      case "resume":
+        this.#onResume(f, data);
+        return;
       default:
         // A frame type from a newer server: ignored, so old clients keep working.
         return;
@@ -350,6 +416,8 @@ export class ImpushClient {
       this.#emitError(new ImpushClientError("frame", `${f.type} frame has no id`, { frame: data }));
       return;
     }
+    // Before the duplicate check: a replay that repeats what we saw still moves us forward.
+    if (f.type !== "message") this.#track(f);
     // A stored message (from the offline inbox) leaves the inbox only when acked, receipt or not.
     const wantsAck = f.type === "message" && (f.receipt === true || f.stored === true);
     if (this.#seen.has(f.id)) {
@@ -364,6 +432,87 @@ export class ImpushClient {
     }
     this.#emit(f.type, f);
     if (wantsAck && this.#opts.autoAck) this.ack(f.id);
+  }
+
+  // ---- resume ------------------------------------------------------------------------------
+
+  /** Remembers the position of a channel or broadcast frame, when it carries one. */
+  #track(f) {
+    if (!this.#opts.resume) return;
+    const { offset, epoch } = f;
+    if (!Number.isSafeInteger(offset) || offset < 1) return;
+    if (typeof epoch !== "string" || epoch === "" || epoch.length > MAX_EPOCH_CHARS) return;
+    let epochs = this.#broadcastPos;
+    if (f.type === "channel") {
+      if (typeof f.channel !== "string" || f.channel === "" || this.#opts.resumeChannels < 1) return;
+      epochs = this.#channelPos.get(f.channel) ?? new Map();
+      this.#channelPos.delete(f.channel);
+      this.#channelPos.set(f.channel, epochs);
+      while (this.#channelPos.size > this.#opts.resumeChannels) this.#channelPos.delete(this.#channelPos.keys().next().value);
+    }
+    const before = epochs.get(epoch);
+    epochs.delete(epoch);
+    epochs.set(epoch, before === undefined ? offset : Math.max(before, offset));
+    if (epochs.size > RESUME_EPOCHS) epochs.delete(epochs.keys().next().value);
+  }
+
+  /**
+   * `url` plus `resume=<JSON>` naming the positions we hold, most recently active channels
+   * first, within RESUME_MAX_CHARS. Also sets #resuming, which the "connected" event reports.
+   */
+  #withResume(url) {
+    this.#resuming = null;
+    if (!this.#opts.resume || (this.#channelPos.size === 0 && this.#broadcastPos.size === 0)) return url;
+    // encodeURIComponent works code point by code point and JSON.stringify never leaves a lone
+    // surrogate, so the encoded length of the whole is the sum of its pieces' lengths.
+    const enc = encodeURIComponent;
+    let budget = RESUME_MAX_CHARS - enc('{"channels":{},"broadcast":}').length;
+    let broadcast = "";
+    if (this.#broadcastPos.size > 0) {
+      broadcast = epochsJson(this.#broadcastPos);
+      budget -= enc(broadcast).length;
+    }
+    const parts = [];
+    const channels = [];
+    for (const name of [...this.#channelPos.keys()].reverse()) {
+      const part = `${JSON.stringify(name)}:${epochsJson(this.#channelPos.get(name))}`;
+      const cost = enc(part).length + (parts.length > 0 ? enc(",").length : 0);
+      if (cost > budget) {
+        // Not asked, so not resumed: forgotten, and absent from `resuming` for the app to see.
+        this.#channelPos.delete(name);
+        continue;
+      }
+      budget -= cost;
+      parts.push(part);
+      channels.push(name);
+    }
+    const fields = [];
+    if (parts.length > 0) fields.push(`"channels":{${parts.join(",")}}`);
+    if (broadcast) fields.push(`"broadcast":${broadcast}`);
+    if (fields.length === 0) return url;
+    this.#resuming = { channels, broadcast: broadcast !== "" };
+    return `${url}${url.includes("?") ? "&" : "?"}resume=${enc(`{${fields.join(",")}}`)}`;
+  }
+
+  /** The node's answer for one stream (or for a request it could not read). */
+  #onResume(f, data) {
+    if (typeof f.recovered !== "boolean") {
+      this.#emitError(new ImpushClientError("frame", "resume frame has no recovered flag", { frame: data }));
+      return;
+    }
+    f.channel = typeof f.channel === "string" ? f.channel : null;
+    f.broadcast = f.broadcast === true;
+    if (!f.recovered) {
+      // What was missed is gone: start that stream afresh from its next frame.
+      if (f.channel !== null) this.#channelPos.delete(f.channel);
+      else if (f.broadcast) this.#broadcastPos.clear();
+      else {
+        // The whole request was refused ("malformed"): none of it was resumed.
+        this.#channelPos.clear();
+        this.#broadcastPos.clear();
+      }
+    }
+    this.#emit("resume", f);
   }
 
   #send(frame) {
@@ -451,6 +600,45 @@ export class ImpushClient {
       }
     }
   }
+}
+
+/** `{"<epoch>":<offset>,...}` */
+function epochsJson(epochs) {
+  return `{${[...epochs].map(([epoch, offset]) => `${JSON.stringify(epoch)}:${offset}`).join(",")}}`;
+}
+
+/** Something shaped like a fetch `Response`: a status and headers with `get`. */
+function isResponse(x) {
+  return x !== null && typeof x === "object" && typeof x.status === "number" && typeof x.headers?.get === "function";
+}
+
+/**
+ * Seconds to wait before asking getUrl again, from what getUrl threw or returned: an error's
+ * `retryAfter`, or the `Retry-After` header of a 429 or 503 response (itself, or an error's
+ * `response`). Undefined when it says nothing usable.
+ */
+function retryAfterOf(x) {
+  if (x === null || typeof x !== "object") return undefined;
+  let seconds;
+  if (typeof x.retryAfter === "number") {
+    seconds = x.retryAfter;
+  } else {
+    const res = isResponse(x) ? x : isResponse(x.response) ? x.response : null;
+    if (!res || (res.status !== 429 && res.status !== 503)) return undefined;
+    seconds = parseRetryAfter(res.headers.get("retry-after"));
+  }
+  if (!Number.isFinite(seconds) || seconds < 0) return undefined;
+  return Math.min(seconds, RETRY_AFTER_MAX);
+}
+
+/** A Retry-After value: delay-seconds or an HTTP-date. */
+function parseRetryAfter(value) {
+  if (typeof value !== "string") return undefined;
+  const v = value.trim();
+  if (/^\d+$/.test(v)) return Number(v);
+  const at = Date.parse(v);
+  // Date.now(), not timers.now(): an HTTP-date is a wall-clock instant.
+  return Number.isFinite(at) ? Math.max(0, (at - Date.now()) / 1000) : undefined;
 }
 
 function isVisible() {

@@ -31,7 +31,7 @@ function setup(extra = {}) {
     connectTimeout: 3000,
     ...extra,
   });
-  const events = { state: [], message: [], channel: [], broadcast: [], receipt: [], error: [] };
+  const events = { state: [], message: [], channel: [], broadcast: [], receipt: [], resume: [], error: [] };
   for (const name of Object.keys(events)) client.on(name, (e) => events[name].push(e));
   const t = {
     clock,
@@ -610,6 +610,414 @@ describe("liveness", () => {
     assert.deepEqual(s.sent, [{ type: "ping" }]);
     t.client.close();
     assert.equal(listeners.size, 0, "the visibility listener is removed on close");
+  });
+});
+
+// ---- resume ---------------------------------------------------------------------------------
+
+/** The resume request in a URL, parsed; null when it has none. */
+function resumeOf(url) {
+  const q = new URL(url).searchParams.get("resume");
+  return q === null ? null : JSON.parse(q);
+}
+
+const chf = (id, channel, offset, epoch = "e1") => ({ type: "channel", id, channel, from: "bob", data: id, ts: 1, offset, epoch });
+const bcf = (id, offset, epoch = "e1") => ({ type: "broadcast", id, data: id, ts: 1, offset, epoch });
+
+/** Drops the current socket with `code` and opens the next one (a normal backoff fits in MAX). */
+async function reconnect(t, code = 1006) {
+  t.last().serverClose(code);
+  await t.clock.advance(MAX);
+  t.last().open();
+  return t.last();
+}
+
+describe("resume", () => {
+  test("a fresh client asks for nothing; a reconnect names the last offset per channel and epoch", async () => {
+    const t = track(setup());
+    const s = await t.connectNow();
+    assert.equal(resumeOf(s.url), null);
+    s.receive(chf("c1", "room", 1));
+    s.receive(chf("c2", "room", 2));
+    s.receive(bcf("b1", 5));
+    s.receive(chf("c3", "other", 7, "e9"));
+    s.receive({ type: "channel", id: "c4", channel: "plain", from: "bob", data: 0, ts: 1 }); // history off
+    s.receive({ type: "message", id: "m1", from: "bob", data: 0, ts: 1, offset: 3, epoch: "e1" });
+    const s2 = await reconnect(t);
+    assert.match(s2.url, /^ws:\/\/node\.test\/ws\?token=t2&resume=[^&]+$/);
+    assert.deepEqual(resumeOf(s2.url), { channels: { room: { e1: 2 }, other: { e9: 7 } }, broadcast: { e1: 5 } });
+    const connected = t.events.state.filter((e) => e.state === "connected");
+    assert.deepEqual(connected, [
+      { state: "connected", attempt: 0 },
+      { state: "connected", attempt: 1, resuming: { channels: ["other", "room"], broadcast: true } },
+    ]);
+  });
+
+  test("`?` when the URL has no query; only the parts it has", async () => {
+    const t = track(setup({ getUrl: () => "ws://node.test/ws" }));
+    let s = await t.connectNow();
+    s.receive(bcf("b1", 1));
+    s = await reconnect(t);
+    assert.match(s.url, /^ws:\/\/node\.test\/ws\?resume=/);
+    assert.deepEqual(resumeOf(s.url), { broadcast: { e1: 1 } });
+    assert.deepEqual(t.events.state.at(-1).resuming, { channels: [], broadcast: true });
+
+    const t2 = track(setup());
+    s = await t2.connectNow();
+    s.receive(chf("c1", "room", 4));
+    s = await reconnect(t2);
+    assert.deepEqual(resumeOf(s.url), { channels: { room: { e1: 4 } } });
+    assert.deepEqual(t2.events.state.at(-1).resuming, { channels: ["room"], broadcast: false });
+  });
+
+  test("per stream: the 4 most recently seen epochs, and an offset never goes back", async () => {
+    const t = track(setup());
+    let s = await t.connectNow();
+    let n = 0;
+    const id = () => `x${++n}`;
+    s.receive(chf(id(), "room", 3, "e1"));
+    s.receive(chf(id(), "room", 2, "e1")); // older: kept at 3
+    assert.equal(t.events.channel.length, 2, "both delivered: positions never filter frames");
+    s.receive(chf(id(), "room", 1, "e2"));
+    s = await reconnect(t);
+    assert.deepEqual(resumeOf(s.url).channels.room, { e1: 3, e2: 1 });
+
+    for (const e of ["e3", "e4", "e5"]) s.receive(chf(id(), "room", 1, e)); // e1 falls out
+    s.receive(chf(id(), "room", 2, "e2")); // e2 seen again: the most recent
+    s.receive(chf(id(), "room", 1, "e6")); // e3 falls out
+    for (const e of ["b1", "b2", "b3", "b4", "b5"]) s.receive(bcf(id(), 1, e));
+    s = await reconnect(t);
+    assert.deepEqual(resumeOf(s.url), {
+      channels: { room: { e4: 1, e5: 1, e2: 2, e6: 1 } },
+      broadcast: { b2: 1, b3: 1, b4: 1, b5: 1 },
+    });
+  });
+
+  test("frames without a usable position are delivered and leave none", async () => {
+    const t = track(setup());
+    let s = await t.connectNow();
+    const bad = [
+      [0, "e1"],
+      [-1, "e1"],
+      [1.5, "e1"],
+      ["3", "e1"],
+      [null, "e1"],
+      [2 ** 53, "e1"],
+      [1, ""],
+      [1, 5],
+      [1, "x".repeat(129)],
+      [1, undefined],
+    ];
+    bad.forEach(([offset, epoch], i) => {
+      s.receive({ type: "channel", id: `c${i}`, channel: "room", from: "b", data: 0, ts: 1, offset, epoch });
+      s.receive({ type: "broadcast", id: `b${i}`, data: 0, ts: 1, offset, epoch });
+    });
+    s.receive({ type: "channel", id: "nochan", from: "b", data: 0, ts: 1, offset: 1, epoch: "e1" });
+    assert.equal(t.events.channel.length, bad.length + 1);
+    assert.equal(t.events.broadcast.length, bad.length);
+    s = await reconnect(t);
+    assert.equal(resumeOf(s.url), null);
+    assert.equal(t.events.state.at(-1).resuming, undefined);
+    // The longest epoch accepted is 128 characters.
+    s.receive(chf("ok", "room", 1, "y".repeat(128)));
+    s = await reconnect(t);
+    assert.deepEqual(resumeOf(s.url), { channels: { room: { ["y".repeat(128)]: 1 } } });
+  });
+
+  test("a duplicate is dropped, but its position still counts", async () => {
+    const t = track(setup());
+    let s = await t.connectNow();
+    s.receive(chf("a", "room", 1, "e1"));
+    s.receive(chf("a", "room", 7, "e2")); // the same message, sequenced again after a failover
+    s.receive(bcf("b", 2));
+    s.receive(bcf("b", 3));
+    assert.equal(t.events.channel.length, 1);
+    assert.equal(t.events.broadcast.length, 1);
+    s = await reconnect(t);
+    assert.deepEqual(resumeOf(s.url), { channels: { room: { e1: 1, e2: 7 } }, broadcast: { e1: 3 } });
+  });
+
+  test("remembers the resumeChannels most recently active channels", async () => {
+    const t = track(setup({ resumeChannels: 3 }));
+    let s = await t.connectNow();
+    for (const [i, c] of ["a", "b", "c", "d", "b", "e"].entries()) s.receive(chf(`m${i}`, c, i + 1));
+    s = await reconnect(t);
+    assert.deepEqual(resumeOf(s.url), { channels: { d: { e1: 4 }, b: { e1: 5 }, e: { e1: 6 } } });
+    assert.deepEqual(t.events.state.at(-1).resuming.channels, ["e", "b", "d"]);
+
+    const off = track(setup({ resumeChannels: 0 }));
+    s = await off.connectNow();
+    s.receive(chf("c", "room", 1));
+    s.receive(bcf("b", 1));
+    s = await reconnect(off);
+    assert.deepEqual(resumeOf(s.url), { broadcast: { e1: 1 } });
+  });
+
+  test("the resume parameter stays within 6000 characters: most recently active channels first", async () => {
+    const t = track(setup());
+    let s = await t.connectNow();
+    const name = (i) => `room-${String(i).padStart(3, "0")}-${"é".repeat(20)}`;
+    for (let i = 0; i < 300; i++) s.receive(chf(`m${i}`, name(i), i + 1, "n1-k2x9-1"));
+    s.receive(bcf("b", 1, "n1-k2x9-1"));
+    s = await reconnect(t);
+    const encoded = s.url.split("resume=")[1];
+    assert.ok(encoded.length <= 6000, `${encoded.length} characters`);
+    assert.ok(encoded.length > 5000, `the budget is used: ${encoded.length} characters`);
+    const asked = Object.keys(resumeOf(s.url).channels);
+    assert.ok(asked.length > 10 && asked.length < 256, `${asked.length} channels fit`);
+    const newestFirst = Array.from({ length: asked.length }, (_, k) => name(299 - k));
+    assert.deepEqual(new Set(asked), new Set(newestFirst));
+    assert.deepEqual(t.events.state.at(-1).resuming, { channels: newestFirst, broadcast: true });
+    assert.deepEqual(resumeOf(s.url).broadcast, { "n1-k2x9-1": 1 });
+
+    // What did not fit was forgotten: once the asked ones are answered "not recovered", nothing
+    // is left to ask for but the broadcast stream.
+    for (const c of asked) s.receive({ type: "resume", channel: c, recovered: false, reason: "window" });
+    s = await reconnect(t);
+    assert.deepEqual(resumeOf(s.url), { broadcast: { "n1-k2x9-1": 1 } });
+  });
+
+  test("resume frames reach the app; recovered: false forgets that stream only", async () => {
+    const t = track(setup());
+    const order = [];
+    for (const ev of ["channel", "broadcast", "resume"]) t.client.on(ev, (f) => order.push(`${ev}:${f.id ?? f.channel}`));
+    let s = await t.connectNow();
+    s.receive(chf("a3", "a", 3));
+    s.receive(chf("b4", "b", 4));
+    s.receive(bcf("z9", 9));
+    s = await reconnect(t);
+    assert.deepEqual(resumeOf(s.url), { channels: { a: { e1: 3 }, b: { e1: 4 } }, broadcast: { e1: 9 } });
+    s.receive(chf("a4", "a", 4)); // replayed
+    s.receive({ type: "resume", channel: "a", recovered: true, replayed: 1 });
+    s.receive({ type: "resume", channel: "b", recovered: false, reason: "window" });
+    s.receive({ type: "resume", channel: null, broadcast: true, recovered: false, reason: "epoch" });
+    assert.deepEqual(t.events.resume, [
+      { type: "resume", channel: "a", broadcast: false, recovered: true, replayed: 1 },
+      { type: "resume", channel: "b", broadcast: false, recovered: false, reason: "window" },
+      { type: "resume", channel: null, broadcast: true, recovered: false, reason: "epoch" },
+    ]);
+    assert.deepEqual(order.slice(-4), ["channel:a4", "resume:a", "resume:b", "resume:null"]);
+    s = await reconnect(t);
+    assert.deepEqual(resumeOf(s.url), { channels: { a: { e1: 4 } } });
+    // A forgotten stream starts again from its next frame.
+    s.receive(chf("b9", "b", 9, "e2"));
+    s.receive(bcf("z1", 1, "e2"));
+    s = await reconnect(t);
+    assert.deepEqual(resumeOf(s.url), { channels: { a: { e1: 4 }, b: { e2: 9 } }, broadcast: { e2: 1 } });
+  });
+
+  test("a malformed-request answer forgets every position", async () => {
+    const t = track(setup());
+    let s = await t.connectNow();
+    s.receive(chf("a", "a", 1));
+    s.receive(bcf("b", 1));
+    s = await reconnect(t);
+    s.receive({ type: "resume", recovered: false, reason: "malformed" });
+    assert.deepEqual(t.events.resume, [{ type: "resume", channel: null, broadcast: false, recovered: false, reason: "malformed" }]);
+    s = await reconnect(t);
+    assert.equal(resumeOf(s.url), null);
+  });
+
+  test("a resume frame without `recovered` is an error event and changes nothing", async () => {
+    const t = track(setup());
+    let s = await t.connectNow();
+    s.receive(chf("a", "a", 1));
+    s.receive({ type: "resume", channel: "a", reason: "window" });
+    assert.equal(t.events.resume.length, 0);
+    assert.equal(t.events.error.length, 1);
+    assert.equal(t.events.error[0].kind, "frame");
+    s = await reconnect(t);
+    assert.deepEqual(resumeOf(s.url), { channels: { a: { e1: 1 } } });
+  });
+
+  test("positions survive close() and connect(), and a getUrl failure", async () => {
+    let fail = false;
+    let n = 0;
+    const t = track(
+      setup({
+        getUrl: () => {
+          if (fail) throw new Error("backend down");
+          return `ws://node.test/ws?token=t${++n}`;
+        },
+      }),
+    );
+    const s = await t.connectNow();
+    s.receive(chf("a", "a", 1));
+    t.client.close();
+    fail = true;
+    t.client.connect();
+    await t.clock.advance(0);
+    fail = false;
+    await t.clock.advance(MAX);
+    assert.deepEqual(resumeOf(t.last().url), { channels: { a: { e1: 1 } } });
+  });
+
+  test("resume: false neither tracks nor asks", async () => {
+    const t = track(setup({ resume: false }));
+    let s = await t.connectNow();
+    s.receive(chf("a", "a", 1));
+    s.receive(bcf("b", 1));
+    s = await reconnect(t);
+    assert.equal(resumeOf(s.url), null);
+    assert.equal(t.events.state.at(-1).resuming, undefined);
+  });
+});
+
+describe("1012: moved to another node", () => {
+  test("CloseCodes.MOVED is 1012", () => {
+    assert.equal(CloseCodes.MOVED, 1012);
+  });
+
+  test("reconnects at once with a fresh URL and counts no failure", async () => {
+    const t = track(setup());
+    await t.clock.advance(0);
+    t.last().serverClose(1006); // one failure before
+    await t.clock.advance(MAX);
+    const s = t.last();
+    s.open();
+    s.serverClose(1012, "node draining");
+    assert.deepEqual(t.events.state.at(-1), {
+      state: "disconnected",
+      code: 1012,
+      reason: "node draining",
+      willReconnect: true,
+      delay: 0,
+      attempt: 1,
+    });
+    await t.clock.advance(0);
+    assert.equal(t.WS.sockets.length, 3);
+    assert.equal(t.urls.length, 3);
+    t.last().open();
+    assert.deepEqual(t.events.state.at(-1), { state: "connected", attempt: 1 });
+  });
+
+  test("a second 1012 on a short connection backs off; after a stable one it is immediate again", async () => {
+    const t = track(setup({ pingInterval: 0 }));
+    let s = await t.connectNow();
+    s.serverClose(1012);
+    assert.equal(t.events.state.at(-1).delay, 0);
+    await t.clock.advance(0);
+    s = t.last();
+    s.open();
+    await t.clock.advance(100);
+    s.serverClose(1012); // a node closing every newcomer with 1012 must not get a tight loop
+    assert.equal(t.events.state.at(-1).delay, 50);
+    assert.equal(t.events.state.at(-1).attempt, 1);
+    await t.clock.advance(50);
+    s = t.last();
+    s.open();
+    await t.clock.advance(5000); // stableAfter
+    s.serverClose(1012);
+    assert.equal(t.events.state.at(-1).delay, 0);
+    assert.equal(t.events.state.at(-1).attempt, 0);
+  });
+});
+
+describe("Retry-After from getUrl", () => {
+  /** A client whose first getUrl call does `first()`, then succeeds. */
+  function failingOnce(first, extra = {}) {
+    let calls = 0;
+    const t = track(
+      setup({
+        getUrl: () => {
+          calls++;
+          return calls === 1 ? first() : `ws://node.test/ws?token=ok${calls}`;
+        },
+        ...extra,
+      }),
+    );
+    t.calls = () => calls;
+    return t;
+  }
+
+  const cases = [
+    ["an error's retryAfter", () => Promise.reject(Object.assign(new Error("busy"), { retryAfter: 5 })), 5],
+    ["a returned 503 Response", () => new Response(null, { status: 503, headers: { "Retry-After": "7" } }), 7],
+    ["a rejected 429 Response", () => Promise.reject(new Response(null, { status: 429, headers: { "Retry-After": "2" } })), 2],
+    [
+      "an error's 429 response",
+      () => {
+        throw Object.assign(new Error("HTTP 429"), { response: new Response("{}", { status: 429, headers: { "retry-after": " 3 " } }) });
+      },
+      3,
+    ],
+  ];
+  for (const [what, first, seconds] of cases) {
+    test(`${what}: waits that long plus jitter, instead of the backoff`, async () => {
+      const t = failingOnce(first);
+      await t.clock.advance(0);
+      const ev = t.events.state.at(-1);
+      // random() is 0.5 and the spread is min(backoffMax, max(backoffBase, wait)) = 1000 ms.
+      assert.deepEqual(ev, {
+        state: "disconnected",
+        code: undefined,
+        reason: "getUrl failed",
+        willReconnect: true,
+        retryAfter: seconds,
+        delay: seconds * 1000 + 500,
+        attempt: 1,
+      });
+      assert.equal(t.events.error[0].kind, "getUrl");
+      await t.clock.advance(seconds * 1000 + 499);
+      assert.equal(t.calls(), 1, "not asked again before Retry-After plus jitter");
+      await t.clock.advance(1);
+      assert.equal(t.calls(), 2);
+      t.last().open();
+      assert.equal(t.client.state, "connected");
+    });
+  }
+
+  test("an HTTP-date Retry-After counts from now", async () => {
+    const at = new Date(Date.now() + 30_000).toUTCString(); // whole seconds: 29-30 s from now
+    const t = failingOnce(() => new Response(null, { status: 503, headers: { "Retry-After": at } }));
+    await t.clock.advance(0);
+    const { retryAfter, delay } = t.events.state.at(-1);
+    assert.ok(retryAfter > 28 && retryAfter <= 30, `retryAfter ${retryAfter}`);
+    assert.ok(delay >= retryAfter * 1000, `delay ${delay}`);
+  });
+
+  test("a Retry-After of 0 still gets the jitter; a huge one is capped at an hour", async () => {
+    let t = failingOnce(() => Promise.reject({ retryAfter: 0 }));
+    await t.clock.advance(0);
+    assert.equal(t.events.state.at(-1).retryAfter, 0);
+    assert.equal(t.events.state.at(-1).delay, 50);
+    t = failingOnce(() => Promise.reject({ retryAfter: 1e9 }));
+    await t.clock.advance(0);
+    assert.equal(t.events.state.at(-1).retryAfter, 3600);
+    assert.equal(t.events.state.at(-1).delay, 3_600_500);
+  });
+
+  const useless = [
+    ["a 500 with Retry-After", () => new Response(null, { status: 500, headers: { "Retry-After": "9" } })],
+    ["a 503 without Retry-After", () => Promise.reject(new Response(null, { status: 503 }))],
+    ["a Retry-After that is not a time", () => new Response(null, { status: 429, headers: { "Retry-After": "soon" } })],
+    ["retryAfter NaN", () => Promise.reject({ retryAfter: NaN })],
+    ["retryAfter -1", () => Promise.reject({ retryAfter: -1 })],
+    ["retryAfter as a string", () => Promise.reject({ retryAfter: "5" })],
+  ];
+  for (const [what, first] of useless) {
+    test(`${what}: the normal backoff`, async () => {
+      const t = failingOnce(first);
+      await t.clock.advance(0);
+      const ev = t.events.state.at(-1);
+      assert.equal(ev.retryAfter, undefined);
+      assert.equal(ev.delay, 50);
+    });
+  }
+
+  test("it counts as a failed attempt: the next backoff is doubled", async () => {
+    const t = failingOnce(() => Promise.reject({ retryAfter: 1 }));
+    await t.clock.advance(0);
+    await t.clock.advance(t.events.state.at(-1).delay);
+    t.last().onerror({}); // the WebSocket step fails too: no status visible, jittered backoff
+    assert.deepEqual(t.events.state.at(-1), {
+      state: "disconnected",
+      code: 1006,
+      reason: "connection failed",
+      willReconnect: true,
+      delay: 100,
+      attempt: 2,
+    });
   });
 });
 

@@ -16,6 +16,10 @@ import {
   type ImpushClientOptions,
   type MessageFrame,
   type ReceiptStatus,
+  type ResponseLike,
+  type ResumeFrame,
+  type ResumeReason,
+  type Resuming,
   type StateEvent,
   type WebSocketLike,
 } from "impush-client";
@@ -47,6 +51,8 @@ const options: ImpushClientOptions = {
   pongTimeout: 5_000,
   connectTimeout: 10_000,
   dedupeSize: 0,
+  resume: true,
+  resumeChannels: 64,
   random: Math.random,
   timers: { setTimeout, clearTimeout, now: Date.now },
 };
@@ -75,6 +81,25 @@ new ImpushClient({ getUrl: () => "ws://x", backoffBase: "1s" });
 new ImpushClient({ getUrl: () => "ws://x", autoAck: "yes" });
 // @ts-expect-error unknown options are typos
 new ImpushClient({ getUrl: () => "ws://x", pingIntervall: 1 });
+// @ts-expect-error resume is a boolean
+new ImpushClient({ getUrl: () => "ws://x", resume: "yes" });
+// @ts-expect-error resumeChannels is a count
+new ImpushClient({ getUrl: () => "ws://x", resumeChannels: true });
+
+// getUrl may hand back a refused fetch Response (429/503 with Retry-After), or throw one, or an
+// error with `retryAfter` in seconds.
+new ImpushClient({
+  getUrl: async () => {
+    const r = await fetch("/im/connect", { method: "POST" });
+    if (r.status === 429 || r.status === 503) return r;
+    if (!r.ok) throw Object.assign(new Error(`HTTP ${r.status}`), { retryAfter: 5 });
+    return ((await r.json()) as { url: string }).url;
+  },
+});
+const refused: ResponseLike = new Response(null, { status: 503, headers: { "Retry-After": "3" } });
+new ImpushClient({ getUrl: () => refused });
+// @ts-expect-error a response needs headers with get()
+new ImpushClient({ getUrl: () => ({ status: 503 }) });
 
 // ---- events -----------------------------------------------------------------------------------
 
@@ -98,14 +123,48 @@ offMessage();
 im.on("channel", (m: ChannelFrame) => {
   const channel: string = m.channel;
   const t: "channel" = m.type;
-  void [channel, t, m.id, m.from, m.ts, m.data];
+  // Positions are there only when the node keeps history.
+  const offset: number | undefined = m.offset;
+  const epoch: string | undefined = m.epoch;
+  // @ts-expect-error the offset may be missing
+  const sure: number = m.offset;
+  void [channel, t, m.id, m.from, m.ts, m.data, offset, epoch, sure];
 });
 
 im.on("broadcast", (m) => {
   const t: "broadcast" = m.type;
   // @ts-expect-error broadcasts have no sender
   void m.from;
-  void [t, m.id, m.ts, m.data];
+  const offset: number | undefined = m.offset;
+  const epoch: string | undefined = m.epoch;
+  void [t, m.id, m.ts, m.data, offset, epoch];
+});
+
+// Not annotated: the payload type comes from the event map, so a loose map fails below.
+im.on("resume", (r) => {
+  const frame: ResumeFrame = r;
+  const t: "resume" = r.type;
+  const channel: string | null = r.channel;
+  const broadcast: boolean = r.broadcast;
+  // @ts-expect-error replayed exists only when recovered
+  void r.replayed;
+  if (r.recovered) {
+    const replayed: number = r.replayed;
+    // @ts-expect-error replayed is a count
+    const asText: string = r.replayed;
+    // @ts-expect-error a recovered stream has no reason
+    void r.reason;
+    void [replayed, asText];
+  } else {
+    // Known reasons narrow; a newer node's reason is still a string.
+    const reason: string = r.reason;
+    if (r.reason === "window" || r.reason === "not_member") void reason;
+    const known: ResumeReason[] = ["window", "epoch", "future", "not_member", "too_many", "malformed"];
+    void known;
+  }
+  // @ts-expect-error the channel may be null (the broadcast stream)
+  const name: string = r.channel;
+  void [frame, t, channel, broadcast, name];
 });
 
 im.on("receipt", (r) => {
@@ -128,14 +187,35 @@ im.on("state", (s: StateEvent) => {
   const attempt: number = s.attempt;
   switch (s.state) {
     case "connecting":
-    case "connected":
+      // @ts-expect-error only a connected event says what it resumes
+      void s.resuming;
+      break;
+    case "connected": {
       // @ts-expect-error only a disconnect has a close code
       void s.code;
+      const resuming: Resuming | undefined = s.resuming;
+      // @ts-expect-error absent on a fresh connect
+      const always: Resuming = s.resuming;
+      void always;
+      if (resuming) {
+        const channels: string[] = resuming.channels;
+        // @ts-expect-error channel names are strings
+        const numbers: number[] = resuming.channels;
+        void numbers;
+        const broadcast: boolean = resuming.broadcast;
+        void [channels, broadcast];
+      }
       break;
+    }
     case "disconnected": {
       const code: number | undefined = s.code;
       const reason: string = s.reason;
       const delay: number | undefined = s.delay;
+      const retryAfter: number | undefined = s.retryAfter;
+      // @ts-expect-error absent unless getUrl was refused with a wait
+      const wait: number = s.retryAfter;
+      void wait;
+      if (code === CloseCodes.MOVED && s.willReconnect) void retryAfter;
       if (!s.willReconnect && (code === CloseCodes.KICKED || code === CloseCodes.REPLACED)) {
         void reason;
       }
@@ -198,9 +278,10 @@ const state: ConnectionState = minimal.state;
 minimal.state = "connected";
 
 const kicked: 4001 = CloseCodes.KICKED;
+const moved: 1012 = CloseCodes.MOVED;
 // @ts-expect-error CloseCodes is frozen
 CloseCodes.KICKED = 4002;
 
 const made = new ImpushClientError("frame", "frame is not JSON", { frame: "{", cause: new SyntaxError() });
 const name: "ImpushClientError" = made.name;
-void [sent, state, kicked, name];
+void [sent, state, kicked, moved, name];
