@@ -6,9 +6,8 @@
 //! restart (its data stays across a restart, as with a real RabbitMQ). Without them the cases
 //! print SKIPPED (or fail when `IMPUSH_REQUIRE_BROKERS` is set, as in CI).
 //!
-//! Besides the shared suite: a node's inbox across a RabbitMQ restart while the node is down,
-//! and the broker itself (through the registry, as the server builds it) through a stop and a
-//! start, and through a stall longer than its heartbeat.
+//! Besides the shared suite: the broker itself (through the registry, as the server builds it)
+//! through a stop and a start, and through a stall longer than its heartbeat.
 
 #![allow(clippy::unwrap_used)]
 
@@ -22,9 +21,7 @@ use impush_core::SubscribeMode;
 use impush_tests::{
     cluster::{
         brokers::{PrivateBroker, PrivateRabbitMq},
-        clients::{client_on, connect, eventually},
-        harness::{Backend, Cluster, Spec, WAIT},
-        http::{receipts_for, send_n, status},
+        harness::{Backend, WAIT},
     },
     eventually_within,
 };
@@ -43,12 +40,9 @@ fn sections(url: &str) -> String {
 }
 
 fn rabbitmq() -> Backend {
-    Backend::new(
-        "rabbitmq",
-        env!("CARGO_BIN_EXE_impush"),
-        sections,
-        || impush_tests::env_or_skip("IMPUSH_TEST_RABBITMQ_URL"),
-    )
+    Backend::new("rabbitmq", env!("CARGO_BIN_EXE_impush"), sections, || {
+        impush_tests::env_or_skip("IMPUSH_TEST_RABBITMQ_URL")
+    })
     .private(|| PrivateRabbitMq::start(Path::new(SCRIPT)).map(PrivateRabbitMq::boxed))
     // No Redis needed: each node keeps its clients' inboxes in a local file.
     .offline("kind = \"disk\"\npath = \"{dir}/offline-{node}.redb\"")
@@ -56,49 +50,7 @@ fn rabbitmq() -> Backend {
     .refusal_within(Duration::from_secs(3))
 }
 
-impush_tests::cluster_suite!(rabbitmq; private_broker, cluster_presence, broker_proxy);
-
-/// A node's inbox across a RabbitMQ restart: messages for a node that is down wait in its durable
-/// inbox queue as persistent messages, RabbitMQ restarts (keeping its data), and the node,
-/// once back, still gets every one of them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inbox_survives_a_rabbitmq_restart_while_its_node_is_down() {
-    let backend = rabbitmq();
-    let Some(mut rmq) = PrivateRabbitMq::start(Path::new(SCRIPT)) else {
-        return;
-    };
-    let url = rmq.url();
-    let mut cluster = Cluster::start(&backend, &url, &Spec::new(2, "10s"));
-    let h = cluster.helper().await;
-    let (a, b) = (client_on(&h, 0, "a"), client_on(&h, 1, "b"));
-    let mut wa = connect(&h, &a).await;
-    let _wb = connect(&h, &b).await;
-    eventually("both online", || async {
-        h.is_online_many(&[a.clone(), b.clone()])
-            .await
-            .is_ok_and(|v| v == vec![true, true])
-    })
-    .await;
-
-    cluster.kill9(1);
-    let ids = send_n(&cluster, 0, &a, &b, 20).await;
-    tokio::task::block_in_place(|| {
-        rmq.stop();
-        rmq.start();
-    });
-    cluster.assert_running();
-    let ready = cluster.http(0) + "/readyz";
-    eventually("n1 ready again", || {
-        let r = ready.clone();
-        async move { status(r, None).await == 200 }
-    })
-    .await;
-    cluster.restart(1);
-    let statuses = receipts_for(&mut wa, &ids).await;
-    assert!(statuses.iter().all(|s| s == "offline"), "{statuses:?}");
-    cluster.assert_running();
-    drop(cluster); // the nodes go before their broker
-}
+impush_tests::cluster_suite!(rabbitmq; private_broker, durable_broker, cluster_presence, broker_proxy);
 
 /// The broker itself (through the registry, as the server builds it) across a stop and a
 /// start of RabbitMQ: calls fail promptly while it is down; once it is back (with its data)

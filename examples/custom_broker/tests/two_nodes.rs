@@ -96,4 +96,4 @@ fn nats() -> Backend {
     .cleanup(delete_stream)
 }
 
-impush_tests::cluster_suite!(nats; private_broker, cluster_presence, broker_proxy);
+impush_tests::cluster_suite!(nats; private_broker, durable_broker, cluster_presence, broker_proxy);

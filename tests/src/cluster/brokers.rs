@@ -14,7 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::harness::{kill, WAIT};
 use crate::support::{free_addrs, unique_ns};
 
 /// A broker instance owned by one test.
@@ -35,6 +34,17 @@ pub trait PrivateBroker: Send {
     }
 }
 
+/// `kill sig pid`; whether it worked.
+pub(crate) fn kill(sig: &str, pid: u32) -> bool {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// How long a broker may take to listen.
+const START_WITHIN: Duration = Duration::from_secs(15);
+
 /// Says the broker `what` is missing: a failure when `IMPUSH_REQUIRE_BROKERS` is set, a
 /// `SKIPPED` line otherwise.
 fn skip(what: &str) {
@@ -43,6 +53,19 @@ fn skip(what: &str) {
         "{what} (IMPUSH_REQUIRE_BROKERS is set; scripts/brokers.sh install)"
     );
     let _ = writeln!(std::io::stderr(), "SKIPPED: {what}");
+}
+
+/// SIGSTOP to `pid`, remembered in `frozen` so that [`thaw`] sends SIGCONT only once.
+fn freeze(frozen: &mut bool, pid: u32, name: &str) {
+    assert!(kill("-STOP", pid), "kill -STOP {name}");
+    *frozen = true;
+}
+
+/// SIGCONT to `pid` if [`freeze`] stopped it.
+fn thaw(frozen: &mut bool, pid: u32, name: &str) {
+    if std::mem::take(frozen) {
+        assert!(kill("-CONT", pid), "kill -CONT {name}");
+    }
 }
 
 /// A broker server process of one test's own, on a free loopback port, with a directory of its
@@ -128,7 +151,7 @@ impl ProcessBroker {
             Err(e) => panic!("start {}: {e}", self.name),
         };
         self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + START_WITHIN;
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             let exited = self
                 .child
@@ -144,12 +167,6 @@ impl ProcessBroker {
             std::thread::sleep(Duration::from_millis(20));
         }
         true
-    }
-
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            assert!(kill(sig, c.id()), "kill {sig} {}", self.name);
-        }
     }
 }
 
@@ -168,12 +185,12 @@ impl PrivateBroker for ProcessBroker {
         assert!(self.spawn(), "{} starts again", self.name);
     }
     fn stall(&mut self) {
-        self.signal("-STOP");
-        self.frozen = true;
+        let pid = self.child.as_ref().expect("running").id();
+        freeze(&mut self.frozen, pid, self.name);
     }
     fn resume(&mut self) {
-        if std::mem::take(&mut self.frozen) {
-            self.signal("-CONT");
+        if let Some(c) = &self.child {
+            thaw(&mut self.frozen, c.id(), self.name);
         }
     }
     fn keeps_data(&self) -> bool {
@@ -317,11 +334,10 @@ impl PrivateRabbitMq {
         );
     }
 
-    fn signal(&self, sig: &str) {
+    fn pid(&self) -> u32 {
         let pid = std::fs::read_to_string(self.dir.join("rabbitmq/rabbitmq.pid"))
             .expect("RabbitMQ's pid file");
-        let pid = pid.trim().parse().expect("a pid");
-        assert!(kill(sig, pid), "kill {sig} rabbitmq");
+        pid.trim().parse().expect("a pid")
     }
 }
 
@@ -338,12 +354,13 @@ impl PrivateBroker for PrivateRabbitMq {
         self.run("restart");
     }
     fn stall(&mut self) {
-        self.signal("-STOP");
-        self.frozen = true;
+        let pid = self.pid();
+        freeze(&mut self.frozen, pid, "rabbitmq");
     }
     fn resume(&mut self) {
-        if std::mem::take(&mut self.frozen) {
-            self.signal("-CONT");
+        if self.frozen {
+            let pid = self.pid();
+            thaw(&mut self.frozen, pid, "rabbitmq");
         }
     }
     fn keeps_data(&self) -> bool {

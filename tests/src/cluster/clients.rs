@@ -225,6 +225,16 @@ pub async fn events_during(events: &mut EventStream, d: Duration) -> Vec<Event> 
     out
 }
 
+/// Waits until queries say every one of `clients` is online.
+pub async fn wait_online(h: &ImHelper, clients: &[ClientId]) {
+    eventually("online in queries", || async {
+        h.is_online_many(clients)
+            .await
+            .is_ok_and(|v| v.value.iter().all(|online| *online))
+    })
+    .await;
+}
+
 /// Polls `cond` until it holds, failing after [`WAIT`].
 pub async fn eventually<F, Fut>(what: &str, cond: F)
 where

@@ -25,6 +25,8 @@
 //! - the standard group, always: delivery, node kills, restarts and freezes, floods, inboxes
 //!   waiting for their node, a client link reset through a proxy;
 //! - `private_broker`: the broker stalled, frozen and restarted (needs [`Backend::private`]);
+//! - `durable_broker`: what waits in the broker survives its restart (needs a private broker
+//!   whose [`keeps_data`](brokers::PrivateBroker::keeps_data) is true);
 //! - `cluster_presence`: the nodes answer queries (`[presence] kind = "cluster"`);
 //! - `broker_proxy`: a node's broker link through a [`FaultProxy`](crate::proxy::FaultProxy),
 //!   for brokers whose clients use the address in the URL (not Kafka's, whose brokers
@@ -35,6 +37,7 @@
 //!
 //! [`Backend::private`]: harness::Backend::private
 
+mod backend;
 pub mod brokers;
 pub mod cases;
 pub mod clients;
@@ -84,6 +87,11 @@ macro_rules! __cluster_group {
             silent_node_gives_partial_answers_then_goes_offline,
         );
     };
+    (durable_broker $backend:path) => {
+        $crate::__cluster_cases!($backend;
+            inbox_survives_a_broker_restart_while_its_node_is_down,
+        );
+    };
     (broker_proxy $backend:path) => {
         $crate::__cluster_cases!($backend;
             paused_broker_link_holds_delivery_until_healed,
@@ -93,7 +101,7 @@ macro_rules! __cluster_group {
         ::std::compile_error!(::std::concat!(
             "cluster_suite!: no case group `",
             ::std::stringify!($other),
-            "` (groups: private_broker, cluster_presence, broker_proxy)"
+            "` (groups: private_broker, durable_broker, cluster_presence, broker_proxy)"
         ));
     };
 }

@@ -13,11 +13,13 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cluster::{
+    brokers::PrivateBroker,
     clients::{
         client_on, connect, connect_when_up, eventually, next_json, next_json_within, read_ids,
+        wait_online,
     },
     harness::{Backend, Cluster, Spec},
-    http::{post, receipts_for, send_n},
+    http::{post, receipts_for, send_n, status},
 };
 
 /// A flood of messages with receipts while the receiver's node is killed and restarted: every
@@ -33,12 +35,7 @@ pub async fn flood_with_receipts_survives_a_receiver_node_kill(backend: &Backend
     let (s, r) = (client_on(&h, 0, "sender"), client_on(&h, 1, "receiver"));
     let mut ws_s = connect(&h, &s).await;
     let ws_r = connect(&h, &r).await;
-    eventually("both online", || async {
-        h.is_online_many(&[s.clone(), r.clone()])
-            .await
-            .is_ok_and(|v| v == vec![true, true])
-    })
-    .await;
+    wait_online(&h, &[s.clone(), r.clone()]).await;
 
     // The receiver's first socket: read until it dies with its node.
     let first_socket = tokio::spawn(read_ids(ws_r));
@@ -156,17 +153,39 @@ pub async fn inbox_waits_for_its_node_across_a_kill_and_restart(backend: &Backen
     let Some(url) = backend.shared_url() else {
         return;
     };
-    let mut cluster = Cluster::start(backend, &url, &Spec::new(2, "10s"));
+    inbox_waits_for_its_node(backend, &url, None).await;
+}
+
+/// The same across a restart of a broker that keeps its data (durable queues, persistent
+/// messages): what waits for a node that is down survives the broker's restart, and the node,
+/// once back, still gets every one of them.
+pub async fn inbox_survives_a_broker_restart_while_its_node_is_down(backend: &Backend) {
+    let Some(mut broker) = backend.start_private() else {
+        return;
+    };
+    assert!(
+        broker.keeps_data(),
+        "[{}] the durable_broker cases need a private broker that keeps its data",
+        backend.name()
+    );
+    let url = broker.url();
+    inbox_waits_for_its_node(backend, &url, Some(&mut *broker)).await;
+}
+
+/// Kills node 2, sends 20 messages to its client, restarts `broker` if given, restarts node 2,
+/// and checks that each message was handled (`offline` receipts) and that live delivery
+/// resumes.
+async fn inbox_waits_for_its_node(
+    backend: &Backend,
+    url: &str,
+    broker: Option<&mut dyn PrivateBroker>,
+) {
+    let mut cluster = Cluster::start(backend, url, &Spec::new(2, "10s"));
     let h = cluster.helper().await;
     let (a, b) = (client_on(&h, 0, "a"), client_on(&h, 1, "b"));
     let mut wa = connect(&h, &a).await;
     let _wb = connect(&h, &b).await;
-    eventually("both online", || async {
-        h.is_online_many(&[a.clone(), b.clone()])
-            .await
-            .is_ok_and(|v| v == vec![true, true])
-    })
-    .await;
+    wait_online(&h, &[a.clone(), b.clone()]).await;
 
     cluster.kill9(1);
     let ids = send_n(&cluster, 0, &a, &b, 20).await;
@@ -177,6 +196,19 @@ pub async fn inbox_waits_for_its_node_across_a_kill_and_restart(backend: &Backen
             .is_none(),
         "a receipt while the receiver's node is down"
     );
+    if let Some(broker) = broker {
+        tokio::task::block_in_place(|| {
+            broker.stop();
+            broker.start();
+        });
+        cluster.assert_running();
+        let ready = cluster.http(0) + "/readyz";
+        eventually("n1 ready again", || {
+            let r = ready.clone();
+            async move { status(r, None).await == 200 }
+        })
+        .await;
+    }
     cluster.restart(1);
     let statuses = receipts_for(&mut wa, &ids).await;
     assert!(statuses.iter().all(|s| s == "offline"), "{statuses:?}");
@@ -191,6 +223,7 @@ pub async fn inbox_waits_for_its_node_across_a_kill_and_restart(backend: &Backen
         .unwrap();
     assert_eq!(next_json(&mut wb).await["data"], "live again");
     cluster.assert_running();
+    drop(cluster); // the nodes go before their broker
 }
 
 /// Sends `n` messages from `s` to `r` through node 1's HTTP API, killing `r`'s node (node 2)

@@ -13,7 +13,7 @@ use crate::{
     cluster::{
         clients::{
             client_on, connect, connect_via, eventually, next_json, next_json_within, url_addr,
-            wait_event, with_addr,
+            wait_event, wait_online, with_addr,
         },
         harness::{Backend, Cluster, Spec},
     },
@@ -92,12 +92,7 @@ pub async fn paused_broker_link_holds_delivery_until_healed(backend: &Backend) {
     let (a, b) = (client_on(&h, 0, "a"), client_on(&h, 1, "b"));
     let _wa = connect(&h, &a).await;
     let mut wb = connect(&h, &b).await;
-    eventually("both online", || async {
-        h.is_online_many(&[a.clone(), b.clone()])
-            .await
-            .is_ok_and(|v| v == vec![true, true])
-    })
-    .await;
+    wait_online(&h, &[a.clone(), b.clone()]).await;
     h.send_message(&a, std::slice::from_ref(&b), &"before", false)
         .await
         .unwrap();

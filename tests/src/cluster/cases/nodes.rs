@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::cluster::{
     clients::{
         client_on, connect, connect_when_up, events_during, eventually, next_json, wait_event,
+        wait_online,
     },
     harness::{Backend, Cluster, Spec},
     http::get_json,
@@ -154,12 +155,7 @@ pub async fn frozen_node_is_declared_dead_then_announces_itself_again(backend: &
     let _wa = connect(&h, &a).await;
     let mut wb = connect(&h, &b).await;
     let room: ChannelName = "together".parse().unwrap();
-    eventually("both online", || async {
-        h.is_online_many(&[a.clone(), b.clone()])
-            .await
-            .is_ok_and(|v| v == vec![true, true])
-    })
-    .await;
+    wait_online(&h, &[a.clone(), b.clone()]).await;
     h.join_channel(&room, &[a.clone(), b.clone()])
         .await
         .unwrap();
@@ -218,12 +214,7 @@ pub async fn silent_node_gives_partial_answers_then_goes_offline(backend: &Backe
     let _wa = connect(&h, &a).await;
     let _wc = connect(&h, &c).await;
     let room: ChannelName = "partial".parse().unwrap();
-    eventually("both online", || async {
-        h.is_online_many(&[a.clone(), c.clone()])
-            .await
-            .is_ok_and(|v| v.value == vec![true, true])
-    })
-    .await;
+    wait_online(&h, &[a.clone(), c.clone()]).await;
     h.join_channel(&room, &[a.clone(), c.clone()])
         .await
         .unwrap();
