@@ -154,6 +154,21 @@ impl Cluster {
         self.pick(client, &|s| s == NodeStatus::Live)
     }
 
+    /// The live node that numbers the publications of stream `key` (a channel name, or the
+    /// broadcast stream's key): its owner as if it were a client (`docs/design.md` section 15).
+    pub fn stream_owner(&self, key: &str) -> &NodeEntry {
+        // Channel names need not be valid client ids: place a fixed-size digest of the name.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        match ClientId::new(format!("#stream-{h:016x}")) {
+            Ok(c) => self.owner(&c),
+            Err(_) => &self.nodes[0],
+        }
+    }
+
     /// Where `client` belongs when every node is live (the partitioner over the whole list).
     pub fn home(&self, client: &ClientId) -> &NodeEntry {
         let i = self.partitioner.node_for(client, &self.ids);

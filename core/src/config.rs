@@ -269,12 +269,61 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[history]`: what nodes keep of channel and broadcast streams so a reconnecting client
+/// resumes where it left off (`docs/design.md` section 15). Nodes and helpers read it: with
+/// history, a publication goes to its stream's sequencer (a node) to be numbered first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Publications kept per channel (and for the broadcast stream); `0` keeps none and
+    /// publishes without positions, as before (default 100).
+    pub size: usize,
+    /// How long a publication is kept (default `5m`).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Bytes of kept frames per node, all streams together; the oldest go first beyond it
+    /// (default 64 MiB).
+    pub max_bytes: usize,
+}
+
+impl HistoryConfig {
+    /// Whether publications are numbered and kept.
+    pub fn enabled(&self) -> bool {
+        self.size > 0
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 100,
+            ttl: Duration::from_secs(300),
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 /// `[channels]`: channel membership policy.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
-    /// Keep a client's memberships after its last connection closes (default: they end then).
+    /// Keep a client's memberships after its last connection closes, until it leaves
+    /// (default: they end `linger` after it).
     pub persist: bool,
+    /// Without `persist`, how long a client whose last connection closed keeps its
+    /// memberships: one that reconnects within it (a dropped link) is still in its channels and
+    /// can resume them (`docs/design.md` section 15). `0s` ends them at once (default `60s`).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        Self {
+            persist: false,
+            linger: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Figment over an optional TOML file and the `IMPUSH_` environment, restricted to `sections`.

@@ -100,6 +100,34 @@ pub struct Deliver {
     pub receipt: bool,
 }
 
+/// Where a channel or broadcast publication sits in its stream (`docs/design.md` section 15):
+/// `offset` grows by one per publication within an `epoch`; the epoch names the sequencer
+/// run that numbered it and changes when another one takes over (a new epoch starts at 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The publication's number in its epoch, from 1.
+    pub offset: u64,
+    /// The epoch, an opaque string.
+    pub epoch: String,
+}
+
+/// A channel or broadcast publication on its way to its stream's sequencer (the live owner
+/// of the stream, see `Cluster::stream_owner`), which numbers it and publishes it on
+/// `{prefix}.all`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publication {
+    /// Message id.
+    pub id: MessageId,
+    /// The channel, or `None` for a broadcast.
+    pub channel: Option<ChannelName>,
+    /// Sender client id (channel messages only).
+    pub from: Option<ClientId>,
+    /// Business payload.
+    pub data: Box<RawValue>,
+    /// Publish time, unix milliseconds.
+    pub ts: u64,
+}
+
 /// Commands addressed to one node, published on its inbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -123,6 +151,9 @@ pub enum NodeCommand {
         /// The client to disconnect.
         client: ClientId,
     },
+    /// Number a channel or broadcast publication and publish it to every node (this node is
+    /// its stream's sequencer).
+    Publish(Publication),
 }
 
 /// Commands every node acts on, published on `{prefix}.all`.
@@ -141,6 +172,9 @@ pub enum ClusterCommand {
         data: Box<RawValue>,
         /// Publish time, unix milliseconds.
         ts: u64,
+        /// Its place in the channel's stream, when history is kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pos: Option<Position>,
     },
     /// A message for every connected client.
     Broadcast {
@@ -150,6 +184,9 @@ pub enum ClusterCommand {
         data: Box<RawValue>,
         /// Publish time, unix milliseconds.
         ts: u64,
+        /// Its place in the broadcast stream, when history is kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pos: Option<Position>,
     },
     /// Clients joined a channel (already recorded in the presence store).
     Joined {

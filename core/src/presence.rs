@@ -222,6 +222,11 @@ pub trait PresenceStore: Send + Sync + Debug + 'static {
     /// Every online client, sorted.
     async fn online_clients(&self) -> Result<Answer<Vec<ClientId>>>;
 
+    /// If `client` has no connection, removes it from all its channels, in one step; returns
+    /// whether it did. What ends the memberships of a client that did not come back within
+    /// `[channels] linger` (`docs/design.md` section 15: a reconnecting client keeps its rooms).
+    async fn leave_all_if_offline(&self, client: &ClientId) -> Result<bool>;
+
     /// Adds `clients` to `channel` (idempotent).
     async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()>;
 
@@ -288,6 +293,9 @@ macro_rules! forward_presence {
             }
             async fn online_clients(&self) -> Result<Answer<Vec<ClientId>>> {
                 (**self).online_clients().await
+            }
+            async fn leave_all_if_offline(&self, c: &ClientId) -> Result<bool> {
+                (**self).leave_all_if_offline(c).await
             }
             async fn join_channel(&self, ch: &ChannelName, c: &[ClientId]) -> Result<()> {
                 (**self).join_channel(ch, c).await

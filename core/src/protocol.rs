@@ -45,6 +45,12 @@ pub enum ServerFrame<'a> {
         data: &'a RawValue,
         /// Publish time, unix milliseconds.
         ts: u64,
+        /// Its number in the channel's stream (with `epoch`), when the node keeps history.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// The stream's epoch.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
     },
     /// A broadcast to everyone.
     Broadcast {
@@ -54,6 +60,30 @@ pub enum ServerFrame<'a> {
         data: &'a RawValue,
         /// Publish time, unix milliseconds.
         ts: u64,
+        /// Its number in the broadcast stream (with `epoch`), when the node keeps history.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// The stream's epoch.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+    },
+    /// How a resume request went for one stream (`docs/design.md` section 15): sent after the
+    /// stream's replayed frames, or alone when it could not be recovered.
+    Resume {
+        /// The channel, `None` for the broadcast stream or a request that could not be read.
+        channel: Option<&'a ChannelName>,
+        /// Set for the broadcast stream.
+        #[serde(skip_serializing_if = "is_false")]
+        broadcast: bool,
+        /// Whether every missed publication was replayed.
+        recovered: bool,
+        /// How many publications were replayed (when recovered).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replayed: Option<usize>,
+        /// Why not (when not recovered): `window`, `epoch`, `future`, `not_member`, `too_many`,
+        /// `malformed`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
     },
     /// A delivery receipt for a message this client sent: one status for all the receivers a
     /// node settled together.

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use impush_brokers::Section;
 use impush_core::{
-    config::{AuthConfig, ClusterConfig, LimitsConfig},
+    config::{AuthConfig, ClusterConfig, HistoryConfig, LimitsConfig},
     Result,
 };
 use serde::Deserialize;
@@ -24,9 +24,12 @@ pub struct HelperConfig {
     pub presence: Section,
     /// `[limits]`: `max_metadata_bytes` applies.
     pub limits: LimitsConfig,
+    /// `[history]`: with history (the default), channel messages and broadcasts go to their
+    /// stream's sequencer node to be numbered first; the same section the nodes read.
+    pub history: HistoryConfig,
 }
 
-const SECTIONS: &[&str] = &["cluster", "auth", "broker", "presence", "limits"];
+const SECTIONS: &[&str] = &["cluster", "auth", "broker", "presence", "limits", "history"];
 
 impl HelperConfig {
     /// Loads the helper's sections from `file` (if any) and `IMPUSH_*` environment overrides.

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use futures_util::{stream::BoxStream, StreamExt};
 use impush_brokers::BackendContext;
 use impush_core::{
-    envelope::{self, ClusterCommand, Deliver, NodeCommand},
+    envelope::{self, ClusterCommand, Deliver, NodeCommand, Publication},
     token::TokenSigner,
     ChannelInfo, ChannelName, ClientId, Cluster, Event, MessageId, NodeId, PresenceStore,
     SubscribeMode, Topics,
@@ -74,6 +74,9 @@ pub struct HelperParts {
     pub presence: Arc<dyn PresenceStore>,
     /// Topic prefix (`broker.prefix`).
     pub prefix: String,
+    /// Whether the cluster keeps channel history (`[history] size > 0`): publications then
+    /// go to their stream's sequencer node to be numbered (`docs/design.md` section 15).
+    pub history: bool,
 }
 
 /// Builds an [`ImHelper`] from configuration and a backend registry.
@@ -139,6 +142,7 @@ impl HelperBuilder {
             broker,
             presence,
             prefix: ctx.prefix,
+            history: config.history.enabled(),
         });
         helper.follow = Some(Arc::new(AbortOnDrop(follow)));
         Ok(helper)
@@ -468,15 +472,36 @@ impl ImHelper {
         data: Box<RawValue>,
     ) -> Result<MessageId> {
         let id = MessageId::generate();
+        let ts = envelope::now_ms();
+        if self.inner.history {
+            let p = Publication {
+                id: id.clone(),
+                channel: Some(channel.clone()),
+                from: Some(from.clone()),
+                data,
+                ts,
+            };
+            self.publish_to_sequencer(channel.as_str(), p).await?;
+            return Ok(id);
+        }
         let cmd = ClusterCommand::Channel {
             id: id.clone(),
             channel: channel.clone(),
             from: from.clone(),
             data,
-            ts: envelope::now_ms(),
+            ts,
+            pos: None,
         };
         self.publish(self.topics.all(), &cmd).await?;
         Ok(id)
+    }
+
+    /// Publishes `p` to the inbox of its stream's sequencer (the stream's live owner), which
+    /// numbers it and publishes it to every node.
+    async fn publish_to_sequencer(&self, key: &str, p: Publication) -> Result<()> {
+        let owner = &self.inner.cluster.stream_owner(key).id;
+        let topic = self.topics.inbox(owner);
+        self.publish(&topic, &NodeCommand::Publish(p)).await
     }
 
     /// Sends `data` to every connected client (FreeIM `SendBroadcastMessage`).
@@ -493,10 +518,24 @@ impl ImHelper {
     /// Broker errors.
     pub async fn broadcast_raw(&self, data: Box<RawValue>) -> Result<MessageId> {
         let id = MessageId::generate();
+        let ts = envelope::now_ms();
+        if self.inner.history {
+            let p = Publication {
+                id: id.clone(),
+                channel: None,
+                from: None,
+                data,
+                ts,
+            };
+            // The broadcast stream's key, as the node spells it (`StreamKey::placement`).
+            self.publish_to_sequencer(" broadcast", p).await?;
+            return Ok(id);
+        }
         let cmd = ClusterCommand::Broadcast {
             id: id.clone(),
             data,
-            ts: envelope::now_ms(),
+            ts,
+            pos: None,
         };
         self.publish(self.topics.all(), &cmd).await?;
         Ok(id)

@@ -4,7 +4,7 @@ use std::{path::Path, time::Duration};
 
 use impush_brokers::Section;
 use impush_core::{
-    config::{AuthConfig, ChannelsConfig, ClusterConfig, LimitsConfig, NodeConfig},
+    config::{AuthConfig, ChannelsConfig, ClusterConfig, HistoryConfig, LimitsConfig, NodeConfig},
     Error, InboxLimits, Result,
 };
 use impush_helper::HelperConfig;
@@ -90,10 +90,12 @@ pub struct Config {
     pub channels: ChannelsConfig,
     /// `[offline]`.
     pub offline: OfflineConfig,
+    /// `[history]`: channel and broadcast history for resume (`docs/design.md` section 15).
+    pub history: HistoryConfig,
 }
 
 const SECTIONS: &[&str] = &[
-    "node", "cluster", "auth", "broker", "presence", "limits", "channels", "offline",
+    "node", "cluster", "auth", "broker", "presence", "limits", "channels", "offline", "history",
 ];
 
 impl Config {
@@ -197,6 +199,7 @@ impl Config {
             broker: self.broker.clone(),
             presence: self.presence.clone(),
             limits: self.limits.clone(),
+            history: self.history.clone(),
         }
     }
 }
@@ -222,6 +225,14 @@ fn check_bounds(c: &Config) -> Result<()> {
         ("limits.keep_alive_timeout", l.keep_alive_timeout, false),
         ("limits.request_body_timeout", l.request_body_timeout, false),
         ("limits.event_group_idle", l.event_group_idle, false),
+        ("cluster.drain_period", c.cluster.drain_period, false),
+        (
+            "cluster.rebalance_period",
+            c.cluster.rebalance_period,
+            false,
+        ),
+        ("cluster.move_grace", c.cluster.move_grace, false),
+        ("history.ttl", c.history.ttl, false),
     ] {
         if d.is_zero() && !zero_ok {
             return bad(key, "must be greater than zero");
@@ -240,6 +251,8 @@ fn check_bounds(c: &Config) -> Result<()> {
         ("limits.max_clients_per_join", l.max_clients_per_join),
         ("limits.inbound_rate", l.inbound_rate as usize),
         ("limits.inbound_burst", l.inbound_burst as usize),
+        ("limits.max_unacked", l.max_unacked),
+        ("history.max_bytes", c.history.max_bytes),
     ] {
         if v == 0 {
             return bad(key, "must be greater than zero");

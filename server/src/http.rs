@@ -24,6 +24,7 @@ use crate::{
     api,
     app::{error, App},
     metrics::Metrics,
+    node::ResumeRequest,
     throttle::Refused,
 };
 
@@ -67,6 +68,8 @@ const READ_BUFFER: usize = 1024;
 #[derive(Debug, Deserialize)]
 struct WsQuery {
     token: Option<String>,
+    /// What a reconnecting client saw of its streams (`docs/design.md` section 15).
+    resume: Option<String>,
 }
 
 /// Whether a WebSocket upgrade may come from the `Origin` in `headers`: any when
@@ -152,7 +155,11 @@ async fn ws(
             "this Origin is not in limits.allowed_origins",
         );
     }
-    let token = query.ok().and_then(|q| q.0.token);
+    let (token, resume) = match query {
+        Ok(Query(q)) => (q.token, q.resume),
+        Err(_) => (None, None),
+    };
+    let resume = resume.map(|r| ResumeRequest::parse(&r));
     let claims = match token {
         None => Err(TokenError::Missing),
         Some(t) => app.nonces.verify(&app.signer, &t, now_ms()),
@@ -192,6 +199,7 @@ async fn ws(
                 socket,
                 claims.client,
                 claims.metadata,
+                resume,
                 shutdown,
             ))
         })

@@ -31,6 +31,7 @@ mod registry;
 mod server;
 mod session;
 mod settle;
+mod stream;
 mod throttle;
 
 pub use api::api_routes;

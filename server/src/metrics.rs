@@ -76,6 +76,8 @@ pub struct Metrics {
     pub(crate) unacked_requeued: AtomicU64,
     /// Connections closed with 1012 to move their client (drain, return home).
     pub(crate) moved: AtomicU64,
+    /// Streams reconnecting clients resumed without a gap (0), and those they could not (1).
+    pub(crate) resumes: [AtomicU64; 2],
     /// Commands of a dead node's inbox re-routed by this node.
     pub(crate) taken_over: AtomicU64,
     /// WebSocket connects refused by `limits.connect_rate` (node) and `connect_rate_per_ip`.
@@ -113,6 +115,11 @@ impl Metrics {
     /// A connect refused by `limits.connect_rate` (`per_ip` false) or `connect_rate_per_ip`.
     pub(crate) fn connect_throttled(&self, per_ip: bool) {
         Self::bump(&self.connects_throttled[usize::from(per_ip)]);
+    }
+
+    /// A stream a reconnecting client asked to resume: recovered, or told why not.
+    pub(crate) fn resumed(&self, recovered: bool) {
+        Self::bump(&self.resumes[usize::from(!recovered)]);
     }
 
     /// A connection reached `limits.max_unacked`: its writes wait for acks.
@@ -360,6 +367,13 @@ impl Metrics {
             "Written messages whose sockets all closed before the client acked them; they wait \
              in the offline inbox and are pushed again (redelivered) on the next connection.",
             &[(None, load(&self.unacked_requeued).to_string())],
+        );
+        family(
+            "impush_resumes_total",
+            "counter",
+            "Streams reconnecting clients asked to resume, by outcome (recovered: every missed \
+             publication replayed; failed: told recovered:false).",
+            &labelled("outcome", &["recovered", "failed"], &self.resumes),
         );
         family(
             "impush_moved_total",

@@ -201,6 +201,14 @@ impl Registry {
             .collect()
     }
 
+    /// Whether `client` (local) is a member of `channel` in the local index.
+    pub(crate) fn is_member(&self, channel: &ChannelName, client: &ClientId) -> bool {
+        read(&self.channels)
+            .members
+            .get(channel)
+            .is_some_and(|m| m.contains(client))
+    }
+
     /// Whether `client` has a connection here.
     pub(crate) fn is_local(&self, client: &ClientId) -> bool {
         read(&self.clients).contains_key(client)

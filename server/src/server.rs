@@ -200,7 +200,7 @@ impl ImServerBuilder {
         )?;
         let topics = Topics::new(&ctx.prefix);
 
-        let (node, inboxes) = Node::new(NodeParts {
+        let (node, inboxes, lanes) = Node::new(NodeParts {
             id: config.node.id.clone(),
             cluster: cluster.clone(),
             topics,
@@ -208,8 +208,10 @@ impl ImServerBuilder {
             presence: presence.clone(),
             limits: config.limits.clone(),
             persist_channels: config.channels.persist,
+            linger: config.channels.linger,
             metrics: Arc::new(Metrics::default()),
             cluster_config: config.cluster.clone(),
+            history: config.history.clone(),
             offline: offline.map(|store| OfflineInbox {
                 store,
                 require_ack: config.offline.require_ack,
@@ -219,13 +221,14 @@ impl ImServerBuilder {
         // Connections left by an earlier run of this node that died without a goodbye: the
         // business hears they are gone before this run accepts anything.
         let stale = presence
-            .clear_node(&config.node.id, !config.channels.persist)
+            .clear_node(&config.node.id, node.clear_channels_now())
             .await?;
         if !stale.is_empty() {
             tracing::warn!(
                 connections = stale.len(),
                 "clearing connections left by a previous run of this node"
             );
+            node.linger(Node::gone_clients(&stale));
             node.announce_dropped(stale).await;
         }
         // Subscribe before accepting anything, so nothing published after `start` returns is missed.
@@ -242,6 +245,9 @@ impl ImServerBuilder {
                 .run_upkeep(config.cluster.node_lease, shutdown.clone()),
         );
         loops.spawn(node.clone().run_receipts(inboxes, receipts_stop.clone()));
+        if let Some(lanes) = lanes {
+            node.run_lanes(lanes, &shutdown, &loops);
+        }
 
         let helper = ImHelper::new(HelperParts {
             cluster,
@@ -249,6 +255,7 @@ impl ImServerBuilder {
             broker,
             presence,
             prefix: ctx.prefix.clone(),
+            history: config.history.enabled(),
         });
         let event_groups = EventGroups::new(
             config.limits.max_event_groups,
@@ -417,6 +424,7 @@ impl ImServer {
         let node = &self.app.node;
         // Best effort: if the store is unreachable now, the node's lease runs out and live
         // nodes (or this one, restarted) clean up instead.
+        let _ = tokio::time::timeout(grace, node.end_lingering()).await;
         if let Err(e) = node
             .presence
             .clear_node(&node.id, !node.persist_channels)

@@ -109,6 +109,7 @@ macro_rules! presence_conformance {
             presence_expired_lease_is_known_until_reaped,
             presence_leases_expire_and_reap_drops_connections,
             presence_live_nodes_follow_leases_and_states,
+            presence_leave_all_if_offline_spares_online_clients,
         );
     };
 }

@@ -224,6 +224,9 @@ impl PresenceStore for Adapter {
     async fn online_clients(&self) -> Result<Answer<Vec<ClientId>>> {
         self.reader.online_clients().await
     }
+    async fn leave_all_if_offline(&self, c: &ClientId) -> Result<bool> {
+        self.reader.leave_all_if_offline(c).await
+    }
     async fn join_channel(&self, ch: &ChannelName, c: &[ClientId]) -> Result<()> {
         self.reader.join_channel(ch, c).await
     }

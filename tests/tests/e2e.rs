@@ -678,7 +678,9 @@ async fn receipt_status_enum_round_trips() {
 }
 
 /// Sends a broadcast `marker` after whatever was published before it on `.all`, so a socket's
-/// next frames can be checked without waiting out a silence: `.all` keeps one publisher's order.
+/// next frames can be checked without waiting out a silence: `.all` keeps one publisher's order
+/// (with `[history] size = 0`: with history each stream is numbered by its own sequencer, and
+/// only a stream's own order is kept, so the clusters of these tests keep none).
 async fn broadcast_marker(h: &impush_helper::ImHelper, marker: &str) {
     h.broadcast(&json!({ "marker": marker })).await.unwrap();
 }
@@ -706,7 +708,7 @@ fn one_per_node(h: &impush_helper::ImHelper) -> [String; 2] {
 
 #[tokio::test]
 async fn clear_channel_removes_every_member_on_every_node() {
-    let nodes = start_cluster(2, |_| {}).await;
+    let nodes = start_cluster(2, |c| c.history.size = 0).await;
     // The helper of n2 clears what n1's helper set up: membership is cluster-wide.
     let (h1, h2) = (nodes[0].helper(), nodes[1].helper());
     let [a, b] = one_per_node(&h1);
@@ -809,7 +811,7 @@ async fn clearing_a_big_channel_publishes_bounded_membership_changes() {
 
 #[tokio::test]
 async fn leave_channels_removes_one_client_from_several() {
-    let nodes = start_cluster(2, |_| {}).await;
+    let nodes = start_cluster(2, |c| c.history.size = 0).await;
     let h = nodes[0].helper();
     let [a, b] = one_per_node(&h);
     let mut ca = Client::connect(&h, &a, 1).await;

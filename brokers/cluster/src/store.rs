@@ -271,6 +271,28 @@ impl PresenceStore for ClusterPresence {
         Ok(Answer { value, missing })
     }
 
+    async fn leave_all_if_offline(&self, client: &ClientId) -> Result<bool> {
+        let owner = self.exchange.machine().memberships_owner(client);
+        let g = self
+            .exchange
+            .ask(
+                Some(&owner),
+                Query::LeaveIfOffline {
+                    client: client.clone(),
+                },
+            )
+            .await?;
+        if !g.missing.is_empty() {
+            return Err(Error::Unavailable {
+                backend: "cluster presence",
+                source: Some(format!("node {owner} did not answer").into()),
+            });
+        }
+        Ok(g.replies
+            .iter()
+            .any(|(_, r)| matches!(r, Reply::Left { left: true })))
+    }
+
     async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
         if clients.is_empty() {
             return Ok(());

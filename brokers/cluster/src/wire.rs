@@ -89,6 +89,9 @@ pub(crate) enum Query {
     ChannelCounts,
     /// The channels of `client` (owned by the node).
     ClientChannels { client: ClientId },
+    /// If `client` (owned by the node) has no connection in the node's view, its memberships
+    /// end; answered with whether they did.
+    LeaveIfOffline { client: ClientId },
     /// What the answering node's view holds for `node` (a restarted node asks what it lost).
     ConnectionsOf { node: NodeId },
     /// Publish your `NodeState` (a view of you drifted or is being built).
@@ -111,5 +114,8 @@ pub(crate) enum Reply {
     },
     Connections {
         connections: Vec<(ClientId, ConnectionId)>,
+    },
+    Left {
+        left: bool,
     },
 }

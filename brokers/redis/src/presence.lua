@@ -71,6 +71,15 @@ elseif op == 'disconnect' then
   end
   return left
 
+elseif op == 'leave_if_offline' then
+  -- ARGV[3] client; returns 1 if it had no connection (and left its channels)
+  local client = ARGV[3]
+  if redis.call('HLEN', p .. ':conns:' .. client) > 0 then return 0 end
+  local had = redis.call('SCARD', p .. ':cchans:' .. client)
+  leave_all(client)
+  if had > 0 then return 1 end
+  return 0
+
 elseif op == 'clear_node' then
   return drop_node(ARGV[3], ARGV[4])
 

@@ -286,6 +286,13 @@ impl PresenceStore for RedisPresenceStore {
         parse_sorted("online_clients", items).map(Answer::complete)
     }
 
+    async fn leave_all_if_offline(&self, client: &ClientId) -> Result<bool> {
+        let left: i64 = self
+            .run_as("leave_if_offline", vec![client.to_string()])
+            .await?;
+        Ok(left == 1)
+    }
+
     async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
         if clients.is_empty() {
             return Ok(());

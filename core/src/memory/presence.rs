@@ -280,6 +280,15 @@ impl PresenceStore for MemoryPresenceStore {
         Ok(Answer::complete(v))
     }
 
+    async fn leave_all_if_offline(&self, client: &ClientId) -> Result<bool> {
+        let mut s = self.lock()?;
+        if s.is_online(client) || !s.clients.contains_key(client) {
+            return Ok(false);
+        }
+        s.after_offline(client, true);
+        Ok(true)
+    }
+
     async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
         let mut s = self.lock()?;
         for c in clients {

@@ -8,11 +8,12 @@ use impush_core::{
     Acker, ClientId,
 };
 
-use super::Node;
+use super::{history, Node};
 use crate::{
     metrics::{Metrics, OutKind},
     session::Outgoing,
     settle::{Settlement, Tracked},
+    stream::StreamKey,
 };
 
 impl Node {
@@ -63,43 +64,44 @@ impl Node {
 
     /// A command every node acts on, applied to local connections only.
     pub(super) fn on_cluster_command(&self, cmd: ClusterCommand) {
-        match cmd {
-            ClusterCommand::Channel {
-                id,
-                channel,
-                from,
-                data,
-                ts,
-            } => {
-                let frame: Utf8Bytes = ServerFrame::Channel {
-                    id: &id,
-                    channel: &channel,
-                    from: &from,
-                    data: &data,
-                    ts,
+        let frame = history::frame_of(&cmd);
+        match (cmd, frame) {
+            (ClusterCommand::Channel { channel, pos, .. }, Some(frame)) => {
+                let key = StreamKey::Channel(channel);
+                let deliver = || {
+                    let StreamKey::Channel(channel) = &key else {
+                        return;
+                    };
+                    let n = self.registry.for_channel(channel, |s| {
+                        s.push_stream(&key, Outgoing::plain(frame.clone()));
+                    });
+                    self.metrics.out(OutKind::Channel, n as u64);
+                };
+                match &pos {
+                    Some(pos) => self.deliver_numbered(&key, pos, &frame, deliver),
+                    None => deliver(),
                 }
-                .to_json()
-                .into();
-                let n = self.registry.for_channel(&channel, |s| {
-                    s.push(Outgoing::plain(frame.clone()));
-                });
-                self.metrics.out(OutKind::Channel, n as u64);
             }
-            ClusterCommand::Broadcast { id, data, ts } => {
-                let frame: Utf8Bytes = ServerFrame::Broadcast {
-                    id: &id,
-                    data: &data,
-                    ts,
+            (ClusterCommand::Broadcast { pos, .. }, Some(frame)) => {
+                let key = StreamKey::Broadcast;
+                let deliver = || {
+                    let n = self.registry.for_all(|s| {
+                        s.push_stream(&key, Outgoing::plain(frame.clone()));
+                    });
+                    self.metrics.out(OutKind::Broadcast, n as u64);
+                };
+                match &pos {
+                    Some(pos) => self.deliver_numbered(&key, pos, &frame, deliver),
+                    None => deliver(),
                 }
-                .to_json()
-                .into();
-                let n = self.registry.for_all(|s| {
-                    s.push(Outgoing::plain(frame.clone()));
-                });
-                self.metrics.out(OutKind::Broadcast, n as u64);
             }
-            ClusterCommand::Joined { channel, clients } => self.registry.join(&channel, &clients),
-            ClusterCommand::Left { channel, clients } => self.registry.leave(&channel, &clients),
+            (ClusterCommand::Joined { channel, clients }, _) => {
+                self.registry.join(&channel, &clients)
+            }
+            (ClusterCommand::Left { channel, clients }, _) => {
+                self.registry.leave(&channel, &clients)
+            }
+            _ => {}
         }
     }
 }

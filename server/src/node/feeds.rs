@@ -45,7 +45,7 @@ impl Node {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, feed: Feed, delivery: Delivery) {
+    async fn dispatch(self: &Arc<Self>, feed: Feed, delivery: Delivery) {
         let (payload, acker) = delivery.into_parts();
         match feed {
             Feed::Inbox => match envelope::decode::<NodeCommand>("node command", &payload) {
@@ -63,6 +63,8 @@ impl Node {
                     self.kick(&client);
                     acker.ack();
                 }
+                // Awaited: a full lane holds this reader instead of queueing without bound.
+                Ok(NodeCommand::Publish(p)) => self.sequence(p, acker).await,
                 Err(e) => self.undecodable(&e, acker),
             },
             Feed::All => match envelope::decode::<ClusterCommand>("cluster command", &payload) {
@@ -105,7 +107,7 @@ impl Node {
                         item = stream.next() => item,
                     };
                     match item {
-                        Some(Ok(delivery)) => self.dispatch(feed, delivery),
+                        Some(Ok(delivery)) => self.dispatch(feed, delivery).await,
                         Some(Err(Error::Lagged { dropped })) => self.lagged(feed, dropped),
                         Some(Err(e)) => {
                             tracing::warn!(

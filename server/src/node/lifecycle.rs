@@ -12,7 +12,10 @@ use axum::extract::ws::WebSocket;
 use impush_core::{ClientId, DroppedConnection, Event};
 use tokio_util::sync::CancellationToken;
 
-use super::Node;
+use super::{
+    history::{ResumeRequest, Unreadable},
+    Node,
+};
 use crate::{
     metrics::Metrics,
     session::{self, Context, End, SessionHandle},
@@ -25,6 +28,7 @@ impl Node {
         socket: WebSocket,
         client: ClientId,
         metadata: serde_json::Value,
+        resume: Option<Result<ResumeRequest, Unreadable>>,
         shutdown: CancellationToken,
     ) {
         let handle = Arc::new(SessionHandle::new(
@@ -34,9 +38,12 @@ impl Node {
             &self.limits,
             self.metrics.clone(),
         ));
+        if let Some(Ok(r)) = &resume {
+            handle.mute(r.streams.iter().map(|(k, _)| k.clone()).collect());
+        }
         // Boxed: attach and detach are large futures needed once, and the task keeps the space
         // of its largest state for its whole life.
-        Box::pin(self.attach(&handle)).await;
+        Box::pin(self.attach(&handle, resume)).await;
         // Shutdown closes every session in the index; one attached just after that sweep sees
         // the token instead (the sweep runs after the token is cancelled).
         if shutdown.is_cancelled() {
@@ -66,7 +73,11 @@ impl Node {
 
     /// Registers a new connection: stored messages queued first, then the local index (live
     /// messages from here on), presence, channels, online event.
-    async fn attach(&self, handle: &Arc<SessionHandle>) {
+    async fn attach(
+        &self,
+        handle: &Arc<SessionHandle>,
+        resume: Option<Result<ResumeRequest, Unreadable>>,
+    ) {
         let client = &handle.client;
         let _guard = self.client_lock(client).lock().await;
         if self.offline.is_some() {
@@ -99,6 +110,11 @@ impl Node {
         };
         if first {
             self.load_channels(client).await;
+        }
+        // Its channels are known now: replay what it missed of the streams it asked for,
+        // before their live frames (`docs/design.md` section 15).
+        if let Some(request) = resume {
+            self.resume(handle, request);
         }
         // The store counts connections on every node (a client moving here from another node
         // still has its old one there for a moment); without it, what this node knows.

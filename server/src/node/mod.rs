@@ -14,13 +14,18 @@
 //! - `ownership`: this node's state and the live view: sending guests home, taking over a
 //!   dead node's inbox (`takeover`).
 //! - `moves`: planned moves of clients (drain, return home) that are not logouts.
+//! - `linger`: memberships that outlive a dropped link for `[channels] linger`.
+//! - `history`: channel and broadcast streams: numbering the ones this node owns, keeping
+//!   every stream's recent publications, and resuming reconnecting clients.
 //! - `dedupe`: ids of recent messages, so a redelivered message reaches sockets once.
 
 mod dedupe;
 mod delivery;
 mod feeds;
+mod history;
 mod inbox;
 mod lifecycle;
+mod linger;
 mod moves;
 mod ownership;
 mod pending;
@@ -46,6 +51,7 @@ use tokio::sync::{mpsc, Mutex as AsyncMutex, RwLock as AsyncRwLock};
 use tokio_util::{sync::DropGuard, task::TaskTracker};
 
 pub(crate) use feeds::Feed;
+pub(crate) use history::{Lanes, ResumeRequest};
 pub(crate) use inbox::OfflineInbox;
 pub(crate) use receipts::Inboxes;
 
@@ -65,10 +71,14 @@ pub(crate) struct NodeParts {
     pub(crate) presence: Arc<dyn PresenceStore>,
     pub(crate) limits: LimitsConfig,
     pub(crate) persist_channels: bool,
+    /// `[channels] linger`.
+    pub(crate) linger: Duration,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) offline: Option<OfflineInbox>,
     /// `[cluster]`: the lease and the timings of moves.
     pub(crate) cluster_config: ClusterConfig,
+    /// `[history]`.
+    pub(crate) history: impush_core::config::HistoryConfig,
 }
 
 /// One node's shared state.
@@ -105,6 +115,12 @@ pub(crate) struct Node {
     parked: TaskTracker,
     /// Inboxes of dead nodes this node took over; dropping a guard lets go.
     takeovers: Mutex<HashMap<NodeId, DropGuard>>,
+    /// Channel and broadcast history (`None` with `[history] size = 0`).
+    history: Option<history::History>,
+    /// `[channels] linger`, its waits, and what ends them early.
+    linger: Duration,
+    lingering: TaskTracker,
+    linger_stop: tokio_util::sync::CancellationToken,
 }
 
 /// What the presence store may have missed while it was unreachable.
@@ -120,10 +136,18 @@ struct Repair {
 }
 
 impl Node {
-    /// A node and the receiving ends of its outcome channels (for [`Node::run_receipts`]).
-    pub(crate) fn new(parts: NodeParts) -> (Arc<Self>, Inboxes) {
+    /// A node, the receiving ends of its outcome channels (for [`Node::run_receipts`]) and
+    /// its history lanes (for [`Node::run_lanes`]).
+    pub(crate) fn new(parts: NodeParts) -> (Arc<Self>, Inboxes, Option<Lanes>) {
         let (settled_tx, settled_rx) = mpsc::unbounded_channel();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let boot = envelope::now_ms();
+        let (history, lanes) = if parts.history.enabled() {
+            let (h, l) = history::History::new(parts.history.clone(), &parts.id, boot);
+            (Some(h), Some(l))
+        } else {
+            (None, None)
+        };
         let node = Arc::new(Self {
             id: parts.id,
             cluster: parts.cluster,
@@ -135,7 +159,7 @@ impl Node {
             metrics: parts.metrics,
             offline: parts.offline,
             registry: Registry::default(),
-            boot: envelope::now_ms(),
+            boot,
             conn_seq: AtomicU64::new(0),
             lock_hasher: RandomState::new(),
             client_locks: (0..CLIENT_LOCK_STRIPES)
@@ -154,6 +178,10 @@ impl Node {
             moves: TaskTracker::new(),
             parked: TaskTracker::new(),
             takeovers: Mutex::new(HashMap::new()),
+            history,
+            linger: parts.linger,
+            lingering: TaskTracker::new(),
+            linger_stop: tokio_util::sync::CancellationToken::new(),
         });
         (
             node,
@@ -161,6 +189,7 @@ impl Node {
                 settled: settled_rx,
                 reports: reports_rx,
             },
+            lanes,
         )
     }
 

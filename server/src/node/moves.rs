@@ -107,13 +107,18 @@ impl Node {
 
     /// Removes a closed connection from presence (its client's channels too when it was the
     /// client's last anywhere and memberships do not persist) and publishes its offline event.
-    pub(super) async fn leave_presence(&self, handle: &SessionHandle, moved: bool) {
+    pub(super) async fn leave_presence(self: &Arc<Self>, handle: &SessionHandle, moved: bool) {
         let client: &ClientId = &handle.client;
         let remaining = {
             let _gate = self.repair.gate.read().await;
             match self
                 .presence
-                .disconnect(&self.id, client, &handle.connection, !self.persist_channels)
+                .disconnect(
+                    &self.id,
+                    client,
+                    &handle.connection,
+                    self.clear_channels_now(),
+                )
                 .await
             {
                 Ok(n) => Some(n),
@@ -127,6 +132,9 @@ impl Node {
         // What the store counts is the truth across nodes (a moving client has its new
         // connection elsewhere); without it, what this node knows.
         let last = remaining.map_or_else(|| !self.registry.is_local(client), |n| n == 0);
+        if remaining == Some(0) {
+            self.linger(vec![client.clone()]);
+        }
         tracing::info!(%client, connection = %handle.connection, last, moved, "disconnected");
         self.publish_event(&Event::Offline {
             client: client.clone(),

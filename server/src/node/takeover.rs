@@ -81,6 +81,11 @@ impl Node {
                 let owner = self.cluster.owner(client).id.clone();
                 self.publish_command(&owner, &cmd).await
             }
+            NodeCommand::Publish(ref p) => {
+                let key = p.channel.as_ref().map_or(" broadcast", |c| c.as_str());
+                let owner = self.cluster.stream_owner(key).id.clone();
+                self.publish_command(&owner, &cmd).await
+            }
         };
         if routed {
             Metrics::bump(&self.metrics.taken_over);

@@ -41,6 +41,7 @@ impl Node {
                         self.sync_presence(false).await;
                     }
                     self.reload_channels().await;
+                    self.tidy_history();
                     // Like reaping, judging other nodes dead waits for a lease of healthy
                     // heartbeats (after an outage, or at start-up, every other lease may look
                     // expired); who came back is learned at once.
@@ -62,9 +63,12 @@ impl Node {
         }
     }
 
-    async fn reap_dead_nodes(&self) {
-        match self.presence.reap_expired(!self.persist_channels).await {
-            Ok(dropped) => self.announce_dropped(dropped).await,
+    async fn reap_dead_nodes(self: &Arc<Self>) {
+        match self.presence.reap_expired(self.clear_channels_now()).await {
+            Ok(dropped) => {
+                self.linger(Self::gone_clients(&dropped));
+                self.announce_dropped(dropped).await;
+            }
             Err(e) => self.presence_error("reap_expired", &e),
         }
     }

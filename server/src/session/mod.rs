@@ -54,6 +54,7 @@ use self::acks::PendingAcks;
 use crate::{
     metrics::{CloseKind, Metrics, OutKind},
     settle::{StoredFrame, Tracked},
+    stream::StreamKey,
 };
 
 const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
@@ -131,6 +132,11 @@ pub(crate) struct SessionHandle {
     stored_sent: Mutex<Option<Box<HashSet<MessageId>>>>,
     /// Messages written here and not acked yet; allocated while there are any.
     acks: Mutex<Option<Box<PendingAcks>>>,
+    /// Set while this connection's resume is being prepared: live frames of the streams in
+    /// `muted` are dropped (the resume replays them from history instead).
+    resuming: AtomicBool,
+    #[allow(clippy::box_collection)]
+    muted: Mutex<Option<Box<Vec<StreamKey>>>>,
 }
 
 impl SessionHandle {
@@ -156,7 +162,42 @@ impl SessionHandle {
             metrics,
             stored_sent: Mutex::new(None),
             acks: Mutex::new(None),
+            resuming: AtomicBool::new(false),
+            muted: Mutex::new(None),
         }
+    }
+
+    /// Holds back the live frames of `streams` until [`SessionHandle::unmute`]: the client
+    /// asked to resume them (`docs/design.md` section 15).
+    pub(crate) fn mute(&self, streams: Vec<StreamKey>) {
+        if let Ok(mut m) = self.muted.lock() {
+            *m = Some(Box::new(streams));
+        }
+        self.resuming.store(true, Ordering::Release);
+    }
+
+    /// Lets every stream's live frames through again.
+    pub(crate) fn unmute(&self) {
+        self.resuming.store(false, Ordering::Release);
+        if let Ok(mut m) = self.muted.lock() {
+            *m = None;
+        }
+    }
+
+    /// Queues a frame of stream `key` (channel, broadcast), unless that stream is being
+    /// resumed: then the resume replays it.
+    pub(crate) fn push_stream(&self, key: &StreamKey, out: Outgoing) -> bool {
+        if self.resuming.load(Ordering::Acquire) {
+            let muted = self
+                .muted
+                .lock()
+                .map(|m| m.as_ref().is_some_and(|m| m.contains(key)))
+                .unwrap_or(false);
+            if muted {
+                return false;
+            }
+        }
+        self.push(out)
     }
 
     /// Runs `f` on the pending acks, allocating them if needed and freeing them once empty

@@ -235,3 +235,47 @@ pub async fn presence_channel_online_counts_online_members(p: &dyn PresenceStore
         0
     );
 }
+
+/// `leave_all_if_offline` ends the memberships of a client with no connection, in one step,
+/// and leaves an online client's alone.
+pub async fn presence_leave_all_if_offline_spares_online_clients(p: &dyn PresenceStore, ns: &str) {
+    let n1 = node(ns, "n1");
+    let (alice, bob) = (client(ns, "alice"), client(ns, "bob"));
+    let (room, hall) = (channel(ns, "room"), channel(ns, "hall"));
+    call("connect", p.connect(&n1, &alice, &conn(ns, "a1"))).await;
+    call(
+        "join room",
+        p.join_channel(&room, &[alice.clone(), bob.clone()]),
+    )
+    .await;
+    call("join hall", p.join_channel(&hall, &[alice.clone()])).await;
+    assert!(!call("online alice", p.leave_all_if_offline(&alice)).await);
+    assert_eq!(
+        call("alice's channels", p.client_channels(&alice)).await,
+        vec![hall.clone(), room.clone()]
+    );
+    // bob never connected: an offline member.
+    assert!(call("offline bob", p.leave_all_if_offline(&bob)).await);
+    assert!(call("bob's channels", p.client_channels(&bob))
+        .await
+        .is_empty());
+    assert!(
+        !call("bob again", p.leave_all_if_offline(&bob)).await,
+        "nothing left to end"
+    );
+    call(
+        "disconnect",
+        p.disconnect(&n1, &alice, &conn(ns, "a1"), false),
+    )
+    .await;
+    assert_eq!(
+        call("kept after the last connection", p.client_channels(&alice)).await,
+        vec![hall.clone(), room.clone()]
+    );
+    assert!(call("alice gone", p.leave_all_if_offline(&alice)).await);
+    assert!(call("alice's channels", p.client_channels(&alice))
+        .await
+        .is_empty());
+    assert!(call("room", p.channel_members(&room)).await.is_empty());
+    call("clear", p.clear_node(&n1, true)).await;
+}

@@ -177,6 +177,14 @@ impl Machine {
             Query::ClientChannels { client } => Reply::Channels {
                 channels: self.memberships.channels_of(&client),
             },
+            Query::LeaveIfOffline { client } => {
+                let offline = self.view.connections_of(&client) == 0;
+                let had = offline && !self.memberships.channels_of(&client).is_empty();
+                if had {
+                    self.memberships.leave_all(&client);
+                }
+                Reply::Left { left: had }
+            }
             Query::ConnectionsOf { node } => Reply::Connections {
                 connections: self.view.connections_on(&node),
             },
