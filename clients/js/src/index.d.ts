@@ -54,7 +54,8 @@ export interface BroadcastFrame<D = unknown> {
 /**
  * Why a stream could not be resumed: `window` (older than the node's history), `epoch` (the
  * history was lost, e.g. a restart), `future` (a position the node never gave), `not_member`,
- * `too_many` (more channels than the node resumes at once), `malformed` (the whole request).
+ * `too_many` (more streams than the node reads from one request), `malformed` (the request
+ * could not be read).
  * A newer node may add reasons: treat every `recovered: false` alike.
  */
 export type ResumeReason = "window" | "epoch" | "future" | "not_member" | "too_many" | "malformed";
@@ -62,8 +63,9 @@ export type ResumeReason = "window" | "epoch" | "future" | "not_member" | "too_m
 /**
  * The node's answer for one stream after a reconnect, sent after that stream's replayed frames.
  * `channel` names the channel; it is null for the broadcast stream (`broadcast: true`) and for
- * a request the node could not read (`broadcast: false`, reason `malformed`). When not
- * recovered, the client forgot that stream's position: reload it from your backend.
+ * a request the node could not read at all (`broadcast: false`, reason `malformed` or
+ * `too_many`). When not recovered, the client forgot that stream's positions (all of them for
+ * an unreadable request): reload it from your backend.
  */
 export type ResumeFrame = {
   type: "resume";

@@ -29,6 +29,8 @@ const MAX_EPOCH_CHARS = 128;
 // The `resume` query parameter, URL-encoded, stays under this many characters, so the whole URL
 // fits the 8 KiB request line common reverse proxies accept. The most recently active channels
 // go first; the others are left out (and forgotten: the app reloads them, see `resuming`).
+// The node refuses a whole request naming more than 256 streams; each stream costs at least 27
+// encoded characters, so this budget keeps a request well below that.
 const RESUME_MAX_CHARS = 6000;
 // A Retry-After longer than this (seconds) is taken as this: a misconfigured backend must not
 // keep a client away for days.
@@ -507,7 +509,7 @@ export class ImpushClient {
       if (f.channel !== null) this.#channelPos.delete(f.channel);
       else if (f.broadcast) this.#broadcastPos.clear();
       else {
-        // The whole request was refused ("malformed"): none of it was resumed.
+        // The whole request was refused ("malformed", "too_many"): none of it was resumed.
         this.#channelPos.clear();
         this.#broadcastPos.clear();
       }

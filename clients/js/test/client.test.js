@@ -777,6 +777,18 @@ describe("resume", () => {
     assert.deepEqual(resumeOf(s.url), { broadcast: { "n1-k2x9-1": 1 } });
   });
 
+  test("even the smallest entries name fewer streams than the 256 a node reads from one request", async () => {
+    const t = track(setup());
+    let s = await t.connectNow();
+    const names = [];
+    for (const a of "abcdefghijklmnopqrstuvwxyz") for (const b of "0123456789") names.push(a + b);
+    names.forEach((name, i) => s.receive(chf(`m${i}`, name, 1, "e")));
+    s.receive(bcf("b", 1, "e"));
+    s = await reconnect(t);
+    const asked = resumeOf(s.url);
+    assert.ok(Object.keys(asked.channels).length + 1 < 256, `${Object.keys(asked.channels).length} channels`);
+  });
+
   test("resume frames reach the app; recovered: false forgets that stream only", async () => {
     const t = track(setup());
     const order = [];
