@@ -37,6 +37,8 @@ const STEP_TIMEOUT = 20_000; // ms, for any single condition
 // The page's impush client pings every PING ms and gives up on a socket silent for as long
 // again (defaults 20 s / 10 s); the node does the same with the IMPUSH_LIMITS__* below.
 const PING = 2000;
+// The node keeps this many messages per channel for clients that resume.
+const HISTORY = 3;
 
 let chat; // { proc, url, logs }
 let proxy; // the TCP proxy the pages' WebSockets go through (proxy.js)
@@ -58,6 +60,8 @@ function startChat(proxyPort) {
         IMPUSH_CLUSTER__NODES: `[{id="n1",url="ws://127.0.0.1:${proxyPort}"}]`,
         IMPUSH_LIMITS__PING_INTERVAL: "2s",
         IMPUSH_LIMITS__PONG_TIMEOUT: "3s",
+        // A small channel history, so the test can miss more than the node keeps.
+        IMPUSH_HISTORY__SIZE: String(HISTORY),
       },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -163,6 +167,57 @@ async function sendDm(from, to, text) {
   await p.fill("#dm-to", to);
   await p.fill("#dm-text", text);
   await p.click("#dm-send");
+}
+
+async function sendRoom(from, room, text) {
+  const p = page(from);
+  await p.selectOption("#room-select", room);
+  await p.fill("#room-text", text);
+  await p.click("#room-send");
+  // Cleared once the backend accepted it: the next send cannot overtake this one.
+  await p.waitForFunction(() => document.querySelector("#room-text").value === "");
+}
+
+/** Takes `name` off the network: the page goes offline and its WebSocket is reset both ways. */
+async function goOffline(name) {
+  await users[name].context.setOffline(true);
+  proxy.block(name);
+  await page(name).waitForSelector("#conn-state[data-state=disconnected]");
+  // The node has seen the connection end (so later messages are really missed).
+  for (const other of Object.keys(users).filter((n) => n !== name)) {
+    await page(other).waitForSelector(`#users li[data-user="${name}"]`, { state: "detached" });
+  }
+}
+
+async function comeBack(name) {
+  proxy.unblock(name);
+  await users[name].context.setOffline(false);
+  await page(name).waitForSelector("#conn-state[data-state=connected]");
+  await waitFor(`${name} to have exactly one connection through the proxy`, () => proxy.count(name) === 1);
+}
+
+/** How many entries of `selector` in `log` have exactly the text `text`. */
+function countText(p, log, text) {
+  return p.$$eval(`${log} li .text`, (els, t) => els.filter((e) => e.textContent === t).length, text);
+}
+
+/** The page's `resume` events so far (the page logs each one to the console). */
+function resumeEvents(name) {
+  return users[name].console
+    .map((line) => /^\[info\] impush resume (.*)$/.exec(line))
+    .filter(Boolean)
+    .map((m) => JSON.parse(m[1]));
+}
+
+/** Requests for a room's history from the backend, counted from now on. */
+function watchRoomReloads(name) {
+  const seen = [];
+  const onRequest = (r) => {
+    const m = /^\/api\/rooms\/([^/]+)\/messages$/.exec(new URL(r.url()).pathname);
+    if (m) seen.push(decodeURIComponent(m[1]));
+  };
+  page(name).on("request", onRequest);
+  return { seen, stop: () => page(name).off("request", onRequest) };
 }
 
 // ---- the scenario ---------------------------------------------------------------------------
@@ -281,6 +336,70 @@ describe("chat demo in Chromium", { timeout: 180_000 }, () => {
     await shot("05-bob-back");
   });
 
+  step("bob misses private and room messages while offline: each shows up once when he is back, the room resumed by the client", async () => {
+    const alice = page("alice");
+    const bob = page("bob");
+    await goOffline("bob");
+    await sendDm("alice", "bob", "missed dm 1");
+    await sendDm("alice", "bob", "missed dm 2");
+    const missedRoom = ["missed room 1", "missed room 2"]; // fewer than HISTORY
+    for (const text of missedRoom) await sendRoom("alice", "lobby", text);
+    for (const text of missedRoom) await alice.waitForSelector(`#room-log li[data-from=alice]:has(.text:text-is("${text}"))`);
+    await alice.waitForSelector('#dm-log li[data-dir=out][data-status=stored]:has(.text:text-is("missed dm 2"))');
+    await shot("06-bob-misses-messages");
+
+    const reloads = watchRoomReloads("bob");
+    const resumesBefore = resumeEvents("bob").length;
+    await comeBack("bob");
+    for (const text of ["missed dm 1", "missed dm 2"]) {
+      await bob.waitForSelector(`#dm-log li[data-dir=in]:has(.text:text-is("${text}"))`);
+    }
+    for (const text of missedRoom) await bob.waitForSelector(`#room-log li[data-from=alice]:has(.text:text-is("${text}"))`);
+    // The node answered the client's resume request for the room: both missed messages came back
+    // through the WebSocket, not from the backend.
+    await waitFor("bob's resume event for #lobby", () => resumeEvents("bob").slice(resumesBefore).some((r) => r.channel === "lobby"));
+    const lobby = resumeEvents("bob").slice(resumesBefore).filter((r) => r.channel === "lobby");
+    assert.deepEqual(lobby, [{ type: "resume", channel: "lobby", broadcast: false, recovered: true, replayed: missedRoom.length }]);
+    await alice.waitForSelector('#dm-log li[data-dir=out][data-status=acked]:has(.text:text-is("missed dm 2"))');
+    // Settled: a late duplicate would have had the time to arrive.
+    await sendRoom("alice", "lobby", "after the drop");
+    await bob.waitForSelector('#room-log li[data-from=alice]:has(.text:text-is("after the drop"))');
+    reloads.stop();
+    assert.deepEqual(reloads.seen, [], "the resumed room was not reloaded from the backend");
+    for (const text of ["missed dm 1", "missed dm 2"]) assert.equal(await countText(bob, "#dm-log", text), 1, text);
+    for (const text of [...missedRoom, "after the drop"]) assert.equal(await countText(bob, "#room-log", text), 1, text);
+    const order = await bob.$$eval("#room-log li .text", (els) => els.map((e) => e.textContent));
+    assert.deepEqual(order.slice(-3), [...missedRoom, "after the drop"]);
+    assert.equal(await bob.locator("#room-log li.note").count(), 0, "no note: nothing was lost");
+    await shot("07-bob-resumed");
+  });
+
+  step("more room messages than the node keeps: bob's page says so and reloads the room from the backend", async () => {
+    const alice = page("alice");
+    const bob = page("bob");
+    await goOffline("bob");
+    const missed = Array.from({ length: HISTORY + 2 }, (_, i) => `burst ${i + 1}`);
+    for (const text of missed) await sendRoom("alice", "lobby", text);
+    await alice.waitForSelector(`#room-log li[data-from=alice]:has(.text:text-is("${missed.at(-1)}"))`);
+
+    const reloads = watchRoomReloads("bob");
+    const resumesBefore = resumeEvents("bob").length;
+    await comeBack("bob");
+    const note = await bob.waitForSelector("#room-log li.note[data-room=lobby]");
+    assert.match(await note.textContent(), /could not be recovered/);
+    for (const text of missed) await bob.waitForSelector(`#room-log li[data-from=alice]:has(.text:text-is("${text}"))`);
+    const lobby = resumeEvents("bob").slice(resumesBefore).filter((r) => r.channel === "lobby");
+    assert.equal(lobby.length, 1);
+    assert.equal(lobby[0].recovered, false);
+    assert.equal(await note.getAttribute("data-reason"), lobby[0].reason);
+    await sendRoom("alice", "lobby", "after the burst");
+    await bob.waitForSelector('#room-log li[data-from=alice]:has(.text:text-is("after the burst"))');
+    reloads.stop();
+    assert.ok(reloads.seen.includes("lobby"), "the room was reloaded from the backend");
+    for (const text of [...missed, "after the burst"]) assert.equal(await countText(bob, "#room-log", text), 1, text);
+    await shot("08-bob-room-not-recovered");
+  });
+
   step("alice kicks bob: bob's page says so and stays disconnected", async () => {
     const alice = page("alice");
     const bob = page("bob");
@@ -292,7 +411,7 @@ describe("chat demo in Chromium", { timeout: 180_000 }, () => {
     await bob.waitForSelector("#banner[data-kind=kicked]:not([hidden])");
     await bob.waitForSelector('#conn-state[data-state=disconnected][data-code="4001"][data-will-reconnect=false]');
     await alice.waitForSelector('#users li[data-user="bob"]', { state: "detached" });
-    await shot("06-kicked");
+    await shot("09-kicked");
     // Hold: the client's first retry would come within backoffBase (1 s); give it 3 s.
     await new Promise((r) => setTimeout(r, 3000));
     assert.equal(await bob.getAttribute("#conn-state", "data-state"), "disconnected");

@@ -6,6 +6,7 @@ const $ = (id) => document.getElementById(id);
 
 let session = null; // { token, user }: in memory only, so two tabs can be two users
 let im = null;
+let connectedBefore = false; // this client was connected once: the next "connected" is a reconnect
 let presenceSeq = -1;
 const sent = new Map(); // my private messages: id -> <li>
 const earlyReceipts = new Map(); // receipts that came before the POST /api/send answer
@@ -86,6 +87,7 @@ function start({ token, user }) {
   sent.clear();
   earlyReceipts.clear();
   shown.clear();
+  connectedBefore = false;
 
   im = new ImpushClient({
     getUrl,
@@ -96,6 +98,7 @@ function start({ token, user }) {
   im.on("receipt", (r) => applyReceipt(r.id, r.status));
   im.on("channel", (m) => addRoomMessage({ id: m.id, room: m.channel, from: m.from, text: m.data?.text, ts: m.ts }));
   im.on("broadcast", onBroadcast);
+  im.on("resume", onResume);
   im.on("error", (e) => console.warn("impush:", e.kind, e.message));
 }
 
@@ -157,9 +160,13 @@ function onState(s) {
   // What the page shows is only live while connected.
   $("people").classList.toggle("stale", s.state !== "connected");
   if (s.state === "connected") {
-    // Catch up on whatever changed while the socket was down.
+    // Catch up on whatever changed while the socket was down. Room messages come back by
+    // themselves for the rooms the client resumes (its `resume` events say how that went); the
+    // others, and every room on a first connect, are loaded from the backend.
+    const resumed = connectedBefore ? new Set(s.resuming?.channels ?? []) : new Set();
+    connectedBefore = true;
     refreshUsers();
-    refreshRooms().then(catchUpRooms);
+    refreshRooms().then(() => catchUpRooms(resumed));
   } else if (s.state === "disconnected" && s.code === CloseCodes.KICKED) {
     session = null; // the backend revoked it
     $("chat-view").classList.add("inert");
@@ -380,16 +387,43 @@ async function refreshRooms() {
   if (joined.includes(current)) select.value = current;
 }
 
-// After a reconnect: fetch what the rooms said while we were away.
-async function catchUpRooms() {
-  for (const r of roomsShown.filter((r) => r.joined)) {
-    try {
-      const { history } = await api("GET", `/api/rooms/${encodeURIComponent(r.name)}/messages`);
-      for (const m of history) addRoomMessage(m);
-    } catch {
-      // left meanwhile
-    }
+// After a (re)connect: load the recent messages of the joined rooms the client is not resuming.
+async function catchUpRooms(resumed) {
+  for (const r of roomsShown.filter((r) => r.joined && !resumed.has(r.name))) await reloadRoom(r.name);
+}
+
+// The backend keeps each room's last messages; shown ones are skipped by id.
+async function reloadRoom(room) {
+  try {
+    const { history } = await api("GET", `/api/rooms/${encodeURIComponent(room)}/messages`);
+    for (const m of history) addRoomMessage(m);
+  } catch {
+    // left meanwhile
   }
+}
+
+// The node's answer for each stream the client asked to resume after a reconnect. Recovered:
+// the missed messages were pushed just before, nothing to do. Not recovered (too old for the
+// node's history, or the history was lost): say so and reload the room from the backend.
+function onResume(r) {
+  console.info("impush resume", JSON.stringify(r));
+  if (r.recovered || r.broadcast) return; // presence and the room list are fetched on connect anyway
+  const rooms = r.channel !== null ? [r.channel] : roomsShown.filter((x) => x.joined).map((x) => x.name);
+  for (const room of rooms) {
+    addRoomNote(room, r.reason, `#${room}: some messages sent while you were away could not be recovered; showing the room's recent messages instead.`);
+    reloadRoom(room);
+  }
+}
+
+function addRoomNote(room, reason, text) {
+  const li = document.createElement("li");
+  li.className = "note";
+  li.dataset.room = room;
+  li.dataset.reason = String(reason ?? "");
+  li.dataset.ts = String(Date.now());
+  li.textContent = text;
+  $("room-log").append(li);
+  li.scrollIntoView({ block: "nearest" });
 }
 
 function addRoomMessage({ id, room, from, text, ts }) {
