@@ -26,6 +26,8 @@ export interface MessageFrame<D = unknown> {
   receipt?: boolean;
   /** Pushed from the offline inbox. */
   stored?: boolean;
+  /** Pushed again from the offline inbox: it reached a socket that closed before the ack. Same id and `ts`. */
+  redelivered?: boolean;
 }
 
 export interface ChannelFrame<D = unknown> {
@@ -191,7 +193,7 @@ export interface ImpushClientOptions {
   getUrl: () => string | ResponseLike | Promise<string | ResponseLike>;
   /** WebSocket constructor; defaults to `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor;
-  /** Send `{"type":"ack"}` for every message with `receipt: true` or `stored: true`, after the handlers ran. Default false. */
+  /** Send `{"type":"ack"}` for every message with `receipt`, `stored` or `redelivered` true, after the handlers ran. Default false. */
   autoAck?: boolean;
   /** Connect on construction (in a microtask). Default true; otherwise call `connect()`. */
   autoConnect?: boolean;

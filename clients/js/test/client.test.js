@@ -520,6 +520,27 @@ describe("acks", () => {
     assert.deepEqual(s.sent, [{ type: "ack", id: "s" }]);
   });
 
+  test("autoAck acks redelivered messages: the inbox keeps them until acked", async () => {
+    const t = track(setup({ autoAck: true }));
+    const s = await t.connectNow();
+    s.receive({ type: "message", id: "r", from: "bob", data: 1, ts: 1, receipt: false, redelivered: true });
+    assert.deepEqual(s.sent, [{ type: "ack", id: "r" }]);
+  });
+
+  test("a redelivered message already shown and acked is acked again, not shown again", async () => {
+    const t = track(setup());
+    let s = await t.connectNow();
+    t.client.on("message", (m) => t.client.ack(m.id));
+    s.receive({ type: "message", id: "p", from: "bob", data: 1, ts: 1, receipt: false });
+    s.serverClose(1006); // the ack was lost with the socket
+    await t.clock.advance(MAX);
+    s = t.last();
+    s.open();
+    s.receive({ type: "message", id: "p", from: "bob", data: 1, ts: 1, receipt: false, redelivered: true });
+    assert.equal(t.events.message.length, 1);
+    assert.deepEqual(s.sent, [{ type: "ack", id: "p" }]);
+  });
+
   test("without autoAck nothing is acked by itself", async () => {
     const t = track(setup());
     const s = await t.connectNow();

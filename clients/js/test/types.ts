@@ -109,13 +109,14 @@ const offMessage: () => void = im.on("message", (m) => {
   const ts: number = m.ts;
   const receipt: boolean | undefined = m.receipt;
   const stored: boolean | undefined = m.stored;
+  const redelivered: boolean | undefined = m.redelivered;
   // Application data is not trusted to have a shape: it must be narrowed before use.
   // @ts-expect-error data is unknown
   m.data.text;
   if (typeof m.data === "object" && m.data !== null && "text" in m.data) void m.data.text;
   // @ts-expect-error no such field
   void m.channel;
-  if (receipt || stored) im.ack(id);
+  if (receipt || stored || redelivered) im.ack(id);
   void [from, ts];
 });
 offMessage();
