@@ -8,7 +8,8 @@
 //! - the in-memory backends [`MemoryBroker`], [`MemoryPresenceStore`] and
 //!   [`MemoryOfflineStore`];
 //! - what travels between helpers and nodes ([`envelope`]) and between nodes and clients
-//!   ([`protocol`]); connect [`token`]s; shared [`config`] sections; one [`Error`].
+//!   ([`protocol`]); connect [`token`]s; shared [`config`] sections; one [`Error`];
+//! - [`redact::redact_url`], the one way every crate shows a backend URL.
 //!
 //! ```
 //! use futures_util::StreamExt;
@@ -34,6 +35,7 @@ mod offline;
 mod partition;
 mod presence;
 pub mod protocol;
+pub mod redact;
 pub mod token;
 
 pub use broker::{Acker, Acknowledge, Broker, Delivery, SubscribeMode, Subscription};

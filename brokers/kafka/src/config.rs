@@ -142,6 +142,10 @@ impl KafkaConfig {
                 "config key `broker.url`: {why} (want \"host1:9092,host2:9092\")"
             ))
         };
+        // Before splitting: a password may hold commas, and no piece of it may be echoed.
+        if self.url.contains('@') {
+            return Err(bad("credentials go in broker.properties (sasl.username, sasl.password), not in the url"));
+        }
         let mut servers = Vec::new();
         for entry in self.url.split(',') {
             let entry = entry.trim();
@@ -149,9 +153,6 @@ impl KafkaConfig {
             let entry = entry.trim_end_matches('/');
             if entry.is_empty() {
                 continue;
-            }
-            if entry.contains('@') {
-                return Err(bad("credentials go in broker.properties (sasl.username, sasl.password), not in the url"));
             }
             if entry.contains("://") {
                 return Err(bad(&format!("unsupported scheme in `{entry}`")));
@@ -239,7 +240,7 @@ impl fmt::Debug for Redacted<'_> {
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaConfig")
-            .field("url", &self.url)
+            .field("url", &impush_core::redact::redact_url(&self.url))
             .field("partitions", &self.partitions)
             .field("replication", &self.replication)
             .field("linger", &self.linger)
@@ -318,6 +319,10 @@ mod tests {
         assert!(err(KafkaConfig::from_url("")).contains("broker.url"));
         assert!(err(KafkaConfig::from_url("host")).contains("has no port"));
         assert!(err(KafkaConfig::from_url("u:p@h:9092")).contains("sasl.password"));
+        let e = err(KafkaConfig::from_url("kafka://u:zpa,zss@h:9092,h2:9092"));
+        assert!(e.contains("sasl.password") && !e.contains("zpa"), "{e}");
+        let shown = format!("{:?}", KafkaConfig::from_url("u:zpa,zss@h:9092"));
+        assert!(!shown.contains("zpa") && !shown.contains("zss"), "{shown}");
         assert!(err(KafkaConfig::from_url("http://h:9092")).contains("scheme"));
         let c = KafkaConfig {
             partitions: 0,

@@ -90,9 +90,10 @@ impl RabbitMqConfig {
         }
     }
 
-    /// The URL with any password replaced by `***`, for logs and errors.
+    /// The URL with any password replaced by `***`, for logs and errors
+    /// ([`impush_core::redact::redact_url`]).
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        impush_core::redact::redact_url(&self.url)
     }
 
     /// The URL as lapin takes it, with the configured heartbeat.
@@ -121,25 +122,6 @@ impl fmt::Debug for RabbitMqConfig {
     }
 }
 
-/// Replaces the password of a URL's userinfo with `***` (and a userinfo without a password
-/// entirely, in case it is a token).
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "***".to_owned();
-    };
-    // The authority ends at the first '/', '?' or '#'; an '@' inside it ends the userinfo (the
-    // last one, in case a password carries an unencoded '@').
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => format!("{scheme}://***@{host}{path}"),
-        },
-        None => url.to_owned(),
-    }
-}
-
 /// Parses an `amqp://` or `amqps://` URL. Errors never contain the URL itself.
 ///
 /// Our own parser rather than `AMQPUri::from_str`: that one (amq-protocol-uri 10.6) quotes the
@@ -147,6 +129,14 @@ pub(crate) fn redact(url: &str) -> String {
 /// `Url::domain`, which is `None` for an IPv6 literal, so `amqp://[::1]` would connect to
 /// `localhost`.
 pub(crate) fn parse_url(s: &str) -> Result<AMQPUri, String> {
+    if impush_core::redact::ambiguous_userinfo(s) {
+        // A parser would take the host from the password and connect there.
+        return Err(
+            "it has an `@` after its host: percent-encode `/`, `?`, `#` and `@` in \
+                    the password and vhost (%2F, %3F, %23, %40)"
+                .to_owned(),
+        );
+    }
     let url = url::Url::parse(s).map_err(|e| e.to_string())?;
     let scheme = match url.scheme() {
         "amqp" => AMQPScheme::AMQP,
@@ -217,15 +207,20 @@ mod tests {
             shown.contains("amqp://guest:***@127.0.0.1:1/%2f"),
             "{shown}"
         );
-        assert_eq!(redact("amqps://u:p@w@h:1/v"), "amqps://u:***@h:1/v");
-        assert_eq!(redact("amqp://token@h"), "amqp://***@h");
+        let shown = |url: &str| RabbitMqConfig::from_url(url).redacted_url();
+        assert_eq!(shown("amqps://u:p@w@h:1/v"), "amqps://u:***@h:1/v");
+        assert_eq!(shown("amqp://token@h"), "amqp://***@h");
         assert_eq!(
-            redact("amqp://h:1/v?heartbeat=5"),
+            shown("amqp://h:1/v?heartbeat=5"),
             "amqp://h:1/v?heartbeat=5"
         );
-        assert_eq!(redact("no url at all: secret"), "***");
-        // An '@' in the vhost is not userinfo.
-        assert_eq!(redact("amqp://h/a@b"), "amqp://h/a@b");
+        assert_eq!(shown("no url at all: secret"), "***");
+        // An '@' in the vhost may be a password's: hidden, and the URL is refused.
+        assert_eq!(shown("amqp://u:p/w@h/v"), "amqp://u:***@h/v");
+        let err = parse_url("amqp://u:p/w@h/v").unwrap_err();
+        assert!(err.contains("percent-encode"), "{err}");
+        assert!(!err.contains("p/w"), "{err}");
+        assert!(parse_url("amqp://u:p%2Fw%40x@h/v%40").is_ok());
     }
 
     #[test]

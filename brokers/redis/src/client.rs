@@ -28,6 +28,13 @@ pub(crate) fn builder(
     cfg: &RedisConfig,
     command_timeout: Duration,
 ) -> Result<Builder, impush_core::Error> {
+    if impush_core::redact::ambiguous_userinfo(&cfg.url) {
+        return Err(impush_core::Error::Config(format!(
+            "redis url `{}` has an `@` after its host: percent-encode `/`, `?` and `#` in the \
+             password (%2F, %3F, %23)",
+            cfg.redacted_url()
+        )));
+    }
     let config = Config::from_url(&cfg.url).map_err(|_| {
         impush_core::Error::Config(format!(
             "redis url `{}` is not valid (expected redis://[:password@]host:port[/db] or rediss://...)",

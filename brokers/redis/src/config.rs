@@ -2,6 +2,7 @@
 
 use std::{fmt, time::Duration};
 
+use impush_core::redact::redact_url;
 use serde::Deserialize;
 
 /// Connection and layout settings for Redis.
@@ -57,23 +58,10 @@ impl RedisConfig {
         }
     }
 
-    /// The URL with any password replaced by `***`, for logs and errors.
+    /// The URL with any password replaced by `***`, for logs and errors
+    /// ([`impush_core::redact::redact_url`]).
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
-    }
-}
-
-/// Replaces the userinfo password of a URL with `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "***".to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
+        redact_url(&self.url)
     }
 }
 
@@ -150,7 +138,7 @@ impl RedisPresenceConfig {
 impl fmt::Debug for RedisPresenceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisPresenceConfig")
-            .field("url", &self.url.as_deref().map(redact))
+            .field("url", &self.url.as_deref().map(redact_url))
             .field("pool_size", &self.pool_size)
             .field("command_timeout", &self.command_timeout)
             .finish_non_exhaustive()
@@ -166,13 +154,18 @@ mod tests {
         let c = RedisConfig::from_url("redis://:hunter2@db:6379/2");
         assert_eq!(c.redacted_url(), "redis://:***@db:6379/2");
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(redact("rediss://user:pw@h:1"), "rediss://user:***@h:1");
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
+        let c = RedisConfig::from_url("rediss://user:sec@ret-tail@h:1");
+        assert_eq!(c.redacted_url(), "rediss://user:***@h:1");
+        assert_eq!(
+            RedisConfig::from_url("redis://h:1").redacted_url(),
+            "redis://h:1"
+        );
         let p = RedisPresenceConfig {
-            url: Some("redis://:hunter2@db:6379".into()),
+            url: Some("redis://:hunter2@ret-tail@db:6379".into()),
             ..Default::default()
         };
         assert!(!format!("{p:?}").contains("hunter2"));
+        assert!(!format!("{p:?}").contains("ret-tail"));
     }
 
     #[test]

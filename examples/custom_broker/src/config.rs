@@ -102,11 +102,7 @@ impl NatsConfig {
 
     /// The URL with every password or token replaced by `***`, for logs and errors.
     pub fn redacted_url(&self) -> String {
-        self.url
-            .split(',')
-            .map(|u| redact(u.trim()))
-            .collect::<Vec<_>>()
-            .join(",")
+        impush_core::redact::redact_url(&self.url)
     }
 
     /// The server URLs (`url` split at commas).
@@ -116,29 +112,6 @@ impl NatsConfig {
             .map(|u| u.trim().to_owned())
             .filter(|u| !u.is_empty())
             .collect()
-    }
-}
-
-/// `scheme://user:***@host` for a user and password, `scheme://***@host` for a token.
-fn redact(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let scheme = if scheme.is_empty() {
-        String::new()
-    } else {
-        format!("{scheme}://")
-    };
-    // The userinfo ends at the last `@` before the path.
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let host = &rest[at + 1..];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{scheme}{user}:***@{host}"),
-                None => format!("{scheme}***@{host}"),
-            }
-        }
-        None => format!("{scheme}{rest}"),
     }
 }
 
@@ -169,12 +142,13 @@ mod tests {
         let c = NatsConfig::from_url("nats://alice:hunter2@db:4222");
         assert_eq!(c.redacted_url(), "nats://alice:***@db:4222");
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(redact("nats://s3cr3t@h:1"), "nats://***@h:1");
-        assert_eq!(redact("tls://u:p@ss@h:1"), "tls://u:***@h:1");
-        assert_eq!(redact("nats://h:1"), "nats://h:1");
-        assert_eq!(redact("h:1"), "h:1");
+        let shown = |url: &str| NatsConfig::from_url(url).redacted_url();
+        assert_eq!(shown("nats://s3cr3t@h:1"), "nats://***@h:1");
+        assert_eq!(shown("tls://u:p@ss@h:1"), "tls://u:***@h:1");
+        assert_eq!(shown("nats://h:1"), "nats://h:1");
+        assert_eq!(shown("h:1"), "h:1");
         let many = NatsConfig::from_url("nats://a:x@h1:1, nats://tok@h2:2");
-        assert_eq!(many.redacted_url(), "nats://a:***@h1:1,nats://***@h2:2");
+        assert_eq!(many.redacted_url(), "nats://a:***@h1:1, nats://***@h2:2");
         assert_eq!(many.servers(), ["nats://a:x@h1:1", "nats://tok@h2:2"]);
     }
 }
