@@ -139,6 +139,9 @@ pub enum TokenError {
     Reused,
     /// Minted for another node.
     WrongNode,
+    /// Issued before this node started: the node cannot know whether it was used before its
+    /// restart, so it refuses it (ask for a new URL).
+    Stale,
     /// The node remembers too many unexpired tokens to accept one more right now.
     Overloaded,
 }
@@ -153,6 +156,7 @@ impl TokenError {
             TokenError::Expired => "token_expired",
             TokenError::Reused => "token_reused",
             TokenError::WrongNode => "token_wrong_node",
+            TokenError::Stale => "token_stale",
             TokenError::Overloaded => "token_overloaded",
         }
     }
@@ -167,6 +171,10 @@ impl fmt::Display for TokenError {
             TokenError::Expired => "token expired",
             TokenError::Reused => "token already used",
             TokenError::WrongNode => "token was issued for another node",
+            TokenError::Stale => {
+                "token was issued before this node started (it may have been used already); \
+                 ask for a new URL"
+            }
             TokenError::Overloaded => "too many outstanding tokens",
         })
     }

@@ -5,6 +5,14 @@
 //! The helper signs with [`TokenSigner`]; the node checks the signature and expiry with the same
 //! type and remembers nonces in a [`NonceCache`] until they expire, so no store round trip is
 //! needed to refuse a second use.
+//!
+//! The nonce memory lives in the node's process and dies with it. So that a URL used once stays
+//! refused after its node restarts, tokens carry the time they were issued and a node refuses
+//! every token issued before its [`NonceCache`] was made (`token_stale`): such a token may have
+//! been used by the node's previous run. No state is shared between nodes or runs; the price is
+//! that a URL issued just before a restart must be asked for again, and that helpers' clocks
+//! must not run behind the nodes' (a helper `d` ms behind gets its tokens for a node refused
+//! during the first `d` ms after that node starts).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -36,6 +44,11 @@ pub struct TokenClaims {
     /// Random; a node accepts each nonce once.
     #[serde(rename = "r")]
     pub nonce: String,
+    /// When it was issued, unix milliseconds: a node refuses tokens issued before it started.
+    /// Tokens of helpers older than this field have none; their issue time is taken as
+    /// `expires_ms - auth.token_ttl`.
+    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
+    pub issued_ms: Option<u64>,
     /// Business metadata, echoed in online/offline events.
     #[serde(
         rename = "m",
@@ -85,6 +98,18 @@ impl TokenSigner {
         self.ttl
     }
 
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When `claims` were issued: their own `issued_ms`, or for a token without one (from an
+    /// older helper) its expiry minus this signer's TTL.
+    fn issued_ms(&self, claims: &TokenClaims) -> u64 {
+        claims
+            .issued_ms
+            .unwrap_or_else(|| claims.expires_ms.saturating_sub(self.ttl_ms()))
+    }
+
     /// Mints a token admitting `client` to `node`.
     ///
     /// # Errors
@@ -96,11 +121,13 @@ impl TokenSigner {
         metadata: serde_json::Value,
     ) -> Result<String> {
         let nonce: [u8; 12] = rand::random();
+        let now = now_ms();
         let claims = TokenClaims {
             client: client.clone(),
             node: node.clone(),
-            expires_ms: now_ms().saturating_add(self.ttl.as_millis() as u64),
+            expires_ms: now.saturating_add(self.ttl_ms()),
             nonce: B64.encode(nonce),
+            issued_ms: Some(now),
             metadata,
         };
         let meta_len = if claims.metadata.is_null() {
@@ -158,10 +185,13 @@ impl TokenSigner {
 ///
 /// Bounded: it holds at most `capacity` unexpired nonces and refuses tokens beyond that
 /// ([`TokenError::Overloaded`]) rather than forgetting one early, which would allow a replay.
+/// It starts empty, so it refuses tokens issued before it was made ([`TokenError::Stale`]):
+/// those may have been used by a cache that is gone (the node's previous run).
 #[derive(Debug)]
 pub struct NonceCache {
     node: NodeId,
     capacity: usize,
+    started_ms: u64,
     inner: Mutex<Nonces>,
 }
 
@@ -172,11 +202,19 @@ struct Nonces {
 }
 
 impl NonceCache {
-    /// A cache for tokens addressed to `node`.
+    /// A cache for tokens addressed to `node`, accepting tokens issued from now on. Make it
+    /// when the node starts, never from a store that outlives the process.
     pub fn new(node: NodeId, capacity: usize) -> Self {
+        Self::started_at(node, capacity, now_ms())
+    }
+
+    /// [`NonceCache::new`] for a node that started at `started_ms` (unix ms): tokens issued
+    /// before it are refused as [`TokenError::Stale`].
+    pub fn started_at(node: NodeId, capacity: usize, started_ms: u64) -> Self {
         Self {
             node,
             capacity,
+            started_ms,
             inner: Mutex::new(Nonces::default()),
         }
     }
@@ -194,6 +232,9 @@ impl NonceCache {
         let claims = signer.verify(token, now_ms)?;
         if claims.node != self.node {
             return Err(TokenError::WrongNode);
+        }
+        if signer.issued_ms(&claims) < self.started_ms {
+            return Err(TokenError::Stale);
         }
         let mut n = self.inner.lock().map_err(|_| TokenError::Overloaded)?;
         // Tokens share one TTL, so expiry order is (nearly) insertion order: popping from the
@@ -230,7 +271,7 @@ mod tests {
         let c = ClientId::new("alice").unwrap();
         let n = NodeId::new("n1").unwrap();
         let t = s.sign(&c, &n, serde_json::json!({"dev":"ios"})).unwrap();
-        let cache = NonceCache::new(n.clone(), 10);
+        let cache = NonceCache::started_at(n.clone(), 10, 0);
         let claims = cache.verify(&s, &t, now_ms()).unwrap();
         assert_eq!(claims.client, c);
         assert_eq!(claims.metadata["dev"], "ios");
@@ -244,7 +285,7 @@ mod tests {
         let c = ClientId::new("alice").unwrap();
         let n1 = NodeId::new("n1").unwrap();
         let n2 = NodeId::new("n2").unwrap();
-        let cache = NonceCache::new(n1.clone(), 10);
+        let cache = NonceCache::started_at(n1.clone(), 10, 0);
         let forged = other.sign(&c, &n1, serde_json::Value::Null).unwrap();
         assert_eq!(
             cache.verify(&s, &forged, now_ms()),
@@ -289,7 +330,7 @@ mod tests {
     fn cache_is_bounded_and_forgets_expired() {
         let s = signer();
         let n = NodeId::new("n1").unwrap();
-        let cache = NonceCache::new(n.clone(), 2);
+        let cache = NonceCache::started_at(n.clone(), 2, 0);
         let c = ClientId::new("a").unwrap();
         let now = now_ms();
         for _ in 0..2 {
@@ -303,5 +344,48 @@ mod tests {
         let long = TokenSigner::new(b"secret", Duration::from_secs(300), 64).unwrap();
         let t3 = long.sign(&c, &n, serde_json::Value::Null).unwrap();
         assert!(cache.verify(&long, &t3, now + 60_000).is_ok());
+    }
+
+    #[test]
+    fn tokens_issued_before_the_cache_started_are_stale() {
+        let s = signer();
+        let c = ClientId::new("alice").unwrap();
+        let n = NodeId::new("n1").unwrap();
+        let t = s.sign(&c, &n, serde_json::Value::Null).unwrap();
+        let issued = s.verify(&t, now_ms()).unwrap().issued_ms.unwrap();
+        // The node's previous run accepted it; the new run starts after it was issued.
+        let before = NonceCache::started_at(n.clone(), 10, issued);
+        before.verify(&s, &t, now_ms()).unwrap();
+        let restarted = NonceCache::started_at(n.clone(), 10, issued + 1);
+        assert_eq!(restarted.verify(&s, &t, now_ms()), Err(TokenError::Stale));
+        // A fresh token for the restarted node is fine.
+        let fresh = NonceCache::new(n.clone(), 10);
+        std::thread::sleep(Duration::from_millis(2));
+        let t2 = s.sign(&c, &n, serde_json::Value::Null).unwrap();
+        fresh.verify(&s, &t2, now_ms()).unwrap();
+        assert_eq!(fresh.verify(&s, &t, now_ms()), Err(TokenError::Stale));
+    }
+
+    #[test]
+    fn tokens_without_an_issue_time_count_from_their_expiry() {
+        // As an older helper signed them: no `i` claim.
+        let s = signer();
+        let now = now_ms();
+        let claims = serde_json::json!({"c": "alice", "n": "n1", "e": now + 30_000, "r": "x"});
+        let payload = B64.encode(claims.to_string());
+        let mut mac = s.mac.clone();
+        let signed = format!("v1.{payload}");
+        mac.update(signed.as_bytes());
+        let t = format!("{signed}.{}", B64.encode(mac.finalize().into_bytes()));
+        let n = NodeId::new("n1").unwrap();
+        assert_eq!(s.verify(&t, now).unwrap().issued_ms, None);
+        // Issued at `e - ttl` = now.
+        assert!(NonceCache::started_at(n.clone(), 10, now)
+            .verify(&s, &t, now)
+            .is_ok());
+        assert_eq!(
+            NonceCache::started_at(n, 10, now + 1).verify(&s, &t, now),
+            Err(TokenError::Stale)
+        );
     }
 }

@@ -5,8 +5,8 @@
 //! - first byte odd: the rest is a claims payload the fuzzer cannot forge a signature for, so it
 //!   is signed here with the test secret; this drives the claims decoding behind a valid MAC.
 //!
-//! Nothing may panic; an accepted token must carry this node's id and be refused as reused on
-//! its second use.
+//! Nothing may panic; an accepted token must carry this node's id, must not have been issued
+//! before the node started, and must be refused as reused on its second use.
 #![no_main]
 
 use std::time::Duration;
@@ -23,6 +23,9 @@ use sha2::Sha256;
 const SECRET: &[u8] = b"fuzz-secret";
 /// A fixed "now" so runs are reproducible: 2025-01-01T00:00:00Z.
 const NOW_MS: u64 = 1_735_689_600_000;
+/// When the node started: a minute before "now", so tokens issued before it (stale) and after
+/// it are both reachable.
+const STARTED_MS: u64 = NOW_MS - 60_000;
 
 fn sign(payload: &[u8]) -> String {
     let mut token = format!("v1.{}", B64.encode(payload));
@@ -48,10 +51,12 @@ fuzz_target!(|data: &[u8]| {
     let signer =
         TokenSigner::new(SECRET, Duration::from_secs(30), 1024).expect("a valid signer");
     let node: NodeId = "n1".parse().expect("a valid node id");
-    let nonces = NonceCache::new(node.clone(), 16);
+    let nonces = NonceCache::started_at(node.clone(), 16, STARTED_MS);
     if let Ok(claims) = nonces.verify(&signer, &token, NOW_MS) {
         assert_eq!(claims.node, node);
         assert!(claims.expires_ms > NOW_MS);
+        let issued = claims.issued_ms.unwrap_or(claims.expires_ms - 30_000);
+        assert!(issued >= STARTED_MS, "a token issued before the node started");
         assert!(matches!(
             nonces.verify(&signer, &token, NOW_MS),
             Err(TokenError::Reused)
