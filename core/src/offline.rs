@@ -130,6 +130,12 @@ pub trait OfflineStore: Send + Sync + Debug + 'static {
     /// Checks that the store is reachable (used by `/readyz`).
     async fn ping(&self) -> Result<()>;
 
+    /// Up to `limit` clients with messages waiting. A store that is not shared (each node
+    /// keeps the inboxes of the clients it owns) lists them so a node can hand an inbox over
+    /// when its client belongs to another node again (`docs/design.md` section 16); a shared
+    /// store never needs to and may answer an empty list.
+    async fn clients(&self, limit: usize) -> Result<Vec<ClientId>>;
+
     /// Whether every node sees the same inboxes (a central store such as Redis), or each node
     /// only those of the clients it owns (a local file, this process's memory); a node asked
     /// about another node's client then says where the inbox is.
@@ -157,6 +163,9 @@ macro_rules! forward_offline {
             }
             async fn ping(&self) -> Result<()> {
                 (**self).ping().await
+            }
+            async fn clients(&self, limit: usize) -> Result<Vec<ClientId>> {
+                (**self).clients(limit).await
             }
             fn is_shared(&self) -> bool {
                 (**self).is_shared()

@@ -32,6 +32,10 @@ pub enum ServerFrame<'a> {
         /// before the client acked it; omitted when false.
         #[serde(skip_serializing_if = "is_false")]
         redelivered: bool,
+        /// The client must ack it: it stays pending, and is pushed again after a dropped link,
+        /// until acked (offline inbox on with `require_ack`); omitted when false.
+        #[serde(skip_serializing_if = "is_false")]
+        ack: bool,
     },
     /// A channel message.
     Channel {
@@ -144,6 +148,7 @@ mod tests {
             receipt: true,
             stored: false,
             redelivered: false,
+            ack: false,
         }
         .to_json();
         assert_eq!(
@@ -158,6 +163,7 @@ mod tests {
             receipt: false,
             stored: true,
             redelivered: false,
+            ack: false,
         }
         .to_json();
         assert_eq!(

@@ -76,6 +76,7 @@ macro_rules! offline_conformance {
             offline_remove_and_clear,
             offline_messages_expire,
             offline_ping_succeeds,
+            offline_lists_clients_with_messages,
         );
         $crate::__conformance_cases!($setup, $crate::LARGE_INBOX_LIMITS;
             offline_large_inbox_is_fetched_whole,

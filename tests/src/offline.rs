@@ -207,3 +207,32 @@ pub async fn offline_ping_succeeds(s: &dyn OfflineStore, _ns: &str) {
 
 // ---------------------------------------------------------------------------------------------
 // Macros
+
+/// A store kept per node lists the clients with messages waiting (so an inbox can follow its
+/// client to another node); a shared store may list none.
+pub async fn offline_lists_clients_with_messages(s: &dyn OfflineStore, ns: &str) {
+    let (alice, bob, carol) = (client(ns, "alice"), client(ns, "bob"), client(ns, "carol"));
+    let m = stored(ns, 0, 100, 50);
+    call("store alice", s.store(&alice, m.clone())).await;
+    call("store bob", s.store(&bob, m.clone())).await;
+    let mine = |all: Vec<impush_core::ClientId>| -> Vec<impush_core::ClientId> {
+        all.into_iter()
+            .filter(|c| [&alice, &bob, &carol].contains(&c))
+            .collect()
+    };
+    let listed = mine(call("clients", s.clients(100_000)).await);
+    if s.is_shared() {
+        return;
+    }
+    assert_eq!(listed, vec![alice.clone(), bob.clone()]);
+    call("clear alice", s.clear(&alice)).await;
+    assert_eq!(
+        mine(call("clients", s.clients(100_000)).await),
+        vec![bob.clone()]
+    );
+    assert!(
+        call("limit", s.clients(0)).await.is_empty(),
+        "the limit holds"
+    );
+    call("clear bob", s.clear(&bob)).await;
+}

@@ -152,7 +152,9 @@ use futures_util::SinkExt;
 
 #[tokio::test]
 async fn channels_membership_and_delivery() {
-    let server = start(|_| {}).await;
+    // Memberships end the moment the last connection closes (no linger: see
+    // `memberships_linger_after_a_dropped_link` for the default).
+    let server = start(|c| c.channels.linger = Duration::ZERO).await;
     let h = server.helper();
     let room = ch("room 1");
     let mut a1 = Client::connect(&h, "alice", 1).await;
@@ -858,4 +860,38 @@ async fn leave_channels_removes_one_client_from_several() {
     for n in nodes {
         n.shutdown().await.unwrap();
     }
+}
+
+/// The default `[channels] linger`: a client whose last connection closed is still in its
+/// channels for a while (a dropped link must not cost it its rooms), and leaves them once the
+/// linger is over without it coming back.
+#[tokio::test]
+async fn memberships_linger_after_a_dropped_link() {
+    let server = start(|c| c.channels.linger = Duration::from_millis(1500)).await;
+    let h = server.helper();
+    let room = ch("linger");
+    let a = Client::connect(&h, "alice", 1).await;
+    h.join_channel(&room, &[id("alice")]).await.unwrap();
+    drop(a);
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap().value }).await;
+    // Back within the linger: still a member, and channel messages reach her.
+    assert_eq!(
+        h.client_channels(&id("alice")).await.unwrap(),
+        vec![room.clone()]
+    );
+    let mut a = Client::connect(&h, "alice", 1).await;
+    h.send_channel_message(&id("bob"), &room, &"back")
+        .await
+        .unwrap();
+    assert_eq!(a.next_json().await["data"], "back");
+    // Gone for longer than the linger: the membership ends.
+    a.ws.close(None).await.unwrap();
+    eventually(|| async { !h.is_online(&id("alice")).await.unwrap().value }).await;
+    assert_eq!(
+        h.client_channels(&id("alice")).await.unwrap(),
+        vec![room.clone()]
+    );
+    eventually(|| async { h.client_channels(&id("alice")).await.unwrap().is_empty() }).await;
+    assert!(h.channel_members(&room).await.unwrap().is_empty());
+    server.shutdown().await.unwrap();
 }

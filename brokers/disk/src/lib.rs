@@ -403,6 +403,37 @@ impl OfflineStore for DiskOfflineStore {
         .await
     }
 
+    async fn clients(&self, limit: usize) -> Result<Vec<ClientId>> {
+        self.blocking(move |inner| {
+            let read = inner
+                .db
+                .begin_read()
+                .map_err(db_err(inner, "cannot read"))?;
+            let totals = match read.open_table(TOTALS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(db_err(inner, "cannot open the totals")(e)),
+            };
+            let mut out = Vec::new();
+            for row in totals
+                .iter()
+                .map_err(db_err(inner, "cannot list clients"))?
+            {
+                if out.len() >= limit {
+                    break;
+                }
+                let (client, counts) = row.map_err(db_err(inner, "cannot list clients"))?;
+                if counts.value().0 > 0 {
+                    if let Ok(c) = ClientId::new(client.value()) {
+                        out.push(c);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     fn is_shared(&self) -> bool {
         false
     }

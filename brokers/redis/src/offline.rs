@@ -143,6 +143,11 @@ impl OfflineStore for RedisOfflineStore {
             .map_err(core("PING"))
     }
 
+    async fn clients(&self, _limit: usize) -> Result<Vec<ClientId>> {
+        // Shared by every node: an inbox never needs handing over.
+        Ok(Vec::new())
+    }
+
     fn is_shared(&self) -> bool {
         true
     }

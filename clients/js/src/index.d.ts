@@ -28,6 +28,8 @@ export interface MessageFrame<D = unknown> {
   stored?: boolean;
   /** Pushed again from the offline inbox: it reached a socket that closed before the ack. Same id and `ts`. */
   redelivered?: boolean;
+  /** The node keeps the message pending until it is acked (offline inbox with `require_ack`): ack it. */
+  ack?: boolean;
 }
 
 export interface ChannelFrame<D = unknown> {
@@ -193,7 +195,7 @@ export interface ImpushClientOptions {
   getUrl: () => string | ResponseLike | Promise<string | ResponseLike>;
   /** WebSocket constructor; defaults to `globalThis.WebSocket`. */
   WebSocket?: WebSocketConstructor;
-  /** Send `{"type":"ack"}` for every message with `receipt`, `stored` or `redelivered` true, after the handlers ran. Default false. */
+  /** Send `{"type":"ack"}` for every message with `receipt`, `stored`, `redelivered` or `ack` true, after the handlers ran. Default false. */
   autoAck?: boolean;
   /** Connect on construction (in a microtask). Default true; otherwise call `connect()`. */
   autoConnect?: boolean;

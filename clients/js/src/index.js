@@ -421,8 +421,11 @@ export class ImpushClient {
     // Before the duplicate check: a replay that repeats what we saw still moves us forward.
     if (f.type !== "message") this.#track(f);
     // A message from the offline inbox (stored while we were away, or redelivered because a
-    // socket closed before its ack) leaves the inbox only when acked, receipt or not.
-    const wantsAck = f.type === "message" && (f.receipt === true || f.stored === true || f.redelivered === true);
+    // socket closed before its ack) leaves the inbox only when acked, receipt or not; with the
+    // inbox requiring acks, every message says so (`ack: true`) and stays pending until acked.
+    const wantsAck =
+      f.type === "message" &&
+      (f.receipt === true || f.stored === true || f.redelivered === true || f.ack === true);
     if (this.#seen.has(f.id)) {
       // A redelivery (e.g. from the offline inbox after a lost ack): the app saw it already,
       // but the server still waits for the ack the app gave.

@@ -527,6 +527,13 @@ describe("acks", () => {
     assert.deepEqual(s.sent, [{ type: "ack", id: "r" }]);
   });
 
+  test("autoAck acks messages the node keeps pending until acked (ack: true)", async () => {
+    const t = track(setup({ autoAck: true }));
+    const s = await t.connectNow();
+    s.receive({ type: "message", id: "k", from: "bob", data: 1, ts: 1, receipt: false, ack: true });
+    assert.deepEqual(s.sent, [{ type: "ack", id: "k" }]);
+  });
+
   test("a redelivered message already shown and acked is acked again, not shown again", async () => {
     const t = track(setup());
     let s = await t.connectNow();

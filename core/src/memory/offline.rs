@@ -186,6 +186,23 @@ impl OfflineStore for MemoryOfflineStore {
         self.lock().map(drop)
     }
 
+    async fn clients(&self, limit: usize) -> Result<Vec<ClientId>> {
+        let cutoff = self.cutoff();
+        let mut inboxes = self.lock()?;
+        let mut out: Vec<ClientId> = Vec::new();
+        for (client, inbox) in inboxes.iter_mut() {
+            if out.len() >= limit {
+                break;
+            }
+            inbox.expire(cutoff);
+            if !inbox.messages.is_empty() {
+                out.push(client.clone());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     fn is_shared(&self) -> bool {
         false
     }

@@ -72,6 +72,12 @@ pub async fn connect_via(h: &ImHelper, c: &ClientId, via: SocketAddr) -> Ws {
 /// Connects, retrying while the owning node is not listening yet (it is restarting).
 pub async fn connect_when_up(h: &ImHelper, c: &ClientId) -> Ws {
     let deadline = Instant::now() + WAIT;
+    // Its home is restarting: until the live view has it back, `prepare_connect` names a
+    // fallback node, which would send the client home (1012) a moment later.
+    while h.cluster().owner(c) != h.cluster().home(c) {
+        assert!(Instant::now() < deadline, "{c}'s home never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     loop {
         let url = h
             .prepare_connect(c, Value::Null)

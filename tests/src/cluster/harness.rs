@@ -37,6 +37,9 @@ pub struct Spec {
     /// Broker URLs that differ per node (index from 0), e.g. through a
     /// [`FaultProxy`](crate::proxy::FaultProxy); the others and the helper use the real one.
     pub broker_urls: BTreeMap<usize, String>,
+    /// `[cluster]` keys of drain and return home (short by default: a stopping node drains
+    /// before it exits, and every case stops its nodes at the end).
+    pub moves: String,
 }
 
 impl Spec {
@@ -48,7 +51,22 @@ impl Spec {
             extra: String::new(),
             offline: false,
             broker_urls: BTreeMap::new(),
+            moves: "drain_period = \"1s\"\nrebalance_period = \"2s\"\nmove_grace = \"1s\"\n"
+                .to_owned(),
         }
+    }
+
+    /// Memberships end the moment a client's last connection closes (`[channels] linger =
+    /// "0s"`), for cases about that moment rather than about reconnecting.
+    pub fn without_linger(mut self) -> Self {
+        self.extra.push_str("[channels]\nlinger = \"0s\"\n");
+        self
+    }
+
+    /// `[cluster]` drain and return-home keys instead of the short defaults.
+    pub fn moves(mut self, toml: impl Into<String>) -> Self {
+        self.moves = toml.into();
+        self
     }
 
     /// With the offline inbox on.
@@ -108,10 +126,11 @@ impl Cluster {
             .collect();
         let common = |url: &str| {
             format!(
-                "[cluster]\nnodes = [{}]\nnode_lease = \"{}\"\n\
+                "[cluster]\nnodes = [{}]\nnode_lease = \"{}\"\n{}\
                  [auth]\nsecret = \"cluster-secret\"\napi_key = \"{API_KEY}\"\n{}{}",
                 nodes_toml.join(", "),
                 spec.lease,
+                spec.moves,
                 sections(backend, url, &prefix),
                 spec.extra,
             )

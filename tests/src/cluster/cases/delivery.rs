@@ -19,7 +19,7 @@ pub async fn cross_node_delivery_channels_kick_and_events(backend: &Backend) {
     let Some(url) = backend.shared_url() else {
         return;
     };
-    let cluster = Cluster::start(backend, &url, &Spec::new(3, "10s"));
+    let cluster = Cluster::start(backend, &url, &Spec::new(3, "10s").without_linger());
     let h = cluster.helper().await;
     let mut events = h.events().await.unwrap();
     let cs: Vec<ClientId> = (0..3).map(|i| client_on(&h, i, "u")).collect();

@@ -26,7 +26,7 @@ pub async fn killed_node_drops_its_clients_within_the_lease(backend: &Backend) {
         return;
     };
     let lease = Duration::from_secs(2);
-    let mut cluster = Cluster::start(backend, &url, &Spec::new(2, "2s"));
+    let mut cluster = Cluster::start(backend, &url, &Spec::new(2, "2s").without_linger());
     let h = cluster.helper().await;
     let mut events = h.events().await.unwrap();
     let (a, b) = (client_on(&h, 0, "a"), client_on(&h, 1, "b"));
