@@ -6,17 +6,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+mod support;
+
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use impush_brokers::{BackendContext, Backends, Section};
 use impush_core::{Broker, Error, SubscribeMode, Subscription};
 use impush_example_nats::{NatsBroker, NatsConfig};
+use impush_tests::cluster::brokers::PrivateBroker;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -174,86 +172,6 @@ async fn shutdown_gives_back_what_members_hold() {
     new.shutdown().await.unwrap();
 }
 
-/// A private `nats-server` with JetStream on file storage, restartable on the same port and
-/// store.
-struct PrivateNats {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateNats {
-    fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("impush-nats-{}", impush_tests::unique_ns()));
-        let mut s = PrivateNats {
-            port,
-            dir,
-            child: None,
-        };
-        if !s.spawn() {
-            return None;
-        }
-        Some(s)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) -> bool {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(_) if std::env::var_os("IMPUSH_REQUIRE_BROKERS").is_some() => {
-                panic!("nats-server must be on the PATH (scripts/brokers.sh install nats)")
-            }
-            Err(_) => {
-                use std::io::Write;
-                let _ = writeln!(std::io::stderr(), "SKIPPED: nats-server is not installed");
-                return false;
-            }
-        };
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Retries `publish` until it succeeds (the broker is reconnecting meanwhile).
 async fn publish_when_back(broker: &NatsBroker, topic: &str, payload: &'static str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -271,7 +189,7 @@ async fn publish_when_back(broker: &NatsBroker, topic: &str, payload: &'static s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_is_a_reported_gap_for_fanout_and_nothing_for_queues() {
-    let Some(mut server) = tokio::task::block_in_place(PrivateNats::start) else {
+    let Some(mut server) = tokio::task::block_in_place(support::private_nats) else {
         return;
     };
     let cfg = NatsConfig {
@@ -323,7 +241,7 @@ async fn a_server_restart_is_a_reported_gap_for_fanout_and_nothing_for_queues() 
         }
     };
     assert!(err.is_transient(), "{err:?}");
-    tokio::task::block_in_place(|| assert!(server.spawn()));
+    tokio::task::block_in_place(|| server.start());
 
     publish_when_back(&broker, topic, "after").await;
     broker.ping().await.unwrap();
@@ -376,11 +294,7 @@ async fn errors_name_the_key_or_the_server_but_never_the_password() {
     assert!(chain(&err).contains("broker.urll"), "{}", chain(&err));
 
     // Nothing listens there: unavailable, naming the server without the password.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = impush_tests::free_addrs(1)[0].port();
     let down = Section::new("nats")
         .set("url", format!("nats://alice:hunter2@127.0.0.1:{port}"))
         .unwrap()

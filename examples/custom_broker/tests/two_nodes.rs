@@ -11,12 +11,11 @@
 //! cases print SKIPPED, or fail when `IMPUSH_REQUIRE_BROKERS` is set. Each cluster's stream
 //! (named after its prefix, see the crate docs) is deleted when the cluster stops.
 
-use std::{path::Path, process::Command, process::Stdio, time::Duration};
+mod support;
 
-use impush_tests::cluster::{
-    brokers::{PrivateBroker, ProcessBroker},
-    harness::Backend,
-};
+use std::time::Duration;
+
+use impush_tests::cluster::{brokers::ProcessBroker, harness::Backend};
 
 /// `[broker]` and `[presence]` for the NATS server at `url`.
 fn sections(url: &str) -> String {
@@ -34,24 +33,6 @@ fn backends() -> impush_helper::Backends {
     let mut backends = impush_helper::Backends::with_defaults();
     impush_example_nats::register(&mut backends);
     backends
-}
-
-/// A `nats-server` (from the PATH) with JetStream on file storage in its own directory: its
-/// streams survive a restart.
-fn private_nats() -> Option<Box<dyn PrivateBroker>> {
-    let broker = ProcessBroker::start(
-        "nats-server",
-        |port: u16, dir: &Path| {
-            let mut c = Command::new("nats-server");
-            c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            c
-        },
-        |port| format!("nats://127.0.0.1:{port}"),
-    )?;
-    Some(broker.keeping_data().boxed())
 }
 
 /// Deletes the cluster's stream (best effort: the server may be down or gone).
@@ -85,14 +66,11 @@ fn delete_stream(url: &str, prefix: &str) {
 }
 
 fn nats() -> Backend {
-    Backend::new(
-        "nats",
-        env!("CARGO_BIN_EXE_impush-nats"),
-        sections,
-        || impush_tests::env_or_skip("IMPUSH_TEST_NATS_URL"),
-    )
+    Backend::new("nats", env!("CARGO_BIN_EXE_impush-nats"), sections, || {
+        impush_tests::env_or_skip("IMPUSH_TEST_NATS_URL")
+    })
     .helper_backends(backends)
-    .private(private_nats)
+    .private(|| support::private_nats().map(ProcessBroker::boxed))
     .cleanup(delete_stream)
 }
 
