@@ -10,6 +10,8 @@ use impush_core::{
 use impush_helper::HelperConfig;
 use serde::Deserialize;
 
+use crate::webhooks::WebhooksConfig;
+
 /// `[offline]`: the offline inbox (`docs/design.md` section 9): keys every store shares, plus
 /// `kind` (`memory`, `redis`, `disk`, or one registered in code) and that kind's own keys.
 ///
@@ -92,10 +94,13 @@ pub struct Config {
     pub offline: OfflineConfig,
     /// `[history]`: channel and broadcast history for resume (`docs/design.md` section 15).
     pub history: HistoryConfig,
+    /// `[webhooks]`: hooks POSTed to the business (`docs/design.md` section 17).
+    pub webhooks: WebhooksConfig,
 }
 
 const SECTIONS: &[&str] = &[
     "node", "cluster", "auth", "broker", "presence", "limits", "channels", "offline", "history",
+    "webhooks",
 ];
 
 impl Config {
@@ -152,6 +157,9 @@ impl Config {
             return bad("limits.ping_interval", "must be greater than zero");
         }
         check_bounds(self)?;
+        if let Err((key, why)) = self.webhooks.check() {
+            return bad(&key, &why);
+        }
         let o = &self.offline;
         if o.enabled {
             if o.ttl.is_zero() || o.ttl > Duration::from_secs(365 * 24 * 3600) {

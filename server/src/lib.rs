@@ -16,7 +16,9 @@
 //! - `edge`: the accept loop, the cap on open connections, header/idle/body timeouts;
 //! - `app`: what HTTP handlers share; `http`: `/ws` (token check before the upgrade),
 //!   `/healthz`, `/readyz`, `/metrics`; `api`: the HTTP API (`/api/v1/...`, Server-Sent Events,
-//!   the OpenAPI document).
+//!   the OpenAPI document);
+//! - [`webhooks`]: hooks POSTed to the business (online/offline, stored, join/leave), signed,
+//!   batched and retried.
 
 mod api;
 mod app;
@@ -33,6 +35,7 @@ mod session;
 mod settle;
 mod stream;
 mod throttle;
+pub mod webhooks;
 
 pub use api::api_routes;
 pub use cli::run;

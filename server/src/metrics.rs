@@ -8,6 +8,9 @@ use std::{
 
 use impush_core::{NodeId, ReceiptStatus};
 
+mod webhooks;
+pub(crate) use webhooks::{WebhookDrop, WebhookPost};
+
 /// Kinds of frames a node writes to clients.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum OutKind {
@@ -90,6 +93,8 @@ pub struct Metrics {
     pub(crate) origin_rejections: AtomicU64,
     pub(crate) event_groups: AtomicI64,
     pub(crate) event_groups_refused: AtomicU64,
+    /// Webhook POSTs and hooks delivered, dropped and queued.
+    pub(crate) webhooks: webhooks::WebhookCounters,
 }
 
 impl Metrics {
@@ -446,6 +451,7 @@ impl Metrics {
             "SSE requests refused with 429 because limits.max_event_groups groups were held.",
             &[(None, load(&self.event_groups_refused).to_string())],
         );
+        self.webhooks.render(&mut out, node);
         out
     }
 }

@@ -19,6 +19,7 @@ use crate::{
     http,
     metrics::Metrics,
     node::{Feed, Node, NodeParts, OfflineInbox},
+    webhooks::Webhooks,
     Error, Result,
 };
 
@@ -199,6 +200,9 @@ impl ImServerBuilder {
             config.limits.max_metadata_bytes,
         )?;
         let topics = Topics::new(&ctx.prefix);
+        let metrics = Arc::new(Metrics::default());
+        // Before the node: the offline events of a previous run (below) are hooks too.
+        let webhooks = Webhooks::start(&config.webhooks, &config.node.id, metrics.clone())?;
 
         let (node, inboxes, lanes) = Node::new(NodeParts {
             id: config.node.id.clone(),
@@ -209,7 +213,8 @@ impl ImServerBuilder {
             limits: config.limits.clone(),
             persist_channels: config.channels.persist,
             linger: config.channels.linger,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
+            webhooks,
             cluster_config: config.cluster.clone(),
             history: config.history.clone(),
             offline: offline.map(|store| OfflineInbox {
@@ -435,6 +440,9 @@ impl ImServer {
                 "could not clear this node's presence; its lease will expire"
             );
         }
+        // The offline events of the closed sessions are queued by now: send them, and what
+        // else is queued, for up to the grace.
+        node.webhooks.shutdown(grace).await;
         node.broker.shutdown().await?;
         tracing::info!(node = %node.id, "impush node stopped");
         Ok(())

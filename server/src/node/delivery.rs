@@ -5,7 +5,7 @@ use axum::extract::ws::Utf8Bytes;
 use impush_core::{
     envelope::{ClusterCommand, Deliver},
     protocol::ServerFrame,
-    Acker, ClientId,
+    Acker, ChannelName, ClientId,
 };
 
 use super::{history, Node};
@@ -14,6 +14,7 @@ use crate::{
     session::Outgoing,
     settle::{Settlement, Tracked},
     stream::StreamKey,
+    webhooks::EventKind,
 };
 
 impl Node {
@@ -62,6 +63,17 @@ impl Node {
         tracing::info!(%client, connections = n, "kicked");
     }
 
+    /// Every node reads membership changes; the owner of each client (live ownership) posts
+    /// its hook, so each is posted once.
+    fn membership_hooks(&self, kind: EventKind, channel: &ChannelName, clients: &[ClientId]) {
+        if self.webhooks.wants(kind) {
+            let mine = clients
+                .iter()
+                .filter(|c| self.cluster.owner(c).id == self.id);
+            self.webhooks.membership(kind, channel, mine);
+        }
+    }
+
     /// A command every node acts on, applied to local connections only.
     pub(super) fn on_cluster_command(&self, cmd: ClusterCommand) {
         let frame = history::frame_of(&cmd);
@@ -96,9 +108,11 @@ impl Node {
                 }
             }
             (ClusterCommand::Joined { channel, clients }, _) => {
+                self.membership_hooks(EventKind::Joined, &channel, &clients);
                 self.registry.join(&channel, &clients)
             }
             (ClusterCommand::Left { channel, clients }, _) => {
+                self.membership_hooks(EventKind::Left, &channel, &clients);
                 self.registry.leave(&channel, &clients)
             }
             _ => {}

@@ -55,7 +55,7 @@ pub(crate) use history::{Lanes, ResumeRequest};
 pub(crate) use inbox::OfflineInbox;
 pub(crate) use receipts::Inboxes;
 
-use crate::{metrics::Metrics, registry::Registry, settle::Outcomes};
+use crate::{metrics::Metrics, registry::Registry, settle::Outcomes, webhooks::Webhooks};
 
 const CLIENT_LOCK_STRIPES: usize = 256;
 /// Message ids remembered for duplicate suppression.
@@ -79,6 +79,8 @@ pub(crate) struct NodeParts {
     pub(crate) cluster_config: ClusterConfig,
     /// `[history]`.
     pub(crate) history: impush_core::config::HistoryConfig,
+    /// `[webhooks]`, started.
+    pub(crate) webhooks: Webhooks,
 }
 
 /// One node's shared state.
@@ -94,6 +96,8 @@ pub(crate) struct Node {
     pub(crate) metrics: Arc<Metrics>,
     /// The offline inbox, when `[offline] enabled`.
     pub(crate) offline: Option<OfflineInbox>,
+    /// Hooks for the business (`docs/design.md` section 17); no endpoints, no hooks.
+    pub(crate) webhooks: Webhooks,
     registry: Registry,
     boot: u64,
     conn_seq: AtomicU64,
@@ -158,6 +162,7 @@ impl Node {
             persist_channels: parts.persist_channels,
             metrics: parts.metrics,
             offline: parts.offline,
+            webhooks: parts.webhooks,
             registry: Registry::default(),
             boot,
             conn_seq: AtomicU64::new(0),
@@ -219,7 +224,10 @@ impl Node {
         );
     }
 
+    /// Publishes an online/offline event on `{prefix}.events` and hands it to the webhooks:
+    /// every event is published by one node, so it is posted once.
     async fn publish_event(&self, event: &Event) {
+        self.webhooks.event(event);
         match envelope::encode("event", event) {
             Ok(payload) => self.publish(self.topics.events(), payload).await,
             Err(e) => tracing::error!(error = &e as &dyn std::error::Error, "cannot encode event"),

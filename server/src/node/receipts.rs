@@ -187,11 +187,13 @@ impl Node {
         let undelivered = s.undelivered.clone();
         let (stored, not_kept) = self.store_for(inbox, &message, &undelivered).await;
         let delivered = s.delivered.clone();
-        let connected: Vec<ClientId> = stored
+        // Receivers that connected meanwhile get it just below; the others wait for it, and
+        // that is the hook for a mobile push.
+        let (connected, waiting): (Vec<ClientId>, Vec<ClientId>) = stored
             .iter()
-            .filter(|c| self.registry.is_local(c))
             .cloned()
-            .collect();
+            .partition(|c| self.registry.is_local(c));
+        self.webhooks.stored(&waiting, &message);
         self.finish(s, delivered, stored, not_kept);
         for client in connected {
             let _guard = self.client_lock(&client).lock().await;
