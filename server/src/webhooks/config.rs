@@ -120,8 +120,8 @@ impl Default for RetryConfig {
     }
 }
 
-/// One `[[webhooks.endpoints]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+/// One `[[webhooks.endpoints]]` entry. `Debug` shows the URL with its credentials hidden.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `http://` or `https://` URL the hooks are POSTed to.
@@ -138,6 +138,19 @@ pub struct EndpointConfig {
     /// coming and going rather than sockets (default false).
     #[serde(default)]
     pub first_last_only: bool,
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A receiver's URL often carries a token (`?token=...`, `user:pass@`).
+        f.debug_struct("EndpointConfig")
+            .field("url", &impush_core::redact::redact_url(&self.url))
+            .field("events", &self.events)
+            .field("secret", &self.secret)
+            .field("include_data", &self.include_data)
+            .field("first_last_only", &self.first_last_only)
+            .finish()
+    }
 }
 
 /// The longest any webhook duration may be (as for every other duration key).
@@ -291,6 +304,17 @@ mod tests {
             with(&|c| c.endpoints[0].secret = Secret::new("short")),
             "webhooks.endpoints.0.secret"
         );
+    }
+
+    #[test]
+    fn debug_hides_the_secret_and_url_credentials() {
+        let mut e = endpoint();
+        e.url = "https://user:pw1@backend.example.com/hooks?token=hunter2".into();
+        let shown = format!("{e:?}");
+        for secret in ["pw1", "hunter2", "0123456789abcdef"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("backend.example.com/hooks"), "{shown}");
     }
 
     #[test]
