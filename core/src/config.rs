@@ -233,6 +233,17 @@ pub struct LimitsConfig {
     /// with `Retry-After`. `0` (the default) means no limit (clients behind one NAT share an
     /// address).
     pub connect_rate_per_ip: u32,
+    /// How long a node remembers the id of a point-to-point message it delivered, and a
+    /// stream's sequencer the id of a publication it numbered: a send retried with the same
+    /// `Idempotency-Key` or `id` within it is not delivered twice (default `5m`;
+    /// `docs/design.md` section 7).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Most ids a node remembers for that, per kind (messages, publications): past it the
+    /// oldest are forgotten before their window ends, so a node that takes more than this many
+    /// messages per window dedupes over a shorter time. About 140 bytes each (measured with
+    /// 32-character ids: the default 65536 hold about 9 MB per kind when full).
+    pub idempotency_max_ids: usize,
 }
 
 impl Default for LimitsConfig {
@@ -265,6 +276,8 @@ impl Default for LimitsConfig {
             inbound_burst: 40,
             connect_rate: 0,
             connect_rate_per_ip: 0,
+            idempotency_window: Duration::from_secs(300),
+            idempotency_max_ids: 64 * 1024,
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   [`MemoryOfflineStore`];
 //! - what travels between helpers and nodes ([`envelope`]) and between nodes and clients
 //!   ([`protocol`]); connect [`token`]s; shared [`config`] sections; one [`Error`];
-//! - [`redact::redact_url`], the one way every crate shows a backend URL.
+//! - [`redact::redact_url`], the one way every crate shows a backend URL;
+//! - [`idempotency::IdempotencyKey`], which names a send so that retries deliver it once.
 //!
 //! ```
 //! use futures_util::StreamExt;
@@ -30,6 +31,7 @@ pub mod config;
 pub mod envelope;
 mod error;
 mod id;
+pub mod idempotency;
 mod memory;
 mod offline;
 mod partition;

@@ -18,6 +18,11 @@
 //!
 //! Method names follow FreeIM's ImHelper: `PrevConnectServer` is [`ImHelper::prepare_connect`],
 //! `SendMessage` is [`ImHelper::send_message`], `JoinChan` is [`ImHelper::join_channel`], and so on.
+//!
+//! Sends are idempotent when you name them: the `_with_id` variants take the message's id, from
+//! an [`IdempotencyKey`] of your own (`key.message_id()`) or chosen outright, and a retry with
+//! the same id within `limits.idempotency_window` is not delivered twice, even when the first
+//! attempt failed half-way through its receivers' nodes.
 
 mod config;
 
@@ -36,7 +41,7 @@ use serde_json::value::RawValue;
 
 pub use config::HelperConfig;
 pub use impush_brokers::Backends;
-pub use impush_core::{Answer, Broker, Error, Result};
+pub use impush_core::{idempotency::IdempotencyKey, Answer, Broker, Error, Result};
 
 /// A stream of online/offline events. `Err(Error::Lagged)` items report events this helper
 /// missed because it read too slowly; the stream continues after them.
@@ -267,10 +272,68 @@ impl ImHelper {
         data: Box<RawValue>,
         receipt: bool,
     ) -> Result<SendReport> {
+        self.send_message_raw_with_id(MessageId::generate(), from, to, data, receipt)
+            .await
+    }
+
+    /// [`ImHelper::send_message`] as message `id`: idempotent. Every node delivers an id once
+    /// within `limits.idempotency_window`, so when a send fails part-way (some receivers' nodes
+    /// got it, then the broker failed), calling again with the same id reaches the rest and
+    /// none twice. Take the id from an [`IdempotencyKey`] (`key.message_id()`, the id the HTTP
+    /// API's `Idempotency-Key` gives too) or choose it yourself; the report is the same on
+    /// every call (`nodes` counts the receivers' nodes as the live view has them now).
+    ///
+    /// The id names the message: a second call with the same id and another body is not a new
+    /// message; each receiver gets whichever body reached its node first.
+    ///
+    /// ```no_run
+    /// # async fn demo(helper: impush_helper::ImHelper) -> impush_helper::Result<()> {
+    /// use impush_core::ClientId;
+    /// use impush_helper::IdempotencyKey;
+    /// let key = IdempotencyKey::new("order-4711-shipped")?;
+    /// let from: ClientId = "shop".parse()?;
+    /// let to: Vec<ClientId> = impush_core::parse_all(&["alice", "bob"])?;
+    /// let data = serde_json::json!({"order": 4711});
+    /// let report = loop {
+    ///     match helper.send_message_with_id(key.message_id(), &from, &to, &data, false).await {
+    ///         Ok(r) => break r,
+    ///         Err(e) if e.is_transient() => continue, // retry: nobody gets it twice
+    ///         Err(e) => return Err(e),
+    ///     }
+    /// };
+    /// # let _ = report; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`ImHelper::send_message`].
+    pub async fn send_message_with_id<T: Serialize + ?Sized>(
+        &self,
+        id: MessageId,
+        from: &ClientId,
+        to: &[ClientId],
+        data: &T,
+        receipt: bool,
+    ) -> Result<SendReport> {
+        let data = to_raw(data)?;
+        self.send_message_raw_with_id(id, from, to, data, receipt)
+            .await
+    }
+
+    /// [`ImHelper::send_message_with_id`] with `data` already as JSON text.
+    ///
+    /// # Errors
+    /// As [`ImHelper::send_message`].
+    pub async fn send_message_raw_with_id(
+        &self,
+        id: MessageId,
+        from: &ClientId,
+        to: &[ClientId],
+        data: Box<RawValue>,
+        receipt: bool,
+    ) -> Result<SendReport> {
         if to.is_empty() {
             return Err(Error::InvalidArgument("no receivers given".into()));
         }
-        let id = MessageId::generate();
         let ts = envelope::now_ms();
         // Group receivers by owning node, dropping duplicates (a receiver listed twice gets the
         // message once).
@@ -471,7 +534,39 @@ impl ImHelper {
         channel: &ChannelName,
         data: Box<RawValue>,
     ) -> Result<MessageId> {
-        let id = MessageId::generate();
+        self.send_channel_message_raw_with_id(MessageId::generate(), from, channel, data)
+            .await
+    }
+
+    /// [`ImHelper::send_channel_message`] as message `id`: idempotent like
+    /// [`ImHelper::send_message_with_id`] (take the id from `key.channel_message_id(channel)`,
+    /// as the HTTP API does). With history (`[history] size > 0`) the stream's sequencer numbers
+    /// an id once within `limits.idempotency_window`; without, every node delivers it once.
+    ///
+    /// # Errors
+    /// Broker errors.
+    pub async fn send_channel_message_with_id<T: Serialize + ?Sized>(
+        &self,
+        id: MessageId,
+        from: &ClientId,
+        channel: &ChannelName,
+        data: &T,
+    ) -> Result<MessageId> {
+        self.send_channel_message_raw_with_id(id, from, channel, to_raw(data)?)
+            .await
+    }
+
+    /// [`ImHelper::send_channel_message_with_id`] with `data` already as JSON text.
+    ///
+    /// # Errors
+    /// Broker errors.
+    pub async fn send_channel_message_raw_with_id(
+        &self,
+        id: MessageId,
+        from: &ClientId,
+        channel: &ChannelName,
+        data: Box<RawValue>,
+    ) -> Result<MessageId> {
         let ts = envelope::now_ms();
         if self.inner.history {
             let p = Publication {
@@ -517,7 +612,32 @@ impl ImHelper {
     /// # Errors
     /// Broker errors.
     pub async fn broadcast_raw(&self, data: Box<RawValue>) -> Result<MessageId> {
-        let id = MessageId::generate();
+        self.broadcast_raw_with_id(MessageId::generate(), data)
+            .await
+    }
+
+    /// [`ImHelper::broadcast`] as message `id`: idempotent like
+    /// [`ImHelper::send_channel_message_with_id`] (take the id from `key.broadcast_id()`).
+    ///
+    /// # Errors
+    /// Broker errors.
+    pub async fn broadcast_with_id<T: Serialize + ?Sized>(
+        &self,
+        id: MessageId,
+        data: &T,
+    ) -> Result<MessageId> {
+        self.broadcast_raw_with_id(id, to_raw(data)?).await
+    }
+
+    /// [`ImHelper::broadcast_with_id`] with `data` already as JSON text.
+    ///
+    /// # Errors
+    /// Broker errors.
+    pub async fn broadcast_raw_with_id(
+        &self,
+        id: MessageId,
+        data: Box<RawValue>,
+    ) -> Result<MessageId> {
         let ts = envelope::now_ms();
         if self.inner.history {
             let p = Publication {

@@ -233,6 +233,7 @@ fn check_bounds(c: &Config) -> Result<()> {
         ("limits.keep_alive_timeout", l.keep_alive_timeout, false),
         ("limits.request_body_timeout", l.request_body_timeout, false),
         ("limits.event_group_idle", l.event_group_idle, false),
+        ("limits.idempotency_window", l.idempotency_window, false),
         ("cluster.drain_period", c.cluster.drain_period, false),
         (
             "cluster.rebalance_period",
@@ -260,6 +261,7 @@ fn check_bounds(c: &Config) -> Result<()> {
         ("limits.inbound_rate", l.inbound_rate as usize),
         ("limits.inbound_burst", l.inbound_burst as usize),
         ("limits.max_unacked", l.max_unacked),
+        ("limits.idempotency_max_ids", l.idempotency_max_ids),
         ("history.max_bytes", c.history.max_bytes),
     ] {
         if v == 0 {

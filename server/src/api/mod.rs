@@ -7,6 +7,7 @@
 
 mod error;
 mod extract;
+mod idempotency;
 mod nodes;
 mod sse;
 
@@ -14,13 +15,13 @@ use std::sync::Arc;
 
 use axum::{
     extract::{DefaultBodyLimit, State},
-    http::{header::CONTENT_TYPE, Method},
+    http::{header::CONTENT_TYPE, HeaderMap, Method},
     middleware,
     response::{IntoResponse, Response},
     routing::{get, on, MethodFilter, MethodRouter},
     Json, Router,
 };
-use impush_core::{ChannelName, ClientId, Error, NodeId};
+use impush_core::{ChannelName, ClientId, Error, MessageId, NodeId};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 
@@ -158,12 +159,17 @@ struct MessageBody {
     data: Box<RawValue>,
     #[serde(default)]
     receipt: bool,
+    /// A caller-chosen id: the send is idempotent (as with an `Idempotency-Key`).
+    #[serde(default)]
+    id: Option<MessageId>,
 }
 
 async fn send_message(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<MessageBody>,
 ) -> Result<Json<Value>, ApiError> {
+    let id = idempotency::message_id(&headers, body.id, |k| k.message_id())?;
     let limit = app.node.limits.max_receivers_per_message;
     if body.to.len() > limit {
         return Err(ApiError::too_many(
@@ -176,7 +182,7 @@ async fn send_message(
     }
     let r = app
         .helper
-        .send_message_raw(&body.from, &body.to, body.data, body.receipt)
+        .send_message_raw_with_id(id, &body.from, &body.to, body.data, body.receipt)
         .await;
     let report = publishing(&app, r)?;
     Ok(Json(json!({ "id": report.id, "nodes": report.nodes })))
@@ -347,16 +353,20 @@ async fn leave_channel(
 struct ChannelMessageBody {
     from: ClientId,
     data: Box<RawValue>,
+    #[serde(default)]
+    id: Option<MessageId>,
 }
 
 async fn send_channel_message(
     State(app): State<Arc<App>>,
     IdPath(channel): IdPath<ChannelName>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<ChannelMessageBody>,
 ) -> Result<Json<Value>, ApiError> {
+    let id = idempotency::message_id(&headers, body.id, |k| k.channel_message_id(&channel))?;
     let r = app
         .helper
-        .send_channel_message_raw(&body.from, &channel, body.data)
+        .send_channel_message_raw_with_id(id, &body.from, &channel, body.data)
         .await;
     let id = publishing(&app, r)?;
     Ok(Json(json!({ "id": id })))
@@ -366,13 +376,17 @@ async fn send_channel_message(
 #[serde(deny_unknown_fields)]
 struct BroadcastBody {
     data: Box<RawValue>,
+    #[serde(default)]
+    id: Option<MessageId>,
 }
 
 async fn broadcast(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<BroadcastBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let r = app.helper.broadcast_raw(body.data).await;
+    let id = idempotency::message_id(&headers, body.id, |k| k.broadcast_id())?;
+    let r = app.helper.broadcast_raw_with_id(id, body.data).await;
     let id = publishing(&app, r)?;
     Ok(Json(json!({ "id": id })))
 }

@@ -1,64 +1,125 @@
-//! [`RecentIds`]: the ids of the last messages this node delivered, so a message the broker
-//! hands over twice (at-least-once: a redelivery after a reconnect or a claim) reaches the
-//! sockets once.
+//! [`RecentIds`]: the ids of the messages this node delivered (or publications it numbered)
+//! lately, so a message the broker hands over twice (at-least-once: a redelivery after a
+//! reconnect or a claim) or that a caller sends again with the same idempotency key or id
+//! (`docs/design.md` section 7) reaches the sockets once.
+//!
+//! Bounded twice: an id is forgotten `limits.idempotency_window` after it was recorded, and at
+//! most `limits.idempotency_max_ids` are held (the oldest go first), so memory stays bounded at
+//! any message rate and shrinks back when traffic stops.
 
 use std::{
     collections::{HashSet, VecDeque},
     sync::Mutex,
+    time::{Duration, Instant},
 };
 
-use impush_core::MessageId;
+use impush_core::{config::LimitsConfig, MessageId};
 
-/// A bounded set of recently seen message ids (oldest forgotten first).
+/// A set of recently seen message ids, forgotten after a window or beyond a count.
 #[derive(Debug)]
 pub(crate) struct RecentIds {
     cap: usize,
-    seen: Mutex<(HashSet<MessageId>, VecDeque<MessageId>)>,
+    window: Duration,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    ids: HashSet<MessageId>,
+    /// Ids in the order they were recorded, with when.
+    order: VecDeque<(Instant, MessageId)>,
 }
 
 impl RecentIds {
-    /// Remembers at most `cap` ids.
-    pub(crate) fn new(cap: usize) -> Self {
+    /// Remembers ids for `limits.idempotency_window`, at most `limits.idempotency_max_ids`.
+    pub(crate) fn new(limits: &LimitsConfig) -> Self {
+        Self::bounded(limits.idempotency_max_ids, limits.idempotency_window)
+    }
+
+    /// Remembers ids for `window`, at most `cap` of them.
+    pub(crate) fn bounded(cap: usize, window: Duration) -> Self {
         Self {
             cap: cap.max(1),
-            seen: Mutex::new((HashSet::new(), VecDeque::new())),
+            window,
+            seen: Mutex::new(Seen::default()),
         }
     }
 
-    /// Records `id`; returns `false` when it was seen recently (a duplicate).
+    /// Records `id`; returns `false` when it was seen within the window (a duplicate).
     pub(crate) fn first_time(&self, id: &MessageId) -> bool {
-        let Ok(mut guard) = self.seen.lock() else {
+        self.first_time_at(id, Instant::now())
+    }
+
+    fn first_time_at(&self, id: &MessageId, now: Instant) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
             return true; // never drop a message because of a poisoned lock
         };
-        let (set, order) = &mut *guard;
-        if set.contains(id) {
+        let Seen { ids, order } = &mut *seen;
+        // Ids are recorded in time order, so the expired ones are at the front.
+        while let Some((at, old)) = order.front() {
+            if now.saturating_duration_since(*at) < self.window {
+                break;
+            }
+            ids.remove(old);
+            order.pop_front();
+        }
+        if ids.contains(id) {
             return false;
         }
         if order.len() >= self.cap {
-            if let Some(old) = order.pop_front() {
-                set.remove(&old);
+            if let Some((_, old)) = order.pop_front() {
+                ids.remove(&old);
             }
         }
-        set.insert(id.clone());
-        order.push_back(id.clone());
+        ids.insert(id.clone());
+        order.push_back((now, id.clone()));
         true
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.seen.lock().map(|s| s.ids.len()).unwrap_or(0)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
+    fn ids<const N: usize>(names: [&str; N]) -> [MessageId; N] {
+        names.map(|s| MessageId::new(s).unwrap())
+    }
+
     #[test]
-    fn duplicates_are_caught_and_memory_is_bounded() {
-        let r = RecentIds::new(2);
-        let [a, b, c] = ["a", "b", "c"].map(|s| MessageId::new(s).unwrap());
+    fn duplicates_are_caught_and_the_count_is_bounded() {
+        let r = RecentIds::bounded(2, Duration::from_secs(300));
+        let [a, b, c] = ids(["a", "b", "c"]);
         assert!(r.first_time(&a));
         assert!(!r.first_time(&a));
         assert!(r.first_time(&b));
         assert!(r.first_time(&c)); // forgets a
         assert!(r.first_time(&a));
         assert!(!r.first_time(&c));
-        assert_eq!(r.seen.lock().unwrap().0.len(), 2);
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn ids_are_forgotten_after_the_window() {
+        let window = Duration::from_secs(300);
+        let r = RecentIds::bounded(100, window);
+        let [a, b, c] = ids(["a", "b", "c"]);
+        let t0 = Instant::now();
+        assert!(r.first_time_at(&a, t0));
+        assert!(r.first_time_at(&b, t0 + Duration::from_secs(100)));
+        // Within the window: still a duplicate.
+        assert!(!r.first_time_at(&a, t0 + window - Duration::from_millis(1)));
+        // Past it: a is new again, b (recorded later) is not yet forgotten.
+        assert!(r.first_time_at(&a, t0 + window));
+        assert!(!r.first_time_at(&b, t0 + window));
+        // Memory shrinks back when traffic stops.
+        assert!(r.first_time_at(&c, t0 + window * 3));
+        assert_eq!(r.len(), 1);
     }
 }

@@ -69,12 +69,30 @@ impl Node {
             },
             Feed::All => match envelope::decode::<ClusterCommand>("cluster command", &payload) {
                 Ok(cmd) => {
-                    self.on_cluster_command(cmd);
+                    if self.first_publication(&cmd) {
+                        self.on_cluster_command(cmd);
+                    }
                     acker.ack();
                 }
                 Err(e) => self.undecodable(&e, acker),
             },
         }
+    }
+
+    /// Whether `cmd` is not an unnumbered channel message or broadcast seen within the
+    /// window (without history, a retried publication reaches every node again). Numbered
+    /// ones are deduplicated by position where they are kept (`history`).
+    fn first_publication(&self, cmd: &ClusterCommand) -> bool {
+        let id = match cmd {
+            ClusterCommand::Channel { id, pos: None, .. }
+            | ClusterCommand::Broadcast { id, pos: None, .. } => id,
+            _ => return true,
+        };
+        if self.published.first_time(id) {
+            return true;
+        }
+        Metrics::bump(&self.metrics.duplicates_dropped);
+        false
     }
 
     fn undecodable(&self, e: &Error, acker: impush_core::Acker) {

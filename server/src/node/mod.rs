@@ -17,7 +17,7 @@
 //! - `linger`: memberships that outlive a dropped link for `[channels] linger`.
 //! - `history`: channel and broadcast streams: numbering the ones this node owns, keeping
 //!   every stream's recent publications, and resuming reconnecting clients.
-//! - `dedupe`: ids of recent messages, so a redelivered message reaches sockets once.
+//! - `dedupe`: ids of recent messages, so a redelivered or retried message reaches sockets once.
 
 mod dedupe;
 mod delivery;
@@ -58,8 +58,6 @@ pub(crate) use receipts::Inboxes;
 use crate::{metrics::Metrics, registry::Registry, settle::Outcomes, webhooks::Webhooks};
 
 const CLIENT_LOCK_STRIPES: usize = 256;
-/// Message ids remembered for duplicate suppression.
-const RECENT_IDS: usize = 64 * 1024;
 
 /// What a node is built from.
 #[derive(Debug)]
@@ -106,8 +104,12 @@ pub(crate) struct Node {
     outcomes: Outcomes,
     recent: dedupe::RecentIds,
     repair: Repair,
+    /// Ids of point-to-point messages delivered lately (redeliveries, retried sends).
     keeping: pending::Keeping,
     /// The node's presence lease.
+    /// Ids of channel messages and broadcasts numbered (or, without history, delivered)
+    /// lately: a retried publication is not numbered and delivered twice.
+    published: dedupe::RecentIds,
     pub(crate) lease: Duration,
     /// `[cluster]` timings of drain and return home.
     cluster_timing: ClusterConfig,
@@ -153,6 +155,10 @@ impl Node {
             (None, None)
         };
         let node = Arc::new(Self {
+        let (recent, published) = (
+            dedupe::RecentIds::new(&parts.limits),
+            dedupe::RecentIds::new(&parts.limits),
+        );
             id: parts.id,
             cluster: parts.cluster,
             topics: parts.topics,
@@ -174,7 +180,8 @@ impl Node {
                 settled: settled_tx,
                 reports: reports_tx,
             },
-            recent: dedupe::RecentIds::new(RECENT_IDS),
+            recent,
+            published,
             repair: Repair::default(),
             keeping: pending::Keeping::default(),
             lease: parts.cluster_config.node_lease,

@@ -269,6 +269,13 @@ impl Node {
             }
             return;
         };
+        // A publication sent again (a retry with the same idempotency key or id, or one the
+        // broker hands over twice) is numbered, and so delivered, once within the window.
+        if !self.published.first_time(&p.id) {
+            Metrics::bump(&self.metrics.duplicates_dropped);
+            acker.ack();
+            return;
+        }
         let lane = history
             .sequencer
             .lock()
