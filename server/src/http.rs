@@ -113,6 +113,8 @@ async fn ws(
     query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Connect time runs from here to the connection attached (`impush_connect_seconds`).
+    let requested = std::time::Instant::now();
     // A draining node takes nobody new: the client asks for a fresh URL, which names another
     // node (`docs/design.md` section 16).
     if app.node.state() == impush_core::NodeState::Draining {
@@ -201,6 +203,7 @@ async fn ws(
                 claims.metadata,
                 resume,
                 shutdown,
+                requested,
             ))
         })
 }

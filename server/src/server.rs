@@ -17,7 +17,7 @@ use crate::{
     config::Config,
     edge::{self, EdgeLimits},
     http,
-    metrics::Metrics,
+    metrics::{Metrics, TimedBroker},
     node::{Feed, Node, NodeParts, OfflineInbox},
     webhooks::Webhooks,
     Error, Result,
@@ -154,6 +154,14 @@ impl ImServerBuilder {
             Some(b) => b,
             None => self.backends.connect_broker(&config.broker, &ctx).await?,
         };
+        // Every publish of this node, its presence store and its embedded helper is timed,
+        // labelled with the configured kind (also for a broker handed to the builder).
+        let metrics = Arc::new(Metrics::default());
+        let broker: Arc<dyn Broker> = Arc::new(TimedBroker::wrap(
+            broker,
+            config.broker.kind(),
+            metrics.clone(),
+        ));
         ctx.broker = Some(broker.clone());
         ctx.presence_section = config.presence.clone();
         ctx.inbox_limits = config.offline.limits();
@@ -200,7 +208,6 @@ impl ImServerBuilder {
             config.limits.max_metadata_bytes,
         )?;
         let topics = Topics::new(&ctx.prefix);
-        let metrics = Arc::new(Metrics::default());
         // Before the node: the offline events of a previous run (below) are hooks too.
         let webhooks = Webhooks::start(&config.webhooks, &config.node.id, metrics.clone())?;
 

@@ -193,6 +193,11 @@ impl Settlement {
         self.receipt
     }
 
+    /// When the API accepted the message: unix milliseconds on the sending helper's clock.
+    pub(crate) fn ts(&self) -> u64 {
+        self.ts
+    }
+
     /// Receiver number `receiver` acked its frame. Returns whether the message had not settled
     /// yet (the outcome then lists the receiver as acked); `false` means it settled already.
     pub(crate) fn acked_early(&self, receiver: u32) -> bool {

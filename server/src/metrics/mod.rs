@@ -1,16 +1,25 @@
-//! Node counters. Plain atomics bumped on the hot path; rendered in Prometheus text format by
-//! the `/metrics` endpoint.
+//! Node counters and latency histograms. Plain atomics bumped on the hot path; rendered in
+//! Prometheus text format by the `/metrics` endpoint.
 //!
+//! - `histogram`: the fixed-bucket [`Histogram`] of durations and its bucket layouts;
 //! - `render`: the Prometheus text of every family;
+//! - `timed_broker`: the broker decorator that times the node's publishes;
 //! - `webhooks`: the webhook counters.
 
+mod histogram;
 mod render;
+mod timed_broker;
 mod webhooks;
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{
+    atomic::{AtomicI64, AtomicU64, Ordering},
+    OnceLock,
+};
 
 use impush_core::ReceiptStatus;
 
+pub(crate) use histogram::{since_ms, unix_now_us, Histogram, Latency, Publish};
+pub(crate) use timed_broker::TimedBroker;
 pub(crate) use webhooks::{WebhookDrop, WebhookPost};
 
 /// Kinds of frames a node writes to clients.
@@ -97,6 +106,16 @@ pub struct Metrics {
     pub(crate) origin_rejections: AtomicU64,
     pub(crate) event_groups: AtomicI64,
     pub(crate) event_groups_refused: AtomicU64,
+    /// Point-to-point messages: accepted by the API (their `ts`) to written, per frame.
+    pub(crate) delivery_latency: Histogram<Latency>,
+    /// Channel messages and broadcasts: accepted to written, the oldest of each written batch.
+    pub(crate) channel_latency: Histogram<Latency>,
+    /// `Broker::publish` calls of the node and its embedded helper (see `timed_broker`).
+    pub(crate) broker_publish: Histogram<Publish>,
+    /// The `backend` label of `broker_publish`: the `[broker] kind`, set once at start.
+    pub(crate) broker_backend: OnceLock<Box<str>>,
+    /// WebSocket upgrade request to the connection attached.
+    pub(crate) connect: Histogram<Latency>,
     /// Webhook POSTs and hooks delivered, dropped and queued.
     pub(crate) webhooks: webhooks::WebhookCounters,
 }

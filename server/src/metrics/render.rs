@@ -1,7 +1,7 @@
 //! [`Metrics::render`]: every family of the node in Prometheus text exposition format
-//! (version 0.0.4), each labelled with the node id. Every family is rendered always, at 0
-//! before anything happened, so dashboards and alerts can name them from a node's first
-//! scrape.
+//! (version 0.0.4), each labelled with the node id. Every family is rendered always, at 0 (or
+//! with empty buckets) before anything happened, so dashboards and alerts can name them from
+//! a node's first scrape.
 
 use std::{
     fmt::Write,
@@ -10,7 +10,10 @@ use std::{
 
 use impush_core::NodeId;
 
-use super::Metrics;
+use super::{
+    histogram::{Buckets, Histogram},
+    Metrics,
+};
 
 const OUT_LABELS: [&str; 5] = ["message", "channel", "broadcast", "receipt", "pong"];
 const IN_LABELS: [&str; 3] = ["ping", "ack", "ignored"];
@@ -248,7 +251,176 @@ impl Metrics {
             "SSE requests refused with 429 because limits.max_event_groups groups were held.",
             &[(None, load(&self.event_groups_refused).to_string())],
         );
+        histogram(
+            &mut out,
+            node,
+            "impush_delivery_latency_seconds",
+            "Point-to-point messages: from the API accepting the message (its ts, stamped by the \
+             helper) to its frame written to a socket; one observation per written frame. \
+             Resolution 1 ms; a sender clock ahead of the node's counts as 0.",
+            None,
+            &self.delivery_latency,
+        );
+        histogram(
+            &mut out,
+            node,
+            "impush_channel_delivery_latency_seconds",
+            "Channel messages and broadcasts: from the API accepting the publication (its ts) \
+             to its frame written to a socket; one observation per written batch, for the \
+             oldest publication in it. Resolution 1 ms; clock skew clamped to 0.",
+            None,
+            &self.channel_latency,
+        );
+        let backend = self.broker_backend.get().map_or("", |b| &**b);
+        histogram(
+            &mut out,
+            node,
+            "impush_broker_publish_seconds",
+            "Broker publish calls made by this node and its embedded helper, failed ones \
+             included, by backend ([broker] kind).",
+            Some(("backend", backend)),
+            &self.broker_publish,
+        );
+        histogram(
+            &mut out,
+            node,
+            "impush_connect_seconds",
+            "WebSocket connects: from the upgrade request to the connection attached (presence \
+             written, stored messages queued, online event published).",
+            None,
+            &self.connect,
+        );
         self.webhooks.render(&mut out, node);
         out
+    }
+}
+
+/// Renders `h` as the histogram family `name` (seconds): cumulative `_bucket`s by `le`, then
+/// `_sum` and `_count`.
+fn histogram<B: Buckets>(
+    out: &mut String,
+    node: &NodeId,
+    name: &str,
+    help: &str,
+    label: Option<(&str, &str)>,
+    h: &Histogram<B>,
+) {
+    let labels = match label {
+        Some((k, v)) => format!("node=\"{node}\",{k}=\"{}\"", escape(v)),
+        None => format!("node=\"{node}\""),
+    };
+    let s = h.snapshot();
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (bound, count) in h.bounds_us().iter().zip(&s.cumulative) {
+        let le = seconds(*bound);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {count}");
+    }
+    let count = s.count();
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", seconds(s.sum_us));
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+}
+
+/// Microseconds as seconds, in the shortest form that reads back the same (`0.0005`, `1`).
+fn seconds(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.into();
+    }
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn every_histogram_renders_before_anything_happened() {
+        let m = Metrics::default();
+        let text = m.render(&"n1".parse().unwrap());
+        for name in [
+            "impush_delivery_latency_seconds",
+            "impush_channel_delivery_latency_seconds",
+            "impush_connect_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} histogram\n")),
+                "{name}"
+            );
+            let le = format!("{name}_bucket{{node=\"n1\",le=\"0.0005\"}}");
+            assert_eq!(sample(&text, &le), Some("0"), "{name}");
+            let inf = format!("{name}_bucket{{node=\"n1\",le=\"+Inf\"}}");
+            assert_eq!(sample(&text, &inf), Some("0"), "{name}");
+            assert_eq!(
+                sample(&text, &format!("{name}_sum{{node=\"n1\"}}")),
+                Some("0")
+            );
+            assert_eq!(
+                sample(&text, &format!("{name}_count{{node=\"n1\"}}")),
+                Some("0")
+            );
+        }
+        let le = "impush_broker_publish_seconds_bucket{node=\"n1\",backend=\"\",le=\"0.0001\"}";
+        assert_eq!(sample(&text, le), Some("0"));
+    }
+
+    #[test]
+    fn buckets_are_cumulative_with_sum_and_count_in_seconds() {
+        let m = Metrics::default();
+        m.broker_backend.set("re\"dis".into()).unwrap();
+        m.broker_publish.observe(Duration::from_micros(80));
+        m.broker_publish.observe(Duration::from_micros(300));
+        m.broker_publish.observe(Duration::from_secs(11));
+        let text = m.render(&"n1".parse().unwrap());
+        let series = |le: &str| {
+            format!("impush_broker_publish_seconds_bucket{{node=\"n1\",backend=\"re\\\"dis\",le=\"{le}\"}}")
+        };
+        assert_eq!(sample(&text, &series("0.0001")), Some("1"));
+        assert_eq!(sample(&text, &series("0.00025")), Some("1"));
+        assert_eq!(sample(&text, &series("0.0005")), Some("2"));
+        assert_eq!(sample(&text, &series("10")), Some("2"));
+        assert_eq!(sample(&text, &series("+Inf")), Some("3"));
+        let labels = "{node=\"n1\",backend=\"re\\\"dis\"}";
+        assert_eq!(
+            sample(&text, &format!("impush_broker_publish_seconds_sum{labels}")),
+            Some("11.00038")
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("impush_broker_publish_seconds_count{labels}")
+            ),
+            Some("3")
+        );
+        // Bounds in order, each once, then +Inf.
+        let les: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("impush_connect_seconds_bucket"))
+            .map(|l| l.split("le=\"").nth(1).unwrap().split('"').next().unwrap())
+            .collect();
+        assert_eq!(
+            les,
+            [
+                "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
+                "0.5", "1", "2.5", "5", "10", "+Inf"
+            ]
+        );
     }
 }

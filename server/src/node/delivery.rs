@@ -49,6 +49,7 @@ impl Node {
                 let out = Outgoing {
                     frame: frame.clone(),
                     token: Some(Tracked::Live(settlement.token(i))),
+                    published: 0,
                 };
                 written += u64::from(s.push(out));
             });
@@ -78,14 +79,19 @@ impl Node {
     pub(super) fn on_cluster_command(&self, cmd: ClusterCommand) {
         let frame = history::frame_of(&cmd);
         match (cmd, frame) {
-            (ClusterCommand::Channel { channel, pos, .. }, Some(frame)) => {
+            (
+                ClusterCommand::Channel {
+                    channel, pos, ts, ..
+                },
+                Some(frame),
+            ) => {
                 let key = StreamKey::Channel(channel);
                 let deliver = || {
                     let StreamKey::Channel(channel) = &key else {
                         return;
                     };
                     let n = self.registry.for_channel(channel, |s| {
-                        s.push_stream(&key, Outgoing::plain(frame.clone()));
+                        s.push_stream(&key, Outgoing::published(frame.clone(), ts));
                     });
                     self.metrics.out(OutKind::Channel, n as u64);
                 };
@@ -94,11 +100,11 @@ impl Node {
                     None => deliver(),
                 }
             }
-            (ClusterCommand::Broadcast { pos, .. }, Some(frame)) => {
+            (ClusterCommand::Broadcast { pos, ts, .. }, Some(frame)) => {
                 let key = StreamKey::Broadcast;
                 let deliver = || {
                     let n = self.registry.for_all(|s| {
-                        s.push_stream(&key, Outgoing::plain(frame.clone()));
+                        s.push_stream(&key, Outgoing::published(frame.clone(), ts));
                     });
                     self.metrics.out(OutKind::Broadcast, n as u64);
                 };

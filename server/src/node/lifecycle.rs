@@ -6,7 +6,7 @@
 //! write that fails (the store is unreachable) does not fail the connection: the node marks
 //! itself for repair and `upkeep` makes the store match the local truth once it can.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use axum::extract::ws::WebSocket;
 use impush_core::{ClientId, DroppedConnection, Event};
@@ -22,7 +22,8 @@ use crate::{
 };
 
 impl Node {
-    /// Runs one accepted WebSocket of `client` until it closes.
+    /// Runs one accepted WebSocket of `client` until it closes; `requested` is when its
+    /// upgrade request arrived (connect time ends once it is attached).
     pub(crate) async fn serve_connection(
         self: Arc<Self>,
         socket: WebSocket,
@@ -30,6 +31,7 @@ impl Node {
         metadata: serde_json::Value,
         resume: Option<Result<ResumeRequest, Unreadable>>,
         shutdown: CancellationToken,
+        requested: Instant,
     ) {
         let handle = Arc::new(SessionHandle::new(
             client,
@@ -43,7 +45,7 @@ impl Node {
         }
         // Boxed: attach and detach are large futures needed once, and the task keeps the space
         // of its largest state for its whole life.
-        Box::pin(self.attach(&handle, resume)).await;
+        Box::pin(self.attach(&handle, resume, requested)).await;
         // Shutdown closes every session in the index; one attached just after that sweep sees
         // the token instead (the sweep runs after the token is cancelled).
         if shutdown.is_cancelled() {
@@ -72,11 +74,14 @@ impl Node {
     }
 
     /// Registers a new connection: stored messages queued first, then the local index (live
-    /// messages from here on), presence, channels, online event.
+    /// messages from here on), presence, channels, online event. Connect time (from
+    /// `requested`) is observed once it is attached; observing it here, inside the boxed
+    /// future, keeps the start time out of the session task that lives as long as the socket.
     async fn attach(
         &self,
         handle: &Arc<SessionHandle>,
         resume: Option<Result<ResumeRequest, Unreadable>>,
+        requested: Instant,
     ) {
         let client = &handle.client;
         let _guard = self.client_lock(client).lock().await;
@@ -132,6 +137,7 @@ impl Node {
             first: first_anywhere,
         })
         .await;
+        self.metrics.connect.observe(requested.elapsed());
     }
 
     /// Unregisters a closed connection: local index, then presence (and channel membership

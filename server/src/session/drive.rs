@@ -21,7 +21,7 @@ use super::{
     Outgoing, SessionHandle, Wake,
 };
 use crate::{
-    metrics::{CloseKind, InKind},
+    metrics::{since_ms, unix_now_us, CloseKind, InKind},
     settle::{ClientReport, Tracked},
 };
 
@@ -206,7 +206,8 @@ pub(crate) async fn close_socket(mut socket: WebSocket, code: u16) {
 /// Writes a batch and flushes it; only then are its point-to-point frames delivered and
 /// pending an ack (required with `must_ack`; otherwise remembered when their sender wants
 /// receipts, or they came from the offline inbox). On an error the unwritten tokens settle
-/// as dropped.
+/// as dropped. Delivery latency is observed after the flush (`docs/design.md` section 17): each
+/// live point-to-point frame, and the oldest live publication of the batch.
 async fn write_batch(
     socket: &mut WebSocket,
     batch: VecDeque<Outgoing>,
@@ -214,11 +215,26 @@ async fn write_batch(
     ctx: Context<'_>,
 ) -> Result<(), axum::Error> {
     let mut tokens = Vec::new();
+    // The oldest live channel message or broadcast in the batch (unix ms; 0: none): one
+    // latency observation per batch keeps the fan-out path free of per-frame metrics.
+    let mut oldest = 0u64;
     for out in batch {
+        if out.published != 0 && (oldest == 0 || out.published < oldest) {
+            oldest = out.published;
+        }
         socket.feed(Message::Text(out.frame)).await?;
         tokens.extend(out.token);
     }
     socket.flush().await?;
+    let metrics = &handle.metrics;
+    let now_us = if oldest != 0 || !tokens.is_empty() {
+        unix_now_us()
+    } else {
+        0
+    };
+    if oldest != 0 {
+        metrics.channel_latency.observe_us(since_ms(now_us, oldest));
+    }
     if tokens.is_empty() {
         return Ok(());
     }
@@ -228,6 +244,9 @@ async fn write_batch(
             match token {
                 Tracked::Live(token) => {
                     let s = token.settlement();
+                    metrics
+                        .delivery_latency
+                        .observe_us(since_ms(now_us, s.ts()));
                     if ctx.must_ack || s.wants_receipt() {
                         let ackable = Ackable {
                             sender: s.sender().clone(),

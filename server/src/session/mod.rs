@@ -78,12 +78,28 @@ pub(crate) struct Outgoing {
     pub(crate) frame: Utf8Bytes,
     /// Set for point-to-point messages: what to settle or report once written (or dropped).
     pub(crate) token: Option<Tracked>,
+    /// A live channel message or broadcast: when the API accepted it (unix ms), for the
+    /// delivery latency the writer observes; 0 for every other frame.
+    pub(crate) published: u64,
 }
 
 impl Outgoing {
-    /// A frame nothing waits on (channel, broadcast, receipt, pong).
+    /// A frame nothing waits on (receipt, pong, a replayed publication).
     pub(crate) fn plain(frame: Utf8Bytes) -> Self {
-        Self { frame, token: None }
+        Self {
+            frame,
+            token: None,
+            published: 0,
+        }
+    }
+
+    /// A live channel message or broadcast, accepted by the API at `ts` (unix ms).
+    pub(crate) fn published(frame: Utf8Bytes, ts: u64) -> Self {
+        Self {
+            frame,
+            token: None,
+            published: ts,
+        }
     }
 }
 
@@ -249,6 +265,7 @@ impl SessionHandle {
         self.push(Outgoing {
             frame,
             token: Some(Tracked::Stored(stored)),
+            published: 0,
         })
     }
 
