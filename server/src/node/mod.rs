@@ -102,14 +102,14 @@ pub(crate) struct Node {
     lock_hasher: RandomState,
     client_locks: Box<[AsyncMutex<()>]>,
     outcomes: Outcomes,
-    recent: dedupe::RecentIds,
-    repair: Repair,
     /// Ids of point-to-point messages delivered lately (redeliveries, retried sends).
-    keeping: pending::Keeping,
-    /// The node's presence lease.
+    recent: dedupe::RecentIds,
     /// Ids of channel messages and broadcasts numbered (or, without history, delivered)
     /// lately: a retried publication is not numbered and delivered twice.
     published: dedupe::RecentIds,
+    repair: Repair,
+    keeping: pending::Keeping,
+    /// The node's presence lease.
     pub(crate) lease: Duration,
     /// `[cluster]` timings of drain and return home.
     cluster_timing: ClusterConfig,
@@ -148,6 +148,10 @@ impl Node {
         let (settled_tx, settled_rx) = mpsc::unbounded_channel();
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let boot = envelope::now_ms();
+        let (recent, published) = (
+            dedupe::RecentIds::new(&parts.limits),
+            dedupe::RecentIds::new(&parts.limits),
+        );
         let (history, lanes) = if parts.history.enabled() {
             let (h, l) = history::History::new(parts.history.clone(), &parts.id, boot);
             (Some(h), Some(l))
@@ -155,10 +159,6 @@ impl Node {
             (None, None)
         };
         let node = Arc::new(Self {
-        let (recent, published) = (
-            dedupe::RecentIds::new(&parts.limits),
-            dedupe::RecentIds::new(&parts.limits),
-        );
             id: parts.id,
             cluster: parts.cluster,
             topics: parts.topics,
