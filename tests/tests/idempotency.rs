@@ -397,19 +397,20 @@ async fn keys_and_ids_are_checked() {
     }
     let mut with_id = msg.clone();
     with_id["id"] = json!("mine-1");
-    let (status, body) = post(n1, "/api/v1/messages", Some("k"), &with_id).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (422, Some("invalid_request"))
-    );
     let (status, body) = post(n1, "/api/v1/messages", None, &with_id).await;
     assert_eq!((status, &body["id"]), (200, &json!("mine-1")));
-    with_id["id"] = json!("x".repeat(65));
-    let (status, body) = post(n1, "/api/v1/messages", None, &with_id).await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_json"))
-    );
+    // With a key too, the chosen id names the message.
+    let (status, body) = post(n1, "/api/v1/messages", Some("k"), &with_id).await;
+    assert_eq!((status, &body["id"]), (200, &json!("mine-1")));
+    for bad in [json!("x".repeat(65)), json!(null), json!(7), json!("")] {
+        with_id["id"] = bad.clone();
+        let (status, body) = post(n1, "/api/v1/messages", None, &with_id).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_json")),
+            "id {bad}: {body}"
+        );
+    }
     // The same key names different messages for different kinds of send.
     let (_, m) = post(n1, "/api/v1/messages", Some("same"), &msg).await;
     let (_, c) = post(

@@ -1,22 +1,26 @@
-//! Which id a send gets (`docs/design.md` section 7): derived from its `Idempotency-Key` header,
-//! taken from the body's `id`, or a new one. The first two make a send idempotent: a retry
+//! Which id a send gets (`docs/design.md` section 7): the body's `id`, else one derived from its
+//! `Idempotency-Key` header, else a new one. The first two make a send idempotent: a retry
 //! carries the same id, so nodes deliver it once, and the answer is computed from the request
 //! and the id alone, so a retry on any node answers like the first call.
+//!
+//! A request with both is not refused (no schema can say "not both", and either makes the send
+//! idempotent): the `id` the caller chose names the message.
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use impush_core::{idempotency::IdempotencyKey, MessageId};
+use serde::{Deserialize, Deserializer};
 
 use super::error::ApiError;
 
 /// The request header naming a send.
 pub(crate) const HEADER: &str = "idempotency-key";
 
-/// The id of a send: from its `Idempotency-Key` (through `derive`, which scopes the key to the
-/// kind of send), from the body's `id`, or new.
+/// The id of a send: the body's `id`, else from its `Idempotency-Key` (through `derive`, which
+/// scopes the key to the kind of send), else new.
 ///
 /// # Errors
 /// `400 invalid_idempotency_key` for a header that is not 1 to 128 printable ASCII characters
-/// or is given twice; `422` when both a header and an `id` are given.
+/// or is given twice (also next to an `id`: a malformed request is refused either way).
 pub(crate) fn message_id(
     headers: &HeaderMap,
     id: Option<MessageId>,
@@ -36,14 +40,13 @@ pub(crate) fn message_id(
         .ok_or_else(|| {
             invalid("an Idempotency-Key is 1 to 128 printable ASCII characters (space to `~`)")
         })?;
-    if id.is_some() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            "give either an `id` in the body or an Idempotency-Key header, not both",
-        ));
-    }
-    Ok(derive(&key))
+    Ok(id.unwrap_or_else(|| derive(&key)))
+}
+
+/// `#[serde(default, deserialize_with = "some_id")]`: an `id` that is present must be a message
+/// id; `null` is refused like any other wrong type, as the API document says.
+pub(crate) fn some_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MessageId>, D::Error> {
+    MessageId::deserialize(d).map(Some)
 }
 
 fn invalid(message: &str) -> ApiError {
@@ -98,7 +101,11 @@ mod tests {
             status(message_id(&headers(&[b"a", b"b"]), None, by_key)),
             400
         );
-        let chosen = Some("my-id".parse().unwrap());
-        assert_eq!(status(message_id(&headers(&[b"a"]), chosen, by_key)), 422);
+        let chosen: MessageId = "my-id".parse().unwrap();
+        let bad_key = message_id(&headers(&[b""]), Some(chosen.clone()), by_key);
+        assert_eq!(status(bad_key), 400);
+        // Both: the chosen id names the message.
+        let both = message_id(&headers(&[b"a"]), Some(chosen.clone()), by_key).unwrap();
+        assert_eq!(both, chosen);
     }
 }

@@ -159,8 +159,9 @@ struct MessageBody {
     data: Box<RawValue>,
     #[serde(default)]
     receipt: bool,
-    /// A caller-chosen id: the send is idempotent (as with an `Idempotency-Key`).
-    #[serde(default)]
+    /// A caller-chosen id: the send is idempotent (as with an `Idempotency-Key`, which it
+    /// takes precedence over).
+    #[serde(default, deserialize_with = "idempotency::some_id")]
     id: Option<MessageId>,
 }
 
@@ -353,7 +354,7 @@ async fn leave_channel(
 struct ChannelMessageBody {
     from: ClientId,
     data: Box<RawValue>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "idempotency::some_id")]
     id: Option<MessageId>,
 }
 
@@ -376,7 +377,7 @@ async fn send_channel_message(
 #[serde(deny_unknown_fields)]
 struct BroadcastBody {
     data: Box<RawValue>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "idempotency::some_id")]
     id: Option<MessageId>,
 }
 
