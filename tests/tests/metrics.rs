@@ -234,6 +234,39 @@ async fn channel_latency_is_observed_per_written_batch() {
 }
 
 #[tokio::test]
+async fn channel_latency_samples_the_first_and_every_64th_member() {
+    const MEMBERS: usize = 70;
+    let server = start(|_| {}).await;
+    let helper = server.helper();
+    let room: ChannelName = "big".parse().unwrap();
+    let mut members = Vec::new();
+    for i in 0..MEMBERS {
+        members.push(Client::connect(&helper, &format!("m{i}"), 1).await);
+    }
+    let ids: Vec<_> = (0..MEMBERS).map(|i| id(&format!("m{i}"))).collect();
+    helper.join_channel(&room, &ids).await.unwrap();
+    helper
+        .send_channel_message(&id("bob"), &room, &json!("hi"))
+        .await
+        .unwrap();
+    for m in &mut members {
+        assert_eq!(m.next_json().await["type"], "channel");
+    }
+    let name = "impush_channel_delivery_latency_seconds";
+    let text = wait_for(&server, |t| count(t, name, "") >= 2.0).await;
+    assert_eq!(
+        sample(
+            &text,
+            "impush_frames_out_total{node=\"n1\",type=\"channel\"}"
+        ),
+        MEMBERS as f64
+    );
+    // Members 0 and 64 of the fan-out, not all 70 frames.
+    assert_eq!(count(&text, name, ""), 2.0, "{text}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn broker_publishes_and_connects_are_timed() {
     let server = start(|_| {}).await;
     let helper = server.helper();

@@ -18,7 +18,7 @@ use std::sync::{
 
 use impush_core::ReceiptStatus;
 
-pub(crate) use histogram::{since_ms, unix_now_us, Histogram, Latency, Publish};
+pub(crate) use histogram::{sampled_ts, since_ms, unix_now_us, Histogram, Latency, Publish};
 pub(crate) use timed_broker::TimedBroker;
 pub(crate) use webhooks::{WebhookDrop, WebhookPost};
 
@@ -108,7 +108,8 @@ pub struct Metrics {
     pub(crate) event_groups_refused: AtomicU64,
     /// Point-to-point messages: accepted by the API (their `ts`) to written, per frame.
     pub(crate) delivery_latency: Histogram<Latency>,
-    /// Channel messages and broadcasts: accepted to written, the oldest of each written batch.
+    /// Channel messages and broadcasts: accepted to written, for a sample of members
+    /// (`histogram::CHANNEL_LATENCY_SAMPLE`), at most once per written batch.
     pub(crate) channel_latency: Histogram<Latency>,
     /// `Broker::publish` calls of the node and its embedded helper (see `timed_broker`).
     pub(crate) broker_publish: Histogram<Publish>,

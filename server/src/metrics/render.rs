@@ -266,8 +266,9 @@ impl Metrics {
             node,
             "impush_channel_delivery_latency_seconds",
             "Channel messages and broadcasts: from the API accepting the publication (its ts) \
-             to its frame written to a socket; one observation per written batch, for the \
-             oldest publication in it. Resolution 1 ms; clock skew clamped to 0.",
+             to its frame written to a socket, for a sample of members (the first and every \
+             64th in fan-out order), at most once per written batch (its oldest). Resolution \
+             1 ms; clock skew clamped to 0.",
             None,
             &self.channel_latency,
         );

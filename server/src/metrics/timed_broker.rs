@@ -67,12 +67,19 @@ mod tests {
     #[tokio::test]
     async fn publishes_are_timed_and_everything_is_forwarded() {
         let metrics = Arc::new(Metrics::default());
-        let broker = TimedBroker::wrap(Arc::new(MemoryBroker::default()), "memory", metrics.clone());
+        let broker =
+            TimedBroker::wrap(Arc::new(MemoryBroker::default()), "memory", metrics.clone());
         broker.ping().await.unwrap();
         let mut sub = broker.subscribe("t", SubscribeMode::Fanout).await.unwrap();
         assert_eq!(metrics.broker_publish.snapshot().count(), 0);
-        broker.publish("t", Bytes::from_static(b"hi")).await.unwrap();
-        broker.publish("t", Bytes::from_static(b"again")).await.unwrap();
+        broker
+            .publish("t", Bytes::from_static(b"hi"))
+            .await
+            .unwrap();
+        broker
+            .publish("t", Bytes::from_static(b"again"))
+            .await
+            .unwrap();
         let got = sub.next().await.unwrap().unwrap();
         assert_eq!(got.payload(), &Bytes::from_static(b"hi"));
         assert_eq!(metrics.broker_publish.snapshot().count(), 2);

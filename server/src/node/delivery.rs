@@ -10,7 +10,7 @@ use impush_core::{
 
 use super::{history, Node};
 use crate::{
-    metrics::{Metrics, OutKind},
+    metrics::{self, Metrics, OutKind},
     session::Outgoing,
     settle::{Settlement, Tracked},
     stream::StreamKey,
@@ -90,8 +90,11 @@ impl Node {
                     let StreamKey::Channel(channel) = &key else {
                         return;
                     };
+                    let mut nth = 0;
                     let n = self.registry.for_channel(channel, |s| {
-                        s.push_stream(&key, Outgoing::published(frame.clone(), ts));
+                        let sampled = metrics::sampled_ts(nth, ts);
+                        s.push_stream(&key, Outgoing::published(frame.clone(), sampled));
+                        nth += 1;
                     });
                     self.metrics.out(OutKind::Channel, n as u64);
                 };
@@ -103,8 +106,11 @@ impl Node {
             (ClusterCommand::Broadcast { pos, ts, .. }, Some(frame)) => {
                 let key = StreamKey::Broadcast;
                 let deliver = || {
+                    let mut nth = 0;
                     let n = self.registry.for_all(|s| {
-                        s.push_stream(&key, Outgoing::published(frame.clone(), ts));
+                        let sampled = metrics::sampled_ts(nth, ts);
+                        s.push_stream(&key, Outgoing::published(frame.clone(), sampled));
+                        nth += 1;
                     });
                     self.metrics.out(OutKind::Broadcast, n as u64);
                 };

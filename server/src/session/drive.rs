@@ -207,7 +207,7 @@ pub(crate) async fn close_socket(mut socket: WebSocket, code: u16) {
 /// pending an ack (required with `must_ack`; otherwise remembered when their sender wants
 /// receipts, or they came from the offline inbox). On an error the unwritten tokens settle
 /// as dropped. Delivery latency is observed after the flush (`docs/design.md` section 17): each
-/// live point-to-point frame, and the oldest live publication of the batch.
+/// live point-to-point frame, and the oldest sampled live publication of the batch.
 async fn write_batch(
     socket: &mut WebSocket,
     batch: VecDeque<Outgoing>,
@@ -215,8 +215,9 @@ async fn write_batch(
     ctx: Context<'_>,
 ) -> Result<(), axum::Error> {
     let mut tokens = Vec::new();
-    // The oldest live channel message or broadcast in the batch (unix ms; 0: none): one
-    // latency observation per batch keeps the fan-out path free of per-frame metrics.
+    // The oldest live channel message or broadcast in the batch that carries its publish time
+    // (unix ms; 0: none; only a sample of members get it, see `metrics::sampled_ts`): at most
+    // one latency observation per batch keeps the fan-out path free of per-frame metrics.
     let mut oldest = 0u64;
     for out in batch {
         if out.published != 0 && (oldest == 0 || out.published < oldest) {

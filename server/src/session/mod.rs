@@ -78,8 +78,9 @@ pub(crate) struct Outgoing {
     pub(crate) frame: Utf8Bytes,
     /// Set for point-to-point messages: what to settle or report once written (or dropped).
     pub(crate) token: Option<Tracked>,
-    /// A live channel message or broadcast: when the API accepted it (unix ms), for the
-    /// delivery latency the writer observes; 0 for every other frame.
+    /// A live channel message or broadcast to a member in the latency sample: when the API
+    /// accepted it (unix ms), for the delivery latency the writer observes; 0 for every other
+    /// frame.
     pub(crate) published: u64,
 }
 
