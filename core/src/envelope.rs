@@ -154,6 +154,12 @@ pub enum NodeCommand {
     /// Number a channel or broadcast publication and publish it to every node (this node is
     /// its stream's sequencer).
     Publish(Publication),
+    /// Another node stored messages for `client` in the shared offline inbox while the client
+    /// may be connected here (ownership was moving): push its inbox to its sockets here.
+    Drain {
+        /// The client.
+        client: ClientId,
+    },
 }
 
 /// Commands every node acts on, published on `{prefix}.all`.

@@ -394,6 +394,7 @@ impl ImServer {
         let c = &node.cluster_config();
         node.drained(c.drain_period + c.move_grace + std::time::Duration::from_secs(1))
             .await;
+        // (The drain itself waited a third of a lease for the others' views first.)
         true
     }
 

@@ -35,8 +35,13 @@ pub(crate) struct Settled {
     pub(crate) ts: u64,
     /// Receivers with a frame written on at least one socket.
     pub(crate) delivered: Vec<ClientId>,
-    /// Receivers with no socket here, or none that took the frame.
+    /// Receivers with a socket here none of which took the frame (they closed first).
     pub(crate) undelivered: Vec<ClientId>,
+    /// Receivers with no socket here when it arrived, for whom it was kept in the offline
+    /// inbox at once (see `node::delivery`)...
+    pub(crate) kept: Vec<ClientId>,
+    /// ...or could not be (too large, expired).
+    pub(crate) not_kept: Vec<ClientId>,
     /// Delivered receivers whose client acked before the message settled.
     pub(crate) acked: Vec<ClientId>,
     /// Acknowledges the inbox delivery; call it once the outcome is acted upon.
@@ -104,13 +109,26 @@ pub(crate) struct Outcomes {
     pub(crate) reports: mpsc::UnboundedSender<ClientReport>,
 }
 
+/// What became of a message for one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Nothing yet (or its frames were all dropped).
+    Open,
+    /// A frame was written to one of its sockets.
+    Written,
+    /// It had no socket here and the message was kept in its offline inbox...
+    Kept,
+    /// ...or could not be.
+    NotKept,
+}
+
 #[derive(Debug)]
 struct Progress {
-    /// Frames queued and not yet written or dropped, plus one while frames are being queued.
+    /// Tokens not yet written or dropped, plus one while frames are being queued.
     open: usize,
-    /// Per receiver (index into `receivers`): whether a frame was written, and whether the
+    /// Per receiver (index into `receivers`): what became of the message, and whether the
     /// client acked it already.
-    delivered: Vec<bool>,
+    fate: Vec<Fate>,
     acked: Vec<bool>,
     acker: Option<Acker>,
 }
@@ -148,7 +166,7 @@ impl Settlement {
             receivers,
             progress: Mutex::new(Progress {
                 open: 1,
-                delivered: vec![false; n],
+                fate: vec![Fate::Open; n],
                 acked: Vec::new(),
                 acker: Some(acker),
             }),
@@ -164,7 +182,7 @@ impl Settlement {
         FrameToken {
             settlement: self.clone(),
             receiver: u32::try_from(receiver).unwrap_or(u32::MAX),
-            written: false,
+            outcome: None,
         }
     }
 
@@ -191,6 +209,18 @@ impl Settlement {
     /// Whether the sender wants receipts.
     pub(crate) fn wants_receipt(&self) -> bool {
         self.receipt
+    }
+
+    /// The message as the offline inbox keeps it (`written`: it reached a socket once).
+    pub(crate) fn stored_message(&self, written: bool) -> StoredMessage {
+        StoredMessage {
+            id: self.id.clone(),
+            from: self.sender.clone(),
+            data: self.data.clone(),
+            ts: self.ts,
+            receipt: self.receipt,
+            written,
+        }
     }
 
     /// When the API accepted the message: unix milliseconds on the sending helper's clock.
@@ -220,14 +250,17 @@ impl Settlement {
         }
     }
 
-    fn done(&self, written_to: Option<u32>) {
+    fn done(&self, outcome: Option<(u32, Fate)>) {
         let finished = {
             let Ok(mut p) = self.progress.lock() else {
                 return;
             };
-            if let Some(i) = written_to {
-                if let Some(d) = p.delivered.get_mut(i as usize) {
-                    *d = true;
+            if let Some((i, fate)) = outcome {
+                if let Some(f) = p.fate.get_mut(i as usize) {
+                    // Written wins over anything else another socket reported.
+                    if *f != Fate::Written {
+                        *f = fate;
+                    }
                 }
             }
             p.open -= 1;
@@ -235,24 +268,29 @@ impl Settlement {
                 return;
             }
             (
-                std::mem::take(&mut p.delivered),
+                std::mem::take(&mut p.fate),
                 std::mem::take(&mut p.acked),
                 p.acker.take(),
             )
         };
-        let (delivered_flags, acked_flags, acker) = finished;
+        let (fates, acked_flags, acker) = finished;
         let Some(acker) = acker else { return };
         let mut delivered = Vec::new();
         let mut undelivered = Vec::new();
+        let mut kept = Vec::new();
+        let mut not_kept = Vec::new();
         let mut acked = Vec::new();
-        for (i, (client, ok)) in self.receivers.iter().zip(delivered_flags).enumerate() {
-            if ok {
-                delivered.push(client.clone());
-                if acked_flags.get(i).copied().unwrap_or(false) {
-                    acked.push(client.clone());
+        for (i, (client, fate)) in self.receivers.iter().zip(fates).enumerate() {
+            match fate {
+                Fate::Written => {
+                    delivered.push(client.clone());
+                    if acked_flags.get(i).copied().unwrap_or(false) {
+                        acked.push(client.clone());
+                    }
                 }
-            } else {
-                undelivered.push(client.clone());
+                Fate::Open => undelivered.push(client.clone()),
+                Fate::Kept => kept.push(client.clone()),
+                Fate::NotKept => not_kept.push(client.clone()),
             }
         }
         // The receiver task outlives every settlement except at shutdown, when an unacked
@@ -265,6 +303,8 @@ impl Settlement {
             ts: self.ts,
             delivered,
             undelivered,
+            kept,
+            not_kept,
             acked,
             acker,
         });
@@ -276,13 +316,19 @@ impl Settlement {
 pub(crate) struct FrameToken {
     settlement: Arc<Settlement>,
     receiver: u32,
-    written: bool,
+    /// What to report when dropped (nothing: the frame was dropped unwritten).
+    outcome: Option<Fate>,
 }
 
 impl FrameToken {
     /// The frame was written to the socket.
     pub(crate) fn written(mut self) {
-        self.written = true;
+        self.outcome = Some(Fate::Written);
+    }
+
+    /// The receiver had no socket: the message was kept in its offline inbox, or not.
+    pub(crate) fn kept(mut self, kept: bool) {
+        self.outcome = Some(if kept { Fate::Kept } else { Fate::NotKept });
     }
 
     /// The message this frame belongs to.
@@ -298,7 +344,8 @@ impl FrameToken {
 
 impl Drop for FrameToken {
     fn drop(&mut self) {
-        self.settlement.done(self.written.then_some(self.receiver));
+        self.settlement
+            .done(self.outcome.map(|f| (self.receiver, f)));
     }
 }
 

@@ -9,11 +9,12 @@
 
 use std::{
     collections::{HashSet, VecDeque},
+    hash::{DefaultHasher, Hash, Hasher},
     sync::Mutex,
     time::{Duration, Instant},
 };
 
-use impush_core::{config::LimitsConfig, MessageId};
+use impush_core::{config::LimitsConfig, ClientId, MessageId};
 
 /// A set of recently seen message ids, forgotten after a window or beyond a count.
 #[derive(Debug)]
@@ -23,11 +24,20 @@ pub(crate) struct RecentIds {
     seen: Mutex<Seen>,
 }
 
+/// What is remembered: a digest of the id (and, for a point-to-point message, of the
+/// receivers of the part this node got), not the id itself.
 #[derive(Debug, Default)]
 struct Seen {
-    ids: HashSet<MessageId>,
-    /// Ids in the order they were recorded, with when.
-    order: VecDeque<(Instant, MessageId)>,
+    ids: HashSet<u64>,
+    /// Keys in the order they were recorded, with when.
+    order: VecDeque<(Instant, u64)>,
+}
+
+fn key(id: &MessageId, part: &[ClientId]) -> u64 {
+    let mut h = DefaultHasher::new();
+    id.hash(&mut h);
+    part.hash(&mut h);
+    h.finish()
 }
 
 impl RecentIds {
@@ -47,10 +57,18 @@ impl RecentIds {
 
     /// Records `id`; returns `false` when it was seen within the window (a duplicate).
     pub(crate) fn first_time(&self, id: &MessageId) -> bool {
-        self.first_time_at(id, Instant::now())
+        self.first_time_at(key(id, &[]), Instant::now())
     }
 
-    fn first_time_at(&self, id: &MessageId, now: Instant) -> bool {
+    /// Records the part of message `id` for `receivers` (sorted): one message reaches a node
+    /// in several parts when its receivers' owners changed (a dead node's inbox re-routed, an
+    /// inbox handed over), and each part is delivered once; the same part again (a
+    /// redelivery, a retried send) is a duplicate.
+    pub(crate) fn first_time_part(&self, id: &MessageId, receivers: &[ClientId]) -> bool {
+        self.first_time_at(key(id, receivers), Instant::now())
+    }
+
+    fn first_time_at(&self, id: u64, now: Instant) -> bool {
         let Ok(mut seen) = self.seen.lock() else {
             return true; // never drop a message because of a poisoned lock
         };
@@ -63,7 +81,7 @@ impl RecentIds {
             ids.remove(old);
             order.pop_front();
         }
-        if ids.contains(id) {
+        if ids.contains(&id) {
             return false;
         }
         if order.len() >= self.cap {
@@ -71,8 +89,8 @@ impl RecentIds {
                 ids.remove(&old);
             }
         }
-        ids.insert(id.clone());
-        order.push_back((now, id.clone()));
+        ids.insert(id);
+        order.push_back((now, id));
         true
     }
 
@@ -88,20 +106,37 @@ mod tests {
 
     use super::*;
 
-    fn ids<const N: usize>(names: [&str; N]) -> [MessageId; N] {
-        names.map(|s| MessageId::new(s).unwrap())
+    fn ids<const N: usize>(names: [&str; N]) -> [u64; N] {
+        names.map(|s| key(&MessageId::new(s).unwrap(), &[]))
+    }
+
+    #[test]
+    fn each_part_of_a_message_is_delivered_once() {
+        let r = RecentIds::bounded(100, Duration::from_secs(300));
+        let id = MessageId::new("m").unwrap();
+        let (a, b) = (ClientId::new("a").unwrap(), ClientId::new("b").unwrap());
+        assert!(r.first_time_part(&id, std::slice::from_ref(&a)));
+        assert!(
+            r.first_time_part(&id, std::slice::from_ref(&b)),
+            "another part of the same message (re-routed here) is new"
+        );
+        assert!(
+            !r.first_time_part(&id, std::slice::from_ref(&a)),
+            "the same part again"
+        );
     }
 
     #[test]
     fn duplicates_are_caught_and_the_count_is_bounded() {
         let r = RecentIds::bounded(2, Duration::from_secs(300));
         let [a, b, c] = ids(["a", "b", "c"]);
-        assert!(r.first_time(&a));
-        assert!(!r.first_time(&a));
-        assert!(r.first_time(&b));
-        assert!(r.first_time(&c)); // forgets a
-        assert!(r.first_time(&a));
-        assert!(!r.first_time(&c));
+        let now = Instant::now();
+        assert!(r.first_time_at(a, now));
+        assert!(!r.first_time_at(a, now));
+        assert!(r.first_time_at(b, now));
+        assert!(r.first_time_at(c, now)); // forgets a
+        assert!(r.first_time_at(a, now));
+        assert!(!r.first_time_at(c, now));
         assert_eq!(r.len(), 2);
     }
 
@@ -111,15 +146,15 @@ mod tests {
         let r = RecentIds::bounded(100, window);
         let [a, b, c] = ids(["a", "b", "c"]);
         let t0 = Instant::now();
-        assert!(r.first_time_at(&a, t0));
-        assert!(r.first_time_at(&b, t0 + Duration::from_secs(100)));
+        assert!(r.first_time_at(a, t0));
+        assert!(r.first_time_at(b, t0 + Duration::from_secs(100)));
         // Within the window: still a duplicate.
-        assert!(!r.first_time_at(&a, t0 + window - Duration::from_millis(1)));
+        assert!(!r.first_time_at(a, t0 + window - Duration::from_millis(1)));
         // Past it: a is new again, b (recorded later) is not yet forgotten.
-        assert!(r.first_time_at(&a, t0 + window));
-        assert!(!r.first_time_at(&b, t0 + window));
+        assert!(r.first_time_at(a, t0 + window));
+        assert!(!r.first_time_at(b, t0 + window));
         // Memory shrinks back when traffic stops.
-        assert!(r.first_time_at(&c, t0 + window * 3));
+        assert!(r.first_time_at(c, t0 + window * 3));
         assert_eq!(r.len(), 1);
     }
 }

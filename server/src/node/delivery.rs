@@ -1,6 +1,8 @@
 //! Turning broker commands into frames for this node's sockets. Every message is serialised
 //! once and the frame shared by all its sockets.
 
+use std::sync::Arc;
+
 use axum::extract::ws::Utf8Bytes;
 use impush_core::{
     envelope::{ClusterCommand, Deliver},
@@ -20,8 +22,13 @@ use crate::{
 impl Node {
     /// A point-to-point message for receivers this node owns. The broker delivery is acked once
     /// every frame is written or dropped (see `settle`), and a message seen before is dropped.
-    pub(super) fn deliver(&self, d: Deliver, acker: Acker) {
-        if !self.recent.first_time(&d.id) {
+    pub(super) fn deliver(self: &Arc<Self>, d: Deliver, acker: Acker) {
+        // A receiver listed twice gets the message once.
+        let mut d = d;
+        let mut receivers = std::mem::take(&mut d.to);
+        receivers.sort_unstable();
+        receivers.dedup();
+        if !self.recent.first_time_part(&d.id, &receivers) {
             Metrics::bump(&self.metrics.duplicates_dropped);
             acker.ack();
             return;
@@ -34,25 +41,39 @@ impl Node {
             receipt: d.receipt,
             stored: false,
             redelivered: false,
+            ack: self.must_ack(),
         }
         .to_json()
         .into();
-        // A receiver listed twice gets the message once.
-        let mut d = d;
-        let mut receivers = std::mem::take(&mut d.to);
-        receivers.sort_unstable();
-        receivers.dedup();
         let settlement = Settlement::begin(d, receivers, acker, self.outcomes.settled.clone());
         let mut written = 0u64;
+        let keep_absent = self.offline.is_some();
+        let mut absent = Vec::new();
         for (i, to) in settlement.receivers().iter().enumerate() {
-            self.registry.for_client(to, |s| {
+            let sockets = self.registry.for_client(to, |s| {
+                let token = settlement.token(i);
+                // Pushed from the offline inbox already (a redelivery after a crash racing
+                // the client's reconnect): that socket has it; never twice on one socket.
+                if s.sent_from_inbox(settlement.id()) {
+                    token.written();
+                    return;
+                }
                 let out = Outgoing {
                     frame: frame.clone(),
-                    token: Some(Tracked::Live(settlement.token(i))),
+                    token: Some(Tracked::Live(token)),
                     published: 0,
                 };
                 written += u64::from(s.push(out));
             });
+            if sockets == 0 && keep_absent {
+                // Kept in its inbox now, for this receiver alone (not when the message settles
+                // for all its receivers, which a slow socket elsewhere can hold up): its next
+                // connection waits for that before reading the inbox (order per sender).
+                absent.push((to.clone(), settlement.token(i)));
+            }
+        }
+        if !absent.is_empty() {
+            self.keep_for_absent(&settlement, absent);
         }
         settlement.queued();
         self.metrics.out(OutKind::Message, written);

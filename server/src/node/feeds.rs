@@ -65,6 +65,16 @@ impl Node {
                 }
                 // Awaited: a full lane holds this reader instead of queueing without bound.
                 Ok(NodeCommand::Publish(p)) => self.sequence(p, acker).await,
+                Ok(NodeCommand::Drain { client }) => {
+                    acker.ack();
+                    if self.registry.is_local(&client) {
+                        let node = self.clone();
+                        tokio::spawn(async move {
+                            let _guard = node.client_lock(&client).lock().await;
+                            node.drain_inbox(&client).await;
+                        });
+                    }
+                }
                 Err(e) => self.undecodable(&e, acker),
             },
             Feed::All => match envelope::decode::<ClusterCommand>("cluster command", &payload) {

@@ -30,7 +30,7 @@ pub(crate) struct OfflineInbox {
 
 /// The frame of a stored message: as it was first sent, plus `"stored": true`, or
 /// `"redelivered": true` when it had been written to a socket that closed before the ack.
-fn stored_frame(m: &StoredMessage) -> Utf8Bytes {
+fn stored_frame(m: &StoredMessage, ack: bool) -> Utf8Bytes {
     ServerFrame::Message {
         id: &m.id,
         from: &m.from,
@@ -39,6 +39,7 @@ fn stored_frame(m: &StoredMessage) -> Utf8Bytes {
         receipt: m.receipt,
         stored: !m.written,
         redelivered: m.written,
+        ack,
     }
     .to_json()
     .into()
@@ -99,7 +100,7 @@ impl Node {
                         sender: m.from.clone(),
                         receipt: m.receipt,
                     };
-                    (stored_frame(m), stored)
+                    (stored_frame(m, inbox.require_ack), stored)
                 })
                 .collect(),
             Err(e) => {

@@ -59,8 +59,11 @@ impl Node {
         let (end, socket) = session::drive(socket, &handle, ctx).await;
         Box::pin(self.detach(handle.clone())).await;
         // Nobody can push to it any more: settle what it never wrote.
-        handle.discard_queued();
-        self.requeue_unacked(&handle, handle.take_unacked());
+        let unwritten = handle.take_unwritten();
+        let unacked = handle.take_unacked();
+        self.keep_orphans(&handle, &unwritten, &unacked);
+        drop(unwritten);
+        self.requeue_unacked(&handle, unacked);
         if let (End::Close(code), Some(socket)) = (end, socket) {
             session::close_socket(socket, code).await;
         }
@@ -78,7 +81,7 @@ impl Node {
     /// `requested`) is observed once it is attached; observing it here, inside the boxed
     /// future, keeps the start time out of the session task that lives as long as the socket.
     async fn attach(
-        &self,
+        self: &Arc<Self>,
         handle: &Arc<SessionHandle>,
         resume: Option<Result<ResumeRequest, Unreadable>>,
         requested: Instant,
@@ -86,6 +89,10 @@ impl Node {
         let client = &handle.client;
         let _guard = self.client_lock(client).lock().await;
         if self.offline.is_some() {
+            // Live messages arriving while this attaches wait until the inbox was read at the
+            // end (they would overtake messages on their way into it).
+            handle.hold();
+            self.wait_for_inbox_writes(client).await;
             self.drain_into(handle).await;
         }
         let (first, excess) = self
@@ -125,8 +132,12 @@ impl Node {
         // still has its old one there for a moment); without it, what this node knows.
         let first_anywhere = count.map_or(first, |n| n == 1);
         if self.offline.is_some() {
-            // A message stored while the inbox was being read above.
+            // Messages stored while the inbox was being read above, then the live ones that
+            // arrived meanwhile, in that order.
+            self.wait_for_inbox_writes(client).await;
             self.drain_inbox(client).await;
+            handle.release_held();
+            self.drain_again_later(client);
         }
         tracing::info!(%client, connection = %handle.connection, first = first_anywhere, "connected");
         self.publish_event(&Event::Online {
@@ -161,6 +172,24 @@ impl Node {
                 unloaded.remove(client);
             }
         }
+    }
+
+    /// With a shared inbox, another node may still store messages for this client for a
+    /// moment after it connected here (its view of who owns the client lags by up to a third
+    /// of a lease): its inbox is read once more after that.
+    fn drain_again_later(self: &Arc<Self>, client: &ClientId) {
+        if !self.offline.as_ref().is_some_and(|o| o.store.is_shared()) {
+            return;
+        }
+        let node = self.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(node.lease / 3 + std::time::Duration::from_millis(250)).await;
+            if node.registry.is_local(&client) {
+                let _guard = node.client_lock(&client).lock().await;
+                node.drain_inbox(&client).await;
+            }
+        });
     }
 
     /// Loads `client`'s channel memberships into the local index; on failure, remembers to

@@ -14,6 +14,7 @@
 //! - `ownership`: this node's state and the live view: sending guests home, taking over a
 //!   dead node's inbox (`takeover`).
 //! - `moves`: planned moves of clients (drain, return home) that are not logouts.
+//! - `handover`: a per-node inbox follows its client to its owner.
 //! - `linger`: memberships that outlive a dropped link for `[channels] linger`.
 //! - `history`: channel and broadcast streams: numbering the ones this node owns, keeping
 //!   every stream's recent publications, and resuming reconnecting clients.
@@ -22,6 +23,7 @@
 mod dedupe;
 mod delivery;
 mod feeds;
+mod handover;
 mod history;
 mod inbox;
 mod lifecycle;
@@ -121,8 +123,12 @@ pub(crate) struct Node {
     parked: TaskTracker,
     /// Inboxes of dead nodes this node took over; dropping a guard lets go.
     takeovers: Mutex<HashMap<NodeId, DropGuard>>,
+    /// Since when the live view has had each dead node dead.
+    dead_since: Mutex<HashMap<NodeId, tokio::time::Instant>>,
     /// Channel and broadcast history (`None` with `[history] size = 0`).
     history: Option<history::History>,
+    /// A handover of offline inboxes is running.
+    handing_over: AtomicBool,
     /// `[channels] linger`, its waits, and what ends them early.
     linger: Duration,
     lingering: TaskTracker,
@@ -190,7 +196,9 @@ impl Node {
             moves: TaskTracker::new(),
             parked: TaskTracker::new(),
             takeovers: Mutex::new(HashMap::new()),
+            dead_since: Mutex::new(HashMap::new()),
             history,
+            handing_over: AtomicBool::new(false),
             linger: parts.linger,
             lingering: TaskTracker::new(),
             linger_stop: tokio_util::sync::CancellationToken::new(),

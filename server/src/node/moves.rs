@@ -72,6 +72,9 @@ impl Node {
         {
             self.presence_error("heartbeat (drain)", &e);
         }
+        // Helpers and other nodes read the live view every third of a lease: until they have,
+        // a client closed now would be handed this node's URL again (and refused).
+        tokio::time::sleep(self.lease / 3 + Duration::from_millis(100)).await;
         let all = self.registry.sessions_of(|_| true);
         tracing::info!(connections = all.len(), period = ?self.cluster_timing.drain_period, "draining");
         self.move_gradually(all, self.cluster_timing.drain_period);

@@ -43,6 +43,7 @@ impl Node {
                 }
                 self.send_guests_home();
                 self.manage_takeovers();
+                self.hand_over_inboxes();
             }
             Err(e) => self.presence_error("live_nodes", &e),
         }
@@ -74,15 +75,28 @@ impl Node {
         (self.cluster.status(&heir.id) == NodeStatus::Live).then(|| heir.id.clone())
     }
 
-    /// Starts taking over the inbox of each dead node this node is heir of, and lets go of
-    /// those that are back (or whose heir is another node now).
+    /// Starts taking over the inbox of each node dead for a whole lease that this node is
+    /// heir of, and lets go of those that are back (or whose heir is another node now). A
+    /// node that is only restarting (its lease ends when it clears its previous run) reads its
+    /// own inbox again in a moment: another consumer joining its queue group then would only
+    /// slow both down (a Kafka group rebalances on every join).
     fn manage_takeovers(self: &Arc<Self>) {
+        let now = tokio::time::Instant::now();
+        let mut dead_since = self.dead_since.lock().unwrap_or_else(|e| e.into_inner());
         let mut held = self.takeovers.lock().unwrap_or_else(|e| e.into_inner());
         for (node, status) in self.cluster.statuses() {
             if node == self.id {
                 continue;
             }
-            let mine = status == NodeStatus::Dead && self.heir_of(&node).as_ref() == Some(&self.id);
+            let dead_for = if status == NodeStatus::Dead {
+                now.saturating_duration_since(*dead_since.entry(node.clone()).or_insert(now))
+            } else {
+                dead_since.remove(&node);
+                std::time::Duration::ZERO
+            };
+            let mine = status == NodeStatus::Dead
+                && dead_for >= self.lease
+                && self.heir_of(&node).as_ref() == Some(&self.id);
             match (mine, held.contains_key(&node)) {
                 (true, false) => {
                     tracing::warn!(%node, "taking over the inbox of a dead node");

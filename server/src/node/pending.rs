@@ -16,47 +16,209 @@ use std::{
     sync::{atomic::Ordering, Mutex},
 };
 
-use impush_core::{ClientId, MessageId, ReceiptStatus};
+use std::sync::Arc;
+
+use impush_core::{ClientId, MessageId, ReceiptStatus, StoredMessage};
 
 use super::Node;
-use crate::session::{Ackable, SessionHandle};
+use crate::{
+    session::{AckSource, Ackable, SessionHandle},
+    settle::FrameToken,
+};
 
-/// Messages being kept in the inbox store right now, and whether their client acked them
-/// meanwhile.
+/// Messages being written to the inbox store right now (kept as pending, or stored for a
+/// receiver that did not get them), per client, and whether the client acked each meanwhile.
+///
+/// A client's new connection waits for its writes in flight before it reads its inbox, so a
+/// message on its way to the store is not overtaken by a newer live one (order per sender).
 #[derive(Debug, Default)]
-pub(crate) struct Keeping(Mutex<HashMap<(ClientId, MessageId), bool>>);
+pub(crate) struct Keeping(Mutex<HashMap<ClientId, HashMap<MessageId, Writes>>>);
+
+/// The writes of one message for one client in flight, and whether it was acked meanwhile.
+#[derive(Debug, Default)]
+struct Writes {
+    count: usize,
+    acked: bool,
+}
 
 impl Keeping {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(ClientId, MessageId), bool>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, HashMap<MessageId, Writes>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A keep of `id` for `client` starts.
+    /// A write of `id` for `client` starts (several may be in flight: the message's settling,
+    /// and a socket that closed with it).
     pub(crate) fn start(&self, client: &ClientId, id: &MessageId) {
-        self.lock().insert((client.clone(), id.clone()), false);
-    }
-
-    /// The keep is done; returns whether the client acked meanwhile (remove it again).
-    pub(crate) fn finish(&self, client: &ClientId, id: &MessageId) -> bool {
         self.lock()
-            .remove(&(client.clone(), id.clone()))
-            .unwrap_or(false)
+            .entry(client.clone())
+            .or_default()
+            .entry(id.clone())
+            .or_default()
+            .count += 1;
     }
 
-    /// The client acked `id`: returns `true` when a keep is in flight (it will remove the
-    /// message when done), `false` when the ack must remove it now.
+    /// A write is done; returns whether the client acked meanwhile and this was the last
+    /// write in flight (then remove it again).
+    pub(crate) fn finish(&self, client: &ClientId, id: &MessageId) -> bool {
+        let mut map = self.lock();
+        let Some(ids) = map.get_mut(client) else {
+            return false;
+        };
+        let Some(w) = ids.get_mut(id) else {
+            return false;
+        };
+        w.count = w.count.saturating_sub(1);
+        if w.count > 0 {
+            return false;
+        }
+        let acked = w.acked;
+        ids.remove(id);
+        if ids.is_empty() {
+            map.remove(client);
+        }
+        acked
+    }
+
+    /// The client acked `id`: returns `true` when a write is in flight (the last one will
+    /// remove the message when done), `false` when the ack must remove it now.
     pub(crate) fn acked(&self, client: &ClientId, id: &MessageId) -> bool {
-        match self.lock().get_mut(&(client.clone(), id.clone())) {
-            Some(acked) => {
-                *acked = true;
+        match self.lock().get_mut(client).and_then(|ids| ids.get_mut(id)) {
+            Some(w) => {
+                w.acked = true;
                 true
             }
             None => false,
         }
     }
+
+    /// Whether writes for `client` are in flight.
+    pub(crate) fn busy(&self, client: &ClientId) -> bool {
+        self.lock().contains_key(client)
+    }
 }
 
 impl Node {
+    /// Waits (briefly) until no inbox write for `client` is in flight, so its new connection
+    /// reads an inbox that holds everything older than what it will get live.
+    pub(crate) async fn wait_for_inbox_writes(&self, client: &ClientId) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.keeping.busy(client) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    /// A socket closed with point-to-point messages it never wrote or whose ack never came:
+    /// they are written to its client's inbox now, for this one receiver, instead of when
+    /// their message settles for all its receivers (which a slow socket elsewhere can hold up
+    /// for seconds), so the client's next connection, which waits for writes in flight, finds
+    /// them before anything newer (order per sender). Storing twice is harmless: a store keeps
+    /// an id once.
+    pub(crate) fn keep_orphans(
+        self: &Arc<Self>,
+        handle: &SessionHandle,
+        unwritten: &[FrameToken],
+        unacked: &[(MessageId, Ackable)],
+    ) {
+        if self.offline.is_none() {
+            return;
+        }
+        let mut orphans: Vec<StoredMessage> = unwritten
+            .iter()
+            .map(|t| t.settlement().stored_message(false))
+            .collect();
+        if self.must_ack() {
+            orphans.extend(unacked.iter().filter_map(|(_, a)| match &a.source {
+                AckSource::Live { settlement, .. } => Some(settlement.stored_message(true)),
+                AckSource::Stored => None, // in the inbox already
+            }));
+        }
+        if orphans.is_empty() {
+            return;
+        }
+        let client = handle.client.clone();
+        for m in &orphans {
+            self.keeping.start(&client, &m.id);
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let Some(inbox) = &node.offline else { return };
+            for m in orphans {
+                let id = m.id.clone();
+                node.store_for(inbox, &m, std::slice::from_ref(&client))
+                    .await;
+                if node.keeping.finish(&client, &id) {
+                    node.remove_from_inbox(&client, std::slice::from_ref(&id))
+                        .await;
+                }
+            }
+            if !node.registry.is_local(&client) {
+                node.tell_where_it_may_be(&client).await;
+            }
+        });
+    }
+
+    /// Keeps a message in the inboxes of receivers with no socket here, now; each token
+    /// reports to the message's settlement whether it was kept (for the `stored` or `offline`
+    /// receipt, and the broker ack, which waits for it).
+    pub(crate) fn keep_for_absent(
+        self: &Arc<Self>,
+        settlement: &Arc<crate::settle::Settlement>,
+        absent: Vec<(ClientId, FrameToken)>,
+    ) {
+        let message = settlement.stored_message(false);
+        for (client, _) in &absent {
+            self.keeping.start(client, &message.id);
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let Some(inbox) = &node.offline else { return };
+            for (client, token) in absent {
+                let (kept, _) = node
+                    .store_for(inbox, &message, std::slice::from_ref(&client))
+                    .await;
+                node.keeping.finish(&client, &message.id);
+                let was_kept = !kept.is_empty();
+                token.kept(was_kept);
+                if node.registry.is_local(&client) {
+                    // Connected meanwhile (its connection read its inbox before this was in):
+                    // push it now.
+                    let _guard = node.client_lock(&client).lock().await;
+                    node.drain_inbox(&client).await;
+                } else if was_kept {
+                    // It waits for an offline client: the hook for a mobile push.
+                    node.webhooks.stored(&kept, &message);
+                    node.tell_where_it_may_be(&client).await;
+                }
+            }
+        });
+    }
+
+    /// Stored `client`'s messages in a shared inbox while ownership of it may be moving (this
+    /// node is not its home): asks the other nodes it may be on now (its owner and its home,
+    /// by this node's view) to push its inbox, so nothing waits there for its next connection.
+    pub(crate) async fn tell_where_it_may_be(&self, client: &ClientId) {
+        let shared = self.offline.as_ref().is_some_and(|o| o.store.is_shared());
+        let home = self.cluster.home(client).id.clone();
+        if !shared || home == self.id {
+            return;
+        }
+        let owner = self.cluster.owner(client).id.clone();
+        let cmd = impush_core::envelope::NodeCommand::Drain {
+            client: client.clone(),
+        };
+        let Ok(payload) = impush_core::envelope::encode("node command", &cmd) else {
+            return;
+        };
+        for node in [home, owner] {
+            if node != self.id {
+                let _ = self
+                    .broker
+                    .publish(&self.topics.inbox(&node), payload.clone())
+                    .await;
+            }
+        }
+    }
+
     /// Whether every point-to-point message stays pending until the client acks it.
     pub(crate) fn must_ack(&self) -> bool {
         self.offline.as_ref().is_some_and(|o| o.require_ack)

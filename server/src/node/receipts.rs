@@ -152,15 +152,19 @@ impl Node {
                 } else {
                     Vec::new()
                 };
-                for c in &written {
+                // (Receivers with no socket when it arrived were kept then: `deliver`.)
+                for c in written.iter().chain(&s.undelivered) {
                     self.keeping.start(c, &s.id);
                 }
                 let node = self.clone();
                 tokio::spawn(async move { node.settle_with_inbox(s, written).await });
             }
             _ => {
-                let (delivered, undelivered) = (s.delivered.clone(), s.undelivered.clone());
-                self.finish(s, delivered, Vec::new(), undelivered);
+                let delivered = s.delivered.clone();
+                let stored = s.kept.clone();
+                let mut offline = s.undelivered.clone();
+                offline.extend(s.not_kept.iter().cloned());
+                self.finish(s, delivered, stored, offline);
             }
         }
     }
@@ -174,18 +178,35 @@ impl Node {
             let mut pending = s.stored();
             pending.written = true;
             let _ = self.store_for(inbox, &pending, &written).await;
-            let acked: Vec<ClientId> = written
+            let (acked, pending): (Vec<ClientId>, Vec<ClientId>) = written
                 .into_iter()
-                .filter(|c| self.keeping.finish(c, &s.id))
-                .collect();
+                .partition(|c| self.keeping.finish(c, &s.id));
             for client in acked {
                 self.remove_from_inbox(&client, std::slice::from_ref(&s.id))
                     .await;
             }
+            // A socket that took it may have closed before it was kept, and its client come
+            // back already: the new socket gets it now (`drain_inbox` skips sockets that hold
+            // it).
+            for client in &pending {
+                let mut held = false;
+                let sockets = self
+                    .registry
+                    .for_client(client, |session| held |= session.awaits_ack(&s.id));
+                if sockets > 0 && !held {
+                    let _guard = self.client_lock(client).lock().await;
+                    self.drain_inbox(client).await;
+                }
+            }
         }
         let message = s.stored();
         let undelivered = s.undelivered.clone();
-        let (stored, not_kept) = self.store_for(inbox, &message, &undelivered).await;
+        let (mut stored, mut not_kept) = self.store_for(inbox, &message, &undelivered).await;
+        for c in &undelivered {
+            self.keeping.finish(c, &s.id);
+        }
+        // (Those with no socket when it arrived were kept then, and hooked: `deliver`.)
+        let early = s.kept.clone();
         let delivered = s.delivered.clone();
         // Receivers that connected meanwhile get it just below; the others wait for it, and
         // that is the hook for a mobile push.
@@ -194,6 +215,11 @@ impl Node {
             .cloned()
             .partition(|c| self.registry.is_local(c));
         self.webhooks.stored(&waiting, &message);
+        for client in &waiting {
+            self.tell_where_it_may_be(client).await;
+        }
+        stored.extend(early);
+        not_kept.extend(s.not_kept.iter().cloned());
         self.finish(s, delivered, stored, not_kept);
         for client in connected {
             let _guard = self.client_lock(&client).lock().await;

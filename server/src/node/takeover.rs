@@ -77,7 +77,7 @@ impl Node {
                 let owner = self.cluster.owner(sender).id.clone();
                 self.publish_command(&owner, &cmd).await
             }
-            NodeCommand::Kick { ref client } => {
+            NodeCommand::Kick { ref client } | NodeCommand::Drain { ref client } => {
                 let owner = self.cluster.owner(client).id.clone();
                 self.publish_command(&owner, &cmd).await
             }

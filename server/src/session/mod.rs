@@ -47,7 +47,7 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
 use impush_core::{config::LimitsConfig, ClientId, ConnectionId, MessageId};
 
-pub(crate) use acks::Ackable;
+pub(crate) use acks::{AckSource, Ackable};
 pub(crate) use drive::{close_socket, drive, Context, End};
 
 use self::acks::PendingAcks;
@@ -149,6 +149,11 @@ pub(crate) struct SessionHandle {
     stored_sent: Mutex<Option<Box<HashSet<MessageId>>>>,
     /// Messages written here and not acked yet; allocated while there are any.
     acks: Mutex<Option<Box<PendingAcks>>>,
+    /// Set while the connection attaches: live point-to-point frames wait in `held` until its
+    /// inbox was read, so nothing newer overtakes what the inbox holds (order per sender).
+    holding: AtomicBool,
+    #[allow(clippy::box_collection)]
+    held: Mutex<Option<Box<Vec<Outgoing>>>>,
     /// Set while this connection's resume is being prepared: live frames of the streams in
     /// `muted` are dropped (the resume replays them from history instead).
     resuming: AtomicBool,
@@ -179,9 +184,35 @@ impl SessionHandle {
             metrics,
             stored_sent: Mutex::new(None),
             acks: Mutex::new(None),
+            holding: AtomicBool::new(false),
+            held: Mutex::new(None),
             resuming: AtomicBool::new(false),
             muted: Mutex::new(None),
         }
+    }
+
+    /// Holds live point-to-point frames back until [`SessionHandle::release_held`].
+    pub(crate) fn hold(&self) {
+        self.holding.store(true, Ordering::Release);
+    }
+
+    /// Queues the held frames, in order, skipping any the offline inbox pushed meanwhile (that
+    /// socket has it: its token settles as written), and stops holding.
+    pub(crate) fn release_held(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        // Still under the lock: a push racing this waits, then finds holding off.
+        for out in held.take().map(|b| *b).unwrap_or_default() {
+            if let Some(Tracked::Live(t)) = &out.token {
+                if self.sent_from_inbox(t.settlement().id()) {
+                    if let Some(Tracked::Live(t)) = out.token {
+                        t.written();
+                    }
+                    continue;
+                }
+            }
+            self.push_now(out);
+        }
+        self.holding.store(false, Ordering::Release);
     }
 
     /// Holds back the live frames of `streams` until [`SessionHandle::unmute`]: the client
@@ -251,9 +282,21 @@ impl SessionHandle {
         taken.map(|a| a.into_required()).unwrap_or_default()
     }
 
+    /// Whether the offline inbox already pushed message `id` to this socket.
+    pub(crate) fn sent_from_inbox(&self, id: &MessageId) -> bool {
+        self.stored_sent
+            .lock()
+            .map(|s| s.as_ref().is_some_and(|s| s.contains(id)))
+            .unwrap_or(false)
+    }
+
     /// Queues a frame from the offline inbox unless this socket already got that id; returns
     /// whether it was queued.
     pub(crate) fn push_stored(&self, frame: Utf8Bytes, stored: StoredFrame) -> bool {
+        // Written here already and waiting for its ack: this socket has it.
+        if self.awaits_ack(&stored.id) {
+            return false;
+        }
         {
             let Ok(mut sent) = self.stored_sent.lock() else {
                 return false;
@@ -274,6 +317,17 @@ impl SessionHandle {
     /// (then the connection is closed with 4008). A refused frame's token settles as not
     /// delivered.
     pub(crate) fn push(&self, out: Outgoing) -> bool {
+        if self.holding.load(Ordering::Acquire) && matches!(out.token, Some(Tracked::Live(_))) {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if self.holding.load(Ordering::Acquire) {
+                held.get_or_insert_with(Box::default).push(out);
+                return true;
+            }
+        }
+        self.push_now(out)
+    }
+
+    fn push_now(&self, out: Outgoing) -> bool {
         let len = out.frame.len();
         // A closing connection says so here; a finished one is refused under the queue's lock
         // once its queue was discarded.
@@ -369,12 +423,18 @@ impl SessionHandle {
         self.waker.wake();
     }
 
-    /// Drops whatever is still queued and refuses anything pushed later (the connection is
-    /// gone): their tokens settle as not delivered now instead of whenever the last reference
-    /// to the handle goes.
-    pub(crate) fn discard_queued(&self) {
-        // Dropped outside the lock: settling a token can send a report.
-        drop(self.empty_queue(true));
+    /// Empties the queue and refuses anything pushed later (the connection is gone), handing
+    /// back the point-to-point frames that were never written: their tokens settle as not
+    /// delivered when dropped (by the caller, outside the queue's lock, since settling can send
+    /// a report).
+    pub(crate) fn take_unwritten(&self) -> Vec<crate::settle::FrameToken> {
+        self.empty_queue(true)
+            .into_iter()
+            .filter_map(|o| match o.token {
+                Some(Tracked::Live(t)) => Some(t),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Empties the queue (and, with `close`, refuses later pushes); returns what it held.
@@ -462,7 +522,7 @@ mod tests {
         // refuse later pushes, or frames would wait in a dead connection's queue.
         let h = handle();
         assert!(h.push(frame()));
-        h.discard_queued();
+        drop(h.take_unwritten());
         assert!(h.take().is_empty(), "discard left frames queued");
         assert!(!h.push(frame()), "a discarded queue took a frame");
         assert!(h.take().is_empty());

@@ -40,6 +40,8 @@ pub struct Spec {
     /// `[cluster]` keys of drain and return home (short by default: a stopping node drains
     /// before it exits, and every case stops its nodes at the end).
     pub moves: String,
+    /// Extra `[limits]` keys of every node.
+    pub limits: String,
 }
 
 impl Spec {
@@ -53,7 +55,14 @@ impl Spec {
             broker_urls: BTreeMap::new(),
             moves: "drain_period = \"1s\"\nrebalance_period = \"2s\"\nmove_grace = \"1s\"\n"
                 .to_owned(),
+            limits: String::new(),
         }
+    }
+
+    /// Extra `[limits]` keys (TOML lines) for every node.
+    pub fn limits(mut self, toml: impl Into<String>) -> Self {
+        self.limits.push_str(&toml.into());
+        self
     }
 
     /// Memberships end the moment a client's last connection closes (`[channels] linger =
@@ -169,7 +178,8 @@ impl Cluster {
             let common = common(spec.broker_urls.get(&i).map_or(url, String::as_str));
             let toml = format!(
                 "[node]\nid = \"{node}\"\nlisten = \"{a}\"\n{common}\n\
-                 [limits]\nshutdown_grace = \"3s\"\n{queue}{offline}"
+                 [limits]\nshutdown_grace = \"3s\"\n{}{queue}{offline}",
+                spec.limits
             );
             write(&cluster.config(i), &toml);
         }

@@ -43,6 +43,7 @@ pub mod cases;
 pub mod clients;
 pub mod harness;
 pub mod http;
+pub mod probe;
 
 /// Expands to one `#[tokio::test]` per cluster case that applies to `$backend` (an `fn() ->
 /// Backend`): the standard group and each group listed after `;`.
@@ -72,6 +73,8 @@ macro_rules! __cluster_group {
             flood_with_inbox_reaches_the_receiver_despite_a_node_kill,
             inbox_waits_for_its_node_across_a_kill_and_restart,
             client_link_reset_through_a_proxy_is_an_offline_event,
+            loss_probe_links_reset_and_frozen,
+            loss_probe_with_a_node_killed,
         );
     };
     (private_broker $backend:path) => {

@@ -6,12 +6,14 @@
 
 mod broker;
 mod delivery;
+mod device;
 mod floods;
 mod links;
 mod nodes;
 
 pub use broker::*;
 pub use delivery::*;
+pub use device::*;
 pub use floods::*;
 pub use links::*;
 pub use nodes::*;
