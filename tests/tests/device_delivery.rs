@@ -147,8 +147,8 @@ async fn writes_wait_for_acks_past_max_unacked() {
     alice.send_json(json!({"type": "ack", "id": ids[0]})).await;
     assert_eq!(alice.next_json().await["id"], ids[3].as_str());
     alice.expect_silence(Duration::from_millis(300)).await;
-    for i in 1..4 {
-        alice.send_json(json!({"type": "ack", "id": ids[i]})).await;
+    for id in &ids[1..4] {
+        alice.send_json(json!({"type": "ack", "id": id})).await;
     }
     assert_eq!(alice.next_json().await["id"], ids[4].as_str());
     assert_eq!(alice.next_json().await["id"], ids[5].as_str());

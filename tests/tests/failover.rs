@@ -132,7 +132,7 @@ fn homed_on(h: &ImHelper, i: usize, tag: &str) -> ClientId {
         .unwrap()
 }
 
-async fn node_of_url(h: &ImHelper, c: &ClientId) -> String {
+fn node_of_url(h: &ImHelper, c: &ClientId) -> String {
     h.prepare_connect(c, Value::Null).unwrap().node.to_string()
 }
 
@@ -141,22 +141,22 @@ async fn a_stopped_nodes_clients_are_handed_to_the_next_node() {
     let mut pair = Pair::start(|_| {}).await;
     let h1 = pair.helper(0);
     let alice = homed_on(&h1, 1, "alice");
-    assert_eq!(node_of_url(&h1, &alice).await, "n2");
+    assert_eq!(node_of_url(&h1, &alice), "n2");
     pair.stop(1).await;
     // n2 cleared its lease on the way out: within a refresh n1 hands alice to itself.
-    eventually(|| async { node_of_url(&h1, &alice).await == "n1" }).await;
+    eventually(|| async { node_of_url(&h1, &alice) == "n1" }).await;
     let mut c = Client::connect(&h1, alice.as_str(), 1).await;
-    h1.send_message(&id("bob"), &[alice.clone()], &"hi", false)
+    h1.send_message(&id("bob"), std::slice::from_ref(&alice), &"hi", false)
         .await
         .unwrap();
     assert_eq!(c.next_json().await["data"], "hi");
     // n2 returns: alice is sent home gently (1012) and her next URL names n2 again.
     pair.up(1).await;
     assert_eq!(c.close_code().await, 1012);
-    assert_eq!(node_of_url(&h1, &alice).await, "n2");
+    assert_eq!(node_of_url(&h1, &alice), "n2");
     let h2 = pair.helper(1);
     let mut c = Client::connect(&h2, alice.as_str(), 1).await;
-    h1.send_message(&id("bob"), &[alice.clone()], &"home", false)
+    h1.send_message(&id("bob"), std::slice::from_ref(&alice), &"home", false)
         .await
         .unwrap();
     assert_eq!(c.next_json().await["data"], "home");
@@ -172,7 +172,9 @@ async fn a_drain_moves_clients_without_a_logout() {
     let alice = homed_on(&h1, 0, "alice");
     let room: impush_core::ChannelName = "room".parse().unwrap();
     let mut c = Client::connect(&h1, alice.as_str(), 1).await;
-    h1.join_channel(&room, &[alice.clone()]).await.unwrap();
+    h1.join_channel(&room, std::slice::from_ref(&alice))
+        .await
+        .unwrap();
     let mut events = h2.events().await.unwrap();
 
     let drained = tokio::spawn({
@@ -184,7 +186,10 @@ async fn a_drain_moves_clients_without_a_logout() {
             let start = tokio::time::Instant::now();
             let mut samples = 0;
             while start.elapsed() < Duration::from_secs(4) {
-                assert!(presence.online(&[alice.clone()]).await.unwrap()[0], "alice offline");
+                assert!(
+                    presence.online(std::slice::from_ref(&alice)).await.unwrap()[0],
+                    "alice offline"
+                );
                 assert_eq!(
                     presence.client_channels(&alice).await.unwrap().value,
                     vec!["room".parse::<impush_core::ChannelName>().unwrap()]
@@ -202,12 +207,16 @@ async fn a_drain_moves_clients_without_a_logout() {
     });
     assert_eq!(c.close_code().await, 1012, "moved with 1012");
     // While n1 drains it is not handed out: alice's new URL names n2.
-    eventually(|| async { node_of_url(&h2, &alice).await == "n2" }).await;
+    eventually(|| async { node_of_url(&h2, &alice) == "n2" }).await;
     let mut c = Client::connect(&h2, alice.as_str(), 1).await;
     h2.send_channel_message(&id("bob"), &room, &"still here")
         .await
         .unwrap();
-    assert_eq!(c.next_json().await["data"], "still here", "rooms moved along");
+    assert_eq!(
+        c.next_json().await["data"],
+        "still here",
+        "rooms moved along"
+    );
 
     let (moved, node1) = drain.await.unwrap();
     assert!(moved);
@@ -225,8 +234,14 @@ async fn a_drain_moves_clients_without_a_logout() {
             seen.push(ev);
         }
     }
-    assert!(matches!(&seen[0], Event::Online { first: false, node, .. } if node.as_str() == "n2"), "{seen:?}");
-    assert!(matches!(&seen[1], Event::Offline { last: false, moved: true, node, .. } if node.as_str() == "n1"), "{seen:?}");
+    assert!(
+        matches!(&seen[0], Event::Online { first: false, node, .. } if node.as_str() == "n2"),
+        "{seen:?}"
+    );
+    assert!(
+        matches!(&seen[1], Event::Offline { last: false, moved: true, node, .. } if node.as_str() == "n1"),
+        "{seen:?}"
+    );
     assert!(node1.metrics().moved() >= 1);
     node1.shutdown().await.unwrap();
     pair.stop(1).await;
@@ -246,7 +261,11 @@ async fn a_draining_node_refuses_new_connects_and_is_not_ready() {
         node1
     });
     eventually(|| async {
-        reqwest::get(format!("{base}/readyz")).await.unwrap().status() == 503
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            == 503
     })
     .await;
     let (status, body) = support::refused_status(&url).await;

@@ -248,7 +248,11 @@ pub async fn presence_leave_all_if_offline_spares_online_clients(p: &dyn Presenc
         p.join_channel(&room, &[alice.clone(), bob.clone()]),
     )
     .await;
-    call("join hall", p.join_channel(&hall, &[alice.clone()])).await;
+    call(
+        "join hall",
+        p.join_channel(&hall, std::slice::from_ref(&alice)),
+    )
+    .await;
     assert!(!call("online alice", p.leave_all_if_offline(&alice)).await);
     assert_eq!(
         call("alice's channels", p.client_channels(&alice)).await,
