@@ -4,10 +4,15 @@
 # cluster and fault suites, CLI, doctests), the JavaScript client's tests against a real node,
 # the chat demo in a real Chromium, the runnable examples, schemathesis against the node's own
 # OpenAPI document, the deploy files (scripts/check-deploy.sh), and each cargo-fuzz target for
-# 60 s (IMPUSH_FUZZ_SECONDS).
+# 15 s (IMPUSH_FUZZ_SECONDS; `scripts/fuzz.sh 600` is the longer run, README "Tests").
 #
 #   ./scripts/test.sh
 #
+# Rust tests run under cargo-nextest (each test its own process, several at once:
+# .config/nextest.toml), after one build of every test target; the brokers start in the
+# background meanwhile, and the steps after the Rust tests (schemathesis, the JavaScript client,
+# the browser tests, the deploy files, the example) run side by side, each into its own log,
+# printed when it fails.
 # Needs a Rust toolchain (rustup), Node >= 20 with npm, and root or sudo for apt: it installs
 # and starts the brokers itself (scripts/brokers.sh up: Redis, RabbitMQ, NATS and a
 # Kafka-protocol broker on loopback) and Chromium, and runs the broker tests strictly: a broker
@@ -22,6 +27,12 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
   step "installing rustfmt and clippy"
   rustup component add rustfmt clippy
 fi
+
+# The brokers take ~20 s to start: start them now, wait for them before the tests.
+step "brokers (starting in the background)"
+brokers_log=$(mktemp)
+scripts/brokers.sh up >"$brokers_log" 2>&1 &
+brokers_pid=$!
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -53,37 +64,57 @@ fi
 # The registry's own tests without any broker feature: a kind compiled out names its feature.
 cargo test -q -p impush-brokers --no-default-features --lib
 
+step "build every test target and the binaries the other steps drive"
+cargo nextest run --workspace --no-run
+cargo build -q -p impush-server --bin impush
+cargo build -q -p impush-examples --bin chat --example embedded_chat
+
 step "brokers"
-scripts/brokers.sh up >/dev/null
+if ! wait "$brokers_pid"; then
+  cat "$brokers_log" >&2
+  exit 1
+fi
 eval "$(scripts/brokers.sh env)"
 export IMPUSH_REQUIRE_BROKERS=1
 
-step "cargo test (every member, the NATS custom broker example included)"
-cargo test --workspace --no-fail-fast
+step "cargo nextest (every member, the NATS custom broker example included) and doctests"
+cargo nextest run --workspace --no-fail-fast
+cargo test -q --workspace --doc
 
-step "build the binaries the JavaScript tests drive"
-cargo build -q -p impush-server --bin impush
-cargo build -q -p impush-examples --bin chat
-
-step "schemathesis: every check against the node's own OpenAPI document"
-IMPUSH_BIN="$root/target/debug/impush" scripts/schemathesis.sh
-
-step "clients/js: types (tsc), the packed package, unit and integration tests against a real node"
-(cd clients/js && npm ci --no-audit --no-fund --loglevel=error \
-  && IMPUSH_BIN="$root/target/debug/impush" npm test)
-
-step "examples/chat: the demo in Chromium"
+# The rest side by side: each step into its own log; a failing one prints its log.
 scripts/brokers.sh install chromium >/dev/null
-(cd examples/chat/e2e && npm ci --no-audit --no-fund --loglevel=error \
-  && CHAT_BIN="$root/target/debug/chat" npm test)
+logs=$(mktemp -d)
+pids=()
+names=()
+side() {
+  local name=$1
+  shift
+  ( "$@" ) >"$logs/$name.log" 2>&1 &
+  pids+=("$!")
+  names+=("$name")
+}
+bin="$root/target/debug/impush"
+side schemathesis env IMPUSH_BIN="$bin" scripts/schemathesis.sh
+side js bash -c "cd clients/js && npm ci --no-audit --no-fund --loglevel=error && IMPUSH_BIN='$bin' npm test"
+side chat-e2e bash -c "cd examples/chat/e2e && npm ci --no-audit --no-fund --loglevel=error && CHAT_BIN='$root/target/debug/chat' npm test"
+side deploy scripts/check-deploy.sh "$bin"
+side example timeout 60 "$root/target/debug/examples/embedded_chat"
+step "side by side: ${names[*]}"
+failed=()
+for i in "${!pids[@]}"; do
+  if wait "${pids[$i]}"; then
+    echo "${names[$i]}: ok" >&2
+  else
+    echo "${names[$i]}: FAILED" >&2
+    failed+=("${names[$i]}")
+  fi
+done
+for name in "${failed[@]}"; do
+  printf '\n==> log of %s\n' "$name" >&2
+  cat "$logs/$name.log" >&2
+done
+[ "${#failed[@]}" -eq 0 ] || exit 1
 
-step "examples"
-timeout 60 cargo run -q -p impush-examples --example embedded_chat >/dev/null
-echo "examples: embedded_chat ok" >&2
-
-step "deploy: Dockerfile, compose file, systemd unit, Kubernetes manifests (no Docker engine here: deploy/README.md)"
-scripts/check-deploy.sh "$root/target/debug/impush"
-
-step "fuzz: each cargo-fuzz target ${IMPUSH_FUZZ_SECONDS:-60}s"
-scripts/fuzz.sh "${IMPUSH_FUZZ_SECONDS:-60}"
+step "fuzz: each cargo-fuzz target ${IMPUSH_FUZZ_SECONDS:-15}s"
+scripts/fuzz.sh "${IMPUSH_FUZZ_SECONDS:-15}"
 step "done"
