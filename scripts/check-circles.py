@@ -3,7 +3,7 @@
 
 The project's rule: no import circles between modules (module a uses b and b uses a). Run it
 from the repository root: `python3 scripts/check-circles.py`. It prints each circle with one
-reference per edge, and exits 1 when there is one. Nothing runs it automatically.
+reference per edge, and exits 1 when there is one. scripts/test.sh runs it.
 
 A circle: module a uses module b and b uses a (or a longer loop a -> b -> c -> a), where a, b, c
 are siblings (children of one parent module). A reference from `x::y::p` to `x::z::q` is an

@@ -50,6 +50,9 @@ elif [ "$rc" -ne 1 ]; then
   exit 1
 fi
 
+step "no import circles between modules (scripts/check-circles.py)"
+python3 scripts/check-circles.py
+
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
