@@ -41,6 +41,12 @@ impl Acker {
         Self(None)
     }
 
+    /// An acker that runs `ack`, e.g. one share of a delivery that carries several messages
+    /// and is acknowledged once every share was.
+    pub fn new(ack: impl Acknowledge) -> Self {
+        Self(Some(Box::new(ack)))
+    }
+
     /// Acknowledges the delivery.
     pub fn ack(self) {
         if let Some(a) = self.0 {

@@ -134,6 +134,12 @@ pub struct Publication {
 pub enum NodeCommand {
     /// Push a message to local receivers.
     Deliver(Deliver),
+    /// Several point-to-point messages for this node's receivers in one broker payload (a
+    /// batch send, `ImHelper::send_messages`): each is delivered as if it came as its own
+    /// [`NodeCommand::Deliver`], and the payload is acknowledged once every one of them
+    /// settled. A node that predates this variant cannot decode it (it drops it as
+    /// undecodable), so upgrade nodes before the helpers that send batches.
+    DeliverMany(Vec<Deliver>),
     /// Tell the sender (a client of this node) how delivery of its message went to some
     /// receivers: one status for all of them (a receipt frame lists them all).
     Receipt {
@@ -318,6 +324,35 @@ mod tests {
             panic!("wrong variant")
         };
         assert_eq!(d.data.get(), r#"{"text":"hi","n":[1,2]}"#);
+    }
+
+    #[test]
+    fn deliver_many_is_a_new_variant_beside_the_old_ones() {
+        let one = |to: &str| Deliver {
+            id: MessageId::new(format!("m-{to}")).unwrap(),
+            from: ClientId::new("shop").unwrap(),
+            to: vec![ClientId::new(to).unwrap()],
+            data: RawValue::from_string(format!(r#"{{"for":"{to}"}}"#)).unwrap(),
+            ts: 7,
+            receipt: false,
+        };
+        let bytes = encode("cmd", &NodeCommand::DeliverMany(vec![one("a"), one("b")])).unwrap();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(
+            text.starts_with(r#"{"deliver_many":[{"id":"m-a","#),
+            "{text}"
+        );
+        let NodeCommand::DeliverMany(back) = decode("cmd", &bytes).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].data.get(), r#"{"for":"b"}"#);
+        // The single form is unchanged: what older helpers publish still decodes.
+        let old = br#"{"deliver":{"id":"m1","from":"bob","to":["alice"],"data":1,"ts":1,"receipt":true}}"#;
+        let NodeCommand::Deliver(d) = decode("cmd", old).unwrap() else {
+            panic!("wrong variant")
+        };
+        assert_eq!(d.to, vec![ClientId::new("alice").unwrap()]);
     }
 
     #[test]

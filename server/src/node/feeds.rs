@@ -50,6 +50,7 @@ impl Node {
         match feed {
             Feed::Inbox => match envelope::decode::<NodeCommand>("node command", &payload) {
                 Ok(NodeCommand::Deliver(d)) => self.deliver(d, acker),
+                Ok(NodeCommand::DeliverMany(batch)) => self.deliver_many(batch, acker),
                 Ok(NodeCommand::Receipt {
                     id,
                     sender,

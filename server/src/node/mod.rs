@@ -4,7 +4,8 @@
 //!   `Queue{group = node id}`) carries [`NodeCommand`](impush_core::envelope::NodeCommand)s
 //!   (point-to-point deliveries, receipts for local senders, kicks); `{prefix}.all` (`Fanout`)
 //!   carries cluster commands (channel messages, broadcasts, membership changes).
-//! - `delivery`: turning commands into frames for local sockets.
+//! - `delivery`: turning commands into frames for local sockets; `batch`: several messages in
+//!   one inbox payload, acked once all of them settled.
 //! - `receipts`: the task that acts on settled messages (receipts, broker acks) and coalesces
 //!   client acks into receipt frames.
 //! - `lifecycle`: a connection from attach to detach (local index, presence, events).
@@ -20,6 +21,7 @@
 //!   every stream's recent publications, and resuming reconnecting clients.
 //! - `dedupe`: ids of recent messages, so a redelivered or retried message reaches sockets once.
 
+mod batch;
 mod dedupe;
 mod delivery;
 mod feeds;

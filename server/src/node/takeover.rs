@@ -73,6 +73,13 @@ impl Node {
         };
         let routed = match cmd {
             NodeCommand::Deliver(d) => self.reroute_deliver(d).await,
+            NodeCommand::DeliverMany(batch) => {
+                let mut ok = true;
+                for (owner, part) in super::batch::regroup(&self.cluster, batch) {
+                    ok &= self.publish_command(&owner, &part).await;
+                }
+                ok
+            }
             NodeCommand::Receipt { ref sender, .. } => {
                 let owner = self.cluster.owner(sender).id.clone();
                 self.publish_command(&owner, &cmd).await
