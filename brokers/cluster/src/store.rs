@@ -4,12 +4,11 @@
 //! [`Exchange`] and keeps a view of every node's connections; a node instance also answers
 //! requests. Each operation here runs the [`Machine`]'s rule under its lock and publishes what
 //! the rule says to. See the crate docs for who knows what and how stale each answer can be.
+//! Memberships (joins, leaves and their queries) are in `store/channels.rs`.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-    time::Duration,
-};
+mod channels;
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use impush_core::{
@@ -22,6 +21,7 @@ use tokio_util::sync::DropGuard;
 use crate::{
     exchange::Exchange,
     machine::Machine,
+    relay,
     wire::{Query, Reply, Wire},
     ClusterPresenceConfig,
 };
@@ -35,6 +35,8 @@ pub struct ClusterPresence {
     exchange: Arc<Exchange>,
     me: Option<NodeId>,
     _stop: DropGuard,
+    /// Stops a node's hand-over loop (`relay::run_handover`).
+    _handover: Option<DropGuard>,
 }
 
 impl ClusterPresence {
@@ -51,8 +53,13 @@ impl ClusterPresence {
         lease: Duration,
         cfg: &ClusterPresenceConfig,
     ) -> Result<Self> {
-        let machine = Machine::new(me.clone(), cluster, lease, Instant::now());
+        let machine = Machine::new(me.clone(), cluster, lease, Instant::now(), wall_clock());
         let (exchange, stop) = Exchange::start(broker, prefix, machine, cfg.query_timeout).await?;
+        let handover = me.is_some().then(|| {
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(relay::run_handover(exchange.clone(), stop.clone()));
+            stop.drop_guard()
+        });
         // Every node publishes its state for the newcomer; a helper waits for it (bounded),
         // so its first answers are complete.
         exchange.ask_all_state().await;
@@ -68,6 +75,7 @@ impl ClusterPresence {
             exchange,
             me,
             _stop: stop,
+            _handover: handover,
         })
     }
 
@@ -120,6 +128,13 @@ impl ClusterPresence {
     }
 }
 
+/// The wall clock in microseconds since the Unix epoch (stamps of membership changes).
+fn wall_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 #[async_trait]
 impl PresenceStore for ClusterPresence {
     async fn connect(
@@ -145,10 +160,13 @@ impl PresenceStore for ClusterPresence {
         clear_channels: bool,
     ) -> Result<usize> {
         let me = self.mine(node)?;
-        let (left, msg) =
-            self.exchange
-                .machine()
-                .disconnect(me, client, connection, clear_channels);
+        let (left, msg) = self.exchange.machine().disconnect(
+            me,
+            client,
+            connection,
+            clear_channels,
+            Instant::now(),
+        );
         self.exchange.publish(&msg).await?;
         Ok(left)
     }
@@ -161,19 +179,26 @@ impl PresenceStore for ClusterPresence {
         let me = self.mine(node)?;
         let had_local = self.exchange.machine().has_local();
         // A node starting after a crash remembers nothing: the others' views say what it had.
+        // It also takes back its channel memberships from their other holders before it serves.
         let mut held: BTreeSet<(ClientId, ConnectionId)> = BTreeSet::new();
         if !had_local {
-            let g = self
-                .exchange
-                .ask(None, Query::ConnectionsOf { node: me.clone() })
-                .await?;
-            for (_, reply) in g.replies {
+            let (g, ()) = tokio::join!(
+                self.exchange
+                    .ask(None, Query::ConnectionsOf { node: me.clone() }),
+                relay::reclaim(&self.exchange, me),
+            );
+            for (_, reply) in g?.replies {
                 if let Reply::Connections { connections } = reply {
                     held.extend(connections);
                 }
             }
         }
-        let (dropped, msg) = self.exchange.machine().clear(me, held, clear_channels);
+        let (dropped, msg) = {
+            let mut m = self.exchange.machine();
+            let cleared = m.clear(me, held, clear_channels, Instant::now());
+            self.exchange.wake_if_due(&mut m);
+            cleared
+        };
         if let Some(msg) = msg {
             self.exchange.publish(&msg).await?;
         }
@@ -187,10 +212,12 @@ impl PresenceStore for ClusterPresence {
         clear_channels: bool,
     ) -> Result<NodeSync> {
         let me = self.mine(node)?;
-        let (sync, msgs) =
-            self.exchange
-                .machine()
-                .sync(me, connections, clear_channels, Instant::now());
+        let (sync, msgs) = {
+            let mut m = self.exchange.machine();
+            let synced = m.sync(me, connections, clear_channels, Instant::now());
+            self.exchange.wake_if_due(&mut m);
+            synced
+        };
         self.publish_all(msgs).await?;
         Ok(sync)
     }
@@ -203,10 +230,10 @@ impl PresenceStore for ClusterPresence {
             machine.heartbeat_message(me, lease)
         };
         self.exchange.publish(&msg).await?;
-        Ok(self
-            .exchange
-            .machine()
-            .heartbeat_sent(me, lease, Instant::now()))
+        let mut m = self.exchange.machine();
+        let known = m.heartbeat_sent(me, lease, Instant::now());
+        self.exchange.wake_if_due(&mut m);
+        Ok(known)
     }
 
     async fn live_nodes(&self) -> Result<Vec<NodeLease>> {
@@ -272,128 +299,33 @@ impl PresenceStore for ClusterPresence {
     }
 
     async fn leave_all_if_offline(&self, client: &ClientId) -> Result<bool> {
-        let owner = self.exchange.machine().memberships_owner(client);
-        let g = self
-            .exchange
-            .ask(
-                Some(&owner),
-                Query::LeaveIfOffline {
-                    client: client.clone(),
-                },
-            )
-            .await?;
-        if !g.missing.is_empty() {
-            return Err(Error::Unavailable {
-                backend: "cluster presence",
-                source: Some(format!("node {owner} did not answer").into()),
-            });
-        }
-        Ok(g.replies
-            .iter()
-            .any(|(_, r)| matches!(r, Reply::Left { left: true })))
+        self.end_if_offline(client).await
     }
 
     async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
-        if clients.is_empty() {
-            return Ok(());
-        }
-        self.exchange
-            .to_owners(clients, |group| Query::Join {
-                channel: channel.clone(),
-                clients: group,
-            })
-            .await
+        self.change(channel, clients, true).await
     }
 
     async fn leave_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
-        if clients.is_empty() {
-            return Ok(());
-        }
-        self.exchange
-            .to_owners(clients, |group| Query::Leave {
-                channel: channel.clone(),
-                clients: group,
-            })
-            .await
+        self.change(channel, clients, false).await
     }
 
     async fn channel_members(&self, channel: &ChannelName) -> Result<Answer<Vec<ClientId>>> {
-        let g = self
-            .exchange
-            .ask(
-                None,
-                Query::ChannelMembers {
-                    channel: channel.clone(),
-                },
-            )
-            .await?;
-        let mut members = BTreeSet::new();
-        for (_, reply) in g.replies {
-            if let Reply::Clients { clients } = reply {
-                members.extend(clients);
-            }
-        }
-        Ok(Answer {
-            value: members.into_iter().collect(),
-            missing: g.missing,
-        })
+        self.members_of(channel).await
     }
 
     async fn channel_online(&self, channel: &ChannelName) -> Result<Answer<usize>> {
-        let members = self.channel_members(channel).await?;
+        let members = self.members_of(channel).await?;
         let m = self.exchange.machine();
         Ok(members.map(|c| c.iter().filter(|c| m.view().connections_of(c) > 0).count()))
     }
 
     async fn client_channels(&self, client: &ClientId) -> Result<Answer<Vec<ChannelName>>> {
-        let owner = self.exchange.machine().memberships_owner(client);
-        let g = self
-            .exchange
-            .ask(
-                Some(&owner),
-                Query::ClientChannels {
-                    client: client.clone(),
-                },
-            )
-            .await?;
-        let value = g
-            .replies
-            .into_iter()
-            .find_map(|(n, r)| match r {
-                Reply::Channels { channels } if n == owner => Some(channels),
-                _ => None,
-            })
-            .unwrap_or_default();
-        Ok(Answer {
-            value,
-            missing: g.missing,
-        })
+        self.channels_of(client).await
     }
 
     async fn channels(&self) -> Result<Answer<Vec<ChannelInfo>>> {
-        let g = self.exchange.ask(None, Query::ChannelCounts).await?;
-        let mut merged: BTreeMap<ChannelName, (usize, usize)> = BTreeMap::new();
-        for (_, reply) in g.replies {
-            if let Reply::Counts { counts } = reply {
-                for (name, members, online) in counts {
-                    let e = merged.entry(name).or_default();
-                    e.0 += members;
-                    e.1 += online;
-                }
-            }
-        }
-        let value = merged
-            .into_iter()
-            .map(|(name, (members, online))| ChannelInfo {
-                name,
-                members,
-                online,
-            })
-            .collect();
-        Ok(Answer {
-            value,
-            missing: g.missing,
-        })
+        self.all_channels().await
     }
 
     async fn ping(&self) -> Result<()> {
