@@ -23,7 +23,11 @@
 //! an [`IdempotencyKey`] of your own (`key.message_id()`) or chosen outright, and a retry with
 //! the same id within `limits.idempotency_window` is not delivered twice, even when the first
 //! attempt failed half-way through its receivers' nodes.
+//!
+//! Many messages at once, each with its own receivers and data (a notification per user), go
+//! through [`ImHelper::send_messages`]: one broker payload per node for the whole batch.
 
+mod batch;
 mod config;
 
 use std::sync::Arc;
@@ -39,6 +43,7 @@ use impush_core::{
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+pub use batch::{OutgoingMessage, BATCH_PAYLOAD_BYTES, BATCH_PAYLOAD_MESSAGES};
 pub use config::HelperConfig;
 pub use impush_brokers::Backends;
 pub use impush_core::{idempotency::IdempotencyKey, Answer, Broker, Error, Result};
