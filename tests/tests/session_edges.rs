@@ -277,3 +277,48 @@ async fn connects_beyond_max_pending_tokens_are_refused() {
     assert!(!h.is_online(&id("c")).await.unwrap().value);
     server.shutdown().await.unwrap();
 }
+
+/// A client that goes silent just after the node heard it is closed when its silence reaches
+/// `ping_interval + pong_timeout` (here 3 s + 1 s), not at the first ping after that (here at
+/// 6 s: up to a whole interval late), and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_when_its_silence_reaches_the_limit() {
+    let server = start(|c| {
+        c.limits.ping_interval = Duration::from_secs(3);
+        c.limits.pong_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let h = server.helper();
+    let mut events = h.events().await.unwrap();
+    let mut c = Client::connect(&h, "quiet", 1).await;
+    // Just after a ping from the node: its pong goes out, then a frame the node answers, so the
+    // node has heard the client now and its next ping is a whole interval away.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(c.ws.next().await, Some(Ok(Message::Ping(_)))) {}
+    })
+    .await
+    .expect("a ping from the node");
+    c.ws.flush().await.unwrap();
+    c.send_json(json!({"type": "ping"})).await;
+    assert_eq!(c.next_json().await, json!({"type": "pong"}));
+    let silent_from = Instant::now();
+
+    // Never read again: no pong answers the node's next ping.
+    let ev = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.next().await.unwrap().unwrap() {
+                e @ Event::Offline { .. } => return e,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("an offline event for the silent client");
+    let took = silent_from.elapsed();
+    assert!(matches!(ev, Event::Offline { last: true, .. }), "{ev:?}");
+    assert!(took >= Duration::from_millis(3800), "closed early: {took:?}");
+    assert!(took < Duration::from_millis(5200), "closed after {took:?}");
+    assert_eq!(server.metrics().dead_peer_closes(), 1);
+    drop(c);
+    server.shutdown().await.unwrap();
+}

@@ -61,9 +61,14 @@ pub(crate) async fn drive(
     let mut rate = InboundRate::new(limits.inbound_rate, limits.inbound_burst);
     let mut last_seen = Instant::now();
     let silence_limit = limits.ping_interval + limits.pong_timeout;
-    let mut ping =
-        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer for two deadlines: the next ping, and the moment the peer will have been
+    // silent for the whole limit. Frames move `last_seen` without touching the timer; it is
+    // re-armed when it fires, so a silent peer is closed when its silence reaches the limit,
+    // not at the first ping after that (up to a whole `ping_interval` later).
+    let mut next_ping = Instant::now() + limits.ping_interval;
+    let mut timer = Box::pin(tokio::time::sleep_until(
+        next_ping.min(last_seen + silence_limit),
+    ));
 
     let end = loop {
         tokio::select! {
@@ -155,16 +160,22 @@ pub(crate) async fn drive(
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 }
             }
-            _ = ping.tick() => {
-                if last_seen.elapsed() > silence_limit {
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= last_seen + silence_limit {
                     metrics.close(CloseKind::DeadPeer);
                     tracing::info!(client = %handle.client, "closing silent connection");
                     // The peer is not answering; a close frame would go unread.
                     break End::Gone;
                 }
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break End::Gone;
+                if now >= next_ping {
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break End::Gone;
+                    }
+                    // A whole interval after this ping, however late it went out.
+                    next_ping = Instant::now() + limits.ping_interval;
                 }
+                timer.as_mut().reset(next_ping.min(last_seen + silence_limit));
             }
         }
     };
