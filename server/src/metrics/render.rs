@@ -63,6 +63,14 @@ impl Metrics {
             &[(None, self.connections.load(Ordering::Relaxed).to_string())],
         );
         family(
+            "impush_tasks",
+            "gauge",
+            "Tasks alive in the tokio runtime serving this endpoint: one per connection and \
+             per SSE stream, the node's background loops, and work in flight. The whole \
+             runtime's count: an application embedding the node adds its own tasks.",
+            &[(None, alive_tasks().to_string())],
+        );
+        family(
             "impush_connections_opened_total",
             "counter",
             "WebSocket connections accepted.",
@@ -296,6 +304,11 @@ impl Metrics {
     }
 }
 
+/// Tasks alive in the current tokio runtime (0 outside one); reading it is one atomic load.
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks())
+}
+
 /// Renders `h` as the histogram family `name` (seconds): cumulative `_bucket`s by `le`, then
 /// `_sum` and `_count`.
 fn histogram<B: Buckets>(
@@ -380,6 +393,34 @@ mod tests {
         }
         let le = "impush_broker_publish_seconds_bucket{node=\"n1\",backend=\"\",le=\"0.0001\"}";
         assert_eq!(sample(&text, le), Some("0"));
+    }
+
+    #[tokio::test]
+    async fn tasks_are_the_runtimes_alive_tasks() {
+        let m = Metrics::default();
+        let tasks = |m: &Metrics| -> usize {
+            let text = m.render(&"n1".parse().unwrap());
+            sample(&text, "impush_tasks{node=\"n1\"}")
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let before = tasks(&m);
+        let (done, wait) = tokio::sync::watch::channel(false);
+        let spawned: Vec<_> = (0..10)
+            .map(|_| {
+                let mut wait = wait.clone();
+                tokio::spawn(async move {
+                    let _ = wait.wait_for(|d| *d).await;
+                })
+            })
+            .collect();
+        assert_eq!(tasks(&m), before + 10);
+        done.send(true).unwrap();
+        for t in spawned {
+            t.await.unwrap();
+        }
+        assert_eq!(tasks(&m), before);
     }
 
     #[test]
