@@ -164,6 +164,7 @@ pub(crate) async fn reclaim(ex: &Exchange, me: &NodeId) {
     ex.machine().filling = true;
     let mut asks: Vec<(Option<NodeId>, Option<ClientId>)> = vec![(None, None)];
     let mut taken = 0;
+    let mut silent: BTreeSet<NodeId> = BTreeSet::new();
     while let Some((to, after)) = asks.pop() {
         let query = Query::Reclaim {
             node: me.clone(),
@@ -179,9 +180,7 @@ pub(crate) async fn reclaim(ex: &Exchange, me: &NodeId) {
                 break;
             }
         };
-        for node in g.missing.iter().filter(|n| *n != me) {
-            tracing::warn!(%node, "a node did not return this node's channel memberships in time");
-        }
+        silent.extend(g.missing.into_iter().filter(|n| n != me));
         for (node, reply) in g.replies {
             let Reply::Records { records, next } = reply else {
                 continue;
@@ -197,7 +196,13 @@ pub(crate) async fn reclaim(ex: &Exchange, me: &NodeId) {
         }
     }
     ex.machine().filling = false;
-    if taken > 0 {
-        tracing::info!(records = taken, "took back channel memberships");
-    }
+    // At a cold start nobody has any; a node that holds some and did not answer copies them
+    // here once it sees this node live.
+    let silent: Vec<String> = silent.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        node = %me,
+        records = taken,
+        silent = %silent.join(","),
+        "took back channel memberships"
+    );
 }

@@ -177,20 +177,32 @@ impl PresenceStore for ClusterPresence {
         clear_channels: bool,
     ) -> Result<Vec<DroppedConnection>> {
         let me = self.mine(node)?;
-        let had_local = self.exchange.machine().has_local();
+        let (had_local, starting) = {
+            let m = self.exchange.machine();
+            (m.has_local(), m.starting())
+        };
         // A node starting after a crash remembers nothing: the others' views say what it had.
-        // It also takes back its channel memberships from their other holders before it serves.
         let mut held: BTreeSet<(ClientId, ConnectionId)> = BTreeSet::new();
-        if !had_local {
-            let (g, ()) = tokio::join!(
-                self.exchange
-                    .ask(None, Query::ConnectionsOf { node: me.clone() }),
-                relay::reclaim(&self.exchange, me),
-            );
-            for (_, reply) in g?.replies {
-                if let Reply::Connections { connections } = reply {
-                    held.extend(connections);
-                }
+        let connections = async {
+            if had_local {
+                return Ok(Vec::new());
+            }
+            let g = self
+                .exchange
+                .ask(None, Query::ConnectionsOf { node: me.clone() })
+                .await?;
+            Ok::<_, impush_core::Error>(g.replies)
+        };
+        // At its start it also takes back its channel memberships before it serves.
+        let reclaim = async {
+            if starting {
+                relay::reclaim(&self.exchange, me).await;
+            }
+        };
+        let (replies, ()) = tokio::join!(connections, reclaim);
+        for (_, reply) in replies? {
+            if let Reply::Connections { connections } = reply {
+                held.extend(connections);
             }
         }
         let (dropped, msg) = {

@@ -64,6 +64,12 @@ impl Machine {
         !self.local.is_empty()
     }
 
+    /// Whether this node has not settled its start yet (no clear, sync or heartbeat): it
+    /// has just started, with nothing.
+    pub(crate) fn starting(&self) -> bool {
+        !self.ready
+    }
+
     /// Clears this node: everything it held (`held`: what the others' views say, plus its own
     /// connections and view) is dropped, returned with the message announcing it.
     pub(crate) fn clear(
