@@ -215,8 +215,12 @@ pub struct LimitsConfig {
     /// `60s`); then a new group may take it.
     #[serde(with = "humantime_serde")]
     pub event_group_idle: Duration,
-    /// Most receivers (`to`) in one HTTP API message; more is refused with `413` (default 100000).
+    /// Most receivers (`to`) in one HTTP API message, and in all the messages of one batch
+    /// together; more is refused with `413` (default 100000).
     pub max_receivers_per_message: usize,
+    /// Most messages in one `POST /api/v1/messages/batch`; more is refused with `413`
+    /// (default 1000).
+    pub max_batch_messages: usize,
     /// Most client ids in one HTTP API channel join, and most channels in one leave of several
     /// channels; more is refused with `413` (default 10000).
     pub max_clients_per_join: usize,
@@ -271,6 +275,7 @@ impl Default for LimitsConfig {
             max_event_groups: 100,
             event_group_idle: Duration::from_secs(60),
             max_receivers_per_message: 100_000,
+            max_batch_messages: 1000,
             max_clients_per_join: 10_000,
             inbound_rate: 20,
             inbound_burst: 40,

@@ -68,6 +68,13 @@ impl IdempotencyKey {
         self.derive(&["broadcast"])
     }
 
+    /// The id of message number `index` (from 0) of the batch this key names
+    /// (`POST /api/v1/messages/batch`): a retried batch must list its messages in the same
+    /// order.
+    pub fn batch_message_id(&self, index: usize) -> MessageId {
+        self.derive(&["batch", &index.to_string()])
+    }
+
     fn derive(&self, scope: &[&str]) -> MessageId {
         let mut h = Sha256::new();
         h.update(b"impush idempotency v1");
@@ -137,7 +144,11 @@ mod tests {
             k.channel_message_id(&lobby),
             k.channel_message_id(&hall),
             k.broadcast_id(),
+            k.batch_message_id(0),
+            k.batch_message_id(1),
+            k.batch_message_id(10),
         ];
+        assert_eq!(k.batch_message_id(1), again.batch_message_id(1));
         for (i, a) in ids.iter().enumerate() {
             assert_eq!(a.len(), 32, "{a}");
             assert!(a.bytes().all(|b| b.is_ascii_hexdigit()), "{a}");

@@ -258,6 +258,7 @@ fn check_bounds(c: &Config) -> Result<()> {
             l.max_receivers_per_message,
         ),
         ("limits.max_clients_per_join", l.max_clients_per_join),
+        ("limits.max_batch_messages", l.max_batch_messages),
         ("limits.inbound_rate", l.inbound_rate as usize),
         ("limits.inbound_burst", l.inbound_burst as usize),
         ("limits.max_unacked", l.max_unacked),

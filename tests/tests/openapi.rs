@@ -698,6 +698,7 @@ async fn a_broker_outage_gives_documented_statuses() {
     // nothing to publish).
     let publishing = [
         "sendMessage",
+        "sendMessages",
         "kickClient",
         "joinChannel",
         "leaveChannel",

@@ -1,4 +1,6 @@
-//! [`ApiError`]: every HTTP API failure as `{"error": code, "message": ...}` with its status.
+//! [`ApiError`]: every HTTP API failure as `{"error": code, "message": ...}` with its status,
+//! plus `"at"` naming the part of the body that is wrong where a body has many parts (a batch's
+//! `messages[3].to`).
 //!
 //! Core errors map by condition, not by backend: bad ids are 400, requests that parse but make
 //! no sense are 422, unreachable backends are 503. Details of server-side failures are logged,
@@ -17,6 +19,7 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    at: Option<String>,
 }
 
 impl ApiError {
@@ -25,7 +28,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            at: None,
         }
+    }
+
+    /// Names the part of the body that is wrong (`messages[3].to`).
+    pub(crate) fn at(mut self, at: impl Into<String>) -> Self {
+        self.at = Some(at.into());
+        self
     }
 
     pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -74,7 +84,10 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        let mut body = serde_json::json!({ "error": self.code, "message": self.message });
+        if let (Some(at), Some(obj)) = (self.at, body.as_object_mut()) {
+            obj.insert("at".into(), at.into());
+        }
         (self.status, Json(body)).into_response()
     }
 }

@@ -26,27 +26,33 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "request body is over limits.max_body_bytes",
-                )
-            } else if crate::edge::is_body_timeout(&rej) {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "request body not received within limits.request_body_timeout",
-                )
-            } else {
-                ApiError::bad_request("invalid_body", rej.body_text())
-            }
-        })?;
+        let bytes = body_bytes(req, state).await?;
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
     }
+}
+
+/// The whole request body, with [`ApiJson`]'s errors for one that is too large (413), too slow
+/// (408) or unreadable (400).
+pub(crate) async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body is over limits.max_body_bytes",
+            )
+        } else if crate::edge::is_body_timeout(&rej) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "request body not received within limits.request_body_timeout",
+            )
+        } else {
+            ApiError::bad_request("invalid_body", rej.body_text())
+        }
+    })
 }
 
 /// One path segment parsed as an id (`ClientId`, `ChannelName`); invalid ids are 400.

@@ -5,6 +5,7 @@
 //! [`api_routes`] lists it, which is how a test keeps the OpenAPI document
 //! (`/api/v1/openapi.json`) and the served routes telling the same story.
 
+mod batch;
 mod error;
 mod extract;
 mod idempotency;
@@ -56,6 +57,7 @@ fn table() -> Vec<(&'static str, &'static str, Handler)> {
     vec![
         route("POST", "/api/v1/connect", connect),
         route("POST", "/api/v1/messages", send_message),
+        route("POST", "/api/v1/messages/batch", batch::send_batch),
         route("GET", "/api/v1/clients/online", online_clients),
         route("GET", "/api/v1/clients/{id}", client_info),
         route("POST", "/api/v1/clients/{id}/kick", kick),
