@@ -10,7 +10,9 @@
 //! - channel memberships that could not be loaded at connect are loaded again;
 //! - only a node that has renewed its own lease without failure for a whole lease reaps other
 //!   nodes: after an outage every lease looks expired, and a node must not declare another dead
-//!   on such stale data; one lease later the live ones have renewed theirs.
+//!   on such stale data; one lease later the live ones have renewed theirs. It reaps only in a
+//!   round that renewed its own lease less than half a lease ago, so a stalled round never
+//!   reaps the node itself.
 
 use std::{sync::Arc, time::Duration};
 
@@ -28,6 +30,8 @@ impl Node {
         // Since when heartbeats have succeeded without interruption.
         let mut healthy_since: Option<Instant> = None;
         loop {
+            // This node's lease runs from here (the store sets it to now + lease).
+            let beat = Instant::now();
             match self.presence.heartbeat(&self.id, lease, self.state()).await {
                 Ok(known) => {
                     let since = *healthy_since.get_or_insert_with(Instant::now);
@@ -47,7 +51,11 @@ impl Node {
                     // expired); who came back is learned at once.
                     self.refresh_view(since.elapsed() >= lease).await;
                     first = false;
-                    if since.elapsed() >= lease {
+                    // A round that stalled (a starved process, a slow store) may end after
+                    // this node's own lease ran out: the store then lists this node among the
+                    // expired, and a reap would drop its live connections and announce them
+                    // offline. Reap only while the lease just renewed surely still runs.
+                    if since.elapsed() >= lease && beat.elapsed() < lease / 2 {
                         self.reap_dead_nodes().await;
                     }
                 }
