@@ -1,7 +1,10 @@
-//! A node's upkeep under a stall (`docs/design.md` section 13): a round that stalls past the
+//! A node's upkeep under load (`docs/design.md` section 13): a round that stalls past the
 //! node's own lease between renewing it and reaping (a starved process, a slow store) must not
-//! reap the node itself. Found by the cluster suite's failover case, where a node busy with
-//! 1,500 connects announced its own live connections offline.
+//! reap the node itself, and announcing a big reap (one publish per connection) must not hold
+//! the heartbeats back. Both found by the cluster suite's failover case: a node busy with
+//! 1,500 connects announced its own live connections offline, and the node that reaped a
+//! killed node's 1,500 connections took 6 s to announce them, missed its own lease, and was
+//! declared dead in turn.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,8 +12,8 @@ mod support;
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -18,30 +21,44 @@ use std::{
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use impush_core::{
-    Answer, ChannelInfo, ChannelName, ClientId, ConnectionId, DroppedConnection, Event,
-    MemoryBroker, MemoryPresenceStore, NodeId, NodeLease, NodeState, NodeSync, PresenceStore,
-    Result,
+    Answer, Broker, ChannelInfo, ChannelName, ClientId, ConnectionId, DroppedConnection, Event,
+    MemoryBroker, MemoryPresenceStore, NodeEntry, NodeId, NodeLease, NodeState, NodeSync,
+    PresenceStore, Result, SubscribeMode, Subscription,
 };
 use impush_server::ImServer;
-use support::{config, eventually, id, Client};
+use support::{config, eventually, free_addrs, id, Client};
 
 /// The node's lease in these tests.
 const LEASE: Duration = Duration::from_millis(600);
 
-/// A memory presence store whose `live_nodes` (read between a node's heartbeat and its reap)
-/// stalls for longer than a lease once, right after heartbeat number `STALL_AFTER`.
+/// One node's view of a shared memory presence store, with faults: `live_nodes` (read between
+/// the node's heartbeat and its reap) stalls for two leases once, right after heartbeat number
+/// `stall_after`; and a `frozen` node's heartbeats and reaps do nothing (as if it stopped
+/// answering, without closing anything). What its reaps dropped is recorded.
 #[derive(Debug, Default)]
-struct Stalling {
-    inner: MemoryPresenceStore,
+struct Faulty {
+    inner: Arc<MemoryPresenceStore>,
+    stall_after: Option<u64>,
     heartbeats: AtomicU64,
     stalled: AtomicU64,
+    frozen: AtomicBool,
+    reaped: Mutex<Vec<DroppedConnection>>,
+}
+
+impl Faulty {
+    fn over(inner: &Arc<MemoryPresenceStore>) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner: inner.clone(),
+            ..Faulty::default()
+        })
+    }
 }
 
 /// By then the node has renewed its lease without failure for more than a lease (it reaps).
 const STALL_AFTER: u64 = 5;
 
 #[async_trait]
-impl PresenceStore for Stalling {
+impl PresenceStore for Faulty {
     async fn connect(&self, n: &NodeId, c: &ClientId, k: &ConnectionId) -> Result<usize> {
         self.inner.connect(n, c, k).await
     }
@@ -66,11 +83,14 @@ impl PresenceStore for Stalling {
         self.inner.sync_node(n, c, clear).await
     }
     async fn heartbeat(&self, n: &NodeId, lease: Duration, st: NodeState) -> Result<bool> {
+        if self.frozen.load(Ordering::Acquire) {
+            return Ok(true);
+        }
         self.heartbeats.fetch_add(1, Ordering::AcqRel);
         self.inner.heartbeat(n, lease, st).await
     }
     async fn live_nodes(&self) -> Result<Vec<NodeLease>> {
-        if self.heartbeats.load(Ordering::Acquire) == STALL_AFTER
+        if Some(self.heartbeats.load(Ordering::Acquire)) == self.stall_after
             && self.stalled.fetch_add(1, Ordering::AcqRel) == 0
         {
             tokio::time::sleep(LEASE * 2).await;
@@ -78,7 +98,12 @@ impl PresenceStore for Stalling {
         self.inner.live_nodes().await
     }
     async fn reap_expired(&self, clear: bool) -> Result<Vec<DroppedConnection>> {
-        self.inner.reap_expired(clear).await
+        if self.frozen.load(Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
+        let dropped = self.inner.reap_expired(clear).await?;
+        self.reaped.lock().unwrap().extend(dropped.iter().cloned());
+        Ok(dropped)
     }
     async fn connections(&self, c: &ClientId) -> Result<Answer<usize>> {
         self.inner.connections(c).await
@@ -121,7 +146,10 @@ impl PresenceStore for Stalling {
 /// no event at all for the connection, and it stays online throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upkeep_round_does_not_reap_its_own_node() {
-    let presence = Arc::new(Stalling::default());
+    let presence = Arc::new(Faulty {
+        stall_after: Some(STALL_AFTER),
+        ..Faulty::default()
+    });
     let mut c = config();
     c.cluster.node_lease = LEASE;
     let server = ImServer::start_with(c, Arc::new(MemoryBroker::default()), presence.clone())
@@ -151,4 +179,125 @@ async fn a_stalled_upkeep_round_does_not_reap_its_own_node() {
         "an event for a connection that never closed: {more:?}"
     );
     server.shutdown().await.unwrap();
+}
+
+/// A broker whose publishes to the events topic take `EVENT_PUBLISH` each (a busy broker, a
+/// busy node): announcing many offline events one by one takes a while.
+#[derive(Debug)]
+struct SlowEvents(Arc<dyn Broker>);
+
+const EVENT_PUBLISH: Duration = Duration::from_millis(20);
+
+#[async_trait]
+impl Broker for SlowEvents {
+    async fn publish(&self, topic: &str, payload: bytes::Bytes) -> Result<()> {
+        if topic.ends_with(".events") {
+            tokio::time::sleep(EVENT_PUBLISH).await;
+        }
+        self.0.publish(topic, payload).await
+    }
+    async fn subscribe(&self, topic: &str, mode: SubscribeMode) -> Result<Subscription> {
+        self.0.subscribe(topic, mode).await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.0.ping().await
+    }
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Three nodes; n2 holds 120 connections and stops heartbeating (frozen, sockets open). The
+/// node that reaps it announces 120 offline events at 20 ms each (2.4 s, four leases) while
+/// its own heartbeats go on: no node reaps a live node meanwhile (n1 and n3 hold a
+/// connection each, which would be dropped), and each of n2's connections is reaped once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcing_a_big_reap_does_not_hold_the_heartbeats_back() {
+    const HELD: usize = 120;
+    let broker: Arc<dyn Broker> = Arc::new(SlowEvents(Arc::new(MemoryBroker::default())));
+    let shared = Arc::new(MemoryPresenceStore::new());
+    let stores: Vec<Arc<Faulty>> = (0..3).map(|_| Faulty::over(&shared)).collect();
+    let addrs = free_addrs(3);
+    let entries: Vec<NodeEntry> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| NodeEntry {
+            id: format!("n{}", i + 1).parse().unwrap(),
+            url: format!("ws://{a}"),
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let mut c = config();
+        c.node.id = entries[i].id.clone();
+        c.node.listen = *a;
+        c.cluster.nodes = entries.clone();
+        c.cluster.node_lease = LEASE;
+        let presence: Arc<dyn PresenceStore> = stores[i].clone();
+        nodes.push(
+            ImServer::start_with(c, broker.clone(), presence)
+                .await
+                .unwrap(),
+        );
+    }
+    let h = nodes[0].helper();
+    let n2: NodeId = "n2".parse().unwrap();
+    let held: Vec<String> = (0..)
+        .map(|k| format!("held{k}"))
+        .filter(|c| h.cluster().home(&id(c)).id == n2)
+        .take(HELD)
+        .collect();
+    // One client on each node that stays: a reaped live node would show in their drops.
+    let mut sockets = Vec::new();
+    for i in [0, 2] {
+        let node = &entries[i].id;
+        let c = (0..)
+            .map(|k| format!("stays{k}"))
+            .find(|c| h.cluster().home(&id(c)).id == *node)
+            .unwrap();
+        sockets.push(Client::connect_with(&h, &c, serde_json::Value::Null).await);
+    }
+    for c in &held {
+        sockets.push(Client::connect_with(&h, c, serde_json::Value::Null).await);
+    }
+    let ids: Vec<ClientId> = held.iter().map(|c| id(c)).collect();
+    eventually(|| async {
+        h.is_online_many(&ids)
+            .await
+            .unwrap()
+            .value
+            .iter()
+            .all(|o| *o)
+    })
+    .await;
+
+    let mut events = h.events().await.unwrap();
+    stores[1].frozen.store(true, Ordering::Release);
+    let reaped = || {
+        stores
+            .iter()
+            .flat_map(|s| s.reaped.lock().unwrap().clone())
+            .collect::<Vec<_>>()
+    };
+    // Every offline event of n2's connections arrives: the announcements, which take four
+    // leases, are over. A reaper whose heartbeats waited for them was reaped meanwhile.
+    let mut announced = 0;
+    while announced < HELD {
+        let ev = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("the offline events of n2's connections")
+            .unwrap()
+            .unwrap();
+        if matches!(&ev, Event::Offline { node, .. } if *node == n2) {
+            announced += 1;
+        }
+    }
+    let dropped = reaped();
+    let wrong: Vec<&DroppedConnection> = dropped.iter().filter(|d| d.node != n2).collect();
+    assert!(wrong.is_empty(), "live nodes reaped: {wrong:?}");
+    assert_eq!(dropped.len(), HELD, "each of n2's connections reaped once");
+    drop(sockets);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
 }

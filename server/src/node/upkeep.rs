@@ -12,7 +12,8 @@
 //!   nodes: after an outage every lease looks expired, and a node must not declare another dead
 //!   on such stale data; one lease later the live ones have renewed theirs. It reaps only in a
 //!   round that renewed its own lease less than half a lease ago, so a stalled round never
-//!   reaps the node itself.
+//!   reaps the node itself, and announces what it reaped in the background, so the
+//!   heartbeats keep their pace while thousands of offline events go out.
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,7 +30,12 @@ impl Node {
         let mut first = true;
         // Since when heartbeats have succeeded without interruption.
         let mut healthy_since: Option<Instant> = None;
+        // Offline events of reaped connections being published: one publish each, so a big
+        // reap takes a while, and the heartbeats must not wait for it (this node's lease would
+        // run out, and the others would declare it dead too).
+        let mut announcing = tokio::task::JoinSet::new();
         loop {
+            while announcing.try_join_next().is_some() {}
             // This node's lease runs from here (the store sets it to now + lease).
             let beat = Instant::now();
             match self.presence.heartbeat(&self.id, lease, self.state()).await {
@@ -56,7 +62,10 @@ impl Node {
                     // expired, and a reap would drop its live connections and announce them
                     // offline. Reap only while the lease just renewed surely still runs.
                     if since.elapsed() >= lease && beat.elapsed() < lease / 2 {
-                        self.reap_dead_nodes().await;
+                        if let Some(dropped) = self.reap_dead_nodes().await {
+                            let node = self.clone();
+                            announcing.spawn(async move { node.announce_dropped(dropped).await });
+                        }
                     }
                 }
                 Err(e) => {
@@ -65,19 +74,28 @@ impl Node {
                 }
             }
             tokio::select! {
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => {
+                    // Shutdown waits for this loop (up to its grace): what was reaped is told.
+                    while announcing.join_next().await.is_some() {}
+                    return;
+                }
                 () = tokio::time::sleep(every) => {}
             }
         }
     }
 
-    async fn reap_dead_nodes(self: &Arc<Self>) {
+    /// Reaps the nodes whose lease ran out; their connections, to be announced offline.
+    async fn reap_dead_nodes(self: &Arc<Self>) -> Option<Vec<impush_core::DroppedConnection>> {
         match self.presence.reap_expired(self.clear_channels_now()).await {
+            Ok(dropped) if dropped.is_empty() => None,
             Ok(dropped) => {
                 self.linger(Self::gone_clients(&dropped));
-                self.announce_dropped(dropped).await;
+                Some(dropped)
             }
-            Err(e) => self.presence_error("reap_expired", &e),
+            Err(e) => {
+                self.presence_error("reap_expired", &e);
+                None
+            }
         }
     }
 
