@@ -13,16 +13,13 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use impush_core::{envelope, Broker, Error, NodeId, Result, SubscribeMode, Subscription};
-use tokio::{
-    sync::{Notify, Semaphore},
-    time::Instant,
-};
+use impush_core::{envelope, Broker, ClientId, Error, NodeId, Result, SubscribeMode, Subscription};
+use tokio::{sync::Semaphore, time::Instant};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{
     machine::Machine,
-    rpc::{BarrierKey, Barriers, Gathered, Pending, Waiting},
+    rpc::{BarrierKey, Barriers, Gathered, Pending},
     wire::{Query, Wire},
 };
 
@@ -54,8 +51,6 @@ pub(crate) struct Exchange {
     pending: Pending,
     barriers: Barriers,
     replies: Arc<Semaphore>,
-    /// Woken when the machine has memberships to hand over (`relay`).
-    handover: Notify,
 }
 
 impl Exchange {
@@ -81,7 +76,6 @@ impl Exchange {
             pending: Pending::default(),
             barriers: Barriers::default(),
             replies: Arc::new(Semaphore::new(REPLIES_IN_FLIGHT)),
-            handover: Notify::new(),
         });
         let stop = CancellationToken::new();
         tokio::spawn(exchange.clone().run(sub, stop.clone()));
@@ -102,18 +96,6 @@ impl Exchange {
         // A panic while holding it already failed a test or a request; the data (id sets) is
         // still usable.
         self.machine.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Where the hand-over loop waits for work (`relay`).
-    pub(crate) fn handover_wake(&self) -> &Notify {
-        &self.handover
-    }
-
-    /// Wakes the hand-over loop if `machine` has new work for it.
-    pub(crate) fn wake_if_due(&self, machine: &mut Machine) {
-        if machine.take_wake() {
-            self.handover.notify_one();
-        }
     }
 
     pub(crate) async fn publish(&self, msg: &Wire) -> Result<()> {
@@ -175,12 +157,6 @@ impl Exchange {
     /// Asks `to` (one node, or every configured node) and gathers the answers; nodes known to
     /// be dead are reported missing at once instead of being waited for.
     pub(crate) async fn ask(&self, to: Option<&NodeId>, query: Query) -> Result<Gathered> {
-        Ok(self.send(to, query).await?.gather().await)
-    }
-
-    /// Publishes a request to `to` and returns the wait for its answers, which may be awaited
-    /// later or elsewhere (the request is on the broker already, in this instance's order).
-    pub(crate) async fn send(&self, to: Option<&NodeId>, query: Query) -> Result<Sent> {
         let (waitable, dead) = {
             let m = self.machine();
             let expected = match to {
@@ -197,12 +173,36 @@ impl Exchange {
             query,
         })
         .await?;
-        Ok(Sent {
-            waiting,
-            waitable,
-            dead,
-            timeout: self.timeout,
-        })
+        let mut gathered = waiting.gather(&waitable, self.timeout).await;
+        gathered.missing.extend(dead);
+        gathered.missing.sort();
+        Ok(gathered)
+    }
+
+    /// Sends `query` for `clients` to the owner of each one's memberships; fails naming the
+    /// owners that did not confirm in time.
+    pub(crate) async fn to_owners(
+        &self,
+        clients: &[ClientId],
+        query: impl Fn(Vec<ClientId>) -> Query,
+    ) -> Result<()> {
+        let by_owner = self.machine().by_owner(clients);
+        let mut failed = Vec::new();
+        for (owner, group) in by_owner {
+            let g = self.ask(Some(&owner), query(group)).await?;
+            if !g.missing.is_empty() {
+                failed.push(owner);
+            }
+        }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = failed.iter().map(ToString::to_string).collect();
+        Err(unavailable(format!(
+            "node(s) {} did not confirm within {:?}",
+            names.join(", "),
+            self.timeout
+        )))
     }
 
     /// Publishes a barrier and waits until `reader` has read it, so `reader` has seen every
@@ -306,12 +306,7 @@ impl Exchange {
             }
             Wire::Barrier { from, token } => self.barriers.record((from, token)),
             state => {
-                let ask = {
-                    let mut m = self.machine();
-                    let ask = m.apply(state, Instant::now());
-                    self.wake_if_due(&mut m);
-                    ask
-                };
+                let ask = self.machine().apply(state, Instant::now());
                 if let Some(node) = ask {
                     if let Err(e) = self.publish(&self.state_request(Some(node))).await {
                         tracing::debug!(
@@ -332,8 +327,7 @@ impl Exchange {
             let Some(me) = m.answerer(to.as_ref()) else {
                 return;
             };
-            let (reply, publish) = m.answer(query, Instant::now());
-            self.wake_if_due(&mut m);
+            let (reply, publish) = m.answer(query);
             (me, reply, publish)
         };
         if let Some(msg) = publish {
@@ -344,9 +338,9 @@ impl Exchange {
                 );
             }
         }
-        let Some(reply) = reply.filter(|_| rid != NO_REPLY) else {
-            return; // nobody waits, or the node does not answer this now
-        };
+        if rid == NO_REPLY {
+            return; // nobody waits
+        }
         self.send_reply(&Wire::Reply {
             rid,
             to: from,
@@ -354,25 +348,6 @@ impl Exchange {
             reply,
         })
         .await;
-    }
-}
-
-/// A request on its way: [`Sent::gather`] collects its answers.
-#[derive(Debug)]
-pub(crate) struct Sent {
-    waiting: Waiting,
-    waitable: Vec<NodeId>,
-    dead: Vec<NodeId>,
-    timeout: Duration,
-}
-
-impl Sent {
-    /// The answers, within the query timeout; nodes known to be dead are missing at once.
-    pub(crate) async fn gather(self) -> Gathered {
-        let mut gathered = self.waiting.gather(&self.waitable, self.timeout).await;
-        gathered.missing.extend(self.dead);
-        gathered.missing.sort();
-        gathered
     }
 }
 

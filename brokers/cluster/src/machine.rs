@@ -1,34 +1,32 @@
 //! The state machine of cluster presence: what one instance knows and the rules that change it.
 //!
-//! An instance knows its [`View`] of every node's connections and, from it, which nodes are
-//! live; a node also knows its own connections (the truth the view mirrors), the
-//! [`Memberships`] it holds, and where it stands with the cluster (`known`, `ready`, whether
-//! its own heartbeats come back). Here: that state and what the view answers. `holders` says
-//! who holds a client's memberships (its live owner and the next live node) and keeps the
-//! cluster's live view; `feed` is what a message read from `{prefix}.presence` does and what a
-//! request gets; `own` is what the node's own presence operations do; `handover` moves
-//! memberships to their holders when the live set changes.
+//! An instance knows its [`View`] of every node's connections; a node also knows its own
+//! connections (the truth the view mirrors), the [`Memberships`] of the clients it owns, and
+//! where it stands with the cluster (`known`, `ready`, whether its own heartbeats come back).
+//! Here: that state, who owns a client's memberships ([`Machine::memberships_owner`]) and what
+//! the view answers. `feed` is what a message read from `{prefix}.presence` does and what a
+//! request gets; `own` is what the node's own presence operations do.
 //!
 //! Nothing here does I/O or reads the clock: every method takes the time it runs at and
 //! returns what must be published, so the exchange (`exchange`) and the store (`store`) do the
 //! talking and these rules are tested on their own (`machine/tests.rs`).
 
 mod feed;
-mod handover;
-mod holders;
 mod own;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
-use impush_core::{ClientId, Cluster, ConnectionId, DroppedConnection, NodeId, NodeStatus};
+use impush_core::{ClientId, Cluster, ConnectionId, DroppedConnection, NodeId};
 use tokio::time::Instant;
 
 use crate::{
-    memberships::Memberships,
-    state::View,
-    wire::{Stamp, Wire},
+    state::{Memberships, View},
+    wire::Wire,
 };
 
 /// A node's lease as its own view has it, before its first heartbeat set one.
@@ -49,19 +47,8 @@ pub(crate) struct Machine {
     view: View,
     /// This node's own connections (a node instance only): the truth the view mirrors.
     local: HashMap<ConnectionId, ClientId>,
-    /// Memberships of the clients this node holds (see `holders`).
+    /// Memberships of the clients this node owns.
     memberships: Memberships,
-    /// The wall clock at `started`, so stamps are `wall + (now - started)`: no clock read here.
-    wall: Stamp,
-    /// The live view last applied to `cluster`, and its digest (sent with membership changes).
-    statuses: Vec<(NodeId, NodeStatus)>,
-    view_digest: u64,
-    /// Memberships to hand to their holders.
-    handover: handover::Handover,
-    /// This node is taking back the memberships it held before it restarted: it does not
-    /// answer membership queries meanwhile (an empty answer would be wrong, a missing one is
-    /// reported as such).
-    pub(crate) filling: bool,
     /// Whether the cluster still counts this node as alive (false before the first heartbeat,
     /// after a clear, and after another node reaped it).
     known: bool,
@@ -80,30 +67,17 @@ pub(crate) struct Machine {
 }
 
 impl Machine {
-    /// A fresh instance started at `now`, when the wall clock said `wall`: `me` is this node
-    /// (`None` in a helper).
-    pub(crate) fn new(
-        me: Option<NodeId>,
-        cluster: Cluster,
-        lease: Duration,
-        now: Instant,
-        wall: Stamp,
-    ) -> Self {
-        let statuses = cluster.statuses();
+    /// A fresh instance started at `now`: `me` is this node (`None` in a helper).
+    pub(crate) fn new(me: Option<NodeId>, cluster: Cluster, lease: Duration, now: Instant) -> Self {
         Self {
             me,
             nodes: cluster.nodes().iter().map(|n| n.id.clone()).collect(),
-            view_digest: holders::digest_of(&statuses),
-            statuses,
             cluster,
             lease,
             started: now,
             view: View::new(lease),
             local: HashMap::new(),
             memberships: Memberships::default(),
-            wall,
-            handover: handover::Handover::default(),
-            filling: false,
             known: false,
             ready: false,
             draining: false,
@@ -119,6 +93,40 @@ impl Machine {
     /// The configured nodes.
     pub(crate) fn nodes(&self) -> &[NodeId] {
         &self.nodes
+    }
+
+    // ---- ownership ----
+
+    /// The node that owns `client`'s channel memberships: the only node that records its joins
+    /// and leaves, drops them when the client is gone, and answers for its channels. Every
+    /// ownership decision of this crate goes through here.
+    pub(crate) fn memberships_owner(&self, client: &ClientId) -> NodeId {
+        self.cluster.owner(client).id.clone()
+    }
+
+    /// `clients` grouped by the owner of their memberships.
+    pub(crate) fn by_owner(&self, clients: &[ClientId]) -> BTreeMap<NodeId, Vec<ClientId>> {
+        let mut out: BTreeMap<NodeId, Vec<ClientId>> = BTreeMap::new();
+        for c in clients {
+            out.entry(self.memberships_owner(c))
+                .or_default()
+                .push(c.clone());
+        }
+        out
+    }
+
+    /// Whether this instance is the node owning `client`'s memberships.
+    fn owns(&self, client: &ClientId) -> bool {
+        self.me
+            .as_ref()
+            .is_some_and(|me| self.memberships_owner(client) == *me)
+    }
+
+    /// `client` left every channel, if this node owns its memberships.
+    fn leave_all_if_owned(&mut self, client: &ClientId) {
+        if self.owns(client) {
+            self.memberships.leave_all(client);
+        }
     }
 
     // ---- what the view can answer ----
@@ -158,10 +166,10 @@ impl Machine {
     }
 
     /// The clients whose last connection is among `dropped` leave their channels (those this
-    /// node holds).
-    fn leave_all_of_last(&mut self, dropped: &[DroppedConnection], now: Instant) {
+    /// node owns).
+    fn leave_all_of_last(&mut self, dropped: &[DroppedConnection]) {
         for d in dropped.iter().filter(|d| d.last) {
-            self.leave_all_held(&d.client, now);
+            self.leave_all_if_owned(&d.client);
         }
     }
 }

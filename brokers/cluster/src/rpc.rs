@@ -7,7 +7,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Mutex,
     },
     time::Duration,
 };
@@ -20,13 +20,11 @@ use tokio::{
 
 use crate::wire::Reply;
 
-type Waiters = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<(NodeId, Reply)>>>>;
-
 /// Requests of one instance waiting for answers.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     next: AtomicU64,
-    waiting: Waiters,
+    waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<(NodeId, Reply)>>>,
 }
 
 /// Answers to one request, and the expected nodes that did not answer in time.
@@ -36,25 +34,23 @@ pub(crate) struct Gathered {
     pub(crate) missing: Vec<NodeId>,
 }
 
-/// A request registered with [`Pending::open`]; unregisters itself when dropped. It owns
-/// what it needs, so the wait may outlive the call that sent the request.
-#[derive(Debug)]
-pub(crate) struct Waiting {
-    waiting: Waiters,
+/// A request registered with [`Pending::open`]; unregisters itself when dropped.
+pub(crate) struct Waiting<'a> {
+    pending: &'a Pending,
     pub(crate) rid: u64,
     rx: mpsc::UnboundedReceiver<(NodeId, Reply)>,
 }
 
 impl Pending {
     /// Registers a new request and returns its id and where its answers arrive.
-    pub(crate) fn open(&self) -> Waiting {
+    pub(crate) fn open(&self) -> Waiting<'_> {
         let rid = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut w) = self.waiting.lock() {
             w.insert(rid, tx);
         }
         Waiting {
-            waiting: self.waiting.clone(),
+            pending: self,
             rid,
             rx,
         }
@@ -70,7 +66,7 @@ impl Pending {
     }
 }
 
-impl Waiting {
+impl Waiting<'_> {
     /// Collects answers from `expected` (answers from other nodes are kept too) until all of
     /// `expected` answered or `timeout` passed.
     pub(crate) async fn gather(mut self, expected: &[NodeId], timeout: Duration) -> Gathered {
@@ -93,9 +89,9 @@ impl Waiting {
     }
 }
 
-impl Drop for Waiting {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if let Ok(mut w) = self.waiting.lock() {
+        if let Ok(mut w) = self.pending.waiting.lock() {
             w.remove(&self.rid);
         }
     }

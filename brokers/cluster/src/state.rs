@@ -1,14 +1,14 @@
-//! What one instance knows of connections: its [`View`] of every node's connections (all
-//! instances keep one, from the nodes' deltas and heartbeats). The memberships a node holds
-//! live in `memberships`.
+//! What one instance knows: its [`View`] of every node's connections (all instances keep one,
+//! from the nodes' deltas and heartbeats), and, on a node, the [`Memberships`] of the clients
+//! that node owns (only the owner holds them; others ask it).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
     time::Duration,
 };
 
-use impush_core::{ClientId, ConnectionId, DroppedConnection, NodeId};
+use impush_core::{ChannelName, ClientId, ConnectionId, DroppedConnection, NodeId};
 use tokio::time::Instant;
 
 /// One node as an instance sees it.
@@ -244,6 +244,88 @@ impl View {
             .unwrap_or_default();
         v.sort();
         v
+    }
+}
+
+/// The channel memberships of the clients a node owns.
+#[derive(Debug, Default)]
+pub(crate) struct Memberships {
+    of_client: HashMap<ClientId, BTreeSet<ChannelName>>,
+    of_channel: BTreeMap<ChannelName, BTreeSet<ClientId>>,
+}
+
+impl Memberships {
+    pub(crate) fn join(&mut self, channel: &ChannelName, clients: &[ClientId]) {
+        for c in clients {
+            self.of_client
+                .entry(c.clone())
+                .or_default()
+                .insert(channel.clone());
+            self.of_channel
+                .entry(channel.clone())
+                .or_default()
+                .insert(c.clone());
+        }
+    }
+
+    pub(crate) fn leave(&mut self, channel: &ChannelName, clients: &[ClientId]) {
+        for c in clients {
+            if let Some(chans) = self.of_client.get_mut(c) {
+                chans.remove(channel);
+                if chans.is_empty() {
+                    self.of_client.remove(c);
+                }
+            }
+            if let Some(members) = self.of_channel.get_mut(channel) {
+                members.remove(c);
+                if members.is_empty() {
+                    self.of_channel.remove(channel);
+                }
+            }
+        }
+    }
+
+    /// `client` leaves every channel.
+    pub(crate) fn leave_all(&mut self, client: &ClientId) {
+        let Some(chans) = self.of_client.remove(client) else {
+            return;
+        };
+        for ch in chans {
+            if let Some(members) = self.of_channel.get_mut(&ch) {
+                members.remove(client);
+                if members.is_empty() {
+                    self.of_channel.remove(&ch);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn members(&self, channel: &ChannelName) -> Vec<ClientId> {
+        self.of_channel
+            .get(channel)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn channels_of(&self, client: &ClientId) -> Vec<ChannelName> {
+        self.of_client
+            .get(client)
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Per channel: members, and how many of them `view` has online.
+    pub(crate) fn counts(&self, view: &View) -> Vec<(ChannelName, usize, usize)> {
+        self.of_channel
+            .iter()
+            .map(|(ch, members)| {
+                let online = members
+                    .iter()
+                    .filter(|c| view.connections_of(c) > 0)
+                    .count();
+                (ch.clone(), members.len(), online)
+            })
+            .collect()
     }
 }
 

@@ -4,11 +4,12 @@
 //! [`Exchange`] and keeps a view of every node's connections; a node instance also answers
 //! requests. Each operation here runs the [`Machine`]'s rule under its lock and publishes what
 //! the rule says to. See the crate docs for who knows what and how stale each answer can be.
-//! Memberships (joins, leaves and their queries) are in `store/channels.rs`.
 
-mod channels;
-
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use impush_core::{
@@ -21,7 +22,6 @@ use tokio_util::sync::DropGuard;
 use crate::{
     exchange::Exchange,
     machine::Machine,
-    relay,
     wire::{Query, Reply, Wire},
     ClusterPresenceConfig,
 };
@@ -35,8 +35,6 @@ pub struct ClusterPresence {
     exchange: Arc<Exchange>,
     me: Option<NodeId>,
     _stop: DropGuard,
-    /// Stops a node's hand-over loop (`relay::run_handover`).
-    _handover: Option<DropGuard>,
 }
 
 impl ClusterPresence {
@@ -53,13 +51,8 @@ impl ClusterPresence {
         lease: Duration,
         cfg: &ClusterPresenceConfig,
     ) -> Result<Self> {
-        let machine = Machine::new(me.clone(), cluster, lease, Instant::now(), wall_clock());
+        let machine = Machine::new(me.clone(), cluster, lease, Instant::now());
         let (exchange, stop) = Exchange::start(broker, prefix, machine, cfg.query_timeout).await?;
-        let handover = me.is_some().then(|| {
-            let stop = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(relay::run_handover(exchange.clone(), stop.clone()));
-            stop.drop_guard()
-        });
         // Every node publishes its state for the newcomer; a helper waits for it (bounded),
         // so its first answers are complete.
         exchange.ask_all_state().await;
@@ -75,7 +68,6 @@ impl ClusterPresence {
             exchange,
             me,
             _stop: stop,
-            _handover: handover,
         })
     }
 
@@ -128,13 +120,6 @@ impl ClusterPresence {
     }
 }
 
-/// The wall clock in microseconds since the Unix epoch (stamps of membership changes).
-fn wall_clock() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
 #[async_trait]
 impl PresenceStore for ClusterPresence {
     async fn connect(
@@ -160,13 +145,10 @@ impl PresenceStore for ClusterPresence {
         clear_channels: bool,
     ) -> Result<usize> {
         let me = self.mine(node)?;
-        let (left, msg) = self.exchange.machine().disconnect(
-            me,
-            client,
-            connection,
-            clear_channels,
-            Instant::now(),
-        );
+        let (left, msg) =
+            self.exchange
+                .machine()
+                .disconnect(me, client, connection, clear_channels);
         self.exchange.publish(&msg).await?;
         Ok(left)
     }
@@ -177,40 +159,21 @@ impl PresenceStore for ClusterPresence {
         clear_channels: bool,
     ) -> Result<Vec<DroppedConnection>> {
         let me = self.mine(node)?;
-        let (had_local, starting) = {
-            let m = self.exchange.machine();
-            (m.has_local(), m.starting())
-        };
+        let had_local = self.exchange.machine().has_local();
         // A node starting after a crash remembers nothing: the others' views say what it had.
         let mut held: BTreeSet<(ClientId, ConnectionId)> = BTreeSet::new();
-        let connections = async {
-            if had_local {
-                return Ok(Vec::new());
-            }
+        if !had_local {
             let g = self
                 .exchange
                 .ask(None, Query::ConnectionsOf { node: me.clone() })
                 .await?;
-            Ok::<_, impush_core::Error>(g.replies)
-        };
-        // At its start it also takes back its channel memberships before it serves.
-        let reclaim = async {
-            if starting {
-                relay::reclaim(&self.exchange, me).await;
-            }
-        };
-        let (replies, ()) = tokio::join!(connections, reclaim);
-        for (_, reply) in replies? {
-            if let Reply::Connections { connections } = reply {
-                held.extend(connections);
+            for (_, reply) in g.replies {
+                if let Reply::Connections { connections } = reply {
+                    held.extend(connections);
+                }
             }
         }
-        let (dropped, msg) = {
-            let mut m = self.exchange.machine();
-            let cleared = m.clear(me, held, clear_channels, Instant::now());
-            self.exchange.wake_if_due(&mut m);
-            cleared
-        };
+        let (dropped, msg) = self.exchange.machine().clear(me, held, clear_channels);
         if let Some(msg) = msg {
             self.exchange.publish(&msg).await?;
         }
@@ -224,12 +187,10 @@ impl PresenceStore for ClusterPresence {
         clear_channels: bool,
     ) -> Result<NodeSync> {
         let me = self.mine(node)?;
-        let (sync, msgs) = {
-            let mut m = self.exchange.machine();
-            let synced = m.sync(me, connections, clear_channels, Instant::now());
-            self.exchange.wake_if_due(&mut m);
-            synced
-        };
+        let (sync, msgs) =
+            self.exchange
+                .machine()
+                .sync(me, connections, clear_channels, Instant::now());
         self.publish_all(msgs).await?;
         Ok(sync)
     }
@@ -242,10 +203,10 @@ impl PresenceStore for ClusterPresence {
             machine.heartbeat_message(me, lease)
         };
         self.exchange.publish(&msg).await?;
-        let mut m = self.exchange.machine();
-        let known = m.heartbeat_sent(me, lease, Instant::now());
-        self.exchange.wake_if_due(&mut m);
-        Ok(known)
+        Ok(self
+            .exchange
+            .machine()
+            .heartbeat_sent(me, lease, Instant::now()))
     }
 
     async fn live_nodes(&self) -> Result<Vec<NodeLease>> {
@@ -311,33 +272,128 @@ impl PresenceStore for ClusterPresence {
     }
 
     async fn leave_all_if_offline(&self, client: &ClientId) -> Result<bool> {
-        self.end_if_offline(client).await
+        let owner = self.exchange.machine().memberships_owner(client);
+        let g = self
+            .exchange
+            .ask(
+                Some(&owner),
+                Query::LeaveIfOffline {
+                    client: client.clone(),
+                },
+            )
+            .await?;
+        if !g.missing.is_empty() {
+            return Err(Error::Unavailable {
+                backend: "cluster presence",
+                source: Some(format!("node {owner} did not answer").into()),
+            });
+        }
+        Ok(g.replies
+            .iter()
+            .any(|(_, r)| matches!(r, Reply::Left { left: true })))
     }
 
     async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
-        self.change(channel, clients, true).await
+        if clients.is_empty() {
+            return Ok(());
+        }
+        self.exchange
+            .to_owners(clients, |group| Query::Join {
+                channel: channel.clone(),
+                clients: group,
+            })
+            .await
     }
 
     async fn leave_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
-        self.change(channel, clients, false).await
+        if clients.is_empty() {
+            return Ok(());
+        }
+        self.exchange
+            .to_owners(clients, |group| Query::Leave {
+                channel: channel.clone(),
+                clients: group,
+            })
+            .await
     }
 
     async fn channel_members(&self, channel: &ChannelName) -> Result<Answer<Vec<ClientId>>> {
-        self.members_of(channel).await
+        let g = self
+            .exchange
+            .ask(
+                None,
+                Query::ChannelMembers {
+                    channel: channel.clone(),
+                },
+            )
+            .await?;
+        let mut members = BTreeSet::new();
+        for (_, reply) in g.replies {
+            if let Reply::Clients { clients } = reply {
+                members.extend(clients);
+            }
+        }
+        Ok(Answer {
+            value: members.into_iter().collect(),
+            missing: g.missing,
+        })
     }
 
     async fn channel_online(&self, channel: &ChannelName) -> Result<Answer<usize>> {
-        let members = self.members_of(channel).await?;
+        let members = self.channel_members(channel).await?;
         let m = self.exchange.machine();
         Ok(members.map(|c| c.iter().filter(|c| m.view().connections_of(c) > 0).count()))
     }
 
     async fn client_channels(&self, client: &ClientId) -> Result<Answer<Vec<ChannelName>>> {
-        self.channels_of(client).await
+        let owner = self.exchange.machine().memberships_owner(client);
+        let g = self
+            .exchange
+            .ask(
+                Some(&owner),
+                Query::ClientChannels {
+                    client: client.clone(),
+                },
+            )
+            .await?;
+        let value = g
+            .replies
+            .into_iter()
+            .find_map(|(n, r)| match r {
+                Reply::Channels { channels } if n == owner => Some(channels),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok(Answer {
+            value,
+            missing: g.missing,
+        })
     }
 
     async fn channels(&self) -> Result<Answer<Vec<ChannelInfo>>> {
-        self.all_channels().await
+        let g = self.exchange.ask(None, Query::ChannelCounts).await?;
+        let mut merged: BTreeMap<ChannelName, (usize, usize)> = BTreeMap::new();
+        for (_, reply) in g.replies {
+            if let Reply::Counts { counts } = reply {
+                for (name, members, online) in counts {
+                    let e = merged.entry(name).or_default();
+                    e.0 += members;
+                    e.1 += online;
+                }
+            }
+        }
+        let value = merged
+            .into_iter()
+            .map(|(name, (members, online))| ChannelInfo {
+                name,
+                members,
+                online,
+            })
+            .collect();
+        Ok(Answer {
+            value,
+            missing: g.missing,
+        })
     }
 
     async fn ping(&self) -> Result<()> {

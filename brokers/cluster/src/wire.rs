@@ -4,38 +4,9 @@
 //! State messages are published by the node that owns the state, so per-publisher ordering
 //! (the broker contract) keeps each node's deltas in order. Requests and replies carry the
 //! requesting instance's id; a node answers requests addressed to it or to every node.
-//!
-//! Membership changes carry a [`Stamp`] (when the instance that decided them made them) and
-//! the requester's view of who is live (a digest): holders copy memberships to each other as
-//! [`Record`]s, and a copy merges by the latest stamp whatever order it arrives in.
 
 use impush_core::{ChannelName, ClientId, ConnectionId, DroppedConnection, NodeId};
 use serde::{Deserialize, Serialize};
-
-/// When a membership change was made: microseconds since the Unix epoch by the clock of the
-/// instance that made it. 0 (from an instance that predates stamps) means "now, by the reader".
-pub(crate) type Stamp = u64;
-
-/// One client's memberships as a holder has them: the channels it joined and the leaves it
-/// remembers, each with its stamp. What holders copy to each other.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Record {
-    pub(crate) client: ClientId,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) joined: Vec<(ChannelName, Stamp)>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) left: Vec<(ChannelName, Stamp)>,
-    /// The client left every channel (its last connection went) at this stamp.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) left_all: Option<Stamp>,
-}
-
-impl Record {
-    /// How much this record weighs in a batch: one per client plus one per channel named.
-    pub(crate) fn weight(&self) -> usize {
-        1 + self.joined.len() + self.left.len()
-    }
-}
 
 /// One message on the presence topic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,52 +73,25 @@ pub(crate) enum Wire {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "q", rename_all = "snake_case")]
 pub(crate) enum Query {
-    /// Record that `clients` (held by the node) joined `channel`. `at`: when; `view`: the
-    /// digest of the requester's live view (a holder that sees the cluster otherwise passes
-    /// the change on to the holders the requester may have missed).
+    /// Record that `clients` (owned by the node) joined `channel`.
     Join {
         channel: ChannelName,
         clients: Vec<ClientId>,
-        #[serde(default)]
-        at: Stamp,
-        #[serde(default)]
-        view: u64,
     },
-    /// Record that `clients` (held by the node) left `channel`.
+    /// Record that `clients` (owned by the node) left `channel`.
     Leave {
         channel: ChannelName,
         clients: Vec<ClientId>,
-        #[serde(default)]
-        at: Stamp,
-        #[serde(default)]
-        view: u64,
     },
-    /// The clients in `channel` the node holds memberships of.
+    /// The node's clients in `channel`.
     ChannelMembers { channel: ChannelName },
-    /// Member and online counts per channel of the clients the node owns now.
+    /// Member and online counts of the node's clients per channel.
     ChannelCounts,
-    /// The channels of `client` (held by the node).
+    /// The channels of `client` (owned by the node).
     ClientChannels { client: ClientId },
-    /// If `client` (held by the node) has no connection in the node's view, its memberships
+    /// If `client` (owned by the node) has no connection in the node's view, its memberships
     /// end; answered with whether they did.
-    LeaveIfOffline {
-        client: ClientId,
-        #[serde(default)]
-        at: Stamp,
-        #[serde(default)]
-        view: u64,
-    },
-    /// Keep these copies of memberships (another node hands them over); `view` as in `Join`.
-    Copies { records: Vec<Record>, view: u64 },
-    /// Hand `clients`' memberships to their other holders again (a requester saw one of them
-    /// miss a change).
-    HandOver { clients: Vec<ClientId> },
-    /// The memberships `node` holds, or will when it is live (a node that started empty asks),
-    /// of clients after `after`, one page.
-    Reclaim {
-        node: NodeId,
-        after: Option<ClientId>,
-    },
+    LeaveIfOffline { client: ClientId },
     /// What the answering node's view holds for `node` (a restarted node asks what it lost).
     ConnectionsOf { node: NodeId },
     /// Publish your `NodeState` (a view of you drifted or is being built).
@@ -155,7 +99,7 @@ pub(crate) enum Query {
 }
 
 /// A node's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "r", rename_all = "snake_case")]
 pub(crate) enum Reply {
     Done,
@@ -173,10 +117,5 @@ pub(crate) enum Reply {
     },
     Left {
         left: bool,
-    },
-    /// One page of memberships; `next`: ask again after this client for the rest.
-    Records {
-        records: Vec<Record>,
-        next: Option<ClientId>,
     },
 }

@@ -12,11 +12,6 @@ use crate::{
     wire::{Query, Reply, Wire},
 };
 
-/// Whether each of `clients` has no record in `m` yet.
-fn fresh(m: &Machine, clients: &[ClientId]) -> Vec<bool> {
-    clients.iter().map(|c| !m.memberships.holds(c)).collect()
-}
-
 impl Machine {
     /// What a message read from the presence topic does. Returns a node whose full state this
     /// instance must ask for (its heartbeat shows the view of it drifted). Requests, replies
@@ -34,7 +29,7 @@ impl Machine {
                 client,
                 connection,
                 cleared,
-            } if !mine(&node) => self.on_disconnected(&node, &client, &connection, cleared, now),
+            } if !mine(&node) => self.on_disconnected(&node, &client, &connection, cleared),
             Wire::NodeState { node, connections } if !mine(&node) => {
                 self.view.replace(&node, &connections, now);
             }
@@ -43,10 +38,7 @@ impl Machine {
                 by,
                 dropped,
                 clear,
-            } => {
-                self.on_dropped(&node, &by, &dropped, clear, now);
-                self.refresh_live(now);
-            }
+            } => self.on_dropped(&node, &by, &dropped, clear),
             Wire::Heartbeat {
                 node,
                 lease_ms,
@@ -56,14 +48,11 @@ impl Machine {
             } => {
                 let lease = Duration::from_millis(lease_ms);
                 self.view.set_draining(&node, draining, now);
-                let ask = if mine(&node) {
+                if mine(&node) {
                     self.on_echo(lease, now);
-                    None
                 } else {
-                    self.on_heartbeat(node, lease, count, digest, now)
-                };
-                self.refresh_live(now);
-                return ask;
+                    return self.on_heartbeat(node, lease, count, digest, now);
+                }
             }
             // This node's own deltas (the view was updated when they were made), and what the
             // exchange handles.
@@ -78,11 +67,10 @@ impl Machine {
         client: &ClientId,
         connection: &ConnectionId,
         cleared: bool,
-        now: Instant,
     ) {
         self.view.remove(node, connection);
         if cleared && self.view.connections_of(client) == 0 {
-            self.leave_all_held(client, now);
+            self.leave_all_if_owned(client);
         }
     }
 
@@ -92,7 +80,6 @@ impl Machine {
         by: &NodeId,
         dropped: &[DroppedConnection],
         clear: bool,
-        now: Instant,
     ) {
         let about_me = Some(node) == self.me.as_ref();
         if about_me && by != node {
@@ -118,7 +105,7 @@ impl Machine {
         if clear {
             for d in dropped.iter().filter(|d| d.last) {
                 if self.view.connections_of(&d.client) == 0 {
-                    self.leave_all_held(&d.client, now);
+                    self.leave_all_if_owned(&d.client);
                 }
             }
         }
@@ -169,90 +156,43 @@ impl Machine {
         Some(me.clone())
     }
 
-    /// This node's answer to `query` at `now` (`None`: no answer, see [`Machine::filling`]),
-    /// and a message to publish first (its full state, when asked for it and ready to say it).
-    pub(crate) fn answer(&mut self, query: Query, now: Instant) -> (Option<Reply>, Option<Wire>) {
-        self.refresh_live(now);
-        let listing = matches!(
-            query,
-            Query::ChannelMembers { .. } | Query::ChannelCounts | Query::ClientChannels { .. }
-        );
-        if listing && self.filling {
-            return (None, None);
-        }
+    /// This node's answer to `query`, and a message to publish first (its full state, when
+    /// asked for it and ready to say it).
+    pub(crate) fn answer(&mut self, query: Query) -> (Reply, Option<Wire>) {
         let reply = match query {
-            Query::Join {
-                channel,
-                clients,
-                at,
-                view,
-            } => {
-                let fresh = fresh(self, &clients);
-                let at = self.stamp_or_now(at, now);
-                self.memberships.join(&channel, &clients, at);
-                self.after_direct(&clients, &fresh, view);
+            Query::Join { channel, clients } => {
+                self.memberships.join(&channel, &clients);
                 Reply::Done
             }
-            Query::Leave {
-                channel,
-                clients,
-                at,
-                view,
-            } => {
-                let fresh = fresh(self, &clients);
-                let at = self.stamp_or_now(at, now);
-                let recorded = self.stamp(now);
-                self.memberships.leave(&channel, &clients, at, recorded);
-                self.after_direct(&clients, &fresh, view);
+            Query::Leave { channel, clients } => {
+                self.memberships.leave(&channel, &clients);
                 Reply::Done
             }
-            // Every holder answers for the members it holds (the asker merges the answers);
-            // counts come from the owner alone, so nobody is counted twice.
             Query::ChannelMembers { channel } => Reply::Clients {
-                clients: self
-                    .memberships
-                    .members(&channel)
-                    .into_iter()
-                    .filter(|c| self.is_holder(c))
-                    .collect(),
+                clients: self.memberships.members(&channel),
             },
             Query::ChannelCounts => Reply::Counts {
-                counts: self.memberships.counts(&self.view, |c| self.owns(c)),
+                counts: self.memberships.counts(&self.view),
             },
             Query::ClientChannels { client } => Reply::Channels {
                 channels: self.memberships.channels_of(&client),
             },
-            Query::LeaveIfOffline { client, at, view } => {
-                let mut left = false;
-                if self.view.connections_of(&client) == 0 {
-                    let fresh = fresh(self, std::slice::from_ref(&client));
-                    let at = self.stamp_or_now(at, now);
-                    let recorded = self.stamp(now);
-                    left = self.memberships.leave_all(&client, at, recorded);
-                    self.after_direct(std::slice::from_ref(&client), &fresh, view);
+            Query::LeaveIfOffline { client } => {
+                let offline = self.view.connections_of(&client) == 0;
+                let had = offline && !self.memberships.channels_of(&client).is_empty();
+                if had {
+                    self.memberships.leave_all(&client);
                 }
-                Reply::Left { left }
-            }
-            Query::Copies { records, view } => {
-                self.take_copies(&records, view, now);
-                Reply::Done
-            }
-            Query::HandOver { clients } => {
-                self.hand_over_again(&clients);
-                Reply::Done
-            }
-            Query::Reclaim { node, after } => {
-                let (records, next) = self.reclaim_page(&node, after.as_ref());
-                Reply::Records { records, next }
+                Reply::Left { left: had }
             }
             Query::ConnectionsOf { node } => Reply::Connections {
                 connections: self.view.connections_on(&node),
             },
             Query::State => {
                 let state = self.ready.then(|| self.state_message()).flatten();
-                return (Some(Reply::Done), state);
+                return (Reply::Done, state);
             }
         };
-        (Some(reply), None)
+        (reply, None)
     }
 }

@@ -10,7 +10,7 @@ use std::{
 use impush_core::{AddedConnection, ClientId, ConnectionId, DroppedConnection, NodeId, NodeSync};
 use tokio::time::Instant;
 
-use super::{dropped_message, sorted, Machine};
+use super::{dropped_message, sorted, Machine, FALLBACK_LEASE};
 use crate::{state::digest, wire::Wire};
 
 impl Machine {
@@ -40,14 +40,13 @@ impl Machine {
         client: &ClientId,
         connection: &ConnectionId,
         clear_channels: bool,
-        now: Instant,
     ) -> (usize, Wire) {
         self.local.remove(connection);
         self.view.remove(me, connection);
         let left = self.view.connections_of(client);
         let cleared = clear_channels && left == 0;
         if cleared {
-            self.leave_all_held(client, now);
+            self.leave_all_if_owned(client);
         }
         let msg = Wire::Disconnected {
             node: me.clone(),
@@ -64,12 +63,6 @@ impl Machine {
         !self.local.is_empty()
     }
 
-    /// Whether this node has not settled its start yet (no clear, sync or heartbeat): it
-    /// has just started, with nothing.
-    pub(crate) fn starting(&self) -> bool {
-        !self.ready
-    }
-
     /// Clears this node: everything it held (`held`: what the others' views say, plus its own
     /// connections and view) is dropped, returned with the message announcing it.
     pub(crate) fn clear(
@@ -77,7 +70,6 @@ impl Machine {
         me: &NodeId,
         mut held: BTreeSet<(ClientId, ConnectionId)>,
         clear_channels: bool,
-        now: Instant,
     ) -> (Vec<DroppedConnection>, Option<Wire>) {
         held.extend(self.local.drain().map(|(conn, client)| (client, conn)));
         held.extend(self.view.connections_on(me));
@@ -86,9 +78,8 @@ impl Machine {
         self.ready = true;
         let dropped = self.view.mark_last(me, held.into_iter().collect());
         if clear_channels {
-            self.leave_all_of_last(&dropped, now);
+            self.leave_all_of_last(&dropped);
         }
-        self.refresh_live(now);
         let msg = dropped_message(me, me, &dropped, clear_channels);
         (dropped, msg)
     }
@@ -130,9 +121,8 @@ impl Machine {
         }
         let removed = self.view.mark_last(me, ghosts);
         if clear_channels {
-            self.leave_all_of_last(&removed, now);
+            self.leave_all_of_last(&removed);
         }
-        self.refresh_live(now);
         added.sort_by(|a, b| (&a.client, &a.connection).cmp(&(&b.client, &b.connection)));
         let mut out: Vec<Wire> = dropped_message(me, me, &removed, clear_channels)
             .into_iter()
@@ -161,7 +151,6 @@ impl Machine {
         self.view.heard(me, lease, now);
         self.view.set_draining(me, self.draining, now);
         self.ready = true;
-        self.refresh_live(now);
         std::mem::replace(&mut self.known, true)
     }
 
@@ -187,7 +176,7 @@ impl Machine {
         for n in expired {
             let dropped = self.view.drop_node(&n);
             if clear_channels {
-                self.leave_all_of_last(&dropped, now);
+                self.leave_all_of_last(&dropped);
             }
             if !dropped.is_empty() {
                 out.push((n, dropped));
@@ -199,7 +188,14 @@ impl Machine {
     /// Whether this node judges the others now: its feed is fresh, and (so that exactly one
     /// survivor reaps) it has the lowest id among the nodes still alive.
     fn may_reap(&self, me: &NodeId, now: Instant) -> bool {
-        if !self.judges(now) {
+        let lease = self.view.node(me).map_or(FALLBACK_LEASE, |v| v.lease);
+        let feed_fresh = self
+            .last_echo
+            .is_some_and(|t| now.duration_since(t) <= lease)
+            && self
+                .echoing_since
+                .is_some_and(|t| now.duration_since(t) >= lease);
+        if !feed_fresh {
             return false;
         }
         let lowest_alive = self

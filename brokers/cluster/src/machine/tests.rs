@@ -2,12 +2,9 @@
 //! what to publish come out. Time is passed in, so leases are tested at chosen instants.
 //!
 //! Here: the helpers; `feed` tests what messages and requests do, `own` what the node's own
-//! operations do (reaping, clearing, syncing), `holders` who holds memberships as nodes come
-//! and go, `handover` how memberships reach their holders.
+//! operations do (reaping, clearing, syncing) and who owns memberships.
 
 mod feed;
-mod handover;
-mod holders;
 mod own;
 
 use std::{sync::Arc, time::Duration};
@@ -19,8 +16,6 @@ use super::Machine;
 use crate::wire::{Query, Reply, Wire};
 
 const LEASE: Duration = Duration::from_secs(10);
-/// The wall clock (µs) every test machine starts at.
-const WALL: u64 = 1_700_000_000_000_000;
 
 /// Owner by name: client `n2-x` belongs to node `n2`, so each test says who owns whom.
 #[derive(Debug)]
@@ -61,11 +56,7 @@ fn cluster() -> Cluster {
 }
 
 fn node(me: &str, t0: Instant) -> Machine {
-    Machine::new(Some(n(me)), cluster(), LEASE, t0, WALL)
-}
-
-fn helper(t0: Instant) -> Machine {
-    Machine::new(None, cluster(), LEASE, t0, WALL)
+    Machine::new(Some(n(me)), cluster(), LEASE, t0)
 }
 
 fn connected(node: &str, client: &str, conn: &str) -> Wire {
@@ -104,127 +95,18 @@ fn echo_until(m: &mut Machine, me: &str, t0: Instant, until: u64) {
     }
 }
 
-/// A join of `clients` asked of `m` at its start, as a requester with `m`'s view would.
 fn join(m: &mut Machine, channel: &str, clients: &[&str]) {
-    let at = m.started;
-    join_at(m, channel, clients, at);
-}
-
-fn join_at(m: &mut Machine, channel: &str, clients: &[&str], at: Instant) {
-    let query = Query::Join {
+    let clients = clients.iter().map(|s| c(s)).collect();
+    let (reply, publish) = m.answer(Query::Join {
         channel: ch(channel),
-        clients: clients.iter().map(|s| c(s)).collect(),
-        at: m.stamp(at),
-        view: m.view_digest(),
-    };
-    let (reply, publish) = m.answer(query, at);
-    assert!(matches!(reply, Some(Reply::Done)) && publish.is_none());
+        clients,
+    });
+    assert!(matches!(reply, Reply::Done) && publish.is_none());
 }
 
 fn channels_of(m: &mut Machine, client: &str) -> Vec<ChannelName> {
-    let at = m.started;
-    match m.answer(Query::ClientChannels { client: c(client) }, at).0 {
-        Some(Reply::Channels { channels }) => channels,
-        other => panic!("{other:?}"),
-    }
-}
-
-/// Every machine in `ms` hears the heartbeats of `alive` at `at` (its own as an echo).
-fn beat_all(ms: &mut [&mut Machine], alive: &[&str], at: Instant) {
-    for m in ms.iter_mut() {
-        for a in alive {
-            if m.me.as_ref() == Some(&n(a)) {
-                m.heartbeat_sent(&n(a), LEASE, at);
-            }
-            m.apply(beat(a), at);
-        }
-    }
-}
-
-/// `requester` sends a change to each holder it routes `clients` to, among `nodes` (a
-/// holder missing from `nodes` is dead and gets nothing).
-fn change_via(
-    requester: &mut Machine,
-    nodes: &mut [&mut Machine],
-    channel: &str,
-    clients: &[&str],
-    join: bool,
-    at: Instant,
-) {
-    let clients: Vec<ClientId> = clients.iter().map(|s| c(s)).collect();
-    let (stamp, view) = (requester.stamp(at), requester.view_digest());
-    for route in requester.route(&clients, at) {
-        let Some(m) = nodes
-            .iter_mut()
-            .find(|m| m.me.as_ref() == Some(&route.node))
-        else {
-            continue;
-        };
-        let (channel, clients) = (ch(channel), route.clients);
-        let query = if join {
-            Query::Join {
-                channel,
-                clients,
-                at: stamp,
-                view,
-            }
-        } else {
-            Query::Leave {
-                channel,
-                clients,
-                at: stamp,
-                view,
-            }
-        };
-        assert!(matches!(m.answer(query, at).0, Some(Reply::Done)));
-    }
-}
-
-/// Runs `from`'s hand-over until it has nothing left to do, delivering its copies to the
-/// machines in `to` (a target not among them fails); returns how many copies arrived.
-fn hand_over(from: &mut Machine, to: &mut [&mut Machine], at: Instant) -> usize {
-    let mut copied = 0;
-    for _ in 0..100 {
-        let Some(mut batch) = from.next_handover(at) else {
-            return copied;
-        };
-        let view = from.view_digest();
-        let mut failed = std::collections::BTreeSet::new();
-        for (node, records) in std::mem::take(&mut batch.sends) {
-            match to.iter_mut().find(|m| m.me.as_ref() == Some(&node)) {
-                Some(m) => {
-                    copied += records.len();
-                    let (reply, _) = m.answer(Query::Copies { records, view }, at);
-                    assert!(matches!(reply, Some(Reply::Done)));
-                }
-                None => {
-                    failed.insert(node);
-                }
-            }
-        }
-        from.handed_over(batch, &failed, at);
-    }
-    panic!("the hand-over does not end");
-}
-
-fn counts(m: &mut Machine, at: Instant) -> Vec<(ChannelName, usize, usize)> {
-    match m.answer(Query::ChannelCounts, at).0 {
-        Some(Reply::Counts { counts }) => counts,
-        other => panic!("{other:?}"),
-    }
-}
-
-fn members(m: &mut Machine, channel: &str, at: Instant) -> Vec<ClientId> {
-    match m
-        .answer(
-            Query::ChannelMembers {
-                channel: ch(channel),
-            },
-            at,
-        )
-        .0
-    {
-        Some(Reply::Clients { clients }) => clients,
+    match m.answer(Query::ClientChannels { client: c(client) }).0 {
+        Reply::Channels { channels } => channels,
         other => panic!("{other:?}"),
     }
 }

@@ -63,7 +63,7 @@ fn a_heartbeat_whose_digest_differs_asks_for_the_state_once_a_lease() {
 #[test]
 fn a_node_whose_state_never_came_is_asked_even_when_its_digest_matches() {
     let t0 = Instant::now();
-    let mut m = helper(t0);
+    let mut m = Machine::new(None, cluster(), LEASE, t0);
     let hb = Wire::Heartbeat {
         node: n("n2"),
         lease_ms: 50,
@@ -81,7 +81,7 @@ fn a_node_whose_state_never_came_is_asked_even_when_its_digest_matches() {
 #[test]
 fn unsynced_names_live_or_starting_nodes_whose_state_never_came() {
     let t0 = Instant::now();
-    let mut helper = helper(t0);
+    let mut helper = Machine::new(None, cluster(), LEASE, t0);
     assert_eq!(helper.unsynced(t0), vec![n("n1"), n("n2"), n("n3")]);
     helper.apply(
         Wire::NodeState {
@@ -113,7 +113,10 @@ fn requests_skip_nodes_known_to_be_dead_and_only_the_addressed_node_answers() {
     assert_eq!(m.answerer(None), Some(n("n1")));
     assert_eq!(m.answerer(Some(&n("n1"))), Some(n("n1")));
     assert_eq!(m.answerer(Some(&n("n2"))), None);
-    assert_eq!(helper(t0).answerer(None), None);
+    assert_eq!(
+        Machine::new(None, cluster(), LEASE, t0).answerer(None),
+        None
+    );
 }
 
 #[test]
@@ -122,24 +125,18 @@ fn queries_answer_from_memberships_and_the_view() {
     let mut m = node("n1", t0);
     join(&mut m, "room", &["n1-a", "n1-b"]);
     m.apply(connected("n2", "n1-a", "1"), t0);
-    let (reply, _) = m.answer(Query::ChannelCounts, t0);
-    assert!(matches!(reply, Some(Reply::Counts { counts }) if counts == vec![(ch("room"), 2, 1)]));
-    let (reply, _) = m.answer(Query::ConnectionsOf { node: n("n2") }, t0);
+    let (reply, _) = m.answer(Query::ChannelCounts);
+    assert!(matches!(reply, Reply::Counts { counts } if counts == vec![(ch("room"), 2, 1)]));
+    let (reply, _) = m.answer(Query::ConnectionsOf { node: n("n2") });
     assert!(
-        matches!(reply, Some(Reply::Connections { connections }) if connections == vec![(c("n1-a"), k("1"))])
+        matches!(reply, Reply::Connections { connections } if connections == vec![(c("n1-a"), k("1"))])
     );
-    let leave = Query::Leave {
+    m.answer(Query::Leave {
         channel: ch("room"),
         clients: vec![c("n1-a")],
-        at: m.stamp(t0),
-        view: m.view_digest(),
-    };
-    m.answer(leave, t0);
-    let (reply, _) = m.answer(
-        Query::ChannelMembers {
-            channel: ch("room"),
-        },
-        t0,
-    );
-    assert!(matches!(reply, Some(Reply::Clients { clients }) if clients == vec![c("n1-b")]));
+    });
+    let (reply, _) = m.answer(Query::ChannelMembers {
+        channel: ch("room"),
+    });
+    assert!(matches!(reply, Reply::Clients { clients } if clients == vec![c("n1-b")]));
 }

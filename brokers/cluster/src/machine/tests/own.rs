@@ -157,7 +157,7 @@ fn a_clear_drops_everything_the_node_held_and_others_forget_it() {
     m.heartbeat_sent(&me, LEASE, t0);
     assert!(m.heartbeat_sent(&me, LEASE, t0), "known before the clear");
     let from_others: BTreeSet<_> = [(c("n2-x"), k("9"))].into();
-    let (dropped, msg) = m.clear(&me, from_others, true, t0);
+    let (dropped, msg) = m.clear(&me, from_others, true);
     let ids: Vec<&str> = dropped.iter().map(|d| d.connection.as_str()).collect();
     assert_eq!(ids, vec!["1", "9"]);
     assert!(!m.has_local());
@@ -175,17 +175,28 @@ fn a_clear_drops_everything_the_node_held_and_others_forget_it() {
     // A node that has not settled its previous run keeps its (empty) state to itself; a clear
     // settles it, even with nothing to drop.
     let mut fresh = node("n3", t0);
-    assert!(fresh.answer(Query::State, t0).1.is_none());
-    let (dropped, msg) = fresh.clear(&n("n3"), BTreeSet::new(), false, t0);
+    assert!(fresh.answer(Query::State).1.is_none());
+    let (dropped, msg) = fresh.clear(&n("n3"), BTreeSet::new(), false);
     assert!(dropped.is_empty() && msg.is_none());
     assert!(matches!(
-        fresh.answer(Query::State, t0).1,
+        fresh.answer(Query::State).1,
         Some(Wire::NodeState { .. })
     ));
 }
 
 #[test]
-fn holders_drop_memberships_once_their_client_has_no_connection_left() {
+fn memberships_belong_to_one_owner_per_client() {
+    let t0 = Instant::now();
+    let m = node("n1", t0);
+    assert_eq!(m.memberships_owner(&c("n2-a")), n("n2"));
+    let clients = [c("n1-a"), c("n3-b"), c("n1-c")];
+    let groups = m.by_owner(&clients);
+    assert_eq!(groups.keys().collect::<Vec<_>>(), vec![&n("n1"), &n("n3")]);
+    assert_eq!(groups[&n("n1")], vec![c("n1-a"), c("n1-c")]);
+}
+
+#[test]
+fn the_owner_drops_memberships_once_its_client_has_no_connection_left() {
     let t0 = Instant::now();
     let mut m = node("n1", t0);
     join(&mut m, "room", &["n1-a", "n2-b"]);
@@ -199,12 +210,8 @@ fn holders_drop_memberships_once_their_client_has_no_connection_left() {
     );
     m.apply(disconnected("n3", "n1-a", "2", true), t0);
     assert!(channels_of(&mut m, "n1-a").is_empty());
-    // A record this node holds without being a holder (being handed over) goes too: a copy
-    // of it must not bring the memberships back.
+    // A membership this node holds but does not own is not its to drop.
     let (_, _) = m.connect(&n("n1"), &c("n2-b"), &k("3"), t0);
-    m.disconnect(&n("n1"), &c("n2-b"), &k("3"), false, t0);
-    assert_eq!(channels_of(&mut m, "n2-b"), vec![ch("room")], "not cleared");
-    m.connect(&n("n1"), &c("n2-b"), &k("3"), t0);
-    m.disconnect(&n("n1"), &c("n2-b"), &k("3"), true, t0);
-    assert!(channels_of(&mut m, "n2-b").is_empty());
+    m.disconnect(&n("n1"), &c("n2-b"), &k("3"), true);
+    assert_eq!(channels_of(&mut m, "n2-b"), vec![ch("room")]);
 }
