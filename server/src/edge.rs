@@ -180,7 +180,7 @@ fn refuse(stream: TcpStream) {
 
 /// One of the `limits.max_connections` places; freed when the socket is dropped.
 #[derive(Debug)]
-struct Slot(Arc<Metrics>);
+pub(crate) struct Slot(Arc<Metrics>);
 
 impl Slot {
     fn take(metrics: &Arc<Metrics>, max: usize) -> Option<Self> {
@@ -345,6 +345,15 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.end();
     }
+}
+
+/// Takes the socket of an upgraded request back from hyper: the TCP stream, the bytes hyper
+/// read past the request, and the connection's slot, which the WebSocket session holds as long
+/// as the socket lives. `None` for an upgrade of a connection the edge did not accept.
+pub(crate) fn take_socket(upgraded: hyper::upgrade::Upgraded) -> Option<(TcpStream, Bytes, Slot)> {
+    let parts = upgraded.downcast::<TokioIo<EdgeIo>>().ok()?;
+    let EdgeIo { stream, _slot, .. } = parts.io.into_inner();
+    Some((stream, parts.read_buf, _slot))
 }
 
 /// The socket as hyper (and after an upgrade, the WebSocket session) sees it: notes when request

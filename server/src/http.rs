@@ -4,11 +4,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::{
-        rejection::QueryRejection,
-        ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade},
-        ConnectInfo, Query, State,
-    },
+    extract::{rejection::QueryRejection, ConnectInfo, Query, State},
     http::{
         header::{CONTENT_TYPE, ORIGIN, RETRY_AFTER},
         HeaderMap, HeaderValue, StatusCode,
@@ -25,10 +21,12 @@ use crate::{
     app::{error, App},
     metrics::Metrics,
     node::ResumeRequest,
+    session::{Socket, UpgradeRejection, WsUpgrade},
     throttle::Refused,
 };
 
-pub(crate) fn router(app: Arc<App>) -> Router {
+/// The node's routes; `admin` holds the admin console's (`/admin`) and the node stats route.
+pub(crate) fn router(app: Arc<App>, admin: Router<Arc<App>>) -> Router {
     let max_body = app.node.limits.max_body_bytes;
     Router::new()
         .route("/ws", get(ws))
@@ -36,6 +34,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(api::router(app.clone(), max_body))
+        .merge(admin)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
@@ -61,9 +60,6 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     )
         .into_response()
 }
-
-/// Initial read buffer of a connection; it grows for larger frames (up to the frame limit).
-const READ_BUFFER: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 struct WsQuery {
@@ -111,7 +107,7 @@ async fn ws(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, UpgradeRejection>,
 ) -> Response {
     // Connect time runs from here to the connection attached (`impush_connect_seconds`).
     let requested = std::time::Instant::now();
@@ -185,27 +181,29 @@ async fn ws(
             "node is shutting down",
         );
     }
-    let limits = &app.node.limits;
+    let (response, on_upgrade) = upgrade.accept();
     let node = app.node.clone();
     let shutdown = app.shutdown.clone();
-    let sessions = app.sessions.clone();
-    upgrade
-        // Small buffers: tungstenite allocates (and touches) the read buffer eagerly, 128 KiB
-        // by default, and never shrinks either buffer; clients only send tiny ping/ack frames.
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(limits.write_buffer)
-        .max_message_size(limits.max_frame_bytes)
-        .max_frame_size(limits.max_frame_bytes)
-        .on_upgrade(move |socket| {
-            sessions.track_future(node.serve_connection(
-                socket,
-                claims.client,
-                claims.metadata,
-                resume,
-                shutdown,
-                requested,
-            ))
-        })
+    // The session takes the raw socket after the 101 and speaks WebSocket itself
+    // (`session`): no library buffers per connection.
+    tokio::spawn(app.sessions.track_future(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let Some(socket) = Socket::from_upgraded(upgraded) else {
+            return;
+        };
+        node.serve_connection(
+            socket,
+            claims.client,
+            claims.metadata,
+            resume,
+            shutdown,
+            requested,
+        )
+        .await;
+    }));
+    response
 }
 
 async fn healthz() -> Response {

@@ -3,6 +3,11 @@
 //!
 //! Delivery reads only this (never the presence store). Two `std::sync::RwLock`s, each held for
 //! a short, non-async section; when both are needed the channel index is locked first.
+//!
+//! The iterators that deliver (`for_channel`, `for_all`, `for_client`) let the frames they push
+//! go straight to idle sockets at everyday rates (a [`Pacer`] per feed, see `session`). A
+//! channel or broadcast delivery that writes directly first copies its sessions out of the
+//! index, so its writes, slower than queueing, never hold the locks.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,7 +16,13 @@ use std::{
 
 use impush_core::{ChannelName, ClientId, ConnectionId};
 
-use crate::session::SessionHandle;
+use crate::session::{Pacer, SessionHandle};
+
+/// A channel or broadcast delivery that begins sooner than this after the previous one ended
+/// found a backlog: it queues its frames, so session tasks batch them.
+const STREAM_GAP: std::time::Duration = std::time::Duration::from_micros(500);
+/// The same for point-to-point deliveries, which are short and frequent.
+const DIRECT_GAP: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Local connections and local channel members, as returned by [`Registry::snapshot`].
 pub(crate) type Snapshot = (
@@ -19,10 +30,25 @@ pub(crate) type Snapshot = (
     Vec<(ChannelName, Vec<ClientId>)>,
 );
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
     clients: RwLock<HashMap<ClientId, Vec<Arc<SessionHandle>>>>,
     channels: RwLock<ChannelIndex>,
+    /// Whether channel and broadcast deliveries may write directly.
+    streams: Pacer,
+    /// Whether point-to-point deliveries may write directly.
+    direct: Pacer,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            clients: RwLock::default(),
+            channels: RwLock::default(),
+            streams: Pacer::new(STREAM_GAP),
+            direct: Pacer::new(DIRECT_GAP),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -106,12 +132,16 @@ impl Registry {
 
     /// Calls `f` for every session of `client`; returns how many there were.
     pub(crate) fn for_client(&self, client: &ClientId, mut f: impl FnMut(&SessionHandle)) -> usize {
-        let clients = read(&self.clients);
-        let Some(sessions) = clients.get(client) else {
-            return 0;
+        let direct = self.direct.begin();
+        let n = {
+            let clients = read(&self.clients);
+            let sessions = clients.get(client).map_or(&[][..], Vec::as_slice);
+            sessions.iter().for_each(|s| f(s));
+            sessions.len()
         };
-        sessions.iter().for_each(|s| f(s));
-        sessions.len()
+        drop(direct);
+        self.direct.end();
+        n
     }
 
     /// Calls `f` for every session of every local member of `channel`; returns the count.
@@ -120,29 +150,62 @@ impl Registry {
         channel: &ChannelName,
         mut f: impl FnMut(&SessionHandle),
     ) -> usize {
+        let direct = self.streams.begin();
+        let n = if direct.is_some() {
+            let sessions = self.channel_sessions(channel);
+            sessions.iter().for_each(|s| f(s));
+            sessions.len()
+        } else {
+            let index = read(&self.channels);
+            let clients = read(&self.clients);
+            let mut n = 0;
+            let members = index.members.get(channel).into_iter().flatten();
+            for sessions in members.filter_map(|c| clients.get(c)) {
+                for s in sessions {
+                    f(s);
+                    n += 1;
+                }
+            }
+            n
+        };
+        drop(direct);
+        self.streams.end();
+        n
+    }
+
+    /// The sessions of `channel`'s local members, copied out of the index.
+    fn channel_sessions(&self, channel: &ChannelName) -> Vec<Arc<SessionHandle>> {
         let index = read(&self.channels);
         let Some(members) = index.members.get(channel) else {
-            return 0;
+            return Vec::new();
         };
         let clients = read(&self.clients);
-        let mut n = 0;
+        let mut out = Vec::with_capacity(members.len());
         for sessions in members.iter().filter_map(|c| clients.get(c)) {
-            for s in sessions {
-                f(s);
-                n += 1;
-            }
+            out.extend(sessions.iter().cloned());
         }
-        n
+        out
     }
 
     /// Calls `f` for every session on this node; returns the count.
     pub(crate) fn for_all(&self, mut f: impl FnMut(&SessionHandle)) -> usize {
-        let clients = read(&self.clients);
-        let mut n = 0;
-        for s in clients.values().flatten() {
-            f(s);
-            n += 1;
-        }
+        let direct = self.streams.begin();
+        let n = if direct.is_some() {
+            let sessions: Vec<Arc<SessionHandle>> =
+                read(&self.clients).values().flatten().cloned().collect();
+            sessions.iter().for_each(|s| f(s));
+            sessions.len()
+        } else {
+            let clients = read(&self.clients);
+            let mut n = 0;
+            for s in clients.values().flatten() {
+                f(s);
+                n += 1;
+            }
+            n
+        };
+        drop(direct);
+        self.streams.end();
         n
     }
 
@@ -212,6 +275,11 @@ impl Registry {
     /// Whether `client` has a connection here.
     pub(crate) fn is_local(&self, client: &ClientId) -> bool {
         read(&self.clients).contains_key(client)
+    }
+
+    /// How many clients have a connection here.
+    pub(crate) fn client_count(&self) -> usize {
+        read(&self.clients).len()
     }
 
     /// Every client with a connection here.

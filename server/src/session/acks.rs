@@ -67,6 +67,11 @@ impl PendingAcks {
         self.optional.insert(id, a);
     }
 
+    /// Whether [`PendingAcks::allow`] would remember one more without forgetting another.
+    pub(crate) fn has_room(&self, cap: usize) -> bool {
+        self.optional_order.len() < cap
+    }
+
     /// The ack of `id`, if it was pending here (and no longer is).
     pub(crate) fn take(&mut self, id: &MessageId) -> Option<Ackable> {
         if let Some(a) = self.required.remove(id) {

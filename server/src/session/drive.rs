@@ -1,32 +1,28 @@
-//! The socket loop of one connection ([`drive`]), its close handshake ([`close_socket`]),
-//! writing queued frames and reading the client's.
+//! The socket loop of one connection ([`drive`]): writing what is queued, reading the
+//! client's frames, pings and the silence deadline; and settling what was written.
 
-use std::{
-    collections::VecDeque,
-    future::Future,
-    pin::{pin, Pin},
-    task::Poll,
-    time::Duration,
-};
+use std::{pin::Pin, time::Duration};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
 use impush_core::{config::LimitsConfig, protocol::ClientFrame};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::mpsc,
+    time::{Instant, Sleep},
+};
 
 use super::{
     acks::{AckSource, Ackable},
     close,
+    outbox::Step,
     rate::InboundRate,
+    read::{Incoming, ReadError, Reader},
+    socket::{reply_close, Parts, Socket},
+    wire::{Control, Violation},
     Outgoing, SessionHandle, Wake,
 };
 use crate::{
     metrics::{since_ms, unix_now_us, CloseKind, InKind},
     settle::{ClientReport, Tracked},
 };
-
-/// How long a closing connection may take to get its close frame out.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the loop ended, and whether a close frame should be sent.
 #[derive(Debug, Clone, Copy)]
@@ -47,199 +43,215 @@ pub(crate) struct Context<'a> {
     pub(crate) must_ack: bool,
 }
 
+/// The ping timer: one timer for two deadlines, the next ping and the moment the peer will
+/// have been silent for the whole limit. Frames move `last_seen` without touching the timer;
+/// it is re-armed when it fires, so a silent peer is closed when its silence reaches the
+/// limit, not at the first ping after that (up to a whole `ping_interval` later).
+struct Clock {
+    timer: Pin<Box<Sleep>>,
+    next_ping: Instant,
+    last_seen: Instant,
+    interval: Duration,
+    silence_limit: Duration,
+}
+
+impl Clock {
+    fn new(limits: &LimitsConfig) -> Self {
+        let now = Instant::now();
+        let silence_limit = limits.ping_interval + limits.pong_timeout;
+        let next_ping = now + limits.ping_interval;
+        Self {
+            timer: Box::pin(tokio::time::sleep_until(next_ping.min(now + silence_limit))),
+            next_ping,
+            last_seen: now,
+            interval: limits.ping_interval,
+            silence_limit,
+        }
+    }
+
+    /// The timer fired: `Err` when the peer was silent too long; otherwise queues a ping if
+    /// one is due (the caller writes it) and re-arms.
+    fn fired(&mut self, handle: &SessionHandle) -> Result<bool, ()> {
+        let now = Instant::now();
+        if now >= self.last_seen + self.silence_limit {
+            return Err(());
+        }
+        let ping = now >= self.next_ping;
+        if ping {
+            handle.send_control(Control::ping());
+            // A whole interval after this ping, however late it goes out.
+            self.next_ping = now + self.interval;
+        }
+        let at = self.next_ping.min(self.last_seen + self.silence_limit);
+        self.timer.as_mut().reset(at);
+        Ok(ping)
+    }
+}
+
 /// Drives one accepted connection until it must close; returns why and, when a close frame is
-/// owed, the socket to send it on (see [`close_socket`]).
+/// owed, the socket to send it on (see [`close_socket`](super::close_socket)).
 pub(crate) async fn drive(
-    mut socket: WebSocket,
+    socket: Socket,
     handle: &SessionHandle,
     ctx: Context<'_>,
-) -> (End, Option<WebSocket>) {
+) -> (End, Option<Socket>) {
     let limits = ctx.limits;
     let metrics = &handle.metrics;
+    let Parts {
+        conn, mut reader, ..
+    } = socket.into_parts();
+    handle.install(conn, ctx.must_ack);
     // Frames held back by flow control (too many unacked): an ack lets them out.
     let mut held = false;
     let mut rate = InboundRate::new(limits.inbound_rate, limits.inbound_burst);
-    let mut last_seen = Instant::now();
-    let silence_limit = limits.ping_interval + limits.pong_timeout;
-    // One timer for two deadlines: the next ping, and the moment the peer will have been
-    // silent for the whole limit. Frames move `last_seen` without touching the timer; it is
-    // re-armed when it fires, so a silent peer is closed when its silence reaches the limit,
-    // not at the first ping after that (up to a whole `ping_interval` later).
-    let mut next_ping = Instant::now() + limits.ping_interval;
-    let mut timer = Box::pin(tokio::time::sleep_until(
-        next_ping.min(last_seen + silence_limit),
-    ));
+    let mut clock = Clock::new(limits);
+    // Bytes that came with the upgrade request are handled first.
+    let mut unread = reader.has_bytes();
 
-    let end = loop {
+    let end = 'session: loop {
+        if std::mem::take(&mut unread) {
+            match on_frames(
+                &mut reader,
+                handle,
+                ctx,
+                &mut rate,
+                &mut held,
+                clock.last_seen,
+            ) {
+                Ok(false) => {}
+                Ok(true) => {
+                    if let Err(end) = flush(handle, ctx, &mut held, &mut clock).await {
+                        break end;
+                    }
+                }
+                Err(Closing::End(end)) => break end,
+                Err(Closing::Reply(code)) => {
+                    if let Some((conn, unfinished)) = handle.uninstall() {
+                        let parts = Parts {
+                            conn,
+                            reader,
+                            unfinished,
+                            max_payload: limits.max_frame_bytes,
+                        };
+                        Box::pin(reply_close(parts, code)).await;
+                    }
+                    return (End::Gone, None);
+                }
+            }
+        }
         tokio::select! {
             biased;
             wake = std::future::poll_fn(|cx| handle.poll_wake(cx)) => {
                 if let Wake::Close(code) = wake {
                     break End::Close(code);
                 }
-                let budget = if ctx.must_ack {
-                    limits.max_unacked.saturating_sub(handle.unacked())
-                } else {
-                    usize::MAX
-                };
-                let (batch, holding) = handle.take_within(budget);
-                if holding && !held {
-                    metrics.flow_control_hold();
+                if let Err(end) = flush(handle, ctx, &mut held, &mut clock).await {
+                    break end;
                 }
-                held = holding;
-                if batch.is_empty() {
-                    continue;
+            }
+            read = std::future::poll_fn(|cx| handle.poll_read(cx, &mut reader)) => {
+                clock.last_seen = Instant::now();
+                match read {
+                    Ok(()) => unread = true,
+                    Err(_) => break End::Gone,
                 }
-                let mut write = pin!(write_batch(&mut socket, batch, handle, ctx));
-                // Most writes complete at once (the socket buffer has room): then no timer is
-                // armed for the dead-peer check below.
-                if let Poll::Ready(res) = poll_once(write.as_mut()).await {
-                    if res.is_err() {
-                        break End::Gone;
-                    }
-                    continue;
-                }
-                tokio::select! {
-                    biased;
-                    // A slow consumer is closed while its write is stuck; stop waiting.
-                    code = std::future::poll_fn(|cx| handle.poll_closing(cx)) => break End::Close(code),
-                    res = write => if res.is_err() { break End::Gone },
-                    // A peer that stopped reading also stops answering pings: it is dead even
-                    // though the write never fails (the kernel keeps the socket open).
-                    () = tokio::time::sleep_until(last_seen + silence_limit) => {
+            }
+            () = &mut clock.timer => {
+                match clock.fired(handle) {
+                    Err(()) => {
                         metrics.close(CloseKind::DeadPeer);
-                        tracing::info!(client = %handle.client, "closing a connection whose writes are stuck");
-                        break End::Gone;
+                        tracing::info!(client = %handle.client, "closing silent connection");
+                        // The peer is not answering; a close frame would go unread.
+                        break 'session End::Gone;
+                    }
+                    Ok(false) => {}
+                    Ok(true) => {
+                        if let Err(end) = flush(handle, ctx, &mut held, &mut clock).await {
+                            break end;
+                        }
                     }
                 }
-            }
-            msg = socket.next() => {
-                last_seen = Instant::now();
-                // Acks of delivered messages are free: a receiver acking a burst (or its
-                // inbox) must not be closed for keeping up. Everything else is charged.
-                let charged = match &msg {
-                    Some(Ok(Message::Text(text))) => match on_client_text(handle, ctx, text) {
-                        Charge::Charged => true,
-                        Charge::Free => {
-                            if std::mem::take(&mut held) {
-                                // An ack freed room: write what flow control held back.
-                                handle.requeue();
-                            }
-                            false
-                        }
-                    },
-                    Some(Ok(Message::Binary(_) | Message::Ping(_))) => true,
-                    _ => false,
-                };
-                if charged && !rate.take(last_seen) {
-                    metrics.close(CloseKind::RateLimited);
-                    tracing::info!(client = %handle.client, "closing a client over its frame rate");
-                    break End::Close(close::POLICY);
-                }
-                match msg {
-                    None => break End::Gone,
-                    Some(Ok(Message::Close(_))) => {
-                        // tungstenite queued the close reply; send it so the client sees a
-                        // clean close instead of 1006.
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush()).await;
-                        break End::Gone;
-                    }
-                    Some(Err(err)) => match protocol_error(err) {
-                        Some(ProtocolError::TooLarge) => {
-                            metrics.close(CloseKind::TooLarge);
-                            break End::Close(close::TOO_LARGE);
-                        }
-                        Some(ProtocolError::InvalidUtf8) => {
-                            metrics.close(CloseKind::InvalidData);
-                            break End::Close(close::INVALID_DATA);
-                        }
-                        None => break End::Gone,
-                    },
-                    Some(Ok(Message::Text(_))) => {}
-                    Some(Ok(Message::Binary(_))) => metrics.inbound(InKind::Ignored),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                }
-            }
-            () = &mut timer => {
-                let now = Instant::now();
-                if now >= last_seen + silence_limit {
-                    metrics.close(CloseKind::DeadPeer);
-                    tracing::info!(client = %handle.client, "closing silent connection");
-                    // The peer is not answering; a close frame would go unread.
-                    break End::Gone;
-                }
-                if now >= next_ping {
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        break End::Gone;
-                    }
-                    // A whole interval after this ping, however late it went out.
-                    next_ping = Instant::now() + limits.ping_interval;
-                }
-                timer.as_mut().reset(next_ping.min(last_seen + silence_limit));
             }
         }
     };
-    let socket = match end {
-        End::Close(_) => Some(socket),
+    let socket = handle.uninstall().and_then(|(conn, unfinished)| match end {
+        End::Close(_) => Some(Socket::from_parts(Parts {
+            conn,
+            reader,
+            unfinished,
+            max_payload: limits.max_frame_bytes,
+        })),
         End::Gone => None,
-    };
+    });
     (end, socket)
 }
 
-/// Polls `fut` once: its output if it completed without waiting, `Pending` otherwise (it can
-/// be polled again later).
-async fn poll_once<F: Future>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
-}
-
-/// Sends the close frame `code` and waits for the client's close reply (reading and dropping
-/// whatever it still sends), giving up after a while: a client that stopped reading may never
-/// take it. Reading matters: closing a socket with unread data makes the kernel reset the
-/// connection, and the client would never see the close code.
-pub(crate) async fn close_socket(mut socket: WebSocket, code: u16) {
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(""),
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if socket.send(Message::Close(Some(frame))).await.is_err() {
-            return;
-        }
-        while let Some(Ok(msg)) = socket.next().await {
-            if let Message::Close(_) = msg {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
-/// Writes a batch and flushes it; only then are its point-to-point frames delivered and
-/// pending an ack (required with `must_ack`; otherwise remembered when their sender wants
-/// receipts, or they came from the offline inbox). On an error the unwritten tokens settle
-/// as dropped. Delivery latency is observed after the flush (`docs/design.md` section 17): each
-/// live point-to-point frame, and the oldest sampled live publication of the batch.
-async fn write_batch(
-    socket: &mut WebSocket,
-    batch: VecDeque<Outgoing>,
+/// Writes what is queued. While the socket's buffer is full it waits for room, and gives up
+/// when the connection must close or its peer has been silent for the whole limit: a peer
+/// that stopped reading also stops answering pings, so it is dead even though the write
+/// never fails (the kernel keeps the socket open).
+async fn flush(
     handle: &SessionHandle,
     ctx: Context<'_>,
-) -> Result<(), axum::Error> {
-    let mut tokens = Vec::new();
-    // The oldest live channel message or broadcast in the batch that carries its publish time
-    // (unix ms; 0: none; only a sample of members get it, see `metrics::sampled_ts`): at most
-    // one latency observation per batch keeps the fan-out path free of per-frame metrics.
-    let mut oldest = 0u64;
-    for out in batch {
-        if out.published != 0 && (oldest == 0 || out.published < oldest) {
-            oldest = out.published;
-        }
-        socket.feed(Message::Text(out.frame)).await?;
-        tokens.extend(out.token);
-    }
-    socket.flush().await?;
+    held: &mut bool,
+    clock: &mut Clock,
+) -> Result<(), End> {
     let metrics = &handle.metrics;
-    let now_us = if oldest != 0 || !tokens.is_empty() {
+    let mut written = Vec::new();
+    loop {
+        let mut budget = if ctx.must_ack {
+            ctx.limits.max_unacked.saturating_sub(handle.unacked())
+        } else {
+            usize::MAX
+        };
+        let step = handle.write_queued(&mut budget, &mut written);
+        if !written.is_empty() {
+            settle_written(handle, ctx, &mut written);
+        }
+        match step {
+            Step::Done { held: holding } => {
+                if holding && !*held {
+                    metrics.flow_control_hold();
+                }
+                *held = holding;
+                return Ok(());
+            }
+            Step::Failed => return Err(End::Gone),
+            Step::Blocked => {}
+        }
+        tokio::select! {
+            biased;
+            // A slow consumer is closed while its write is stuck; stop waiting.
+            code = std::future::poll_fn(|cx| handle.poll_closing(cx)) => return Err(End::Close(code)),
+            () = std::future::poll_fn(|cx| handle.poll_writable(cx)) => {}
+            () = &mut clock.timer => {
+                if clock.fired(handle).is_err() {
+                    metrics.close(CloseKind::DeadPeer);
+                    tracing::info!(client = %handle.client, "closing a connection whose writes are stuck");
+                    return Err(End::Gone);
+                }
+            }
+        }
+    }
+}
+
+/// Settles frames written whole: only then are point-to-point frames delivered and pending
+/// an ack (required with `must_ack`; otherwise remembered when their sender wants receipts, or
+/// they came from the offline inbox). Delivery latency is observed here (`docs/design.md`
+/// section 17): each live point-to-point frame, and the oldest sampled live publication.
+fn settle_written(handle: &SessionHandle, ctx: Context<'_>, written: &mut Vec<Outgoing>) {
+    let metrics = &handle.metrics;
+    // The oldest live channel message or broadcast that carries its publish time (unix ms;
+    // 0: none; only a sample of members get it, see `metrics::sampled_ts`): at most one
+    // latency observation per batch keeps the fan-out path free of per-frame metrics.
+    let oldest = written
+        .iter()
+        .map(|o| o.published)
+        .filter(|p| *p != 0)
+        .min()
+        .unwrap_or(0);
+    let tracked = written.iter().any(|o| o.token.is_some());
+    let now_us = if oldest != 0 || tracked {
         unix_now_us()
     } else {
         0
@@ -247,12 +259,13 @@ async fn write_batch(
     if oldest != 0 {
         metrics.channel_latency.observe_us(since_ms(now_us, oldest));
     }
-    if tokens.is_empty() {
-        return Ok(());
+    if !tracked {
+        written.clear();
+        return;
     }
     let cap = ctx.limits.max_pending_acks;
     handle.with_acks(|pending| {
-        for token in tokens {
+        for token in written.drain(..).filter_map(|o| o.token) {
             match token {
                 Tracked::Live(token) => {
                     let s = token.settlement();
@@ -297,7 +310,72 @@ async fn write_batch(
             }
         }
     });
-    Ok(())
+}
+
+/// How reading the client's frames ended the session.
+enum Closing {
+    End(End),
+    /// The client sent a close frame (with this code): answer it.
+    Reply(Option<u16>),
+}
+
+/// Handles every complete frame read; `Ok(true)` when a control frame (a pong) waits to be
+/// written.
+fn on_frames(
+    reader: &mut Reader,
+    handle: &SessionHandle,
+    ctx: Context<'_>,
+    rate: &mut InboundRate,
+    held: &mut bool,
+    now: Instant,
+) -> Result<bool, Closing> {
+    let metrics = &handle.metrics;
+    let mut flush = false;
+    loop {
+        let msg = match reader.next(ctx.limits.max_frame_bytes) {
+            None => return Ok(flush),
+            Some(Ok(m)) => m,
+            Some(Err(ReadError::Violation(Violation::TooLarge))) => {
+                metrics.close(CloseKind::TooLarge);
+                return Err(Closing::End(End::Close(close::TOO_LARGE)));
+            }
+            Some(Err(ReadError::Violation(Violation::InvalidUtf8))) => {
+                metrics.close(CloseKind::InvalidData);
+                return Err(Closing::End(End::Close(close::INVALID_DATA)));
+            }
+            Some(Err(_)) => return Err(Closing::End(End::Gone)),
+        };
+        // Acks of delivered messages are free: a receiver acking a burst (or its inbox) must
+        // not be closed for keeping up. Everything else is charged.
+        let charged = match &msg {
+            Incoming::Text(text) => match on_client_text(handle, ctx, text) {
+                Charge::Charged => true,
+                Charge::Free => {
+                    if std::mem::take(held) {
+                        // An ack freed room: write what flow control held back.
+                        handle.requeue();
+                    }
+                    false
+                }
+            },
+            Incoming::Binary | Incoming::Ping(_) => true,
+            Incoming::Pong | Incoming::Close(_) => false,
+        };
+        if charged && !rate.take(now) {
+            metrics.close(CloseKind::RateLimited);
+            tracing::info!(client = %handle.client, "closing a client over its frame rate");
+            return Err(Closing::End(End::Close(close::POLICY)));
+        }
+        match msg {
+            Incoming::Close(code) => return Err(Closing::Reply(code)),
+            Incoming::Ping(payload) => {
+                handle.send_control(Control::pong(payload));
+                flush = true;
+            }
+            Incoming::Binary => metrics.inbound(InKind::Ignored),
+            Incoming::Text(_) | Incoming::Pong => {}
+        }
+    }
 }
 
 /// Whether a client frame counts against its inbound rate.
@@ -350,28 +428,13 @@ fn on_client_text(handle: &SessionHandle, ctx: Context<'_>, text: &str) -> Charg
     }
 }
 
-/// Client errors that get a close code rather than a dropped connection.
-enum ProtocolError {
-    TooLarge,
-    InvalidUtf8,
-}
-
-fn protocol_error(err: axum::Error) -> Option<ProtocolError> {
-    let inner = err.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Some(ProtocolError::TooLarge),
-        Some(tungstenite::Error::Utf8(_)) => Some(ProtocolError::InvalidUtf8),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn future_size<'a, F, Fut>(_: F) -> usize
     where
-        F: FnOnce(WebSocket, &'a SessionHandle, Context<'a>) -> Fut,
+        F: FnOnce(Socket, &'a SessionHandle, Context<'a>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
@@ -381,6 +444,6 @@ mod tests {
     fn session_future_stays_small() {
         let size = future_size(drive);
         eprintln!("session future: {size} bytes");
-        assert!(size <= 2048, "session future grew to {size} bytes");
+        assert!(size <= 1024, "session future grew to {size} bytes");
     }
 }
