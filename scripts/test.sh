@@ -2,7 +2,7 @@
 # Runs the whole impush test suite, as CI does: formatting, lints, the memory-only build, every
 # Rust test (unit, conformance against memory and real brokers, end-to-end, multi-process
 # cluster and fault suites, CLI, doctests), the JavaScript client's tests against a real node,
-# the chat demo in a real Chromium, the runnable examples, schemathesis against the node's own
+# the chat demo and the admin console in a real Chromium, the runnable examples, schemathesis against the node's own
 # OpenAPI document, the deploy files (scripts/check-deploy.sh), and each cargo-fuzz target for
 # 15 s (IMPUSH_FUZZ_SECONDS; `scripts/fuzz.sh 600` is the longer run, README "Tests").
 #
@@ -100,6 +100,7 @@ bin="$root/target/debug/impush"
 side schemathesis env IMPUSH_BIN="$bin" scripts/schemathesis.sh
 side js bash -c "cd clients/js && npm ci --no-audit --no-fund --loglevel=error && IMPUSH_BIN='$bin' npm test"
 side chat-e2e bash -c "cd examples/chat/e2e && npm ci --no-audit --no-fund --loglevel=error && CHAT_BIN='$root/target/debug/chat' npm test"
+side admin-e2e bash -c "cd tests/admin-e2e && npm ci --no-audit --no-fund --loglevel=error && IMPUSH_BIN='$bin' npm test"
 side deploy scripts/check-deploy.sh "$bin"
 side example timeout 60 "$root/target/debug/examples/embedded_chat"
 step "side by side: ${names[*]}"

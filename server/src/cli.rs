@@ -51,6 +51,7 @@ pub async fn run(backends: Backends) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let admin_console = config.admin.enabled;
     let mut server = match ImServer::builder(config).backends(backends).start().await {
         Ok(s) => s,
         Err(crate::Error::Core(e)) if config_error(&e).is_some() => {
@@ -78,6 +79,15 @@ pub async fn run(backends: Backends) -> ExitCode {
             "generated auth.api_key = {}  (set auth.api_key to keep it across restarts)",
             key.expose()
         );
+    }
+    if let Some(secret) = &server.generated().admin_secret {
+        println!(
+            "generated admin.secret = {}  (the admin console's login; set admin.secret to keep it across restarts)",
+            secret.expose()
+        );
+    }
+    if admin_console {
+        println!("admin console at http://{addr}/admin");
     }
 
     let drain = server.drain_requested();

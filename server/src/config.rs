@@ -10,7 +10,7 @@ use impush_core::{
 use impush_helper::HelperConfig;
 use serde::Deserialize;
 
-use crate::webhooks::WebhooksConfig;
+use crate::{admin::AdminConfig, webhooks::WebhooksConfig};
 
 /// `[offline]`: the offline inbox (`docs/design.md` section 9): keys every store shares, plus
 /// `kind` (`memory`, `redis`, `disk`, or one registered in code) and that kind's own keys.
@@ -96,11 +96,13 @@ pub struct Config {
     pub history: HistoryConfig,
     /// `[webhooks]`: hooks POSTed to the business (`docs/design.md` section 17).
     pub webhooks: WebhooksConfig,
+    /// `[admin]`: the admin console (`docs/design.md` section 17).
+    pub admin: AdminConfig,
 }
 
 const SECTIONS: &[&str] = &[
     "node", "cluster", "auth", "broker", "presence", "limits", "channels", "offline", "history",
-    "webhooks",
+    "webhooks", "admin",
 ];
 
 impl Config {
@@ -158,6 +160,9 @@ impl Config {
         }
         check_bounds(self)?;
         if let Err((key, why)) = self.webhooks.check() {
+            return bad(&key, &why);
+        }
+        if let Err((key, why)) = self.admin.check(&self.auth, MAX_DURATION) {
             return bad(&key, &why);
         }
         let o = &self.offline;

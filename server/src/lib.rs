@@ -18,8 +18,10 @@
 //!   `/healthz`, `/readyz`, `/metrics`; `api`: the HTTP API (`/api/v1/...`, Server-Sent Events,
 //!   the OpenAPI document);
 //! - [`webhooks`]: hooks POSTed to the business (online/offline, stored, join/leave), signed,
-//!   batched and retried.
+//!   batched and retried;
+//! - `admin`: the admin console at `/admin` ([`AdminConfig`]) and its routes.
 
+mod admin;
 mod api;
 mod app;
 mod cli;
@@ -37,13 +39,23 @@ mod stream;
 mod throttle;
 pub mod webhooks;
 
-pub use api::api_routes;
+pub use admin::AdminConfig;
 pub use cli::run;
 pub use config::{Config, OfflineConfig};
 pub use error::{Error, Result};
 pub use impush_brokers::{BackendContext, Backends, Section};
 pub use metrics::Metrics;
 pub use server::{Generated, ImServer, ImServerBuilder};
+
+/// The routes the node's OpenAPI document (`/api/v1/openapi.json`) describes, as
+/// `(method, path)` with `{param}` placeholders: the HTTP API's authenticated routes, its public
+/// ones (`openapi.json`, health, readiness, metrics), then the admin console's routes and the
+/// node stats route.
+pub fn api_routes() -> Vec<(&'static str, &'static str)> {
+    let mut routes = api::api_routes();
+    routes.extend(admin::api_routes());
+    routes
+}
 
 /// Resolves on Ctrl-C or SIGTERM: the signals that start a graceful shutdown.
 ///

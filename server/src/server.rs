@@ -31,6 +31,8 @@ pub struct Generated {
     pub secret: Option<Secret>,
     /// The generated `auth.api_key`, if it was generated.
     pub api_key: Option<Secret>,
+    /// The generated `admin.secret` (the admin console's login), if it was generated.
+    pub admin_secret: Option<Secret>,
 }
 
 /// A running ImServer node.
@@ -202,6 +204,16 @@ impl ImServerBuilder {
             Some(s) => s.clone(),
             None => generated.api_key.insert(Secret::new(random_key())).clone(),
         };
+        let admin_secret = match (&config.admin.secret, config.admin.enabled) {
+            (_, false) => None,
+            (Some(s), true) => Some(s.clone()),
+            (None, true) => Some(
+                generated
+                    .admin_secret
+                    .insert(Secret::new(random_key()))
+                    .clone(),
+            ),
+        };
         let signer = TokenSigner::new(
             secret.expose().as_bytes(),
             config.auth.token_ttl,
@@ -291,7 +303,8 @@ impl ImServerBuilder {
                 config.limits.connect_rate_per_ip,
             ),
         });
-        let router = http::router(app.clone());
+        let admin = crate::admin::Admin::start(app.clone(), &config.admin, admin_secret)?;
+        let router = http::router(app.clone(), admin.router());
         let serve = tokio::spawn(edge::serve(
             listener,
             router,

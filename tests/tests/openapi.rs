@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use impush_core::{Broker, MemoryBroker, MemoryPresenceStore, PresenceStore};
 use impush_server::{Config, ImServer};
 use serde_json::{json, Value};
-use support::{start, WAIT};
+use support::{start, ADMIN_SECRET, WAIT};
 
 const KEY: &str = "test-api-key";
 const METHODS: &[&str] = &[
@@ -77,6 +77,13 @@ impl Op {
             "{base}{}",
             self.path.replace("{id}", "alice").replace("{name}", "room")
         )
+    }
+
+    /// Whether the operation needs an admin console session (cookie) rather than the key.
+    fn admin_session(&self) -> bool {
+        self.op["security"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s.get("adminSession").is_some()))
     }
 
     fn is_sse(&self) -> bool {
@@ -279,7 +286,22 @@ async fn send(
     body: Option<Vec<u8>>,
     key: Option<&str>,
 ) -> reqwest::Response {
+    send_with(http, method, url, body, key, &[]).await
+}
+
+/// As [`send`], with extra headers.
+async fn send_with(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    body: Option<Vec<u8>>,
+    key: Option<&str>,
+    headers: &[(&str, String)],
+) -> reqwest::Response {
     let mut req = http.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
     if let Some(k) = key {
         req = req.bearer_auth(k);
     }
@@ -292,12 +314,42 @@ async fn send(
         .unwrap()
 }
 
-/// Calls `op` with a minimal valid body (when it takes one) and the API key.
+/// A minimal valid body for `op`: the schema's sample, with the right admin secret for the
+/// admin console's login.
+fn sample_body(doc: &Value, op: &Op) -> Option<Value> {
+    let schema = op.body_schema(doc)?;
+    if op.id() == "adminLogin" {
+        return Some(json!({ "secret": ADMIN_SECRET }));
+    }
+    Some(sample(doc, schema))
+}
+
+/// Logs in to the admin console: the session cookie and CSRF headers of an action.
+async fn admin_headers(http: &reqwest::Client, base: &str) -> Vec<(&'static str, String)> {
+    let resp = http
+        .post(format!("{base}/admin/api/login"))
+        .json(&json!({ "secret": ADMIN_SECRET }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "admin login");
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let v: Value = resp.json().await.unwrap();
+    let csrf = v["csrf_token"].as_str().unwrap().to_owned();
+    vec![("cookie", cookie), ("x-csrf-token", csrf)]
+}
+
+/// Calls `op` with a minimal valid body (when it takes one) and the API key, or a fresh admin
+/// console session for the console's routes.
 async fn call(doc: &Value, http: &reqwest::Client, base: &str, op: &Op) -> reqwest::Response {
-    let body = op
-        .body_schema(doc)
-        .map(|s| serde_json::to_vec(&sample(doc, s)).unwrap());
-    send(http, &op.method, &op.url(base), body, Some(KEY)).await
+    let body = sample_body(doc, op).map(|b| serde_json::to_vec(&b).unwrap());
+    let headers = if op.admin_session() {
+        admin_headers(http, base).await
+    } else {
+        Vec::new()
+    };
+    send_with(http, &op.method, &op.url(base), body, Some(KEY), &headers).await
 }
 
 /// Asserts that `resp` is a documented answer of `op`: a listed status, a listed content type,
@@ -384,7 +436,12 @@ async fn every_operation_is_routed_and_answers_as_documented() {
         let (status, _) = assert_documented(&doc, &op, resp).await;
         // A healthy node with memory backends answers every minimal valid request with success.
         assert_eq!(status, op.success(), "{}: minimal valid request", op.name());
-        assert_eq!(sse, op.id() == "events", "{}", op.name());
+        assert_eq!(
+            sse,
+            matches!(op.id(), "events" | "adminEvents"),
+            "{}",
+            op.name()
+        );
     }
     server.shutdown().await.unwrap();
 }
@@ -398,9 +455,7 @@ async fn secured_operations_document_and_enforce_401() {
     let mut public = BTreeSet::new();
     for op in operations(&doc) {
         let name = op.name();
-        let body = op
-            .body_schema(&doc)
-            .map(|s| serde_json::to_vec(&sample(&doc, s)).unwrap());
+        let body = sample_body(&doc, &op).map(|b| serde_json::to_vec(&b).unwrap());
         if op.secured(&doc) {
             assert!(
                 op.statuses().contains("401"),
@@ -415,8 +470,9 @@ async fn secured_operations_document_and_enforce_401() {
             }
         } else {
             public.insert((op.method.clone(), op.path.clone()));
+            // The console's login is public and answers a wrong secret with 401.
             assert!(
-                !op.statuses().contains("401"),
+                !op.statuses().contains("401") || op.id() == "adminLogin",
                 "{name}: public but documents 401"
             );
             let resp = send(&http, &op.method, &op.url(&base), body, None).await;
@@ -424,10 +480,11 @@ async fn secured_operations_document_and_enforce_401() {
             assert_eq!(status, 200, "{name} without a key");
         }
     }
-    let want: BTreeSet<_> = ["/api/v1/openapi.json", "/healthz", "/readyz", "/metrics"]
+    let mut want: BTreeSet<_> = ["/api/v1/openapi.json", "/healthz", "/readyz", "/metrics"]
         .into_iter()
         .map(|p| ("GET".to_owned(), p.to_owned()))
         .collect();
+    want.insert(("POST".to_owned(), "/admin/api/login".to_owned()));
     assert_eq!(public, want, "operations documented as public");
     assert!(doc
         .pointer("/components/securitySchemes/bearer")
@@ -571,7 +628,7 @@ async fn request_bodies_are_enforced_as_documented() {
             schema["additionalProperties"], false,
             "{name}: the server denies unknown fields"
         );
-        let minimal = sample(&doc, schema);
+        let minimal = sample_body(&doc, &op).unwrap();
         let go = |body: Vec<u8>| send(&http, &op.method, &url, Some(body), Some(KEY));
 
         // An unknown field.
@@ -707,6 +764,8 @@ async fn a_broker_outage_gives_documented_statuses() {
         "broadcast",
         "events",
         "readyz",
+        "adminKick",
+        "adminEvents",
     ];
     for op in operations(&doc) {
         let name = op.name();

@@ -27,7 +27,10 @@ use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 
 pub(crate) use error::ApiError;
-use extract::{require_api_key, ApiJson, ChannelMemberPath, IdPath};
+use extract::ChannelMemberPath;
+// Also the admin console's (`crate::admin`): the same bodies, ids, key check and event stream.
+pub(crate) use extract::{require_api_key, ApiJson, IdPath};
+pub(crate) use sse::events;
 
 use crate::{app::App, metrics::Metrics};
 
@@ -99,7 +102,7 @@ const PUBLIC: &[(&str, &str)] = &[
 
 /// The routes the HTTP API serves, as `(method, path)` with `{param}` placeholders: the
 /// authenticated ones first, then the public ones (`openapi.json`, health, readiness, metrics).
-pub fn api_routes() -> Vec<(&'static str, &'static str)> {
+pub(crate) fn api_routes() -> Vec<(&'static str, &'static str)> {
     table()
         .into_iter()
         .map(|(m, p, _)| (m, p))

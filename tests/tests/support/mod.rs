@@ -19,6 +19,8 @@ use tokio_tungstenite::{
 };
 
 pub const SECRET: &str = "test-secret";
+/// The admin console's login of a test node (`[admin] secret`).
+pub const ADMIN_SECRET: &str = "test-admin-secret-0123456789";
 pub const WAIT: Duration = Duration::from_secs(5);
 
 /// A config for a test node: port 0, known secret, short shutdown grace.
@@ -27,6 +29,7 @@ pub fn config() -> Config {
     c.node.listen = "127.0.0.1:0".parse().unwrap();
     c.auth.secret = Some(Secret::new(SECRET));
     c.auth.api_key = Some(Secret::new("test-api-key"));
+    c.admin.secret = Some(Secret::new(ADMIN_SECRET));
     c.limits.shutdown_grace = Duration::from_secs(3);
     c
 }
