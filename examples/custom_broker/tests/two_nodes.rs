@@ -72,6 +72,9 @@ fn nats() -> Backend {
     .helper_backends(backends)
     .private(|| support::private_nats().map(ProcessBroker::boxed))
     .cleanup(delete_stream)
+    // A cluster without Redis keeps inboxes in each node's file, so a killed node's pending
+    // messages are there when it comes back (`docs/design.md` section 15).
+    .offline("kind = \"disk\"\npath = \"{dir}/offline-{node}.redb\"")
 }
 
 impush_tests::cluster_suite!(nats; private_broker, durable_broker, cluster_presence, broker_proxy);

@@ -164,7 +164,11 @@ mod tests {
         for s in shares {
             s.ack();
         }
-        assert_eq!(counted.acks(), 0, "a batch with an unsettled message was acked");
+        assert_eq!(
+            counted.acks(),
+            0,
+            "a batch with an unsettled message was acked"
+        );
     }
 
     #[test]

@@ -50,12 +50,14 @@ impl Node {
         let keep_absent = self.offline.is_some();
         let mut absent = Vec::new();
         for (i, to) in settlement.receivers().iter().enumerate() {
-            let sockets = self.registry.for_client(to, |s| {
+            let mut took = false;
+            self.registry.for_client(to, |s| {
                 let token = settlement.token(i);
                 // Pushed from the offline inbox already (a redelivery after a crash racing
                 // the client's reconnect): that socket has it; never twice on one socket.
                 if s.sent_from_inbox(settlement.id()) {
                     token.written();
+                    took = true;
                     return;
                 }
                 let out = Outgoing {
@@ -63,12 +65,16 @@ impl Node {
                     token: Some(Tracked::Live(token)),
                     published: 0,
                 };
-                written += u64::from(s.push(out));
+                let pushed = s.push(out);
+                took |= pushed;
+                written += u64::from(pushed);
             });
-            if sockets == 0 && keep_absent {
-                // Kept in its inbox now, for this receiver alone (not when the message settles
-                // for all its receivers, which a slow socket elsewhere can hold up): its next
-                // connection waits for that before reading the inbox (order per sender).
+            if !took && keep_absent {
+                // No socket here, or only closing ones that refused it: kept in its inbox
+                // now, for this receiver alone (not when the message settles for all its
+                // receivers, which a slow socket elsewhere can hold up), so its next
+                // connection, which waits for that before reading the inbox, gets it before
+                // anything newer (order per sender).
                 absent.push((to.clone(), settlement.token(i)));
             }
         }

@@ -9,6 +9,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::StreamExt;
 use impush_core::{protocol::ServerFrame, ClientId, MessageId, OfflineStore, StoredMessage};
 
 use super::Node;
@@ -17,6 +18,9 @@ use crate::{
     session::SessionHandle,
     settle::StoredFrame,
 };
+
+/// Inbox writes of one message (one per receiver) in flight at once.
+const STORE_CONCURRENCY: usize = 32;
 
 /// The node's offline inbox: the store and how messages leave it.
 #[derive(Debug)]
@@ -55,34 +59,56 @@ impl Node {
         message: &StoredMessage,
         receivers: &[ClientId],
     ) -> (Vec<ClientId>, Vec<ClientId>) {
+        // One receiver's write does not wait for another's: a fan-out to hundreds of absent
+        // receivers would otherwise take hundreds of round trips, and a client that
+        // reconnects meanwhile waits for its own writes (`Node::wait_for_inbox_writes`).
+        let outcomes: Vec<(ClientId, bool)> = futures_util::stream::iter(receivers.iter().cloned())
+            .map(|to| async move {
+                let kept = self.store_one(inbox, message, &to).await;
+                (to, kept)
+            })
+            .buffer_unordered(STORE_CONCURRENCY)
+            .collect()
+            .await;
         let mut kept = Vec::new();
         let mut not_kept = Vec::new();
-        for to in receivers {
-            let mut backoff = Duration::from_millis(100);
-            let stored = loop {
-                match inbox.store.store(to, message.clone()).await {
-                    Ok(r) => break r,
-                    Err(e) => {
-                        Metrics::bump(&self.metrics.offline_errors);
-                        tracing::warn!(client = %to, error = &e as &dyn std::error::Error, "cannot store a message in the offline inbox; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            };
-            self.metrics
-                .offline_evicted
-                .fetch_add(stored.evicted as u64, std::sync::atomic::Ordering::Relaxed);
-            if stored.kept {
-                if !message.written {
-                    Metrics::bump(&self.metrics.offline_stored);
-                }
-                kept.push(to.clone());
+        for (to, was_kept) in outcomes {
+            if was_kept {
+                kept.push(to);
             } else {
-                not_kept.push(to.clone());
+                not_kept.push(to);
             }
         }
         (kept, not_kept)
+    }
+
+    /// Stores `message` for `to`, retrying while the store is unreachable; returns whether the
+    /// store kept it.
+    async fn store_one(
+        &self,
+        inbox: &OfflineInbox,
+        message: &StoredMessage,
+        to: &ClientId,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(100);
+        let stored = loop {
+            match inbox.store.store(to, message.clone()).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    Metrics::bump(&self.metrics.offline_errors);
+                    tracing::warn!(client = %to, error = &e as &dyn std::error::Error, "cannot store a message in the offline inbox; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        self.metrics
+            .offline_evicted
+            .fetch_add(stored.evicted as u64, std::sync::atomic::Ordering::Relaxed);
+        if stored.kept && !message.written {
+            Metrics::bump(&self.metrics.offline_stored);
+        }
+        stored.kept
     }
 
     /// `client`'s stored messages as frames, oldest first (none when the store cannot be read:

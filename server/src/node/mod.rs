@@ -127,6 +127,8 @@ pub(crate) struct Node {
     takeovers: Mutex<HashMap<NodeId, DropGuard>>,
     /// Since when the live view has had each dead node dead.
     dead_since: Mutex<HashMap<NodeId, tokio::time::Instant>>,
+    /// When the live view last changed (see `ownership_unsettled`).
+    view_changed: Mutex<tokio::time::Instant>,
     /// Channel and broadcast history (`None` with `[history] size = 0`).
     history: Option<history::History>,
     /// A handover of offline inboxes is running.
@@ -199,6 +201,7 @@ impl Node {
             parked: TaskTracker::new(),
             takeovers: Mutex::new(HashMap::new()),
             dead_since: Mutex::new(HashMap::new()),
+            view_changed: Mutex::new(tokio::time::Instant::now()),
             history,
             handing_over: AtomicBool::new(false),
             linger: parts.linger,
@@ -213,6 +216,11 @@ impl Node {
             },
             lanes,
         )
+    }
+
+    /// How many distinct clients have a connection on this node (the admin console's stats).
+    pub(crate) fn local_client_count(&self) -> usize {
+        self.registry.client_count()
     }
 
     /// `[cluster]` as configured (lease, drain and return-home timings).

@@ -30,16 +30,33 @@ impl Node {
         self.cluster.set_status(&self.id, NodeStatus::of(state));
     }
 
+    /// Whether client ownership may be moving: a node is not live, or the view changed within
+    /// the last two leases (other nodes and helpers may not have caught up).
+    pub(crate) fn ownership_unsettled(&self) -> bool {
+        let changed = *self.view_changed.lock().unwrap_or_else(|e| e.into_inner());
+        changed.elapsed() < self.lease * 2
+            || self
+                .cluster
+                .statuses()
+                .iter()
+                .any(|(_, s)| *s != NodeStatus::Live)
+    }
+
     /// Reads the live nodes from presence into the shared view (declaring nodes dead only
     /// when `judge`) and acts on what changed.
     pub(super) async fn refresh_view(self: &Arc<Self>, judge: bool) {
         match self.presence.live_nodes().await {
             Ok(leases) => {
                 let me = Some((&self.id, self.state()));
+                let before = self.cluster.statuses();
                 if judge {
                     self.cluster.apply_leases(&leases, me);
                 } else {
                     self.cluster.apply_leases_without_deaths(&leases, me);
+                }
+                if self.cluster.statuses() != before {
+                    *self.view_changed.lock().unwrap_or_else(|e| e.into_inner()) =
+                        tokio::time::Instant::now();
                 }
                 self.send_guests_home();
                 self.manage_takeovers();

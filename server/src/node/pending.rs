@@ -18,6 +18,7 @@ use std::{
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use impush_core::{ClientId, MessageId, ReceiptStatus, StoredMessage};
 
 use super::Node;
@@ -25,6 +26,9 @@ use crate::{
     session::{AckSource, Ackable, SessionHandle},
     settle::FrameToken,
 };
+
+/// Receivers of one message kept for at once when they have no socket here.
+const KEEP_CONCURRENCY: usize = 32;
 
 /// Messages being written to the inbox store right now (kept as pending, or stored for a
 /// receiver that did not get them), per client, and whether the client acked each meanwhile.
@@ -101,7 +105,8 @@ impl Node {
     /// Waits (briefly) until no inbox write for `client` is in flight, so its new connection
     /// reads an inbox that holds everything older than what it will get live.
     pub(crate) async fn wait_for_inbox_writes(&self, client: &ClientId) {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        // Bounded, so a store that is down delays a connect, never stops it.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         while self.keeping.busy(client) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
@@ -172,45 +177,62 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let Some(inbox) = &node.offline else { return };
-            for (client, token) in absent {
-                let (kept, _) = node
-                    .store_for(inbox, &message, std::slice::from_ref(&client))
-                    .await;
-                node.keeping.finish(&client, &message.id);
-                let was_kept = !kept.is_empty();
-                token.kept(was_kept);
-                if node.registry.is_local(&client) {
-                    // Connected meanwhile (its connection read its inbox before this was in):
-                    // push it now.
-                    let _guard = node.client_lock(&client).lock().await;
-                    node.drain_inbox(&client).await;
-                } else if was_kept {
-                    // It waits for an offline client: the hook for a mobile push.
-                    node.webhooks.stored(&kept, &message);
-                    node.tell_where_it_may_be(&client).await;
-                }
-            }
+            // Each receiver on its own: one slow write or drain does not hold up the others'
+            // (a reconnecting client waits only for its own writes).
+            futures_util::stream::iter(absent)
+                .for_each_concurrent(KEEP_CONCURRENCY, |(client, token)| {
+                    let node = &node;
+                    let message = &message;
+                    async move {
+                        let (kept, _) = node
+                            .store_for(inbox, message, std::slice::from_ref(&client))
+                            .await;
+                        node.keeping.finish(&client, &message.id);
+                        let was_kept = !kept.is_empty();
+                        token.kept(was_kept);
+                        if node.registry.is_local(&client) {
+                            // Connected meanwhile (its connection read its inbox before this
+                            // was in): push it now.
+                            let _guard = node.client_lock(&client).lock().await;
+                            node.drain_inbox(&client).await;
+                        } else if was_kept {
+                            // It waits for an offline client: the hook for a mobile push.
+                            node.webhooks.stored(&kept, message);
+                            node.tell_where_it_may_be(&client).await;
+                        }
+                    }
+                })
+                .await;
         });
     }
 
-    /// Stored `client`'s messages in a shared inbox while ownership of it may be moving (this
-    /// node is not its home): asks the other nodes it may be on now (its owner and its home,
-    /// by this node's view) to push its inbox, so nothing waits there for its next connection.
+    /// Stored `client`'s messages in a shared inbox although it may be connected elsewhere:
+    /// asks the other nodes it may be on to push its inbox, so nothing waits there for its
+    /// next connection. While every node has been live for a while a client sits at its home,
+    /// so only a node that is not its home asks (its home and its owner by this node's view);
+    /// while ownership is moving (a node not live, or the view changed within two leases)
+    /// views can differ, so every other node is asked.
     pub(crate) async fn tell_where_it_may_be(&self, client: &ClientId) {
         let shared = self.offline.as_ref().is_some_and(|o| o.store.is_shared());
         let home = self.cluster.home(client).id.clone();
-        if !shared || home == self.id {
+        let unsettled = self.ownership_unsettled();
+        if !shared || (home == self.id && !unsettled) {
             return;
         }
-        let owner = self.cluster.owner(client).id.clone();
+        let targets: Vec<impush_core::NodeId> = if unsettled {
+            self.cluster.nodes().iter().map(|n| n.id.clone()).collect()
+        } else {
+            vec![home, self.cluster.owner(client).id.clone()]
+        };
         let cmd = impush_core::envelope::NodeCommand::Drain {
             client: client.clone(),
         };
         let Ok(payload) = impush_core::envelope::encode("node command", &cmd) else {
             return;
         };
-        for node in [home, owner] {
-            if node != self.id {
+        let mut told = std::collections::HashSet::new();
+        for node in targets {
+            if node != self.id && told.insert(node.clone()) {
                 let _ = self
                     .broker
                     .publish(&self.topics.inbox(&node), payload.clone())

@@ -3,7 +3,8 @@
 //! (`docs/design.md` sections 15 and 16).
 //!
 //! It asks the helper for a fresh URL for every connection (so it follows live ownership),
-//! reconnects at once on 1012 and after a short pause otherwise, acks every message the node
+//! reconnects at once on 1012 and after a short pause otherwise (a refused connect: after its
+//! `Retry-After`, or a backoff from 100 ms to 1 s), acks every message the node
 //! asks it to, drops duplicate ids (counting them), keeps the last offset per epoch of each
 //! channel and of the broadcast stream and sends them as `resume=` when it reconnects. A test
 //! can reset its link (RST, no close handshake), freeze it (stop reading, as a phone whose
@@ -20,7 +21,10 @@ use impush_core::ClientId;
 use impush_helper::ImHelper;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream};
+use tokio_tungstenite::{
+    tungstenite::{self, Message},
+    MaybeTlsStream,
+};
 
 use super::clients::Ws;
 
@@ -61,7 +65,13 @@ pub struct Seen {
     pub closes: Vec<u16>,
     /// Connect attempts refused (the node down, draining, or over its connect rate).
     pub refusals: usize,
-    /// Longest time without an open connection, while the probe wanted one.
+    /// For each of `refusals`: the node asked, with the milliseconds since the probe started.
+    pub refused: Vec<(String, u128)>,
+    /// What it is doing now (waiting, connecting to a node, connected), for a failing case
+    /// to show.
+    pub doing: String,
+    /// Longest time from a connection's end to the next one's opening (the first connect,
+    /// which has no connection before it, does not count; a [`Control::Reset`] pause does).
     pub longest_gap: Duration,
 }
 
@@ -70,6 +80,8 @@ pub struct Seen {
 pub struct Probe {
     /// The client it connects as.
     pub client: ClientId,
+    /// When it started: the times in [`Seen`] count from here.
+    pub started: Instant,
     control: mpsc::UnboundedSender<Control>,
     seen: Arc<Mutex<Seen>>,
 }
@@ -79,9 +91,11 @@ impl Probe {
     pub fn start(helper: ImHelper, client: ClientId) -> Probe {
         let (tx, rx) = mpsc::unbounded_channel();
         let seen = Arc::new(Mutex::new(Seen::default()));
-        tokio::spawn(run(helper, client.clone(), rx, seen.clone()));
+        let started = Instant::now();
+        tokio::spawn(run(helper, client.clone(), rx, seen.clone(), started));
         Probe {
             client,
+            started,
             control: tx,
             seen,
         }
@@ -95,6 +109,11 @@ impl Probe {
     /// A copy of what it saw so far.
     pub fn seen(&self) -> Seen {
         self.seen.lock().expect("probe state").clone()
+    }
+
+    /// When something it saw `ms` after its start (a time in [`Seen`]) happened.
+    pub fn at(&self, ms: u128) -> Instant {
+        self.started + Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
     }
 }
 
@@ -116,13 +135,16 @@ async fn run(
     client: ClientId,
     mut control: mpsc::UnboundedReceiver<Control>,
     seen: Arc<Mutex<Seen>>,
+    started: Instant,
 ) {
     let mut state = State::default();
-    let started = Instant::now();
     let mut down_since = Instant::now();
     let mut pause = Duration::ZERO;
+    // Connect attempts that failed in a row, for the backoff.
+    let mut failures = 0u32;
     loop {
         if !pause.is_zero() {
+            record(&seen, |s| s.doing = format!("waiting {pause:?}"));
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 c = control.recv() => if matches!(c, Some(Control::Stop) | None) { return },
@@ -135,6 +157,7 @@ async fn run(
                 continue;
             }
         };
+        record(&seen, |s| s.doing = format!("connecting to {node}"));
         let ws = match tokio::time::timeout(
             Duration::from_secs(5),
             tokio_tungstenite::connect_async(url.as_str()),
@@ -142,17 +165,29 @@ async fn run(
         .await
         {
             Ok(Ok((ws, _))) => ws,
-            _ => {
-                record(&seen, |s| s.refusals += 1);
-                pause = Duration::from_millis(100);
+            failed => {
+                record(&seen, |s| {
+                    s.refusals += 1;
+                    s.refused.push((node, started.elapsed().as_millis()));
+                });
+                pause = match failed {
+                    Ok(Err(tungstenite::Error::Http(res))) => retry_after(&res),
+                    _ => None,
+                }
+                .unwrap_or_else(|| backoff(failures));
+                failures += 1;
                 continue;
             }
         };
+        failures = 0;
         let gap = down_since.elapsed();
         record(&seen, |s| {
+            if s.connections > 0 {
+                s.longest_gap = s.longest_gap.max(gap);
+            }
             s.connections += 1;
+            s.doing = format!("connected to {node}");
             s.nodes.push((node, started.elapsed().as_millis()));
-            s.longest_gap = s.longest_gap.max(gap);
         });
         let (ended, next_pause) = session(ws, &mut state, &mut control, &seen).await;
         down_since = Instant::now();
@@ -201,6 +236,33 @@ async fn session(
             },
         }
     }
+}
+
+/// The pause after `failures` failed attempts in a row (then one more): from 100 ms doubling
+/// up to 1 s, half of it random, so a crowd of probes whose node just died does not dial in
+/// step (the JavaScript client backs off the same way, from 1 s).
+fn backoff(failures: u32) -> Duration {
+    let step = Duration::from_millis(100 << failures.min(3)).min(Duration::from_secs(1));
+    step / 2 + step.mul_f64(rand::random::<f64>() / 2.0)
+}
+
+/// When a node refused the connect (503 over its `limits.connect_rate`, 429 over
+/// `connect_rate_per_ip`) with `Retry-After`: that long, plus as long again at most at random,
+/// as the JavaScript client waits.
+fn retry_after(res: &tungstenite::http::Response<Option<Vec<u8>>>) -> Option<Duration> {
+    if !matches!(res.status().as_u16(), 429 | 503) {
+        return None;
+    }
+    let secs: u64 = res
+        .headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let wait = Duration::from_secs(secs.min(30));
+    Some(wait + wait.mul_f64(rand::random::<f64>()))
 }
 
 /// Records a frame; returns the ack to send, if any.

@@ -3,31 +3,15 @@
 //! reconnecting after random pauses (and, in one variant, a node killed mid-run): every
 //! message the API accepted reaches every receiver exactly once by id, in order per sender.
 
-use std::{
-    collections::HashSet,
-    time::{Duration, Instant},
-};
-
 use impush_core::ClientId;
-use rand::Rng;
 use serde_json::json;
 
 use crate::cluster::{
     clients::{clients_on, wait_online},
     harness::{Backend, Cluster, Spec},
-    http::post,
-    probe::{Control, Probe},
+    loss::{self, LIVELY, RECEIVERS, RUN},
+    probe::Probe,
 };
-
-/// Receivers in the probe.
-const RECEIVERS: usize = 200;
-/// Messages per second to every receiver (each message is addressed to all of them).
-const RATE: u64 = 20;
-/// How long messages flow while links break.
-const RUN: Duration = Duration::from_secs(10);
-
-/// Dead peers are found within a couple of seconds (a frozen link stops answering pings).
-const LIVELY: &str = "ping_interval = \"1s\"\npong_timeout = \"1s\"\n";
 
 /// The loss probe without node faults.
 pub async fn loss_probe_links_reset_and_frozen(backend: &Backend) {
@@ -55,136 +39,138 @@ async fn loss_probe(backend: &Backend, kill: bool) {
         .collect();
     wait_online(&h, &receivers).await;
 
-    let chaos = tokio::spawn({
-        let probes = probes.clone();
-        async move {
-            let start = Instant::now();
-            while start.elapsed() < RUN {
-                tokio::time::sleep(Duration::from_millis(40)).await;
-                let (i, reset, pause) = {
-                    let mut rng = rand::rng();
-                    (
-                        rng.random_range(0..probes.len()),
-                        rng.random_bool(0.6),
-                        // A client needs a moment to notice a dead link and dial again (a
-                        // phone's radio, a TLS handshake): at least 100 ms.
-                        Duration::from_millis(rng.random_range(100..1500)),
-                    )
-                };
-                probes[i].control(if reset {
-                    Control::Reset { pause }
-                } else {
-                    Control::Freeze(pause + Duration::from_millis(500))
-                });
-            }
-        }
-    });
-
+    let chaos = loss::chaos(&probes, RUN);
     // Each message goes to every receiver, from one sender through node 1's API.
-    let to: Vec<&str> = receivers.iter().map(ClientId::as_str).collect();
     let send = cluster.http(0) + "/api/v1/messages";
-    let mut accepted = Vec::new();
-    let mut refused = 0usize;
-    let start = Instant::now();
-    let mut next = start;
-    let mut i = 0u64;
     let (mut killed, mut restarted) = (false, false);
-    while start.elapsed() < RUN {
-        if kill && !killed && start.elapsed() >= RUN / 3 {
+    let sent = loss::send_to_all(&send, &receivers, RUN, |elapsed| {
+        if kill && !killed && elapsed >= RUN / 3 {
             cluster.kill9(1);
             killed = true;
         }
-        if kill && !restarted && start.elapsed() >= RUN * 2 / 3 {
+        if kill && !restarted && elapsed >= RUN * 2 / 3 {
             cluster.restart(1);
             restarted = true;
         }
-        let (status, body) = post(
-            send.clone(),
-            json!({"from": "sender", "to": to, "data": i, "receipt": false}),
-        )
-        .await;
-        if status == 200 {
-            accepted.push(body["id"].as_str().unwrap_or_default().to_owned());
-        } else {
-            refused += 1;
-        }
-        i += 1;
-        next += Duration::from_millis(1000 / RATE);
-        tokio::time::sleep_until(next.into()).await;
-    }
+    })
+    .await;
     chaos.await.expect("chaos task");
-    assert!(
-        accepted.len() as u64 > i / 2,
-        "most sends accepted: {} of {i} ({refused} refused)",
-        accepted.len()
-    );
 
-    // Every receiver ends with every accepted id, once, in the order it was sent.
-    let want: HashSet<&str> = accepted.iter().map(String::as_str).collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for p in &probes {
-        loop {
-            let seen = p.seen();
-            let got: HashSet<&str> = seen.messages.iter().map(|(id, _, _)| id.as_str()).collect();
-            if want.is_subset(&got) {
-                break;
-            }
-            if Instant::now() > deadline {
-                let missing: Vec<usize> = accepted
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, id)| !got.contains(id.as_str()))
-                    .map(|(i, _)| i)
-                    .collect();
-                panic!(
-                    "{}: {} of {} accepted messages never arrived (sent as number {missing:?}); \
-                     connections {:?}, closes {:?}; sends took {:?}",
-                    p.client,
-                    missing.len(),
-                    want.len(),
-                    seen.nodes,
-                    seen.closes,
-                    RUN
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    let mut duplicate_frames = 0;
-    let mut inversions = 0;
-    for p in &probes {
-        let seen = p.seen();
-        duplicate_frames += seen.duplicates;
-        let order: Vec<u64> = seen
-            .messages
-            .iter()
-            .filter(|(id, _, _)| want.contains(id.as_str()))
-            .map(|(_, _, data)| data.as_u64().unwrap_or_default())
-            .collect();
-        let mut sorted = order.clone();
-        sorted.sort_unstable();
-        // Across a node crash, what waited in the dead node's inbox arrives after newer
-        // messages sent to the client's next node meanwhile (`docs/design.md` section 15):
-        // order is checked without crashes, and counted with one.
-        inversions += order.windows(2).filter(|w| w[0] > w[1]).count();
-        if !kill && order != sorted {
-            let how: Vec<String> = order
-                .iter()
-                .zip(&seen.how)
-                .map(|(n, (c, h))| format!("{n}@{c}{}", &h[..1]))
-                .collect();
-            panic!("{}: out of order: {}", p.client, how.join(" "));
-        }
-        p.control(Control::Stop);
-    }
-    eprintln!(
-        "loss probe ({}{}): {} receivers x {} accepted messages, 0 lost, {} duplicate frames \
-         dropped by id, {} arrivals before an older message",
+    // Across a node crash, what waited in the dead node's inbox arrives after newer messages
+    // sent to the client's next node meanwhile (`docs/design.md` section 15): order is checked
+    // without crashes, and counted with one.
+    let label = format!(
+        "{}{}",
         backend.name(),
-        if kill { ", node killed" } else { "" },
-        RECEIVERS,
-        accepted.len(),
-        duplicate_frames,
-        inversions
+        if kill { ", node killed" } else { "" }
+    );
+    loss::check_every_receiver(&probes, &sent, !kill, &label).await;
+}
+
+/// Connects `client` with a `resume=` request built from `positions` (stream -> epoch ->
+/// offset).
+async fn connect_resuming(
+    h: &impush_helper::ImHelper,
+    client: &ClientId,
+    positions: &serde_json::Value,
+) -> crate::cluster::clients::Ws {
+    let url = h
+        .prepare_connect(client, serde_json::Value::Null)
+        .expect("a connect URL")
+        .url;
+    let encoded: String = positions
+        .to_string()
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    tokio_tungstenite::connect_async(format!("{url}&resume={encoded}"))
+        .await
+        .expect("connects")
+        .0
+}
+
+/// Channel resume across processes: a member away for a moment gets exactly the publications
+/// it missed, in order, then `recovered: true`; away past the window, `recovered: false`.
+pub async fn channel_resume_after_a_short_absence_and_past_the_window(backend: &Backend) {
+    use crate::cluster::clients::{client_on, connect, next_json};
+    let Some(url) = backend.shared_url() else {
+        return;
+    };
+    let spec = Spec::new(2, "3s");
+    let mut spec = spec;
+    spec.extra.push_str("[history]\nsize = 20\n");
+    let cluster = Cluster::start(backend, &url, &spec);
+    let h = cluster.helper().await;
+    let room: impush_core::ChannelName = "resumed".parse().expect("a channel name");
+    // The member sits on n1; publications go through n2's helper-side API too, so they cross
+    // nodes (and reach the stream's sequencer, wherever it is).
+    let alice = client_on(&h, 0, "alice");
+    // An observer on the same node: once it has a publication, alice's node has it too.
+    let watcher = client_on(&h, 0, "watcher");
+    let mut ws = connect(&h, &alice).await;
+    let mut watch = connect(&h, &watcher).await;
+    wait_online(&h, &[alice.clone(), watcher.clone()]).await;
+    h.join_channel(&room, &[alice.clone(), watcher.clone()])
+        .await
+        .expect("join");
+    let publish = |tag: &'static str, n: usize| {
+        let h = h.clone();
+        let room = room.clone();
+        async move {
+            for i in 0..n {
+                h.send_channel_message(&"bob".parse().expect("id"), &room, &format!("{tag}{i}"))
+                    .await
+                    .expect("publish");
+            }
+        }
+    };
+    publish("seen", 3).await;
+    let mut last = None;
+    for _ in 0..3 {
+        let f = next_json(&mut ws).await;
+        last = Some((
+            f["epoch"].as_str().expect("an epoch").to_owned(),
+            f["offset"].as_u64().expect("an offset"),
+        ));
+    }
+    let (epoch, offset) = last.expect("three frames");
+    drop(ws);
+
+    // Away for a moment: exactly what was missed, in order.
+    publish("missed", 5).await;
+    while next_json(&mut watch).await["data"] != "missed4" {}
+    let positions = json!({ "channels": { "resumed": { epoch.clone(): offset } } });
+    let mut ws = connect_resuming(&h, &alice, &positions).await;
+    let mut data = Vec::new();
+    let answer = loop {
+        let f = next_json(&mut ws).await;
+        if f["type"] == "resume" {
+            break f;
+        }
+        data.push(f["data"].as_str().unwrap_or_default().to_owned());
+    };
+    assert_eq!(answer["recovered"], true, "{}: {answer}", backend.name());
+    assert_eq!(
+        data,
+        ["missed0", "missed1", "missed2", "missed3", "missed4"]
+    );
+    drop(ws);
+
+    // Away past the window (20 kept): told so, nothing replayed.
+    publish("lost", 30).await;
+    while next_json(&mut watch).await["data"] != "lost29" {}
+    let mut ws = connect_resuming(&h, &alice, &positions).await;
+    let f = next_json(&mut ws).await;
+    assert_eq!(
+        (f["type"].as_str(), &f["recovered"], f["reason"].as_str()),
+        (Some("resume"), &json!(false), Some("window")),
+        "{}: {f}",
+        backend.name()
     );
 }
