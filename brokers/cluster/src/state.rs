@@ -224,6 +224,30 @@ impl View {
         self.counts.get(client).copied().unwrap_or(0)
     }
 
+    /// `client`'s connections on nodes whose lease has not run out at `now`. A node that died
+    /// keeps its connections in the view until it is reaped, but they end with it: a client
+    /// connecting again elsewhere meanwhile is counted without them, so its new connection is
+    /// its `first` and its reaped ones are not its `last` (`docs/design.md` section 16).
+    /// `me`, the node asking, always counts as live.
+    pub(crate) fn live_connections_of(
+        &self,
+        client: &ClientId,
+        me: &NodeId,
+        now: Instant,
+    ) -> usize {
+        let all = self.connections_of(client);
+        if all == 0 {
+            return 0;
+        }
+        let stale: usize = self
+            .nodes
+            .iter()
+            .filter(|(node, v)| *node != me && !v.alive(now))
+            .map(|(_, v)| v.connections.values().filter(|c| *c == client).count())
+            .sum();
+        all.saturating_sub(stale)
+    }
+
     pub(crate) fn online_clients(&self) -> Vec<ClientId> {
         let mut v: Vec<ClientId> = self.counts.keys().cloned().collect();
         v.sort();

@@ -145,10 +145,13 @@ impl PresenceStore for ClusterPresence {
         clear_channels: bool,
     ) -> Result<usize> {
         let me = self.mine(node)?;
-        let (left, msg) =
-            self.exchange
-                .machine()
-                .disconnect(me, client, connection, clear_channels);
+        let (left, msg) = self.exchange.machine().disconnect(
+            me,
+            client,
+            connection,
+            clear_channels,
+            Instant::now(),
+        );
         self.exchange.publish(&msg).await?;
         Ok(left)
     }

@@ -8,7 +8,6 @@
 
 use std::{sync::Arc, time::Instant};
 
-use axum::extract::ws::WebSocket;
 use impush_core::{ClientId, DroppedConnection, Event};
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +17,7 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    session::{self, Context, End, SessionHandle},
+    session::{self, Context, End, SessionHandle, Socket},
 };
 
 impl Node {
@@ -26,7 +25,7 @@ impl Node {
     /// upgrade request arrived (connect time ends once it is attached).
     pub(crate) async fn serve_connection(
         self: Arc<Self>,
-        socket: WebSocket,
+        socket: Socket,
         client: ClientId,
         metadata: serde_json::Value,
         resume: Option<Result<ResumeRequest, Unreadable>>,
@@ -177,7 +176,7 @@ impl Node {
     /// With a shared inbox, another node may still store messages for this client for a
     /// moment after it connected here (its view of who owns the client lags by up to a third
     /// of a lease): its inbox is read once more after that.
-    fn drain_again_later(self: &Arc<Self>, client: &ClientId) {
+    pub(super) fn drain_again_later(self: &Arc<Self>, client: &ClientId) {
         if !self.offline.as_ref().is_some_and(|o| o.store.is_shared()) {
             return;
         }
@@ -216,7 +215,10 @@ impl Node {
     /// Publishes offline events for connections that ended without their node saying so (a
     /// crashed node, this node's previous run, ghosts). Their metadata is unknown here.
     pub(crate) async fn announce_dropped(&self, dropped: Vec<DroppedConnection>) {
-        for d in dropped {
+        for mut d in dropped {
+            if d.last && self.connected_again(&d.client).await {
+                d.last = false;
+            }
             tracing::warn!(node = %d.node, client = %d.client, connection = %d.connection, last = d.last, "publishing offline for a connection that ended without a goodbye");
             self.publish_event(&Event::Offline {
                 client: d.client,
@@ -228,6 +230,19 @@ impl Node {
             })
             .await;
         }
+    }
+
+    /// Whether `client` has a connection again, by the store's view now. A client of a
+    /// crashed node may have connected again elsewhere since its connection was judged its
+    /// last (a reap's announcements go out in the background, thousands of them, and the
+    /// nodes' views of each other lag): its new connection's online event may be out already,
+    /// and a `last` now would leave the business thinking it offline while it is connected.
+    /// So each `last` is asked again just before it goes out (`docs/design.md` section 16).
+    async fn connected_again(&self, client: &ClientId) -> bool {
+        self.presence
+            .online(std::slice::from_ref(client))
+            .await
+            .is_ok_and(|a| a.value.first().copied().unwrap_or(false))
     }
 
     pub(super) fn mark_dirty(&self) {

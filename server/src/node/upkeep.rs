@@ -101,7 +101,7 @@ impl Node {
 
     /// Makes the store hold exactly this node's connections, and (when `forgotten`) its local
     /// channel memberships, announcing re-registered connections online again.
-    async fn sync_presence(&self, forgotten: bool) {
+    async fn sync_presence(self: &Arc<Self>, forgotten: bool) {
         let _gate = self.repair.gate.write().await;
         self.repair
             .dirty
@@ -134,7 +134,9 @@ impl Node {
                 self.mark_dirty();
             }
         }
+        let mut back: Vec<impush_core::ClientId> = Vec::new();
         for added in sync.added {
+            back.push(added.client.clone());
             let metadata = self
                 .registry
                 .metadata_of(&added.client, &added.connection)
@@ -147,6 +149,23 @@ impl Node {
                 first: added.first,
             })
             .await;
+        }
+        // While the cluster counted them gone, messages for these clients were kept in their
+        // inboxes (`docs/design.md` section 15); they are still connected here, so nothing
+        // else would push them until they reconnect. (Not under the repair gate: connects
+        // need it.)
+        drop(_gate);
+        if self.offline.is_some() {
+            back.sort();
+            back.dedup();
+            for client in back {
+                let _guard = self.client_lock(&client).lock().await;
+                if self.registry.is_local(&client) {
+                    self.drain_inbox(&client).await;
+                    // And once more when what other nodes were still storing is in.
+                    self.drain_again_later(&client);
+                }
+            }
         }
     }
 

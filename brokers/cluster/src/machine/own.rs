@@ -29,7 +29,7 @@ impl Machine {
             client: client.clone(),
             connection: connection.clone(),
         };
-        (self.view.connections_of(client), msg)
+        (self.view.live_connections_of(client, me, now), msg)
     }
 
     /// A connection closed here: the client's remaining connections, and the delta to publish.
@@ -40,10 +40,11 @@ impl Machine {
         client: &ClientId,
         connection: &ConnectionId,
         clear_channels: bool,
+        now: Instant,
     ) -> (usize, Wire) {
         self.local.remove(connection);
         self.view.remove(me, connection);
-        let left = self.view.connections_of(client);
+        let left = self.view.live_connections_of(client, me, now);
         let cleared = clear_channels && left == 0;
         if cleared {
             self.leave_all_if_owned(client);
@@ -97,7 +98,7 @@ impl Machine {
         let mut added = Vec::new();
         for (client, connection) in connections {
             if !self.local.contains_key(connection) {
-                let first = self.view.connections_of(client) == 0;
+                let first = self.view.live_connections_of(client, me, now) == 0;
                 self.local.insert(connection.clone(), client.clone());
                 self.view.add(me, client, connection, now);
                 added.push(AddedConnection {

@@ -212,6 +212,26 @@ fn the_owner_drops_memberships_once_its_client_has_no_connection_left() {
     assert!(channels_of(&mut m, "n1-a").is_empty());
     // A membership this node holds but does not own is not its to drop.
     let (_, _) = m.connect(&n("n1"), &c("n2-b"), &k("3"), t0);
-    m.disconnect(&n("n1"), &c("n2-b"), &k("3"), true);
+    m.disconnect(&n("n1"), &c("n2-b"), &k("3"), true, t0);
     assert_eq!(channels_of(&mut m, "n2-b"), vec![ch("room")]);
+}
+
+#[test]
+fn a_connection_after_its_clients_node_died_is_its_first_though_not_yet_reaped() {
+    let t0 = Instant::now();
+    let mut n1 = node("n1", t0);
+    echo_until(&mut n1, "n1", t0, 15);
+    n1.apply(beat("n3"), t0);
+    n1.apply(connected("n3", "n1-a", "1"), t0);
+    // Within n3's lease the old connection counts: the new one is not the first.
+    let (count, _) = n1.connect(&n("n1"), &c("n1-a"), &k("2"), secs(t0, 5));
+    assert_eq!(count, 2);
+    let (left, _) = n1.disconnect(&n("n1"), &c("n1-a"), &k("2"), false, secs(t0, 5));
+    assert_eq!(left, 1);
+    // n3's lease ran out (t0 + 10 s) and nobody reaped it yet: its connection ends with it,
+    // so the client's new connection is its first and closing it leaves none.
+    let (count, _) = n1.connect(&n("n1"), &c("n1-a"), &k("3"), secs(t0, 12));
+    assert_eq!(count, 1, "the dead node's connection is not counted");
+    let (left, _) = n1.disconnect(&n("n1"), &c("n1-a"), &k("3"), false, secs(t0, 12));
+    assert_eq!(left, 0);
 }
