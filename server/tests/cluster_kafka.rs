@@ -48,18 +48,15 @@ fn sections(url: &str) -> String {
 }
 
 fn kafka() -> Backend {
-    Backend::new(
-        "kafka",
-        env!("CARGO_BIN_EXE_impush"),
-        sections,
-        || impush_tests::env_or_skip("IMPUSH_TEST_KAFKA_URL"),
-    )
+    Backend::new("kafka", env!("CARGO_BIN_EXE_impush"), sections, || {
+        impush_tests::env_or_skip("IMPUSH_TEST_KAFKA_URL")
+    })
     .private(|| private_tansu().map(ProcessBroker::boxed))
     // No Redis needed: each node keeps its clients' inboxes in a local file.
     .offline("kind = \"disk\"\npath = \"{dir}/offline-{node}.redb\"")
 }
 
-impush_tests::cluster_suite!(kafka; private_broker, cluster_presence);
+impush_tests::cluster_suite!(kafka; private_broker, cluster_presence, failover);
 
 // ---------------------------------------------------------------------------------------------
 // Kafka-specific cases

@@ -316,7 +316,10 @@ async fn a_silent_client_is_closed_when_its_silence_reaches_the_limit() {
     .expect("an offline event for the silent client");
     let took = silent_from.elapsed();
     assert!(matches!(ev, Event::Offline { last: true, .. }), "{ev:?}");
-    assert!(took >= Duration::from_millis(3800), "closed early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(3800),
+        "closed early: {took:?}"
+    );
     assert!(took < Duration::from_millis(5200), "closed after {took:?}");
     assert_eq!(server.metrics().dead_peer_closes(), 1);
     drop(c);

@@ -35,7 +35,10 @@ async fn a_used_url_stays_refused_after_its_node_restarts() {
         .await
         .unwrap();
     let (status, body) = refused_status(&used).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("token_reused")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_reused"))
+    );
     drop(ws);
     first.shutdown().await.unwrap();
 

@@ -26,6 +26,7 @@ pub struct Backend {
     pub(super) shared_url: fn() -> Option<String>,
     pub(super) private: Option<StartPrivate>,
     pub(super) offline: String,
+    pub(super) shared_offline: bool,
     pub(super) helper_backends: fn() -> Backends,
     pub(super) cleanup: Option<Cleanup>,
     pub(super) refusal_within: Duration,
@@ -55,6 +56,7 @@ impl Backend {
             shared_url,
             private: None,
             offline: "kind = \"memory\"".into(),
+            shared_offline: false,
             helper_backends: Backends::with_defaults,
             cleanup: None,
             refusal_within: Duration::from_secs(4),
@@ -71,8 +73,24 @@ impl Backend {
     /// The offline store's keys for `[offline]` (after `enabled`) when a case turns the inbox
     /// on: `{dir}` becomes the cluster's directory and `{node}` the node id. Default
     /// `kind = "memory"`.
+    ///
+    /// Whether that store is shared by every node (see [`Backend::shared_offline`]) is taken
+    /// from the kind: `redis` is, `memory` and `disk` are kept per node.
     pub fn offline(mut self, keys: impl Into<String>) -> Self {
         self.offline = keys.into();
+        self.shared_offline = self
+            .offline
+            .lines()
+            .any(|l| l.replace(' ', "") == "kind=\"redis\"");
+        self
+    }
+
+    /// Says whether the offline store of [`Backend::offline`] is one store every node reads
+    /// (`true`: a message waiting for a client reaches it on any node at once) or one per node
+    /// (`false`: what a node stored waits for that node, `docs/design.md` section 16). Call it
+    /// after [`Backend::offline`] for a store registered in code; the built-in kinds need not.
+    pub fn shared_offline(mut self, shared: bool) -> Self {
+        self.shared_offline = shared;
         self
     }
 
@@ -109,6 +127,11 @@ impl Backend {
         (self.shared_url)()
     }
 
+    /// Whether the offline store is shared by every node (see [`Backend::shared_offline`]).
+    pub fn offline_is_shared(&self) -> bool {
+        self.shared_offline
+    }
+
     /// See [`Backend::refusal_within`].
     pub fn refusal_bound(&self) -> Duration {
         self.refusal_within
@@ -138,6 +161,7 @@ impl fmt::Debug for Backend {
             .field("bin", &self.bin)
             .field("private", &self.private.is_some())
             .field("offline", &self.offline)
+            .field("shared_offline", &self.shared_offline)
             .finish_non_exhaustive()
     }
 }

@@ -231,6 +231,55 @@ pub async fn events_during(events: &mut EventStream, d: Duration) -> Vec<Event> 
     out
 }
 
+/// Every event of a helper's stream, recorded in the background with the time it arrived,
+/// for cases that look at thousands of them after the fact. Stops reading when dropped.
+#[derive(Debug)]
+pub struct EventLog {
+    events: Arc<Mutex<Vec<(Instant, Event)>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EventLog {
+    /// Starts recording `events`.
+    pub fn start(mut events: EventStream) -> EventLog {
+        let (log, errors) = (Arc::default(), Arc::default());
+        let task = tokio::spawn({
+            let log: Arc<Mutex<Vec<(Instant, Event)>>> = Arc::clone(&log);
+            let errors: Arc<Mutex<Vec<String>>> = Arc::clone(&errors);
+            async move {
+                while let Some(item) = events.next().await {
+                    match item {
+                        Ok(ev) => log.lock().expect("event log").push((Instant::now(), ev)),
+                        Err(e) => errors.lock().expect("event log").push(e.to_string()),
+                    }
+                }
+            }
+        });
+        EventLog {
+            events: log,
+            errors,
+            task,
+        }
+    }
+
+    /// A copy of the events so far, in arrival order.
+    pub fn events(&self) -> Vec<(Instant, Event)> {
+        self.events.lock().expect("event log").clone()
+    }
+
+    /// The stream's errors so far (a lagged subscription says how much it dropped).
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().expect("event log").clone()
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Waits until queries say every one of `clients` is online.
 pub async fn wait_online(h: &ImHelper, clients: &[ClientId]) {
     eventually("online in queries", || async {
@@ -239,6 +288,20 @@ pub async fn wait_online(h: &ImHelper, clients: &[ClientId]) {
             .is_ok_and(|v| v.value.iter().all(|online| *online))
     })
     .await;
+}
+
+/// Polls `cond` every 100 ms until it holds, failing after `within`: for conditions that cost
+/// a query over many clients, or a look at many probes.
+pub async fn poll<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Polls `cond` until it holds, failing after [`WAIT`].

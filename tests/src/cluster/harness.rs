@@ -224,6 +224,32 @@ impl Cluster {
         self.nodes[i] = Some(tokio::task::block_in_place(|| spawn_node(&bin, &config)));
     }
 
+    /// SIGTERM to node `i`, then waits (up to `within`) until it exited: a graceful stop, which
+    /// drains its clients to their next nodes first when another node is live
+    /// (`docs/design.md` section 16). Returns how long it took.
+    ///
+    /// # Panics
+    /// When the node is not running, does not exit within `within` (it is killed then), or
+    /// exits with a failure.
+    pub fn stop_gracefully(&mut self, i: usize, within: Duration) -> Duration {
+        let mut child = self.nodes[i].take().expect("node is running");
+        let asked = Instant::now();
+        assert!(kill("-TERM", child.id()), "kill -TERM node n{}", i + 1);
+        let status = tokio::task::block_in_place(|| loop {
+            if let Some(status) = child.try_wait().expect("wait on a node") {
+                break status;
+            }
+            if asked.elapsed() > within {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node n{} did not exit within {within:?} of SIGTERM", i + 1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        });
+        assert!(status.success(), "node n{} exited with {status}", i + 1);
+        asked.elapsed()
+    }
+
     /// Sends `sig` (e.g. `-STOP`, `-CONT`) to node `i`.
     pub fn signal(&self, i: usize, sig: &str) {
         let pid = self.nodes[i].as_ref().expect("node is running").id();
@@ -286,6 +312,33 @@ fn write(path: &Path, toml: &str) {
     std::fs::write(path, toml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// Where a node's log goes: the test's stderr, or with `IMPUSH_TEST_NODE_LOG_DIR` set, a file
+/// per node there (`<cluster>-n2.log`, appended to across restarts), so the nodes' lines of a
+/// failing case can be told apart.
+fn node_stderr(config: &Path) -> Stdio {
+    let Some(dir) = std::env::var_os("IMPUSH_TEST_NODE_LOG_DIR") else {
+        return Stdio::inherit();
+    };
+    let cluster = config
+        .parent()
+        .and_then(Path::file_name)
+        .map(|d| d.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let node = config
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = Path::new(&dir).join(format!("{cluster}-{node}.log"));
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        Ok(f) => Stdio::from(f),
+        Err(e) => panic!("IMPUSH_TEST_NODE_LOG_DIR: open {}: {e}", path.display()),
+    }
+}
+
 /// Starts `bin --config path` and waits for its "listening" line.
 fn spawn_node(bin: &Path, config: &Path) -> Child {
     let mut child = Command::new(bin)
@@ -296,7 +349,7 @@ fn spawn_node(bin: &Path, config: &Path) -> Child {
             std::env::var("IMPUSH_TEST_NODE_LOG").unwrap_or("warn".into()),
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(node_stderr(config))
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
     let stdout = child.stdout.take().expect("piped stdout");

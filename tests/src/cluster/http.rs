@@ -148,3 +148,107 @@ impl Sender {
         (status, t.elapsed())
     }
 }
+
+/// An authenticated POST with an optional `Idempotency-Key`: the status and the JSON body, or
+/// `(0, Null)` when the node did not answer within 10 s.
+pub async fn post_keyed(url: String, key: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut req = client().post(url).bearer_auth(API_KEY).json(body);
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    match req.send().await {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// One send of a [`Flow`]: its number (the message's `data`), key, answer and how long the
+/// answer took.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The number sent as `data`.
+    pub n: u64,
+    /// Its `Idempotency-Key`.
+    pub key: String,
+    /// The HTTP status (0: no answer).
+    pub status: u16,
+    /// The message id the API answered with (200 only).
+    pub id: Option<String>,
+    /// How long the call took.
+    pub took: Duration,
+}
+
+/// Numbered sends from `from` to a list of receivers through one node's HTTP API, one after
+/// another with a pause between them, each with an `Idempotency-Key` of its own, until
+/// stopped; every answer is recorded.
+#[derive(Debug)]
+pub struct Flow {
+    sent: std::sync::Arc<std::sync::Mutex<Vec<Sent>>>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Flow {
+    /// Starts sending through `url` (a node's `/api/v1/messages`) every `every`; keys are
+    /// `{tag}-{n}`.
+    pub fn start(
+        url: String,
+        from: &ClientId,
+        to: &[ClientId],
+        tag: &str,
+        every: Duration,
+    ) -> Flow {
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (from, to, tag) = (from.clone(), to.to_vec(), tag.to_owned());
+        let task = tokio::spawn({
+            let (sent, stop) = (sent.clone(), stop.clone());
+            async move {
+                for n in 0u64.. {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    let key = format!("{tag}-{n}");
+                    let body = Flow::body(&from, &to, n);
+                    let t = Instant::now();
+                    let (status, answer) = post_keyed(url.clone(), Some(&key), &body).await;
+                    let id = answer["id"].as_str().map(str::to_owned);
+                    sent.lock().expect("flow").push(Sent {
+                        n,
+                        key,
+                        status,
+                        id,
+                        took: t.elapsed(),
+                    });
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(every) => {}
+                    }
+                }
+            }
+        });
+        Flow { sent, stop, task }
+    }
+
+    /// What was sent so far.
+    pub fn sent(&self) -> Vec<Sent> {
+        self.sent.lock().expect("flow").clone()
+    }
+
+    /// Stops after the send in flight and returns every send.
+    pub async fn stop(self) -> Vec<Sent> {
+        self.stop.cancel();
+        let _ = self.task.await;
+        let sent = self.sent.lock().expect("flow").clone();
+        sent
+    }
+
+    /// The body each send of this flow had, for a retry of send `n`.
+    pub fn body(from: &ClientId, to: &[ClientId], n: u64) -> Value {
+        let to: Vec<&str> = to.iter().map(ClientId::as_str).collect();
+        json!({"from": from.as_str(), "to": to, "data": n})
+    }
+}

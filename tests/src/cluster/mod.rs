@@ -23,11 +23,18 @@
 //!
 //! The groups, each a list in [`__cluster_group!`](crate::__cluster_group):
 //! - the standard group, always: delivery, node kills, restarts and freezes, floods, inboxes
-//!   waiting for their node, a client link reset through a proxy;
+//!   waiting for their node, a client link reset through a proxy, the loss probes, channel
+//!   resume, a frozen client link;
 //! - `private_broker`: the broker stalled, frozen and restarted (needs [`Backend::private`]);
 //! - `durable_broker`: what waits in the broker survives its restart (needs a private broker
 //!   whose [`keeps_data`](brokers::PrivateBroker::keeps_data) is true);
 //! - `cluster_presence`: the nodes answer queries (`[presence] kind = "cluster"`);
+//! - `failover`: 1,500 clients of a killed node reconnect elsewhere and come home;
+//! - `rolling`: a rolling restart of every node under traffic (its gap bound is timing: a
+//!   backbone opts in once it holds there on the CI machine);
+//! - `partitions`: a node whose broker writes are lost, and the API node cut
+//!   (needs the `broker_proxy` setup: a node's broker link through the proxy, and a broker
+//!   client whose readiness check sees a blackholed link);
 //! - `broker_proxy`: a node's broker link through a [`FaultProxy`](crate::proxy::FaultProxy),
 //!   for brokers whose clients use the address in the URL (not Kafka's, whose brokers
 //!   advertise their own).
@@ -43,6 +50,8 @@ pub mod cases;
 pub mod clients;
 pub mod harness;
 pub mod http;
+pub mod ledger;
+pub mod loss;
 pub mod probe;
 
 /// Expands to one `#[tokio::test]` per cluster case that applies to `$backend` (an `fn() ->
@@ -75,6 +84,8 @@ macro_rules! __cluster_group {
             client_link_reset_through_a_proxy_is_an_offline_event,
             loss_probe_links_reset_and_frozen,
             loss_probe_with_a_node_killed,
+            channel_resume_after_a_short_absence_and_past_the_window,
+            frozen_client_link_is_closed_and_its_pending_messages_stored,
         );
     };
     (private_broker $backend:path) => {
@@ -100,11 +111,27 @@ macro_rules! __cluster_group {
             paused_broker_link_holds_delivery_until_healed,
         );
     };
+    (partitions $backend:path) => {
+        $crate::__cluster_cases!($backend;
+            node_whose_broker_writes_are_lost_then_healed,
+            api_node_cut_from_the_broker_answers_503_and_retries_complete,
+        );
+    };
+    (failover $backend:path) => {
+        $crate::__cluster_cases!($backend;
+            killed_nodes_clients_reconnect_elsewhere_and_come_home,
+        );
+    };
+    (rolling $backend:path) => {
+        $crate::__cluster_cases!($backend;
+            rolling_restart_loses_nothing,
+        );
+    };
     ($other:ident $backend:path) => {
         ::std::compile_error!(::std::concat!(
             "cluster_suite!: no case group `",
             ::std::stringify!($other),
-            "` (groups: private_broker, durable_broker, cluster_presence, broker_proxy)"
+            "` (groups: private_broker, durable_broker, cluster_presence, broker_proxy, partitions, failover, rolling)"
         ));
     };
 }

@@ -7,13 +7,19 @@
 mod broker;
 mod delivery;
 mod device;
+mod failover;
 mod floods;
 mod links;
 mod nodes;
+mod partitions;
+mod rolling;
 
 pub use broker::*;
 pub use delivery::*;
 pub use device::*;
+pub use failover::*;
 pub use floods::*;
 pub use links::*;
 pub use nodes::*;
+pub use partitions::*;
+pub use rolling::*;
