@@ -64,6 +64,7 @@ pub(crate) struct Merged {
     pub(crate) timeline: std::collections::BTreeMap<u64, u64>,
     pub(crate) seq_max: std::collections::BTreeMap<u64, u64>,
     pub(crate) warm: u64,
+    pub(crate) acked: u64,
 }
 
 impl Fleet {
@@ -74,6 +75,18 @@ impl Fleet {
         source_ips: u8,
         concurrency: usize,
         track_seq: bool,
+    ) -> Res<(Fleet, Merged)> {
+        Self::start_with(urls, workers, source_ips, concurrency, track_seq, false).await
+    }
+
+    /// [`Fleet::start`]; with `ack`, the clients ack every message frame that asks for it.
+    pub(crate) async fn start_with(
+        urls: Vec<String>,
+        workers: usize,
+        source_ips: u8,
+        concurrency: usize,
+        track_seq: bool,
+        ack: bool,
     ) -> Res<(Fleet, Merged)> {
         let exe = std::env::current_exe()?;
         let per = urls.len().div_ceil(workers.max(1)).max(1);
@@ -95,6 +108,7 @@ impl Fleet {
                 source_ips,
                 concurrency: concurrency.div_ceil(workers.max(1)).max(1),
                 track_seq,
+                ack,
             };
             let mut line = serde_json::to_vec(&plan)?;
             line.push(b'\n');
@@ -128,6 +142,7 @@ impl Fleet {
             m.received += s.received;
             m.closed += s.closed;
             m.warm += s.warm;
+            m.acked += s.acked;
             m.latency.merge(&s.latency);
             for (k, v) in s.timeline {
                 *m.timeline.entry(k).or_default() += v;
@@ -211,11 +226,19 @@ pub(crate) struct NodeProc {
 
 impl NodeProc {
     pub(crate) async fn start(config: &Path) -> Res<NodeProc> {
+        Self::start_with(config, false).await
+    }
+
+    /// Starts a node that, like `impush`, drains its clients to their next nodes when it gets
+    /// SIGTERM (`drain`), or one that just shuts down.
+    pub(crate) async fn start_with(config: &Path, drain: bool) -> Res<NodeProc> {
         let exe = std::env::current_exe()?;
-        let mut child = command(&exe, pin().map(|p| p.node.as_str()))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
+        let mut cmd = command(&exe, pin().map(|p| p.node.as_str()));
+        cmd.arg("serve").arg("--config").arg(config);
+        if drain {
+            cmd.arg("--drain");
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -235,6 +258,26 @@ impl NodeProc {
 
     pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
+    }
+
+    /// SIGTERM, then waits up to `within` for the node to exit (killing it after that);
+    /// how long it took, or an error if it did not exit cleanly in time.
+    pub(crate) async fn terminate(mut self, within: Duration) -> Res<Duration> {
+        let asked = std::time::Instant::now();
+        let pid = self.child.id().ok_or("node already exited")?;
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(asked.elapsed()),
+            Ok(Ok(status)) => Err(format!("node exited with {status}").into()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err(format!("node did not exit within {within:?} of SIGTERM").into())
+            }
+        }
     }
 
     pub(crate) async fn stop(mut self) {

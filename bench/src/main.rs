@@ -5,9 +5,11 @@
 //! Scenarios: `idle` (sockets held, memory and CPU per socket, connect rate), `p2p`
 //! (point-to-point messages/s and latency), `fanout` (one channel, frames/s, last-member
 //! latency), each on the memory broker or Redis; `paced` (one channel at an everyday rate:
-//! last-member latency and node CPU per frame against the cost of one `write()`). Nodes run as separate processes
-//! (`impush-bench serve`) where their resources are measured, clients in worker processes
-//! (`impush-bench worker`) spread over several loopback source addresses.
+//! last-member latency and node CPU per frame against the cost of one `write()`); `rolling`
+//! (a rolling restart of 3 nodes under traffic: gaps, reconnect rates, losses). Nodes run as
+//! separate processes (`impush-bench serve`) where their resources are measured, clients in
+//! worker processes (`impush-bench worker`) spread over several loopback source addresses
+//! (`rolling`'s reconnecting clients run in the bench process).
 
 mod fleet;
 mod hist;
@@ -15,7 +17,12 @@ mod idle;
 mod inbox;
 mod paced;
 mod report;
+mod rolling;
 mod scenarios;
+mod soak;
+mod soak_chart;
+mod soak_clients;
+mod soak_samples;
 mod sys;
 mod worker;
 
@@ -93,6 +100,13 @@ enum Cmd {
         /// Sends in flight at once.
         #[arg(long, default_value_t = 64)]
         in_flight: usize,
+        /// Turn the offline inbox on with this store (memory, redis, disk) and `require_ack`:
+        /// every message stays pending in the store until its receiver acks it.
+        #[arg(long)]
+        inbox: Option<String>,
+        /// Clients ack every message frame that asks for it (`"ack": true`).
+        #[arg(long)]
+        ack: bool,
     },
     /// The offline inbox: store `messages` for a client that is away, then drain them when it
     /// connects (one node on the memory broker, one store).
@@ -121,6 +135,10 @@ enum Cmd {
         /// Pause between channel messages, in ms.
         #[arg(long, default_value_t = 0)]
         gap_ms: u64,
+        /// `[history] size` of the nodes (default: the node's default, 100; 0 turns history
+        /// and the sequencer hop off).
+        #[arg(long)]
+        history: Option<usize>,
     },
     /// One channel at an everyday rate: last-member latency, node CPU per delivered frame.
     Paced {
@@ -133,6 +151,64 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// A rolling restart of 3 node processes under traffic: each client's longest time
+    /// without a connection, reconnects per second, messages lost.
+    Rolling {
+        /// redis, rabbitmq or kafka (the last two with `[presence] kind = "cluster"` and the
+        /// offline inbox on disk).
+        #[arg(long, default_value = "redis")]
+        broker: String,
+        #[arg(long, default_value_t = 1500)]
+        clients: usize,
+        /// Sends per second during the restart (four in five point to point, one in five to
+        /// a channel every client is in).
+        #[arg(long, default_value_t = 50)]
+        rate: u64,
+        /// `limits.connect_rate` of each node (0: none).
+        #[arg(long, default_value_t = 200)]
+        connect_rate: u32,
+        /// `cluster.node_lease`, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        lease_secs: f64,
+        /// `cluster.drain_period`, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        drain_secs: f64,
+        /// `cluster.rebalance_period`, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        rebalance_secs: f64,
+        /// `cluster.move_grace`, in seconds.
+        #[arg(long, default_value_t = 5.0)]
+        grace_secs: f64,
+    },
+    /// A long run of 3 nodes over Redis under connect/disconnect churn, direct and channel
+    /// messages, one node restarted every few minutes: each node's RSS, open fds, threads and
+    /// tokio tasks sampled every minute, charted, and checked flat after warm-up.
+    Soak {
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Minutes between node restarts (0: none).
+        #[arg(long, default_value_t = 5)]
+        restart_every: u64,
+        /// The sample the last one is compared with (minutes).
+        #[arg(long, default_value_t = 5)]
+        warmup: u64,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Clients connected the whole run (members of the channels).
+        #[arg(long, default_value_t = 300)]
+        steady: usize,
+        /// Clients that keep connecting and leaving.
+        #[arg(long, default_value_t = 90)]
+        churners: usize,
+        #[arg(long, default_value_t = 10)]
+        channels: usize,
+        /// Direct messages per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Channel messages per second.
+        #[arg(long, default_value_t = 10)]
+        channel_rate: u64,
+    },
     /// Every scenario at a tiny size: a smoke test that the tool works.
     Smoke,
     /// Internal: run a node (used by the scenarios).
@@ -140,6 +216,10 @@ enum Cmd {
     Serve {
         #[arg(long)]
         config: PathBuf,
+        /// On SIGTERM, drain the clients to their next nodes before shutting down (as
+        /// `impush` does).
+        #[arg(long)]
+        drain: bool,
     },
     /// Internal: a client worker (used by the scenarios).
     #[command(hide = true)]
@@ -219,21 +299,44 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             messages,
             rate,
             in_flight,
-        } => scenarios::p2p(&o, &broker, nodes, receivers, messages, rate, in_flight).await,
+            inbox,
+            ack,
+        } => {
+            let plan = scenarios::P2pPlan {
+                broker: &broker,
+                nodes,
+                receivers,
+                messages,
+                rate,
+                in_flight,
+                node: scenarios::NodeOptions {
+                    inbox,
+                    history: None,
+                },
+                ack,
+            };
+            scenarios::p2p_with(&o, &plan).await
+        }
         Cmd::Fanout {
             broker,
             nodes,
             members,
             messages,
             gap_ms,
+            history,
         } => {
-            scenarios::fanout(
+            let node = scenarios::NodeOptions {
+                inbox: None,
+                history,
+            };
+            scenarios::fanout_with(
                 &o,
                 &broker,
                 nodes,
                 members,
                 messages,
                 Duration::from_millis(gap_ms),
+                &node,
             )
             .await
         }
@@ -247,6 +350,55 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             messages,
             in_flight,
         } => inbox::inbox(&o, &store, messages, in_flight).await,
+        Cmd::Rolling {
+            broker,
+            clients,
+            rate,
+            connect_rate,
+            lease_secs,
+            drain_secs,
+            rebalance_secs,
+            grace_secs,
+        } => {
+            let secs = |s: f64, what: &str| {
+                Duration::try_from_secs_f64(s).map_err(|e| format!("--{what}: {e}"))
+            };
+            let plan = rolling::RollingPlan {
+                broker,
+                clients,
+                rate,
+                connect_rate,
+                lease: secs(lease_secs, "lease-secs")?,
+                drain: secs(drain_secs, "drain-secs")?,
+                rebalance: secs(rebalance_secs, "rebalance-secs")?,
+                grace: secs(grace_secs, "grace-secs")?,
+            };
+            rolling::rolling(&o, &plan).await
+        }
+        Cmd::Soak {
+            minutes,
+            restart_every,
+            warmup,
+            nodes,
+            steady,
+            churners,
+            channels,
+            rate,
+            channel_rate,
+        } => {
+            let plan = soak::SoakPlan {
+                minutes,
+                restart_every,
+                warmup,
+                nodes,
+                steady,
+                churners,
+                channels,
+                rate,
+                channel_rate,
+            };
+            soak::soak(&o, &plan).await
+        }
         Cmd::Smoke => {
             let o = Opts { runs: 1, ..o };
             paced::paced(&o, 20, 10.0, 1).await?;
@@ -283,15 +435,28 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     scenarios::fanout(&o, broker, 2, 20, 5, Duration::ZERO).await?;
                 }
             }
+            if o.redis_url.is_some() {
+                let tiny = rolling::RollingPlan {
+                    broker: "redis".into(),
+                    clients: 30,
+                    rate: 20,
+                    connect_rate: 0,
+                    lease: Duration::from_secs(2),
+                    drain: Duration::from_millis(500),
+                    rebalance: Duration::from_millis(500),
+                    grace: Duration::from_millis(300),
+                };
+                rolling::rolling(&o, &tiny).await?;
+            }
             Ok(())
         }
-        Cmd::Serve { config } => serve(&config).await,
+        Cmd::Serve { config, drain } => serve(&config, drain).await,
         Cmd::Worker => Ok(()),
     }
 }
 
 /// The `impush` binary's job, inside the bench so that no second binary is needed.
-async fn serve(config: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(config: &std::path::Path, drain: bool) -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -302,6 +467,9 @@ async fn serve(config: &std::path::Path) -> Result<(), Box<dyn std::error::Error
     let server = impush_server::ImServer::start(config).await?;
     println!("listening {}", server.local_addr());
     impush_server::shutdown_signal().await;
+    if drain {
+        server.drain().await;
+    }
     server.shutdown().await?;
     Ok(())
 }

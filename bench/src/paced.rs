@@ -230,6 +230,7 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
         let base_received = fleet.report().await?.received;
 
         let cpu0 = sys::cpu_seconds(node.pid());
+        let (user0, kernel0) = sys::cpu_split(node.pid());
         let clients_cpu0 = fleet.cpu_seconds();
         let start_ns = now_ns();
         let started = Instant::now();
@@ -248,6 +249,7 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
         let want = base_received + members as u64 * messages;
         let m = fleet.wait_received(want, Duration::from_secs(120)).await?;
         let cpu = sys::cpu_seconds(node.pid()) - cpu0;
+        let (user1, kernel1) = sys::cpu_split(node.pid());
         let clients_cpu = fleet.cpu_seconds() - clients_cpu0;
         let frames = m.received - base_received;
         let mut last = LatHist::default();
@@ -255,6 +257,8 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
             last.record(*v);
         }
         let us_per_frame = cpu * 1e6 / frames.max(1) as f64;
+        let user_us_per_frame = (user1 - user0) * 1e6 / frames.max(1) as f64;
+        let kernel_us_per_frame = (kernel1 - kernel0) * 1e6 / frames.max(1) as f64;
         let clients_us_per_frame = clients_cpu * 1e6 / frames.max(1) as f64;
         // The least time one message can take to reach its last member, from CPU alone: pinned,
         // the node's core does every write; unpinned, node and clients share every core.
@@ -274,6 +278,8 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
             "node_cpu_secs": cpu,
             "node_cpu_percent": cpu / (now_ns() - start_ns) as f64 * 1e9 * 100.0,
             "node_cpu_us_per_frame": us_per_frame,
+            "node_user_us_per_frame": user_us_per_frame,
+            "node_kernel_us_per_frame": kernel_us_per_frame,
             "clients_cpu_us_per_frame": clients_us_per_frame,
             "last_member_cpu_bound_ms": cpu_bound_ms,
             "floor_us_per_write": floor.quiet,
@@ -293,6 +299,8 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
     }
     let summary = json!({
         "node_cpu_us_per_frame (median)": median_at(&runs, &["node_cpu_us_per_frame"]),
+        "node_user_us_per_frame (median)": median_at(&runs, &["node_user_us_per_frame"]),
+        "node_kernel_us_per_frame (median)": median_at(&runs, &["node_kernel_us_per_frame"]),
         "floor_us_per_write": floor.quiet,
         "floor_us_per_write_waiting_reader": floor.waiting,
         "node_cost_over_floor (median)": median_at(&runs, &["node_cost_over_floor"]),
@@ -311,6 +319,12 @@ pub(crate) async fn paced(o: &Opts, members: usize, rate: f64, seconds: u64) -> 
             target: "<= 5 us".into(),
             measured: format!("{:.2} us", median_at(&runs, &["node_cpu_us_per_frame"])),
             met: median_at(&runs, &["node_cpu_us_per_frame"]) <= 5.0,
+        },
+        Check {
+            name: "node user-space CPU per delivered frame",
+            target: "<= 1.0 us".into(),
+            measured: format!("{:.2} us", median_at(&runs, &["node_user_us_per_frame"])),
+            met: median_at(&runs, &["node_user_us_per_frame"]) <= 1.0,
         },
         Check {
             name: "last-member p99 latency",

@@ -94,7 +94,7 @@ pub(crate) fn tmpdir(tag: &str) -> Res<TempDir> {
     Ok(TempDir(d))
 }
 
-fn free_addrs(n: usize) -> Res<Vec<std::net::SocketAddr>> {
+pub(crate) fn free_addrs(n: usize) -> Res<Vec<std::net::SocketAddr>> {
     let ls = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()?;
@@ -137,7 +137,7 @@ pub(crate) fn write_configs(dir: &Path, n: usize, broker: &str) -> Res<(Vec<Path
 
 /// `[broker]` and `[presence]` of a multi-node run on `broker`, under a prefix of its own so
 /// runs never see each other's topics or keys.
-fn cluster_toml(o: &Opts, broker: &str) -> Res<String> {
+pub(crate) fn cluster_toml(o: &Opts, broker: &str) -> Res<String> {
     let prefix = format!("bench{}", now_ns());
     let need = |url: &Option<String>, flag: &str, var: &str| {
         url.clone()
@@ -180,6 +180,81 @@ fn cluster_toml(o: &Opts, broker: &str) -> Res<String> {
 
 // ------------------------------------------------------------------------------ clusters
 
+/// What a scenario changes in its nodes' configuration beyond the backbone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeOptions {
+    /// `[offline]` on this store (`memory`, `redis`, `disk`) with `require_ack`: every
+    /// point-to-point message stays pending in the store until its receiver acks it
+    /// (`docs/design.md` section 15).
+    pub(crate) inbox: Option<String>,
+    /// `[history] size` (`None`: the default, 100; `0`: no history, no sequencer hop).
+    pub(crate) history: Option<usize>,
+}
+
+impl NodeOptions {
+    /// The TOML tables of these options (`dir` holds a disk store's file).
+    fn toml(&self, o: &Opts) -> Res<String> {
+        let mut t = String::new();
+        if let Some(size) = self.history {
+            t += &format!("[history]\nsize = {size}\n");
+        }
+        if let Some(store) = &self.inbox {
+            // Room for a whole run in one inbox: a bench measures the pending path, not the
+            // inbox bound.
+            t += &format!(
+                "[offline]\nenabled = true\nrequire_ack = true\nkind = \"{store}\"\n\
+                 max_per_client = 100000\nmax_bytes = 1073741824\n"
+            );
+            t += &store_keys(o, store)?;
+        }
+        Ok(t)
+    }
+
+    /// Applies these options to an in-process node's config.
+    fn apply(&self, o: &Opts, dir: &Path, c: &mut Config) -> Res<()> {
+        if let Some(size) = self.history {
+            c.history.size = size;
+        }
+        if let Some(store) = &self.inbox {
+            c.offline.enabled = true;
+            c.offline.require_ack = true;
+            c.offline.max_per_client = 100_000;
+            c.offline.max_bytes = 1 << 30;
+            let mut section = impush_server::Section::new(store.as_str());
+            match store.as_str() {
+                "memory" => {}
+                "redis" => section = section.set("url", need_redis(o)?)?,
+                "disk" => section = section.set("path", dir.join("inbox.redb"))?,
+                other => return Err(unknown_store(other)),
+            }
+            c.offline.store = section;
+        }
+        Ok(())
+    }
+}
+
+fn need_redis(o: &Opts) -> Res<String> {
+    o.redis_url.clone().ok_or_else(|| {
+        "--redis-url (or IMPUSH_TEST_REDIS_URL) is required for the redis store".into()
+    })
+}
+
+fn unknown_store(store: &str) -> Box<dyn std::error::Error> {
+    format!("unknown store `{store}` (memory, redis or disk)").into()
+}
+
+/// The keys of an `[offline]` table that belong to `store`.
+fn store_keys(o: &Opts, store: &str) -> Res<String> {
+    Ok(match store {
+        "memory" => String::new(),
+        "redis" => format!("url = \"{}\"\n", need_redis(o)?),
+        // One file per node process would need a config per node; the in-process node
+        // (`--broker memory`) takes the disk store.
+        "disk" => return Err("the disk inbox runs with --broker memory (one node)".into()),
+        other => return Err(unknown_store(other)),
+    })
+}
+
 /// Nodes and a helper for a throughput scenario: in-process for memory (the helper must share
 /// the memory broker), separate processes for Redis.
 pub(crate) struct Bench {
@@ -192,6 +267,16 @@ pub(crate) struct Bench {
 
 impl Bench {
     pub(crate) async fn start(o: &Opts, broker: &str, nodes: usize) -> Res<Bench> {
+        Self::start_with(o, broker, nodes, &NodeOptions::default()).await
+    }
+
+    /// [`Bench::start`] with `opts` in every node's config.
+    pub(crate) async fn start_with(
+        o: &Opts,
+        broker: &str,
+        nodes: usize,
+        opts: &NodeOptions,
+    ) -> Res<Bench> {
         let dir = tmpdir(broker)?;
         match broker {
             "memory" => {
@@ -202,6 +287,7 @@ impl Bench {
                 // Room for bursts: a benchmark measures throughput, not the slow-consumer guard.
                 c.limits.outbound_queue = 16 * 1024;
                 c.limits.outbound_queue_bytes = 64 * 1024 * 1024;
+                opts.apply(o, &dir, &mut c)?;
                 let server = ImServer::start(c).await?;
                 Ok(Bench {
                     helper: server.helper(),
@@ -212,7 +298,8 @@ impl Bench {
             }
             _ => {
                 let broker_toml = cluster_toml(o, broker)?
-                    + "[limits]\noutbound_queue = 16384\noutbound_queue_bytes = 67108864\n";
+                    + "[limits]\noutbound_queue = 16384\noutbound_queue_bytes = 67108864\n"
+                    + &opts.toml(o)?;
                 let (cfgs, helper_cfg) = write_configs(&dir, nodes, &broker_toml)?;
                 let mut procs = Vec::new();
                 for c in &cfgs {
@@ -238,12 +325,26 @@ impl Bench {
         concurrency: usize,
         track_seq: bool,
     ) -> Res<(Fleet, Merged)> {
+        self.fleet_with(o, clients, concurrency, track_seq, false)
+            .await
+    }
+
+    /// [`Bench::fleet`] whose clients ack every message frame that asks for it (`"ack":
+    /// true`) when `ack` is set, as the JavaScript client's `autoAck` does.
+    pub(crate) async fn fleet_with(
+        &self,
+        o: &Opts,
+        clients: &[ClientId],
+        concurrency: usize,
+        track_seq: bool,
+        ack: bool,
+    ) -> Res<(Fleet, Merged)> {
         let urls = clients
             .iter()
             .map(|c| self.helper.prepare_connect(c, Value::Null).map(|i| i.url))
             .collect::<Result<Vec<_>, _>>()?;
         let (fleet, m) =
-            Fleet::start(urls, o.workers, o.source_ips, concurrency, track_seq).await?;
+            Fleet::start_with(urls, o.workers, o.source_ips, concurrency, track_seq, ack).await?;
         if m.failed > 0 {
             return Err(format!(
                 "{} of {} clients failed to connect",
@@ -295,15 +396,54 @@ pub(crate) async fn p2p(
     rate: Option<u64>,
     in_flight: usize,
 ) -> Res<()> {
+    let plan = P2pPlan {
+        broker,
+        nodes,
+        receivers,
+        messages,
+        rate,
+        in_flight,
+        node: NodeOptions::default(),
+        ack: false,
+    };
+    p2p_with(o, &plan).await
+}
+
+/// A point-to-point run: where, how much, and how the nodes and clients are set up.
+#[derive(Debug, Clone)]
+pub(crate) struct P2pPlan<'a> {
+    pub(crate) broker: &'a str,
+    pub(crate) nodes: usize,
+    pub(crate) receivers: usize,
+    pub(crate) messages: u64,
+    /// Messages per second (`None`: as fast as possible).
+    pub(crate) rate: Option<u64>,
+    pub(crate) in_flight: usize,
+    pub(crate) node: NodeOptions,
+    /// Clients ack every message frame that asks for it.
+    pub(crate) ack: bool,
+}
+
+/// [`p2p`] with node options and acking clients (`--inbox`, `--ack`).
+pub(crate) async fn p2p_with(o: &Opts, plan: &P2pPlan<'_>) -> Res<()> {
+    let P2pPlan {
+        broker,
+        nodes,
+        receivers,
+        messages,
+        rate,
+        in_flight,
+        ..
+    } = *plan;
     let mut runs = Vec::new();
     let mut all_lat = LatHist::default();
     let mut last_timeline = Default::default();
     for run in 0..o.runs {
-        let bench = Bench::start(o, broker, nodes).await?;
+        let bench = Bench::start_with(o, broker, nodes, &plan.node).await?;
         let clients: Vec<ClientId> = (0..receivers)
             .map(|i| format!("r{i}").parse())
             .collect::<Result<_, _>>()?;
-        let (mut fleet, _) = bench.fleet(o, &clients, 256, false).await?;
+        let (mut fleet, _) = bench.fleet_with(o, &clients, 256, false, plan.ack).await?;
         let from: ClientId = "bench".parse()?;
         let clients = Arc::new(clients);
         let start_ns = now_ns();
@@ -343,6 +483,7 @@ pub(crate) async fn p2p(
             "send_secs": send_secs,
             "sent_per_sec": sent as f64 / send_secs.max(1e-9),
             "delivered_per_sec": m.received as f64 / secs.max(1e-9),
+            "acks_sent": m.acked,
             "latency": latency_json(&m.latency),
         });
         println!("run {run}: {r}");
@@ -359,7 +500,7 @@ pub(crate) async fn p2p(
         "latency_p90_ms (median)": median_at(&runs, &["latency", "p90_ms"]),
         "latency_p99_ms (median)": median_at(&runs, &["latency", "p99_ms"]),
         "latency_max_ms (median)": median_at(&runs, &["latency", "max_ms"]),
-        "lost": runs.iter().map(|r| r["sent"].as_u64().unwrap_or(0) - r["delivered"].as_u64().unwrap_or(0)).sum::<u64>(),
+        "lost": runs.iter().map(|r| r["sent"].as_u64().unwrap_or(0).saturating_sub(r["delivered"].as_u64().unwrap_or(0))).sum::<u64>(),
     });
     let mut checks = Vec::new();
     match (broker, rate) {
@@ -391,11 +532,17 @@ pub(crate) async fn p2p(
             });
         }
     }
-    let name = match rate {
+    let mut name = match rate {
         Some(r) => format!("p2p-{broker}-{nodes}n-{r}rps"),
         None => format!("p2p-{broker}-{nodes}n"),
     };
-    let params = json!({"broker": broker, "nodes": nodes, "receivers": receivers, "messages": messages, "rate": rate, "in_flight": in_flight, "workers": o.workers, "runs": o.runs});
+    if let Some(store) = &plan.node.inbox {
+        name += &format!("-inbox-{store}");
+    }
+    if plan.ack {
+        name += "-ack";
+    }
+    let params = json!({"broker": broker, "nodes": nodes, "receivers": receivers, "messages": messages, "rate": rate, "in_flight": in_flight, "workers": o.workers, "runs": o.runs, "inbox": plan.node.inbox, "require_ack": plan.node.inbox.is_some(), "clients_ack": plan.ack});
     report::write(
         &o.out,
         &name,
@@ -418,11 +565,33 @@ pub(crate) async fn fanout(
     messages: u64,
     gap: Duration,
 ) -> Res<()> {
+    fanout_with(
+        o,
+        broker,
+        nodes,
+        members,
+        messages,
+        gap,
+        &NodeOptions::default(),
+    )
+    .await
+}
+
+/// [`fanout`] with node options (`--history`).
+pub(crate) async fn fanout_with(
+    o: &Opts,
+    broker: &str,
+    nodes: usize,
+    members: usize,
+    messages: u64,
+    gap: Duration,
+    node: &NodeOptions,
+) -> Res<()> {
     let mut runs = Vec::new();
     let mut all_last = LatHist::default();
     let mut last_timeline = Default::default();
     for run in 0..o.runs {
-        let bench = Bench::start(o, broker, nodes).await?;
+        let bench = Bench::start_with(o, broker, nodes, node).await?;
         let clients: Vec<ClientId> = (0..members)
             .map(|i| format!("m{i}").parse())
             .collect::<Result<_, _>>()?;
@@ -492,10 +661,13 @@ pub(crate) async fn fanout(
         measured: format!("{:.0}/s", median_at(&runs, &["frames_per_sec"])),
         met: median_at(&runs, &["frames_per_sec"]) >= 1_000_000.0,
     }];
-    let params = json!({"broker": broker, "nodes": nodes, "members": members, "messages": messages, "gap_ms": gap.as_millis() as u64, "workers": o.workers, "runs": o.runs});
+    let params = json!({"broker": broker, "nodes": nodes, "members": members, "messages": messages, "gap_ms": gap.as_millis() as u64, "workers": o.workers, "runs": o.runs, "history_size": node.history});
+    let history = node
+        .history
+        .map_or(String::new(), |h| format!("-history{h}"));
     report::write(
         &o.out,
-        &format!("fanout-{broker}-{nodes}n-{members}"),
+        &format!("fanout-{broker}-{nodes}n-{members}{history}"),
         params,
         runs,
         summary,

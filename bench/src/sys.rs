@@ -69,6 +69,22 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / clock_ticks()
 }
 
+/// CPU time `pid` has used so far, in seconds: (user space, kernel).
+pub(crate) fn cpu_split(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) / clock_ticks(), ticks(12) / clock_ticks())
+}
+
+/// [`cpu_split`] of `pids` together.
+pub(crate) fn cpu_split_total(pids: &[u32]) -> (f64, f64) {
+    pids.iter()
+        .map(|p| cpu_split(*p))
+        .fold((0.0, 0.0), |(u, k), (du, dk)| (u + du, k + dk))
+}
+
 /// CPU seconds `pids` used so far, together.
 pub(crate) fn cpu_total(pids: &[u32]) -> f64 {
     pids.iter().map(|p| cpu_seconds(*p)).sum()

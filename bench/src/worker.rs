@@ -13,8 +13,9 @@ use std::{
     time::Instant,
 };
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     net::TcpSocket,
@@ -33,6 +34,10 @@ pub(crate) struct Plan {
     pub(crate) concurrency: usize,
     /// Keep the max latency per message sequence number (fan-out: "last member" latency).
     pub(crate) track_seq: bool,
+    /// Ack every message frame that asks for it (`"ack": true`), as the JavaScript client's
+    /// `autoAck` does; without acks a node stops writing after `limits.max_unacked`.
+    #[serde(default)]
+    pub(crate) ack: bool,
 }
 
 /// What a worker reports.
@@ -51,6 +56,9 @@ pub(crate) struct Stats {
     /// Warm-up frames (`{"warmup": true}`) received; they carry no time and are not in `received`.
     #[serde(default)]
     pub(crate) warm: u64,
+    /// Acks sent (with `Plan::ack`).
+    #[serde(default)]
+    pub(crate) acked: u64,
 }
 
 #[derive(Debug, Default)]
@@ -61,11 +69,17 @@ struct Shared {
     seq_max: HashMap<u64, u64>,
     closed: u64,
     warm: u64,
+    acked: u64,
 }
 
 #[derive(Deserialize)]
 struct Frame {
     data: Option<Stamp>,
+    /// A message frame's id, which its ack names.
+    id: Option<String>,
+    /// The node keeps the message pending until this client acks it.
+    #[serde(default)]
+    ack: bool,
 }
 
 #[derive(Deserialize)]
@@ -114,20 +128,26 @@ async fn connect(
     Ok(ws)
 }
 
-fn record(shared: &Mutex<Shared>, text: &str, track_seq: bool) {
+/// Records a frame; returns the ack to send for it, if it asks for one.
+fn record(shared: &Mutex<Shared>, text: &str, track_seq: bool) -> Option<String> {
     let now = now_ns();
-    let Ok(Frame { data: Some(stamp) }) = serde_json::from_str::<Frame>(text) else {
-        return;
+    let frame = serde_json::from_str::<Frame>(text).ok()?;
+    let ack = match (&frame.id, frame.ack) {
+        (Some(id), true) => Some(json!({"type": "ack", "id": id}).to_string()),
+        _ => None,
+    };
+    let Some(stamp) = frame.data else {
+        return ack;
     };
     let Ok(mut s) = shared.lock() else {
-        return;
+        return ack;
     };
     if stamp.warmup {
         s.warm += 1;
-        return;
+        return ack;
     }
     let Some(t) = stamp.t else {
-        return;
+        return ack;
     };
     let lat = now.saturating_sub(t);
     s.received += 1;
@@ -139,6 +159,7 @@ fn record(shared: &Mutex<Shared>, text: &str, track_seq: bool) {
             *e = (*e).max(lat);
         }
     }
+    ack
 }
 
 /// Runs a worker on the current (single-threaded) runtime.
@@ -161,6 +182,7 @@ pub(crate) async fn run() {
         .map(|(i, url)| {
             let shared = shared.clone();
             let track = plan.track_seq;
+            let acks = plan.ack;
             async move {
                 let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(ips)) as u8);
                 match connect(url, source).await {
@@ -168,7 +190,17 @@ pub(crate) async fn run() {
                         tokio::spawn(async move {
                             while let Some(msg) = ws.next().await {
                                 match msg {
-                                    Ok(Message::Text(t)) => record(&shared, &t, track),
+                                    Ok(Message::Text(t)) => {
+                                        let ack = record(&shared, &t, track);
+                                        if let (true, Some(ack)) = (acks, ack) {
+                                            if ws.send(Message::text(ack)).await.is_err() {
+                                                break;
+                                            }
+                                            if let Ok(mut s) = shared.lock() {
+                                                s.acked += 1;
+                                            }
+                                        }
+                                    }
                                     Ok(Message::Close(_)) | Err(_) => break,
                                     Ok(_) => {}
                                 }
@@ -205,6 +237,7 @@ pub(crate) async fn run() {
                     base.latency = s.latency.clone();
                     base.closed = s.closed;
                     base.warm = s.warm;
+                    base.acked = s.acked;
                     base.timeline = s.timeline.iter().map(|(k, v)| (*k, *v)).collect();
                     base.seq_max = s.seq_max.iter().map(|(k, v)| (*k, *v)).collect();
                 }

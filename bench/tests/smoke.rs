@@ -36,6 +36,7 @@ fn every_scenario_runs_tiny_and_writes_reports() {
             names.push(format!("fanout-{broker}-2n-20"));
             if broker == "redis" {
                 names.push("inbox-redis-200".to_owned());
+                names.push("rolling-redis-30".to_owned());
             }
         } else {
             assert!(
@@ -68,6 +69,19 @@ fn every_scenario_runs_tiny_and_writes_reports() {
                 doc["runs"][0]["sockets_held_after_idle"], 20,
                 "{name}: {doc}"
             );
+        } else if name.starts_with("rolling") {
+            // Nothing lost across the restarts: no direct message, and no channel frame that
+            // the client was not told it could not recover.
+            for key in [
+                "direct_lost (all runs)",
+                "channel_frames_lost_unannounced (all runs)",
+            ] {
+                assert_eq!(
+                    doc["summary"][key].as_u64(),
+                    Some(0),
+                    "{name}: {key}: {doc}"
+                );
+            }
         } else {
             // Nothing lost: every message sent was delivered.
             let lost = doc["summary"]["lost"]
