@@ -67,27 +67,29 @@ pub async fn run(backends: Backends) -> ExitCode {
     // SIGTERM at once must get a graceful stop.
     let stop = crate::shutdown_signal();
     let addr = server.local_addr();
-    println!("impush listening on {addr} (WebSocket: ws://{addr}/ws?token=...)");
+    say(format_args!(
+        "impush listening on {addr} (WebSocket: ws://{addr}/ws?token=...)"
+    ));
     if let Some(secret) = &server.generated().secret {
-        println!(
+        say(format_args!(
             "generated auth.secret = {}  (set auth.secret to keep it across restarts)",
             secret.expose()
-        );
+        ));
     }
     if let Some(key) = &server.generated().api_key {
-        println!(
+        say(format_args!(
             "generated auth.api_key = {}  (set auth.api_key to keep it across restarts)",
             key.expose()
-        );
+        ));
     }
     if let Some(secret) = &server.generated().admin_secret {
-        println!(
+        say(format_args!(
             "generated admin.secret = {}  (the admin console's login; set admin.secret to keep it across restarts)",
             secret.expose()
-        );
+        ));
     }
     if admin_console {
-        println!("admin console at http://{addr}/admin");
+        say(format_args!("admin console at http://{addr}/admin"));
     }
 
     let drain = server.drain_requested();
@@ -133,4 +135,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = cause.source();
     }
     s
+}
+
+/// Prints a line on stdout, ignoring a stdout that was closed: a supervisor (or `| head`) that
+/// stopped reading must not bring the node down (`println!` panics on a broken pipe).
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
