@@ -36,7 +36,11 @@ const KEEP_CONCURRENCY: usize = 32;
 /// A client's new connection waits for its writes in flight before it reads its inbox, so a
 /// message on its way to the store is not overtaken by a newer live one (order per sender).
 #[derive(Debug, Default)]
-pub(crate) struct Keeping(Mutex<HashMap<ClientId, HashMap<MessageId, Writes>>>);
+pub(crate) struct Keeping {
+    writes: Mutex<HashMap<ClientId, HashMap<MessageId, Writes>>>,
+    /// Writes finished so far, of any client: while it grows the store is making progress.
+    done: std::sync::atomic::AtomicU64,
+}
 
 /// The writes of one message for one client in flight, and whether it was acked meanwhile.
 #[derive(Debug, Default)]
@@ -47,7 +51,7 @@ struct Writes {
 
 impl Keeping {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, HashMap<MessageId, Writes>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A write of `id` for `client` starts (several may be in flight: the message's settling,
@@ -64,6 +68,7 @@ impl Keeping {
     /// A write is done; returns whether the client acked meanwhile and this was the last
     /// write in flight (then remove it again).
     pub(crate) fn finish(&self, client: &ClientId, id: &MessageId) -> bool {
+        self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut map = self.lock();
         let Some(ids) = map.get_mut(client) else {
             return false;
@@ -99,16 +104,34 @@ impl Keeping {
     pub(crate) fn busy(&self, client: &ClientId) -> bool {
         self.lock().contains_key(client)
     }
+
+    /// Writes finished so far (of any client).
+    fn done(&self) -> u64 {
+        self.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Node {
     /// Waits (briefly) until no inbox write for `client` is in flight, so its new connection
     /// reads an inbox that holds everything older than what it will get live.
     pub(crate) async fn wait_for_inbox_writes(&self, client: &ClientId) {
-        // Bounded, so a store that is down delays a connect, never stops it.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while self.keeping.busy(client) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        // As long as the store makes progress (a busy store works through a queue of writes,
+        // with a slow disk seconds long), up to a minute; a store that finishes nothing for
+        // 5 s is down, and a connect is delayed by it, never stopped.
+        use tokio::time::{Duration, Instant};
+        let started = Instant::now();
+        let (mut seen, mut progressed) = (self.keeping.done(), started);
+        while self.keeping.busy(client) {
+            let now = Instant::now();
+            let done = self.keeping.done();
+            if done != seen {
+                (seen, progressed) = (done, now);
+            }
+            if now - progressed > Duration::from_secs(5) || now - started > Duration::from_secs(60)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -190,9 +213,10 @@ impl Node {
                         node.keeping.finish(&client, &message.id);
                         let was_kept = !kept.is_empty();
                         token.kept(was_kept);
-                        if node.registry.is_local(&client) {
+                        if node.registry.is_local(&client) && !node.keeping.busy(&client) {
                             // Connected meanwhile (its connection read its inbox before this
-                            // was in): push it now.
+                            // was in): push it now, once no older write for it is still on
+                            // its way (the last write to finish pushes them all, in order).
                             let _guard = node.client_lock(&client).lock().await;
                             node.drain_inbox(&client).await;
                         } else if was_kept {
