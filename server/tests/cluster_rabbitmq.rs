@@ -46,8 +46,8 @@ fn rabbitmq() -> Backend {
     .private(|| PrivateRabbitMq::start(Path::new(SCRIPT)).map(PrivateRabbitMq::boxed))
     // No Redis needed: each node keeps its clients' inboxes in a local file.
     .offline("kind = \"disk\"\npath = \"{dir}/offline-{node}.redb\"")
-    // publish_timeout = 1s, plus slack.
-    .refusal_within(Duration::from_secs(3))
+    // publish_timeout = 1s, plus slack for a loaded CI machine (3 s was passed by 7 ms once).
+    .refusal_within(Duration::from_secs(4))
 }
 
 impush_tests::cluster_suite!(rabbitmq; private_broker, durable_broker, cluster_presence, broker_proxy, partitions, failover);
