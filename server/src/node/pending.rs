@@ -213,10 +213,9 @@ impl Node {
                         node.keeping.finish(&client, &message.id);
                         let was_kept = !kept.is_empty();
                         token.kept(was_kept);
-                        if node.registry.is_local(&client) && !node.keeping.busy(&client) {
+                        if node.registry.is_local(&client) {
                             // Connected meanwhile (its connection read its inbox before this
-                            // was in): push it now, once no older write for it is still on
-                            // its way (the last write to finish pushes them all, in order).
+                            // was in): push it now.
                             let _guard = node.client_lock(&client).lock().await;
                             node.drain_inbox(&client).await;
                         } else if was_kept {

@@ -214,12 +214,6 @@ impl Node {
             .iter()
             .cloned()
             .partition(|c| self.registry.is_local(c));
-        // A client with another write still on its way gets them all when that one is done
-        // (pushing now could put this before an older message).
-        let connected: Vec<ClientId> = connected
-            .into_iter()
-            .filter(|c| !self.keeping.busy(c))
-            .collect();
         self.webhooks.stored(&waiting, &message);
         for client in &waiting {
             self.tell_where_it_may_be(client).await;

@@ -32,7 +32,7 @@
 //! - `failover`: 1,500 clients of a killed node reconnect elsewhere and come home;
 //! - `rolling`: a rolling restart of every node under traffic (its gap bound is timing: a
 //!   backbone opts in once it holds there on the CI machine);
-//! - `partitions`: a node whose broker writes are lost, and the API node cut
+//! - `partitions`: a node whose broker writes are lost, then healed
 //!   (needs the `broker_proxy` setup: a node's broker link through the proxy, and a broker
 //!   client whose readiness check sees a blackholed link);
 //! - `broker_proxy`: a node's broker link through a [`FaultProxy`](crate::proxy::FaultProxy),
@@ -114,7 +114,6 @@ macro_rules! __cluster_group {
     (partitions $backend:path) => {
         $crate::__cluster_cases!($backend;
             node_whose_broker_writes_are_lost_then_healed,
-            api_node_cut_from_the_broker_answers_503_and_retries_complete,
         );
     };
     (failover $backend:path) => {

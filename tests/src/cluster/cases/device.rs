@@ -57,14 +57,17 @@ async fn loss_probe(backend: &Backend, kill: bool) {
     chaos.await.expect("chaos task");
 
     // Across a node crash, what waited in the dead node's inbox arrives after newer messages
-    // sent to the client's next node meanwhile (`docs/design.md` section 15): order is checked
-    // without crashes, and counted with one.
+    // sent to the client's next node meanwhile, and a client that reconnects before its node
+    // noticed the old link died (a frozen link) can get what that link held, or what was
+    // still being written to its inbox, after newer messages (`docs/design.md` section 15):
+    // over real processes order is counted and printed; it is checked on one process
+    // (`server/tests/loss_probe_memory.rs`). Loss and duplicates are checked everywhere.
     let label = format!(
         "{}{}",
         backend.name(),
         if kill { ", node killed" } else { "" }
     );
-    loss::check_every_receiver(&probes, &sent, !kill, &label).await;
+    loss::check_every_receiver(&probes, &sent, false, &label).await;
 }
 
 /// Connects `client` with a `resume=` request built from `positions` (stream -> epoch ->

@@ -237,6 +237,9 @@ async fn node_partition(backend: &Backend, cut: Cut) {
 /// that is what is asserted: after the heal every refused send is retried through node 1 with
 /// its key and answered 200 with the id the key names, and then every receiver has every
 /// message exactly once: each accepted or retried id, no frame repeated.
+///
+/// Not in a group yet: in some loaded runs a few accepted messages never reach a receiver
+/// (Redis and RabbitMQ, about one run in three of the full suite).
 pub async fn api_node_cut_from_the_broker_answers_503_and_retries_complete(backend: &Backend) {
     let Some(url) = backend.shared_url() else {
         return;
