@@ -9,10 +9,11 @@
 # venv ($IMPUSH_SCHEMATHESIS_VENV, default ~/.cache/impush/schemathesis-venv), never system-wide.
 # The SSE route (/api/v1/events) is excluded: schemathesis would wait on the endless stream.
 # So is POST /api/v1/node/drain: it stops the node under test (tests/tests/drain.rs covers it).
-# The admin console's routes (/admin/api) want a console session, not the API key: the script
-# logs in first and sends the session cookie and its CSRF token with every request, so they are
-# fuzzed logged in. Their event stream (/admin/api/events) is excluded like /api/v1/events, and
-# the logout, which would end the session for the rest of the run (tests/tests/admin.rs covers it).
+# The admin console's routes (/admin/...) want a console session cookie, not the API key: a
+# cookie sent with every request makes schemathesis count each "request without the cookie"
+# as accepted, so they are left to tests/tests/admin.rs and tests/tests/openapi.rs.
+# The use-after-free check is off: DELETE /api/v1/clients/{id}/inbox empties an inbox, which
+# still exists (GET answers it empty), so a 200 after it is right.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -57,24 +58,15 @@ for _ in $(seq 100); do
 done
 [ -n "$addr" ] || { echo "schemathesis: the node did not start" >&2; cat "$work/stderr" >&2; exit 1; }
 
-# An admin console session: the cookie from the answer's headers, the CSRF token from its body.
-curl -sf -D "$work/login-headers" -o "$work/login.json" -d "{\"secret\":\"$admin_secret\"}" \
-  "http://$addr/admin/api/login" || { echo "schemathesis: the admin login failed" >&2; exit 1; }
-cookie=$(sed -n 's/^[Ss]et-[Cc]ookie: \(impush_admin=[0-9a-f]*\);.*/\1/p' "$work/login-headers")
-csrf=$(sed -n 's/.*"csrf_token":"\([0-9a-f]*\)".*/\1/p' "$work/login.json")
-[ -n "$cookie" ] && [ -n "$csrf" ] || { echo "schemathesis: no session in the login answer" >&2; exit 1; }
-
 start=$SECONDS
 status=0
 NO_COLOR=1 "$venv/bin/schemathesis" run "http://$addr/api/v1/openapi.json" \
   --exclude-path /api/v1/events \
   --exclude-path /api/v1/node/drain \
-  --exclude-path /admin/api/events \
-  --exclude-path /admin/api/logout \
+  --exclude-path-regex '^/admin/' \
   -H "Authorization: Bearer $key" \
-  -H "Cookie: $cookie" \
-  -H "X-CSRF-Token: $csrf" \
   --checks all \
+  --exclude-checks use_after_free \
   --seed "${SCHEMATHESIS_SEED:-1}" \
   "$@" || status=$?
 if ! kill -0 "$node" 2>/dev/null; then
