@@ -199,11 +199,12 @@ impl NodeOptions {
             t += &format!("[history]\nsize = {size}\n");
         }
         if let Some(store) = &self.inbox {
-            // Room for a whole run in one inbox: a bench measures the pending path, not the
-            // inbox bound.
+            // Room for every receiver's share of a run: a bench measures the pending path, not
+            // the inbox bound (which must stay below `limits.outbound_queue`, 16,384, and half
+            // of `limits.outbound_queue_bytes`).
             t += &format!(
                 "[offline]\nenabled = true\nrequire_ack = true\nkind = \"{store}\"\n\
-                 max_per_client = 100000\nmax_bytes = 1073741824\n"
+                 max_per_client = 16000\nmax_bytes = 33554432\n"
             );
             t += &store_keys(o, store)?;
         }
@@ -218,8 +219,8 @@ impl NodeOptions {
         if let Some(store) = &self.inbox {
             c.offline.enabled = true;
             c.offline.require_ack = true;
-            c.offline.max_per_client = 100_000;
-            c.offline.max_bytes = 1 << 30;
+            c.offline.max_per_client = 16_000;
+            c.offline.max_bytes = 32 << 20;
             let mut section = impush_server::Section::new(store.as_str());
             match store.as_str() {
                 "memory" => {}
