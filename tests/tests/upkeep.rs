@@ -22,11 +22,11 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use impush_core::{
     Answer, Broker, ChannelInfo, ChannelName, ClientId, ConnectionId, DroppedConnection, Event,
-    MemoryBroker, MemoryPresenceStore, NodeEntry, NodeId, NodeLease, NodeState, NodeSync,
-    PresenceStore, Result, SubscribeMode, Subscription,
+    MemoryBroker, MemoryPresenceStore, NodeId, NodeLease, NodeState, NodeSync, PresenceStore,
+    Result, SubscribeMode, Subscription,
 };
 use impush_server::ImServer;
-use support::{config, eventually, free_addrs, id, Client};
+use support::{config, eventually, id, start_cluster_over, Client};
 
 /// The node's lease in these tests.
 const LEASE: Duration = Duration::from_millis(600);
@@ -217,29 +217,14 @@ async fn announcing_a_big_reap_does_not_hold_the_heartbeats_back() {
     let broker: Arc<dyn Broker> = Arc::new(SlowEvents(Arc::new(MemoryBroker::default())));
     let shared = Arc::new(MemoryPresenceStore::new());
     let stores: Vec<Arc<Faulty>> = (0..3).map(|_| Faulty::over(&shared)).collect();
-    let addrs = free_addrs(3);
-    let entries: Vec<NodeEntry> = addrs
+    let presences: Vec<Arc<dyn PresenceStore>> = stores
         .iter()
-        .enumerate()
-        .map(|(i, a)| NodeEntry {
-            id: format!("n{}", i + 1).parse().unwrap(),
-            url: format!("ws://{a}"),
-        })
+        .map(|s| s.clone() as Arc<dyn PresenceStore>)
         .collect();
-    let mut nodes = Vec::new();
-    for (i, a) in addrs.iter().enumerate() {
-        let mut c = config();
-        c.node.id = entries[i].id.clone();
-        c.node.listen = *a;
-        c.cluster.nodes = entries.clone();
+    let nodes = start_cluster_over(broker.clone(), presences, |c| {
         c.cluster.node_lease = LEASE;
-        let presence: Arc<dyn PresenceStore> = stores[i].clone();
-        nodes.push(
-            ImServer::start_with(c, broker.clone(), presence)
-                .await
-                .unwrap(),
-        );
-    }
+    })
+    .await;
     let h = nodes[0].helper();
     let n2: NodeId = "n2".parse().unwrap();
     let held: Vec<String> = (0..)
@@ -250,10 +235,10 @@ async fn announcing_a_big_reap_does_not_hold_the_heartbeats_back() {
     // One client on each node that stays: a reaped live node would show in their drops.
     let mut sockets = Vec::new();
     for i in [0, 2] {
-        let node = &entries[i].id;
+        let node: NodeId = format!("n{}", i + 1).parse().unwrap();
         let c = (0..)
             .map(|k| format!("stays{k}"))
-            .find(|c| h.cluster().home(&id(c)).id == *node)
+            .find(|c| h.cluster().home(&id(c)).id == node)
             .unwrap();
         sockets.push(Client::connect_with(&h, &c, serde_json::Value::Null).await);
     }

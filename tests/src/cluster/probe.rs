@@ -115,6 +115,23 @@ impl Probe {
     pub fn at(&self, ms: u128) -> Instant {
         self.started + Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
     }
+
+    /// For a failure message: the probe's connections and refused connects (node, time after
+    /// `since`) and its close codes.
+    pub fn timeline_since(&self, since: Instant) -> String {
+        let seen = self.seen();
+        let after = |list: &[(String, u128)]| -> Vec<(String, Duration)> {
+            list.iter()
+                .map(|(n, ms)| (n.clone(), self.at(*ms).saturating_duration_since(since)))
+                .collect()
+        };
+        format!(
+            "connections {:?}, closes {:?}, refused connects {:?}",
+            after(&seen.nodes),
+            seen.closes,
+            after(&seen.refused)
+        )
+    }
 }
 
 #[derive(Debug, Default)]

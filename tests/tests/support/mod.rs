@@ -47,7 +47,17 @@ pub use impush_tests::free_addrs;
 pub async fn start_cluster(n: usize, f: impl Fn(&mut Config)) -> Vec<ImServer> {
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
     let presence: Arc<dyn PresenceStore> = Arc::new(MemoryPresenceStore::new());
-    let addrs = free_addrs(n);
+    start_cluster_over(broker, vec![presence; n], f).await
+}
+
+/// Starts one node in this process per entry of `presences` (node `i` sees the presence store
+/// `presences[i]`), all over `broker`, ids `n1`, `n2`, ...
+pub async fn start_cluster_over(
+    broker: Arc<dyn Broker>,
+    presences: Vec<Arc<dyn PresenceStore>>,
+    f: impl Fn(&mut Config),
+) -> Vec<ImServer> {
+    let addrs = free_addrs(presences.len());
     let nodes: Vec<NodeEntry> = addrs
         .iter()
         .enumerate()
@@ -57,14 +67,14 @@ pub async fn start_cluster(n: usize, f: impl Fn(&mut Config)) -> Vec<ImServer> {
         })
         .collect();
     let mut servers = Vec::new();
-    for (i, a) in addrs.iter().enumerate() {
+    for (i, (a, presence)) in addrs.iter().zip(presences).enumerate() {
         let mut c = config();
         c.node.id = nodes[i].id.clone();
         c.node.listen = *a;
         c.cluster.nodes = nodes.clone();
         f(&mut c);
         servers.push(
-            ImServer::start_with(c, broker.clone(), presence.clone())
+            ImServer::start_with(c, broker.clone(), presence)
                 .await
                 .expect("node starts"),
         );

@@ -364,21 +364,11 @@ pub async fn killed_nodes_clients_reconnect_elsewhere_and_come_home(backend: &Ba
         .collect();
     if let Some(first) = gone.first() {
         let p = probes.iter().find(|p| p.client == *first.client()).unwrap();
-        let seen = p.seen();
-        let at = |ms: &u128| p.at(*ms).saturating_duration_since(restarted);
         panic!(
             "{} clients reported gone while they went home, e.g. {first:?}; that client's \
-             connections (from n2's restart) {:?}, closes {:?}, refused connects {:?}",
+             timeline from n2's restart: {}",
             gone.len(),
-            seen.nodes
-                .iter()
-                .map(|(n, ms)| (n, at(ms)))
-                .collect::<Vec<_>>(),
-            seen.closes,
-            seen.refused
-                .iter()
-                .map(|(n, ms)| (n, at(ms)))
-                .collect::<Vec<_>>(),
+            p.timeline_since(restarted),
         );
     }
     let first_again = events

@@ -123,23 +123,13 @@ pub async fn rolling_restart_loses_nothing(backend: &Backend) {
                 .collect();
             let Some(p) = away.first() else { break };
             if back.elapsed() > Duration::from_secs(30) {
-                let seen = p.seen();
-                let at = |ms: &u128| p.at(*ms).saturating_duration_since(back);
                 panic!(
                     "{} clients of {node} not home 30 s after it was live again, e.g. {} \
-                     ({}): connections (from then) {:?}, closes {:?}, refused {:?}",
+                     ({}): timeline from then: {}",
                     away.len(),
                     p.client,
-                    seen.doing,
-                    seen.nodes
-                        .iter()
-                        .map(|(n, ms)| (n, at(ms)))
-                        .collect::<Vec<_>>(),
-                    seen.closes,
-                    seen.refused
-                        .iter()
-                        .map(|(n, ms)| (n, at(ms)))
-                        .collect::<Vec<_>>(),
+                    p.seen().doing,
+                    p.timeline_since(back),
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
