@@ -37,11 +37,12 @@ if ! build_log=$(cargo fuzz build --sanitizer none 2>&1); then
 fi
 echo "fuzz: built ${#targets[@]} targets in $((SECONDS - start))s" >&2
 
-failed=()
-for t in "${targets[@]}"; do
+# One target per core at a time (each fuzzes on one thread): the runs overlap instead of
+# taking N seconds each in turn.
+jobs=${IMPUSH_FUZZ_JOBS:-$(nproc)}
+run_one() {
+  local t=$1 log="fuzz/target/$1.log" t0=$SECONDS runs
   mkdir -p "fuzz/target/corpus/$t" "fuzz/corpus/$t"
-  log="fuzz/target/$t.log"
-  t0=$SECONDS
   if cargo fuzz run --sanitizer none "$t" "fuzz/target/corpus/$t" "fuzz/corpus/$t" -- \
       -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       >"$log" 2>&1; then
@@ -50,9 +51,24 @@ for t in "${targets[@]}"; do
   else
     echo "fuzz: $t FAILED (log: $log; crash inputs: fuzz/artifacts/$t/)" >&2
     grep -E 'panicked|ERROR|SUMMARY|Test unit written' "$log" | head -20 >&2 || tail -30 "$log" >&2
-    failed+=("$t")
+    touch "$verdicts/$t.failed"
   fi
+}
+# A run that fails leaves a mark here (a job's status is not reliably kept for `wait` once
+# `wait -n` has reaped it).
+verdicts=$(mktemp -d)
+for t in "${targets[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
+    wait -n || true
+  done
+  run_one "$t" &
 done
+wait
+failed=()
+for t in "${targets[@]}"; do
+  [ -e "$verdicts/$t.failed" ] && failed+=("$t")
+done
+rm -rf "$verdicts"
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "fuzz: crashes in ${failed[*]}" >&2

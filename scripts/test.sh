@@ -11,8 +11,8 @@
 # Rust tests run under cargo-nextest (each test its own process, several at once:
 # .config/nextest.toml), after one build of every test target; the brokers start in the
 # background meanwhile, and the steps after the Rust tests (schemathesis, the JavaScript client,
-# the browser tests, the deploy files, the example) run side by side, each into its own log,
-# printed when it fails.
+# the browser tests, the deploy files, the example, the fuzz targets) run side by side, each into
+# its own log, printed when it fails.
 # Needs a Rust toolchain (rustup), Node >= 20 with npm, and root or sudo for apt: it installs
 # and starts the brokers itself (scripts/brokers.sh up: Redis, RabbitMQ, NATS and a
 # Kafka-protocol broker on loopback) and Chromium, and runs the broker tests strictly: a broker
@@ -103,6 +103,7 @@ side chat-e2e bash -c "cd examples/chat/e2e && npm ci --no-audit --no-fund --log
 side admin-e2e bash -c "cd tests/admin-e2e && npm ci --no-audit --no-fund --loglevel=error && IMPUSH_BIN='$bin' npm test"
 side deploy scripts/check-deploy.sh "$bin"
 side example timeout 60 "$root/target/debug/examples/embedded_chat"
+side fuzz scripts/fuzz.sh "${IMPUSH_FUZZ_SECONDS:-15}"
 step "side by side: ${names[*]}"
 failed=()
 for i in "${!pids[@]}"; do
@@ -118,7 +119,4 @@ for name in "${failed[@]}"; do
   cat "$logs/$name.log" >&2
 done
 [ "${#failed[@]}" -eq 0 ] || exit 1
-
-step "fuzz: each cargo-fuzz target ${IMPUSH_FUZZ_SECONDS:-15}s"
-scripts/fuzz.sh "${IMPUSH_FUZZ_SECONDS:-15}"
 step "done"

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use impush_core::NodeStatus;
 use impush_helper::{Backends, HelperConfig, ImHelper};
 
 pub use super::backend::{Backend, Cleanup, StartPrivate};
@@ -183,12 +184,56 @@ impl Cluster {
             );
             write(&cluster.config(i), &toml);
         }
+        // Every node starts at once, as a deployment's do: a node's start waits on the broker
+        // (a Kafka group join alone takes ~3 s), and one after another that wait was paid once
+        // per node in every case.
         let mut cluster = cluster;
-        for i in 0..spec.nodes {
-            let child = spawn_node(&cluster.bin, &cluster.config(i));
-            cluster.nodes.push(Some(child));
+        let launches: Vec<Launch> = (0..spec.nodes)
+            .map(|i| Launch::start(&cluster.bin, &cluster.config(i)))
+            .collect();
+        let mut failed = None;
+        for launch in launches {
+            match launch.listening() {
+                Ok(child) => cluster.nodes.push(Some(child)),
+                Err(why) => {
+                    cluster.nodes.push(None);
+                    failed.get_or_insert(why);
+                }
+            }
         }
+        if let Some(why) = failed {
+            // Dropping the cluster kills the nodes that did start.
+            drop(cluster);
+            panic!("{why}");
+        }
+        cluster.wait_until_every_node_sees_every_node();
         cluster
+    }
+
+    /// Waits (up to [`WAIT`]) until every node's live view (`GET /api/v1/nodes`) holds every
+    /// node as `live`: nodes that started together may still be learning of each other when
+    /// they listen, and a case starts from a cluster whose nodes agree on who owns whom.
+    fn wait_until_every_node_sees_every_node(&self) {
+        let deadline = Instant::now() + WAIT;
+        let rt = tokio::runtime::Handle::current();
+        for i in 0..self.addrs.len() {
+            let url = self.http(i) + "/api/v1/nodes";
+            loop {
+                let (status, body) = rt.block_on(super::http::get_json(url.clone()));
+                let live = body["nodes"]
+                    .as_array()
+                    .map_or(0, |ns| ns.iter().filter(|n| n["status"] == "live").count());
+                if status == 200 && live == self.addrs.len() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node n{} does not see every node live within {WAIT:?}: {status} {body}",
+                    i + 1
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 
     fn config(&self, i: usize) -> PathBuf {
@@ -203,11 +248,34 @@ impl Cluster {
     /// A helper of this cluster, in this process.
     pub async fn helper(&self) -> ImHelper {
         let cfg = HelperConfig::load(Some(&self.helper_config)).expect("the helper's config");
-        ImHelper::builder(&cfg)
+        let h = ImHelper::builder(&cfg)
             .backends((self.helper_backends)())
             .connect()
             .await
-            .expect("the helper connects")
+            .expect("the helper connects");
+        // The helper's live view decides connect URLs: a case starts once it holds every
+        // running node as live, as the nodes' own views do.
+        let running: Vec<String> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some())
+            .map(|i| format!("n{}", i + 1))
+            .collect();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let statuses = h.cluster().statuses();
+            let seen = running.iter().all(|want| {
+                statuses
+                    .iter()
+                    .any(|(id, s)| id.as_str() == want && *s == NodeStatus::Live)
+            });
+            if seen {
+                return h;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the helper does not see every running node live within {WAIT:?}: {statuses:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL to node `i`: no goodbye, no clean-up.
@@ -341,34 +409,63 @@ fn node_stderr(config: &Path) -> Stdio {
 
 /// Starts `bin --config path` and waits for its "listening" line.
 fn spawn_node(bin: &Path, config: &Path) -> Child {
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(config)
-        .env(
-            "RUST_LOG",
-            std::env::var("IMPUSH_TEST_NODE_LOG").unwrap_or("warn".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(node_stderr(config))
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(first)) = lines.next() {
-            let _ = tx.send(first);
+    Launch::start(bin, config)
+        .listening()
+        .unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// A node process started and not yet known to listen.
+struct Launch {
+    child: Child,
+    first_line: std::sync::mpsc::Receiver<String>,
+    bin: PathBuf,
+    config: PathBuf,
+}
+
+impl Launch {
+    /// Starts `bin --config path`, its stdout read on a thread of its own.
+    fn start(bin: &Path, config: &Path) -> Launch {
+        let mut child = Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("IMPUSH_TEST_NODE_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(node_stderr(config))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, first_line) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            for _ in lines {} // keep draining so the node never blocks on stdout
+        });
+        Launch {
+            child,
+            first_line,
+            bin: bin.to_owned(),
+            config: config.to_owned(),
         }
-        for _ in lines {} // keep draining so the node never blocks on stdout
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(first) if first.starts_with("impush listening on") => child,
-        other => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = writeln!(std::io::stderr(), "{}:", config.display());
-            let _ = std::io::stderr().write_all(&std::fs::read(config).unwrap_or_default());
-            panic!("{} did not start: {other:?}", bin.display());
+    }
+
+    /// The node once it printed its "listening" line (within 60 s); otherwise it is killed,
+    /// its config printed, and the error says what it printed instead.
+    fn listening(mut self) -> Result<Child, String> {
+        match self.first_line.recv_timeout(Duration::from_secs(60)) {
+            Ok(first) if first.starts_with("impush listening on") => Ok(self.child),
+            other => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let _ = writeln!(std::io::stderr(), "{}:", self.config.display());
+                let _ = std::io::stderr()
+                    .write_all(&std::fs::read(&self.config).unwrap_or_default());
+                Err(format!("{} did not start: {other:?}", self.bin.display()))
+            }
         }
     }
 }
