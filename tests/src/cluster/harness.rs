@@ -462,8 +462,8 @@ impl Launch {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 let _ = writeln!(std::io::stderr(), "{}:", self.config.display());
-                let _ = std::io::stderr()
-                    .write_all(&std::fs::read(&self.config).unwrap_or_default());
+                let _ =
+                    std::io::stderr().write_all(&std::fs::read(&self.config).unwrap_or_default());
                 Err(format!("{} did not start: {other:?}", self.bin.display()))
             }
         }
