@@ -216,19 +216,28 @@ impl Cluster {
     fn wait_until_every_node_sees_every_node(&self) {
         let deadline = Instant::now() + WAIT;
         let rt = tokio::runtime::Handle::current();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client");
         for i in 0..self.addrs.len() {
             let url = self.http(i) + "/api/v1/nodes";
             loop {
-                let (status, body) = rt.block_on(super::http::get_json(url.clone()));
+                let body: serde_json::Value = rt
+                    .block_on(async {
+                        let r = http.get(&url).bearer_auth(API_KEY).send().await.ok()?;
+                        r.json().await.ok()
+                    })
+                    .unwrap_or_default();
                 let live = body["nodes"]
                     .as_array()
                     .map_or(0, |ns| ns.iter().filter(|n| n["status"] == "live").count());
-                if status == 200 && live == self.addrs.len() {
+                if live == self.addrs.len() {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "node n{} does not see every node live within {WAIT:?}: {status} {body}",
+                    "node n{} does not see every node live within {WAIT:?}: {body}",
                     i + 1
                 );
                 std::thread::sleep(Duration::from_millis(20));
