@@ -92,7 +92,8 @@ impl Nodes {
         if let Some(p) = self.procs[i].take() {
             p.stop().await;
         }
-        self.procs[i] = Some(NodeProc::start(&self.configs[i]).await?);
+        // `--drain`: SIGTERM moves the node's clients to the others first, as `impush` does.
+        self.procs[i] = Some(NodeProc::start_with(&self.configs[i], true).await?);
         Ok(t.elapsed().as_secs_f64())
     }
 
@@ -214,7 +215,7 @@ pub(crate) async fn soak(o: &Opts, p: &SoakPlan) -> Res<()> {
             .build()?,
     };
     for c in &configs {
-        nodes.procs.push(Some(NodeProc::start(c).await?));
+        nodes.procs.push(Some(NodeProc::start_with(c, true).await?));
     }
     let helper = ImHelper::connect(&HelperConfig::load(Some(&helper_cfg))?).await?;
 
