@@ -17,7 +17,7 @@ use impush_helper::{Backends, HelperConfig, ImHelper};
 
 pub use super::backend::{Backend, Cleanup, StartPrivate};
 use super::brokers::kill;
-use crate::support::{free_addrs, unique_ns};
+use crate::support::{eventually_within, free_addrs, unique_ns};
 
 /// How long a case waits for one thing to happen before failing.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -268,23 +268,17 @@ impl Cluster {
             .filter(|&i| self.nodes[i].is_some())
             .map(|i| format!("n{}", i + 1))
             .collect();
-        let deadline = Instant::now() + WAIT;
-        loop {
+        eventually_within("the helper sees every running node live", WAIT, || {
             let statuses = h.cluster().statuses();
             let seen = running.iter().all(|want| {
                 statuses
                     .iter()
                     .any(|(id, s)| id.as_str() == want && *s == NodeStatus::Live)
             });
-            if seen {
-                return h;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the helper does not see every running node live within {WAIT:?}: {statuses:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            async move { seen }
+        })
+        .await;
+        h
     }
 
     /// SIGKILL to node `i`: no goodbye, no clean-up.
