@@ -78,9 +78,17 @@ impl BackendContext {
 
 type Connect<T> = BoxFuture<'static, Result<Arc<T>>>;
 type Factory<T> = Arc<dyn Fn(&Section, &str, BackendContext) -> Result<Connect<T>> + Send + Sync>;
+/// Deserialises a section's options as the kind's config type and nothing more: a section
+/// that is not used (`[offline]` with `enabled = false`) is still checked for typos without
+/// starting anything.
+type Check = Arc<dyn Fn(&Section, &str) -> Result<()> + Send + Sync>;
+
+fn check_of<C: DeserializeOwned>() -> Check {
+    Arc::new(|section, name| section.options::<C>(name).map(drop))
+}
 
 enum Slot<T: ?Sized> {
-    Ready(Factory<T>),
+    Ready(Factory<T>, Check),
     /// Known kind whose crate this build leaves out; the Cargo feature has the kind's name.
     NotCompiled,
 }
@@ -88,7 +96,7 @@ enum Slot<T: ?Sized> {
 impl<T: ?Sized> Clone for Slot<T> {
     fn clone(&self) -> Self {
         match self {
-            Slot::Ready(f) => Slot::Ready(f.clone()),
+            Slot::Ready(f, c) => Slot::Ready(f.clone(), c.clone()),
             Slot::NotCompiled => Slot::NotCompiled,
         }
     }
@@ -154,7 +162,8 @@ impl Backends {
                 Ok(Arc::new(fut.await?) as Arc<dyn Broker>)
             }))
         });
-        self.brokers.insert(kind.to_owned(), Slot::Ready(f));
+        self.brokers
+            .insert(kind.to_owned(), Slot::Ready(f, check_of::<C>()));
         self
     }
 
@@ -173,7 +182,8 @@ impl Backends {
                 Ok(Arc::new(fut.await?) as Arc<dyn PresenceStore>)
             }))
         });
-        self.presence.insert(kind.to_owned(), Slot::Ready(f));
+        self.presence
+            .insert(kind.to_owned(), Slot::Ready(f, check_of::<C>()));
         self
     }
 
@@ -193,7 +203,8 @@ impl Backends {
                 Ok(Arc::new(fut.await?) as Arc<dyn OfflineStore>)
             }))
         });
-        self.offline.insert(kind.to_owned(), Slot::Ready(f));
+        self.offline
+            .insert(kind.to_owned(), Slot::Ready(f, check_of::<C>()));
         self
     }
 
@@ -274,14 +285,44 @@ impl Backends {
     ) -> Result<Arc<dyn OfflineStore>> {
         connect(&self.offline, "offline", section, ctx.clone()).await
     }
+
+    /// Checks the offline store `section` as [`Backends::connect_offline`] would (its kind is
+    /// known and compiled in, its options are the kind's), without opening anything: a node
+    /// whose `[offline]` is disabled still refuses a typo in it (`IMPUSH_OFFLINE__ENABLE=true`
+    /// would otherwise leave the inbox silently off).
+    ///
+    /// # Errors
+    /// As [`Backends::connect_offline`], before any connection.
+    pub fn check_offline(&self, section: &Section) -> Result<()> {
+        let (_, check) = slot(&self.offline, "offline", section)?;
+        check(section, "offline")
+    }
 }
 
 fn ready<T: ?Sized>(slots: &BTreeMap<String, Slot<T>>) -> Vec<&str> {
     slots
         .iter()
-        .filter(|(_, s)| matches!(s, Slot::Ready(_)))
+        .filter(|(_, s)| matches!(s, Slot::Ready(..)))
         .map(|(k, _)| k.as_str())
         .collect()
+}
+
+/// The factory and check of the kind `section` names.
+fn slot<'a, T: ?Sized>(
+    slots: &'a BTreeMap<String, Slot<T>>,
+    role: &'static str,
+    section: &Section,
+) -> Result<(&'a Factory<T>, &'a Check)> {
+    let kind = section.kind();
+    match slots.get(kind) {
+        Some(Slot::Ready(f, c)) => Ok((f, c)),
+        Some(Slot::NotCompiled) => Err(Error::NotCompiled(kind.to_owned())),
+        None => Err(Error::Config(format!(
+            "config key `{role}.kind`: unknown {role} kind `{kind}`; this build has: {} \
+             (a custom kind must be registered with Backends::register_{role})",
+            ready(slots).join(", ")
+        ))),
+    }
 }
 
 async fn connect<T: ?Sized>(
@@ -291,17 +332,7 @@ async fn connect<T: ?Sized>(
     ctx: BackendContext,
 ) -> Result<Arc<T>> {
     let kind = section.kind();
-    let factory = match slots.get(kind) {
-        Some(Slot::Ready(f)) => f,
-        Some(Slot::NotCompiled) => return Err(Error::NotCompiled(kind.to_owned())),
-        None => {
-            return Err(Error::Config(format!(
-                "config key `{role}.kind`: unknown {role} kind `{kind}`; this build has: {} \
-                 (a custom kind must be registered with Backends::register_{role})",
-                ready(slots).join(", ")
-            )))
-        }
-    };
+    let (factory, _) = slot(slots, role, section)?;
     let fut = factory(section, role, ctx)?;
     fut.await.map_err(|source| Error::Start {
         role,

@@ -176,7 +176,14 @@ impl ImServerBuilder {
             }
         };
         let offline = match (config.offline.enabled, self.offline) {
-            (false, _) => None,
+            (false, _) => {
+                // Unused, but a typo in it (`IMPUSH_OFFLINE__ENABLE`) must not pass silently;
+                // a kind this build leaves out cannot be checked, and is not needed.
+                match self.backends.check_offline(&config.offline.store) {
+                    Ok(()) | Err(impush_core::Error::NotCompiled(_)) => None,
+                    Err(e) => return Err(e.into()),
+                }
+            }
             (true, Some(o)) => Some(o),
             (true, None) => Some(
                 self.backends

@@ -142,8 +142,24 @@ fn configured_secrets_are_not_printed() {
     );
 }
 
+/// Runs `impush` expecting it to refuse to start: its exit code and stderr. A node that
+/// starts instead is stopped after a few seconds and fails the test at once (rather than
+/// running until the test harness times it out).
 fn run_failing(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let out = impush(args, env).output().unwrap();
+    let mut child = impush(args, env).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "impush {args:?} with {env:?} started instead of refusing: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
     (out.status.code().unwrap_or(-1), stderr)
 }
@@ -185,6 +201,8 @@ fn bad_config_is_one_line_naming_the_key() {
             "offline.max_bytes",
         ),
         ("[limits]\ninbound_rate = 0\n", "limits.inbound_rate"),
+        // A typo in a disabled section: the inbox would be silently off.
+        ("[offline]\nenable = true\n", "offline.enable"),
         ("this is not toml", "impush.toml"),
     ];
     for (i, (toml, key)) in cases.iter().enumerate() {
@@ -208,6 +226,10 @@ fn bad_config_is_one_line_naming_the_key() {
     let (code, stderr) = run_failing(&[], &[("IMPUSH_LIMITS__OUTBOUND_QUEUE", "lots")]);
     assert_eq!(code, 2);
     assert!(stderr.contains("IMPUSH_LIMITS__OUTBOUND_QUEUE"), "{stderr}");
+
+    let (code, stderr) = run_failing(&[], &[("IMPUSH_OFFLINE__ENABLE", "true")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("offline.enable"), "{stderr}");
 
     let (code, stderr) = run_failing(&[], &[("IMPUSH_BROKER__KIND", "nats")]);
     assert_eq!(code, 2, "{stderr}");
