@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -393,6 +393,83 @@ async fn every_kind_is_posted_signed_and_batched() {
     // The same event has the same id on every endpoint.
     assert_eq!(got[1].1["id"], stored[0]["id"]);
     server.shutdown().await.unwrap();
+}
+
+/// A message written to a socket whose link then drops before the ack goes back to the
+/// inbox (`docs/design.md` section 15): it now waits for an offline client, so `stored` is
+/// posted then, once, and not while the message was only pending on a live socket.
+#[tokio::test]
+async fn a_message_left_unacked_by_a_dropped_link_posts_stored() {
+    let rx = Receiver::start(Mode::Ok).await;
+    let url = rx.url();
+    let server = start(move |c| {
+        c.offline.enabled = true;
+        c.webhooks.linger = Duration::ZERO;
+        c.webhooks.endpoints = vec![endpoint(url.clone(), &[EventKind::Stored])];
+    })
+    .await;
+    let h = server.helper();
+    let mut alice = Client::connect(&h, "alice", 1).await;
+    let sent = h
+        .send_message(&id("bob"), &[id("alice")], &json!({"text": "hi"}), false)
+        .await
+        .unwrap();
+    assert_eq!(alice.next_json().await["id"], sent.id.as_str());
+    // Written, not acked: kept in the inbox as pending, which is no reason for a push.
+    impush_tests::eventually_within("the pending keep", LONG, || async {
+        support::inbox_count(&server, "alice").await == 1
+    })
+    .await;
+    assert!(rx.events_of("stored").is_empty(), "{:?}", rx.events());
+    alice.reset();
+    rx.wait_for("the stored hook", LONG, |e| {
+        e.iter().any(|e| e["type"] == "stored")
+    })
+    .await;
+    let stored = rx.events_of("stored");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["client_id"], "alice");
+    assert_eq!(stored[0]["from"], "bob");
+    assert_eq!(stored[0]["message_id"], sent.id.as_str());
+    server.shutdown().await.unwrap();
+}
+
+/// Memberships that end because their client did not come back (`[channels] linger`, or at
+/// once with a linger of 0) are posted as `left`, like a leave through the API.
+#[tokio::test]
+async fn memberships_ended_by_the_linger_post_left() {
+    for linger in [Duration::from_millis(300), Duration::ZERO] {
+        let rx = Receiver::start(Mode::Ok).await;
+        let url = rx.url();
+        let server = start(move |c| {
+            c.channels.linger = linger;
+            c.webhooks.linger = Duration::ZERO;
+            c.webhooks.endpoints = vec![endpoint(url.clone(), &[EventKind::Left])];
+        })
+        .await;
+        let h = server.helper();
+        let carol = Client::connect(&h, "carol", 1).await;
+        for room in ["a", "b"] {
+            h.join_channel(&chan(room), &[id("carol")]).await.unwrap();
+        }
+        drop(carol);
+        rx.wait_for("a left hook per channel", LONG, |e| e.len() >= 2)
+            .await;
+        let left: HashSet<(Value, Value)> = rx
+            .events_of("left")
+            .iter()
+            .map(|e| (e["channel"].clone(), e["client_id"].clone()))
+            .collect();
+        assert_eq!(
+            left,
+            HashSet::from([(json!("a"), json!("carol")), (json!("b"), json!("carol"))]),
+            "linger {linger:?}"
+        );
+        assert_eq!(rx.events().len(), 2, "linger {linger:?}: {:?}", rx.events());
+        let channels = h.client_channels(&id("carol")).await.unwrap().value;
+        assert!(channels.is_empty(), "{channels:?}");
+        server.shutdown().await.unwrap();
+    }
 }
 
 /// A membership change is read by every node and posted by the client's owner only; a

@@ -11,9 +11,10 @@
 
 use std::sync::Arc;
 
-use impush_core::{ClientId, DroppedConnection};
+use impush_core::{ChannelName, ClientId, DroppedConnection};
 
 use super::Node;
+use crate::webhooks::EventKind;
 
 impl Node {
     /// Whether a store call that drops a client's last connection should end its memberships
@@ -35,13 +36,48 @@ impl Node {
                 () = stop.cancelled() => {}
             }
             for client in clients {
-                match node.presence.leave_all_if_offline(&client).await {
-                    Ok(true) => tracing::debug!(%client, "memberships ended after the linger"),
-                    Ok(false) => {}
-                    Err(e) => node.presence_error("leave_all_if_offline", &e),
-                }
+                node.end_memberships(&client).await;
             }
         });
+    }
+
+    /// Ends `client`'s memberships if it is still offline, and posts a `left` hook for each
+    /// channel it was in: this node ran the store step, so it is the one that posts them.
+    /// The channels are read just before the step; a join or leave between the two is the
+    /// window in which a hook can be missed or come twice (`docs/design.md` section 17).
+    async fn end_memberships(&self, client: &ClientId) {
+        let channels = self.channels_for_left_hooks(client).await;
+        match self.presence.leave_all_if_offline(client).await {
+            Ok(true) => {
+                tracing::debug!(%client, "memberships ended after the linger");
+                self.post_left(client, &channels);
+            }
+            Ok(false) => {}
+            Err(e) => self.presence_error("leave_all_if_offline", &e),
+        }
+    }
+
+    /// `client`'s channels, read only when an endpoint wants `left` hooks.
+    pub(super) async fn channels_for_left_hooks(&self, client: &ClientId) -> Vec<ChannelName> {
+        if !self.webhooks.wants(EventKind::Left) {
+            return Vec::new();
+        }
+        match self.presence.client_channels(client).await {
+            Ok(answer) => answer.value,
+            Err(e) => {
+                self.presence_error("client_channels", &e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Posts a `left` hook for `client` in each of `channels`, whose memberships this node
+    /// just ended in the store.
+    pub(super) fn post_left(&self, client: &ClientId, channels: &[ChannelName]) {
+        for channel in channels {
+            self.webhooks
+                .membership(EventKind::Left, channel, std::iter::once(client));
+        }
     }
 
     /// The clients among `dropped` that lost their last connection, for [`Node::linger`].

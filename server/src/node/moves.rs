@@ -108,6 +108,13 @@ impl Node {
     /// client's last anywhere and memberships do not persist) and publishes its offline event.
     pub(super) async fn leave_presence(self: &Arc<Self>, handle: &SessionHandle, moved: bool) {
         let client: &ClientId = &handle.client;
+        // With no linger the store step below ends the memberships of a last connection:
+        // what they were is read first, for the `left` hooks (`Node::end_memberships`).
+        let channels = if self.clear_channels_now() {
+            self.channels_for_left_hooks(client).await
+        } else {
+            Vec::new()
+        };
         let remaining = {
             let _gate = self.repair.gate.read().await;
             match self
@@ -132,6 +139,7 @@ impl Node {
         // connection elsewhere); without it, what this node knows.
         let last = remaining.map_or_else(|| !self.registry.is_local(client), |n| n == 0);
         if remaining == Some(0) {
+            self.post_left(client, &channels);
             self.linger(vec![client.clone()]);
         }
         tracing::info!(%client, connection = %handle.connection, last, moved, "disconnected");

@@ -164,22 +164,35 @@ impl Node {
             return;
         }
         let client = handle.client.clone();
+        let moved = handle.close_code() == crate::session::close::MOVED;
         for m in &orphans {
             self.keeping.start(&client, &m.id);
         }
         let node = self.clone();
         tokio::spawn(async move {
             let Some(inbox) = &node.offline else { return };
+            let mut waiting = Vec::new();
             for m in orphans {
                 let id = m.id.clone();
-                node.store_for(inbox, &m, std::slice::from_ref(&client))
+                let (kept, _) = node
+                    .store_for(inbox, &m, std::slice::from_ref(&client))
                     .await;
                 if node.keeping.finish(&client, &id) {
                     node.remove_from_inbox(&client, std::slice::from_ref(&id))
                         .await;
+                } else if !kept.is_empty() {
+                    waiting.push(m);
                 }
             }
             if !node.registry.is_local(&client) {
+                // They wait for a client with no socket here now: the hook for a mobile
+                // push, as for a message that found it offline (`keep_for_absent`); not for a
+                // planned move (1012), whose client is connecting to its next node.
+                if !moved {
+                    for m in &waiting {
+                        node.webhooks.stored(std::slice::from_ref(&client), m);
+                    }
+                }
                 node.tell_where_it_may_be(&client).await;
             }
         });
