@@ -104,6 +104,12 @@ impl Registry {
         limit: usize,
     ) -> (bool, Vec<Arc<SessionHandle>>) {
         let mut clients = write(&self.clients);
+        // Under the lock: a delivery that looks for this client's sockets after this either
+        // finds it or has a lower mark (see `settle::next_mark`).
+        handle.mark.store(
+            crate::settle::next_mark(),
+            std::sync::atomic::Ordering::Release,
+        );
         let sessions = clients.entry(handle.client.clone()).or_default();
         let first = sessions.is_empty();
         sessions.push(handle.clone());
@@ -315,5 +321,36 @@ impl Registry {
             .map(|(ch, m)| (ch.clone(), m.iter().cloned().collect()))
             .collect();
         (connections, memberships)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use impush_core::{config::LimitsConfig, ClientId, ConnectionId};
+
+    use super::Registry;
+    use crate::{metrics::Metrics, session::SessionHandle};
+
+    /// The order `Node::settle_with_inbox` relies on (`settle::next_mark`): a socket that
+    /// joined the registry before a message went out live was offered it then, and is not
+    /// drained it again; one that joined after was not, and is.
+    #[test]
+    fn a_socket_came_after_exactly_the_messages_marked_before_it_joined() {
+        let registry = Registry::default();
+        let before = crate::settle::next_mark();
+        let h = Arc::new(SessionHandle::new(
+            ClientId::new("alice").expect("valid id"),
+            ConnectionId::new("n1-1").expect("valid id"),
+            serde_json::Value::Null,
+            &LimitsConfig::default(),
+            Arc::new(Metrics::default()),
+        ));
+        assert!(!h.came_after(before), "not registered yet: offered nothing");
+        registry.add(&h, 0);
+        let after = crate::settle::next_mark();
+        assert!(h.came_after(before));
+        assert!(!h.came_after(after));
     }
 }

@@ -17,11 +17,24 @@
 //! node does not keep, as pending, a message the device already acked (`docs/design.md`
 //! section 15).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
+};
 
 use impush_core::{Acker, ClientId, MessageId, StoredMessage};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
+
+/// Orders settlements and connections on this node: a connection whose mark is above a
+/// settlement's attached after that message was delivered live, so it did not get it then
+/// (`Node::settle_with_inbox` pushes it from the inbox to those only).
+static MARKS: AtomicU64 = AtomicU64::new(1);
+
+/// The next mark (see [`MARKS`]).
+pub(crate) fn next_mark() -> u64 {
+    MARKS.fetch_add(1, Ordering::Relaxed)
+}
 
 /// The outcome of one inbox message on this node.
 #[derive(Debug)]
@@ -33,6 +46,8 @@ pub(crate) struct Settled {
     /// The message itself, for the offline inbox of the receivers that did not get it.
     pub(crate) data: Box<RawValue>,
     pub(crate) ts: u64,
+    /// Its mark (see [`next_mark`]): connections with a higher one came after it.
+    pub(crate) mark: u64,
     /// Receivers with a frame written on at least one socket.
     pub(crate) delivered: Vec<ClientId>,
     /// Receivers with a socket here none of which took the frame (they closed first).
@@ -141,6 +156,7 @@ pub(crate) struct Settlement {
     receipt: bool,
     data: Box<RawValue>,
     ts: u64,
+    mark: u64,
     receivers: Vec<ClientId>,
     progress: Mutex<Progress>,
     out: mpsc::UnboundedSender<Settled>,
@@ -163,6 +179,7 @@ impl Settlement {
             receipt: d.receipt,
             data: d.data,
             ts: d.ts,
+            mark: next_mark(),
             receivers,
             progress: Mutex::new(Progress {
                 open: 1,
@@ -301,6 +318,7 @@ impl Settlement {
             receipt: self.receipt,
             data: self.data.clone(),
             ts: self.ts,
+            mark: self.mark,
             delivered,
             undelivered,
             kept,

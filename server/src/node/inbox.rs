@@ -157,12 +157,24 @@ impl Node {
     /// Pushes `client`'s stored messages to each of its local sockets that does not have them
     /// yet (a message stored while the client was connecting).
     pub(super) async fn drain_inbox(&self, client: &ClientId) {
+        self.drain_inbox_where(client, |_| true).await;
+    }
+
+    /// [`Node::drain_inbox`], to the sockets `to` picks only.
+    pub(super) async fn drain_inbox_where(
+        &self,
+        client: &ClientId,
+        to: impl Fn(&SessionHandle) -> bool,
+    ) {
         let frames = self.inbox_frames(client).await;
         if frames.is_empty() {
             return;
         }
         let mut pushed = 0u64;
         self.registry.for_client(client, |session| {
+            if !to(session) {
+                return;
+            }
             for (frame, stored) in &frames {
                 pushed += u64::from(session.push_stored(frame.clone(), stored.clone()));
             }

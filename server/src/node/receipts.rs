@@ -186,16 +186,18 @@ impl Node {
                     .await;
             }
             // A socket that took it may have closed before it was kept, and its client come
-            // back already: the new socket gets it now (`drain_inbox` skips sockets that hold
-            // it).
+            // back already: a socket that attached after the message went out live gets it
+            // now. Not the older ones: they were offered it live, and one that took it and
+            // acked it since (its ack's removal from the inbox still on its way) would be
+            // shown it twice.
             for client in &pending {
-                let mut held = false;
-                let sockets = self
-                    .registry
-                    .for_client(client, |session| held |= session.awaits_ack(&s.id));
-                if sockets > 0 && !held {
+                let mut newer = false;
+                self.registry
+                    .for_client(client, |session| newer |= session.came_after(s.mark));
+                if newer {
                     let _guard = self.client_lock(client).lock().await;
-                    self.drain_inbox(client).await;
+                    self.drain_inbox_where(client, |session| session.came_after(s.mark))
+                        .await;
                 }
             }
         }

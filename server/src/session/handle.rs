@@ -8,7 +8,7 @@
 use std::{
     collections::HashSet,
     sync::{
-        atomic::{AtomicBool, AtomicU16, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
     },
     task::{Context as TaskContext, Poll},
@@ -56,6 +56,9 @@ impl Rare {
 pub(crate) struct SessionHandle {
     pub(crate) client: ClientId,
     pub(crate) connection: ConnectionId,
+    /// When it joined the registry, as a mark (`settle::next_mark`, taken under the
+    /// registry's lock): it was not offered the live frames of messages with a lower mark.
+    pub(crate) mark: AtomicU64,
     /// What `prepare_connect` signed in; it travels with the online/offline events.
     pub(crate) metadata: serde_json::Value,
     outbox: Mutex<Outbox>,
@@ -110,6 +113,7 @@ impl SessionHandle {
         Self {
             client,
             connection,
+            mark: AtomicU64::new(0),
             metadata,
             outbox: Mutex::new(Outbox::default()),
             waker: AtomicWaker::new(),
@@ -226,6 +230,12 @@ impl SessionHandle {
     pub(crate) fn take_unacked(&self) -> Vec<(MessageId, Ackable)> {
         let taken = lock(&self.acks).take();
         taken.map(|a| a.into_required()).unwrap_or_default()
+    }
+
+    /// Whether it joined the registry after the message marked `mark` went out live (see
+    /// `settle::next_mark`).
+    pub(crate) fn came_after(&self, mark: u64) -> bool {
+        self.mark.load(Ordering::Acquire) > mark
     }
 
     /// Whether the offline inbox already pushed message `id` to this socket.
