@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -197,7 +197,7 @@ async fn login_sets_a_strict_http_only_cookie_and_the_session_reads_back() {
 
     // admin.secure_cookie makes it always Secure.
     let server = start(|c| c.admin.secure_cookie = true).await;
-    let resp = login_with(&http, &crate::base(&server), ADMIN_SECRET).await;
+    let resp = login_with(&http, &self::base(&server), ADMIN_SECRET).await;
     assert!(set_cookie(resp.headers()).ends_with("; Secure"));
     server.shutdown().await.unwrap();
 }
@@ -445,7 +445,7 @@ async fn sessions_end_at_their_ttl_and_at_logout() {
     server.shutdown().await.unwrap();
 
     let server = start(|_| {}).await;
-    let base = crate::base(&server);
+    let base = self::base(&server);
     let s = login(&http, &base).await;
     let kept = login(&http, &base).await;
     let resp = http
@@ -716,7 +716,7 @@ async fn the_cluster_view_shows_every_node_with_stats_fetched_from_the_others() 
         }
     })
     .await;
-    let base = crate::base(&servers[0]);
+    let base = self::base(&servers[0]);
     let s = login(&http, &base).await;
     let (status, v) = get(&http, &format!("{base}/admin/api/cluster"), &s).await;
     assert_eq!(status, 200);
@@ -797,7 +797,7 @@ async fn a_generated_secret_logs_in_and_a_disabled_console_is_not_served() {
     })
     .await;
     assert!(server.generated().admin_secret.is_none());
-    let base = crate::base(&server);
+    let base = self::base(&server);
     for path in ["/admin", "/admin/app.js"] {
         let resp = http.get(format!("{base}{path}")).send().await.unwrap();
         assert_eq!(resp.status(), 404, "{path}");

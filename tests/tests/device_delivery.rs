@@ -7,14 +7,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
 use impush_server::ImServer;
 use serde_json::{json, Value};
 use support::{eventually, id, start, Client};
-use tokio_tungstenite::MaybeTlsStream;
 
 async fn with_inbox(f: impl FnOnce(&mut impush_server::Config)) -> ImServer {
     start(|c| {
@@ -22,34 +21,6 @@ async fn with_inbox(f: impl FnOnce(&mut impush_server::Config)) -> ImServer {
         f(c);
     })
     .await
-}
-
-/// Drops the client's TCP connection with a reset (no close handshake, no FIN), as a phone
-/// losing its link does from the server's point of view.
-fn reset(c: Client) {
-    if let MaybeTlsStream::Plain(tcp) = c.ws.get_ref() {
-        // Deprecated because a non-zero linger blocks the dropping thread; zero never does.
-        #[allow(deprecated)]
-        tcp.set_linger(Some(Duration::ZERO)).unwrap();
-    }
-    drop(c);
-}
-
-async fn inbox_count(server: &ImServer, client: &str) -> u64 {
-    let url = format!(
-        "http://{}/api/v1/clients/{client}/inbox",
-        server.local_addr()
-    );
-    let body: Value = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(server.api_key())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["count"].as_u64().unwrap()
 }
 
 /// The next receipt frame for message `id`.
@@ -78,10 +49,10 @@ async fn an_unacked_message_comes_back_redelivered_after_the_link_drops() {
     assert!(first.get("redelivered").is_none(), "{first}");
     assert_eq!(receipt(&mut bob, sent.id.as_str()).await, "delivered");
     // Written but not acked: it is kept until the device acks it.
-    eventually(|| async { inbox_count(&server, "alice").await == 1 }).await;
+    eventually(|| async { support::inbox_count(&server, "alice").await == 1 }).await;
 
     // The link dies before alice acks.
-    reset(alice);
+    alice.reset();
     assert_eq!(receipt(&mut bob, sent.id.as_str()).await, "stored");
     eventually(|| async { server.metrics().open_connections() == 1 }).await;
 
@@ -99,7 +70,7 @@ async fn an_unacked_message_comes_back_redelivered_after_the_link_drops() {
         .send_json(json!({"type": "ack", "id": sent.id.as_str()}))
         .await;
     assert_eq!(receipt(&mut bob, sent.id.as_str()).await, "acked");
-    eventually(|| async { inbox_count(&server, "alice").await == 0 }).await;
+    eventually(|| async { support::inbox_count(&server, "alice").await == 0 }).await;
     server.shutdown().await.unwrap();
 }
 
@@ -117,8 +88,8 @@ async fn an_acked_message_is_not_kept_and_not_redelivered() {
     alice
         .send_json(json!({"type": "ack", "id": sent.id.as_str()}))
         .await;
-    eventually(|| async { inbox_count(&server, "alice").await == 0 }).await;
-    reset(alice);
+    eventually(|| async { support::inbox_count(&server, "alice").await == 0 }).await;
+    alice.reset();
     eventually(|| async { server.metrics().open_connections() == 0 }).await;
     let mut alice = Client::connect(&h, "alice", 1).await;
     alice.expect_silence(Duration::from_millis(500)).await;
@@ -165,9 +136,9 @@ async fn without_require_ack_a_written_message_leaves_at_once() {
         .await
         .unwrap();
     assert_eq!(alice.next_json().await["id"], sent.id.as_str());
-    reset(alice);
+    alice.reset();
     eventually(|| async { server.metrics().open_connections() == 0 }).await;
-    assert_eq!(inbox_count(&server, "alice").await, 0);
+    assert_eq!(support::inbox_count(&server, "alice").await, 0);
     let mut alice = Client::connect(&h, "alice", 1).await;
     alice.expect_silence(Duration::from_millis(500)).await;
     server.shutdown().await.unwrap();

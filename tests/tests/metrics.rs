@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod dashboard;
-mod support;
+use crate::dashboard;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -157,6 +157,17 @@ impl Client {
             .unwrap();
     }
 
+    /// Drops the TCP connection with a reset (no close handshake, no FIN), as a phone losing
+    /// its link does from the server's point of view.
+    pub fn reset(self) {
+        if let MaybeTlsStream::Plain(tcp) = self.ws.get_ref() {
+            // Deprecated because a non-zero linger blocks the dropping thread; zero never does.
+            #[allow(deprecated)]
+            tcp.set_linger(Some(Duration::ZERO)).unwrap();
+        }
+        drop(self);
+    }
+
     /// Reads until the server's close frame and returns its code (skipping data frames).
     pub async fn close_code(&mut self) -> u16 {
         tokio::time::timeout(Duration::from_secs(20), async {
@@ -211,4 +222,22 @@ pub fn rss_bytes() -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no VmRSS in /proc/self/status"));
     kb * 1024
+}
+
+/// How many messages `client`'s offline inbox holds, through the node's HTTP API.
+pub async fn inbox_count(server: &ImServer, client: &str) -> u64 {
+    let url = format!(
+        "http://{}/api/v1/clients/{client}/inbox",
+        server.local_addr()
+    );
+    let body: Value = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(server.api_key())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["count"].as_u64().unwrap()
 }
