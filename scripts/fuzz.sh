@@ -3,6 +3,7 @@
 # non-zero when a target crashes (the input is kept in fuzz/artifacts/<target>/).
 #
 #   ./scripts/fuzz.sh [seconds] [target...]
+#   ./scripts/fuzz.sh --build      # only build every target (scripts/test.sh does it early)
 #
 # Targets: client_frame (the client frame parser), token (the connect-token verifier), envelope
 # (the broker envelope decoder: NodeCommand, ClusterCommand, Event) and config (impush.toml into
@@ -15,6 +16,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+build_only=false
+if [ "${1:-}" = --build ]; then
+  build_only=true
+  shift
+fi
 secs=${1:-60}
 shift || true
 
@@ -36,6 +42,9 @@ if ! build_log=$(cargo fuzz build --sanitizer none 2>&1); then
   exit 1
 fi
 echo "fuzz: built ${#targets[@]} targets in $((SECONDS - start))s" >&2
+if $build_only; then
+  exit 0
+fi
 
 # One target per core at a time (each fuzzes on one thread): the runs overlap instead of
 # taking N seconds each in turn.

@@ -10,9 +10,10 @@
 #
 # Rust tests run under cargo-nextest (each test its own process, several at once:
 # .config/nextest.toml), after one build of every test target; the brokers start in the
-# background meanwhile, and the steps after the Rust tests (schemathesis, the JavaScript client,
-# the browser tests, the deploy files, the example, the fuzz targets) run side by side, each into
-# its own log, printed when it fails.
+# background meanwhile, and so do, at the lowest CPU priority, the builds and installs the later
+# steps need (the memory-only build, the fuzz build, npm installs). The steps after the Rust tests
+# (schemathesis, the JavaScript client, the browser tests, the deploy files, the example, the
+# fuzz targets) run side by side, each into its own log, printed when it fails.
 # Needs a Rust toolchain (rustup), Node >= 20 with npm, and root or sudo for apt: it installs
 # and starts the brokers itself (scripts/brokers.sh up: Redis, RabbitMQ, NATS and a
 # Kafka-protocol broker on loopback) and Chromium, and runs the broker tests strictly: a broker
@@ -33,6 +34,64 @@ step "brokers (starting in the background)"
 brokers_log=$(mktemp)
 scripts/brokers.sh up >"$brokers_log" 2>&1 &
 brokers_pid=$!
+
+# Work that waits on no test result (the fuzz build, the npm installs, the memory-only build in
+# a target dir of its own) runs in the background at the lowest CPU priority: it takes what the
+# build's serial link steps and the waiting cluster tests leave idle, and the steps that use it
+# find it done. Each job logs into its own file, printed when it fails.
+prep_logs=$(mktemp -d)
+prep_pids=()
+prep_names=()
+# A run that stops early (a lint fails) takes its background jobs with it.
+stop_prep() {
+  local pid
+  for pid in "${prep_pids[@]}"; do
+    pkill -P "$pid" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
+  done
+}
+trap stop_prep EXIT
+prep() {
+  local name=$1
+  shift
+  ( nice -n 19 "$@" ) >"$prep_logs/$name.log" 2>&1 &
+  prep_pids+=("$!")
+  prep_names+=("$name")
+}
+# Waits for every background job; prints the log of each that failed and exits.
+prep_wait() {
+  local failed=() i
+  for i in "${!prep_pids[@]}"; do
+    if ! wait "${prep_pids[$i]}"; then
+      failed+=("${prep_names[$i]}")
+    fi
+  done
+  for i in "${failed[@]}"; do
+    printf '\n==> log of %s (background)\n' "$i" >&2
+    cat "$prep_logs/$i.log" >&2
+  done
+  [ "${#failed[@]}" -eq 0 ]
+}
+memory_only() {
+  # Its own target dir: the main one's lock would hold up the test build meanwhile.
+  export CARGO_TARGET_DIR="$root/target/memory-only"
+  cargo check -q -p impush-server --no-default-features
+  local clients
+  clients=$(cargo tree -p impush-server --no-default-features -e normal,build --prefix none \
+    | grep -Eo '^(fred|lapin|rdkafka|rdkafka-sys|async-nats) ' | sort -u || true)
+  if [ -n "$clients" ]; then
+    echo "the memory-only build depends on broker clients: $clients" >&2
+    return 1
+  fi
+  # The registry's own tests without any broker feature: a kind compiled out names its feature.
+  cargo test -q -p impush-brokers --no-default-features --lib
+}
+step "background: memory-only build, fuzz build, npm installs"
+prep memory-only memory_only
+prep fuzz-build scripts/fuzz.sh --build
+for dir in clients/js examples/chat/e2e tests/admin-e2e; do
+  prep "npm-${dir//\//-}" bash -c "cd $dir && npm ci --no-audit --no-fund --loglevel=error"
+done
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -56,17 +115,6 @@ python3 scripts/check-circles.py
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "memory-only build compiles no broker client"
-cargo check -q -p impush-server --no-default-features
-clients=$(cargo tree -p impush-server --no-default-features -e normal,build --prefix none \
-  | grep -Eo '^(fred|lapin|rdkafka|rdkafka-sys|async-nats) ' | sort -u || true)
-if [ -n "$clients" ]; then
-  echo "the memory-only build depends on broker clients: $clients" >&2
-  exit 1
-fi
-# The registry's own tests without any broker feature: a kind compiled out names its feature.
-cargo test -q -p impush-brokers --no-default-features --lib
-
 step "build every test target and the binaries the other steps drive"
 cargo nextest run --workspace --no-run
 cargo build -q -p impush-server --bin impush
@@ -84,6 +132,9 @@ step "cargo nextest (every member, the NATS custom broker example included) and 
 cargo nextest run --workspace --no-fail-fast
 cargo test -q --workspace --doc
 
+step "background jobs (memory-only build compiles no broker client, fuzz build, npm installs)"
+prep_wait
+
 # The rest side by side: each step into its own log; a failing one prints its log.
 scripts/brokers.sh install chromium >/dev/null
 logs=$(mktemp -d)
@@ -98,9 +149,9 @@ side() {
 }
 bin="$root/target/debug/impush"
 side schemathesis env IMPUSH_BIN="$bin" scripts/schemathesis.sh
-side js bash -c "cd clients/js && npm ci --no-audit --no-fund --loglevel=error && IMPUSH_BIN='$bin' npm test"
-side chat-e2e bash -c "cd examples/chat/e2e && npm ci --no-audit --no-fund --loglevel=error && CHAT_BIN='$root/target/debug/chat' npm test"
-side admin-e2e bash -c "cd tests/admin-e2e && npm ci --no-audit --no-fund --loglevel=error && IMPUSH_BIN='$bin' npm test"
+side js bash -c "cd clients/js && IMPUSH_BIN='$bin' npm test"
+side chat-e2e bash -c "cd examples/chat/e2e && CHAT_BIN='$root/target/debug/chat' npm test"
+side admin-e2e bash -c "cd tests/admin-e2e && IMPUSH_BIN='$bin' npm test"
 side deploy scripts/check-deploy.sh "$bin"
 side example timeout 60 "$root/target/debug/examples/embedded_chat"
 side fuzz scripts/fuzz.sh "${IMPUSH_FUZZ_SECONDS:-15}"
