@@ -153,7 +153,11 @@ impl Shared {
     async fn resume(&self, link: &Arc<Link>) -> bool {
         let mut subs = self.subs.lock().await;
         subs.retain(|s| s.strong_count() > 0);
-        let mut resumed = 0;
+        // Every consumer is opened before any is handed over, and handed over only once the
+        // link is in place: a subscriber that hears of the gap (its stream resumes with a lag)
+        // may publish at once (cluster presence asks every node for its state), and a publish
+        // before `set_link` failed with "not connected", leaving that state never asked for.
+        let mut opened_all = Vec::new();
         for sub in subs.iter().filter_map(Weak::upgrade) {
             let opened = within(
                 "resubscribe",
@@ -162,10 +166,7 @@ impl Shared {
             )
             .await;
             match opened {
-                Ok(generation) => {
-                    sub.hand_over(generation);
-                    resumed += 1;
-                }
+                Ok(generation) => opened_all.push((sub, generation)),
                 Err(_) if link.dead.is_cancelled() || !link.conn.status().connected() => {
                     return false;
                 }
@@ -182,8 +183,12 @@ impl Shared {
         if self.closed.is_cancelled() {
             return false;
         }
-        tracing::debug!(resumed, "subscriptions resumed");
         self.set_link(Some(link.clone()));
+        let resumed = opened_all.len();
+        for (sub, generation) in opened_all {
+            sub.hand_over(generation);
+        }
+        tracing::debug!(resumed, "subscriptions resumed");
         true
     }
 }
