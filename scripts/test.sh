@@ -35,43 +35,45 @@ brokers_log=$(mktemp)
 scripts/brokers.sh up >"$brokers_log" 2>&1 &
 brokers_pid=$!
 
-# Work that waits on no test result (the fuzz build, the npm installs) runs in the background
-# at the lowest CPU priority while the Rust tests run: they leave CPU idle (the cluster cases
-# mostly wait on leases, restarts and fault windows), and the steps after them find it done.
-# (Started with the build instead, they slowed it: clippy took 156 s and the test build 308 s
-# in that run, 131 s and 243 s without them.) Each job logs into its own file, printed when it
-# fails.
-prep_logs=$(mktemp -d)
-prep_pids=()
-prep_names=()
+# Jobs run side by side in the background, each into its own log, printed when it fails.
+logs=$(mktemp -d)
+pids=()
+names=()
 # A run that stops early (a lint fails) takes its background jobs with it.
-stop_prep() {
+stop_jobs() {
   local pid
-  for pid in "${prep_pids[@]}"; do
+  for pid in "${pids[@]}"; do
     pkill -P "$pid" 2>/dev/null || true
     kill "$pid" 2>/dev/null || true
   done
 }
-trap stop_prep EXIT
-prep() {
+trap stop_jobs EXIT
+# Starts `CMD...` in the background as job NAME, its output into its own log.
+side() {
   local name=$1
   shift
-  nice -n 19 "$@" >"$prep_logs/$name.log" 2>&1 &
-  prep_pids+=("$!")
-  prep_names+=("$name")
+  ( "$@" ) >"$logs/$name.log" 2>&1 &
+  pids+=("$!")
+  names+=("$name")
 }
-# Waits for every background job; prints the log of each that failed and exits.
-prep_wait() {
+# Waits for every job started so far, says how each ended, prints the log of each that failed,
+# and forgets them; fails if one did.
+wait_jobs() {
   local failed=() i
-  for i in "${!prep_pids[@]}"; do
-    if ! wait "${prep_pids[$i]}"; then
-      failed+=("${prep_names[$i]}")
+  for i in "${!pids[@]}"; do
+    if wait "${pids[$i]}"; then
+      echo "${names[$i]}: ok" >&2
+    else
+      echo "${names[$i]}: FAILED" >&2
+      failed+=("${names[$i]}")
     fi
   done
   for i in "${failed[@]}"; do
-    printf '\n==> log of %s (background)\n' "$i" >&2
-    cat "$prep_logs/$i.log" >&2
+    printf '\n==> log of %s\n' "$i" >&2
+    cat "$logs/$i.log" >&2
   done
+  pids=()
+  names=()
   [ "${#failed[@]}" -eq 0 ]
 }
 step "cargo fmt --check"
@@ -120,10 +122,15 @@ fi
 eval "$(scripts/brokers.sh env)"
 export IMPUSH_REQUIRE_BROKERS=1
 
+# Work that waits on no test result (the fuzz build, the npm installs) runs in the background
+# at the lowest CPU priority while the Rust tests run: they leave CPU idle (the cluster cases
+# mostly wait on leases, restarts and fault windows), and the steps after them find it done.
+# (Started with the build instead, they slowed it: clippy took 156 s and the test build 308 s
+# in that run, 131 s and 243 s without them.)
 step "background: fuzz build, npm installs"
-prep fuzz-build scripts/fuzz.sh --build
+side fuzz-build nice -n 19 scripts/fuzz.sh --build
 for dir in clients/js examples/chat/e2e tests/admin-e2e; do
-  prep "npm-${dir//\//-}" bash -c "cd $dir && npm ci --no-audit --no-fund --loglevel=error"
+  side "npm-${dir//\//-}" nice -n 19 bash -c "cd $dir && npm ci --no-audit --no-fund --loglevel=error"
 done
 
 step "cargo nextest (every member, the NATS custom broker example included) and doctests"
@@ -131,20 +138,10 @@ cargo nextest run --workspace --no-fail-fast
 cargo test -q --workspace --doc
 
 step "background jobs (fuzz build, npm installs)"
-prep_wait
+wait_jobs
 
 # The rest side by side: each step into its own log; a failing one prints its log.
 scripts/brokers.sh install chromium >/dev/null
-logs=$(mktemp -d)
-pids=()
-names=()
-side() {
-  local name=$1
-  shift
-  ( "$@" ) >"$logs/$name.log" 2>&1 &
-  pids+=("$!")
-  names+=("$name")
-}
 bin="$root/target/debug/impush"
 side schemathesis env IMPUSH_BIN="$bin" scripts/schemathesis.sh
 side js bash -c "cd clients/js && IMPUSH_BIN='$bin' npm test"
@@ -154,18 +151,5 @@ side deploy scripts/check-deploy.sh "$bin"
 side example timeout 60 "$root/target/debug/examples/embedded_chat"
 side fuzz scripts/fuzz.sh "${IMPUSH_FUZZ_SECONDS:-15}"
 step "side by side: ${names[*]}"
-failed=()
-for i in "${!pids[@]}"; do
-  if wait "${pids[$i]}"; then
-    echo "${names[$i]}: ok" >&2
-  else
-    echo "${names[$i]}: FAILED" >&2
-    failed+=("${names[$i]}")
-  fi
-done
-for name in "${failed[@]}"; do
-  printf '\n==> log of %s\n' "$name" >&2
-  cat "$logs/$name.log" >&2
-done
-[ "${#failed[@]}" -eq 0 ] || exit 1
+wait_jobs || exit 1
 step "done"
