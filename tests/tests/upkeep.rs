@@ -43,6 +43,13 @@ struct Faulty {
     stalled: AtomicU64,
     frozen: AtomicBool,
     reaped: Mutex<Vec<DroppedConnection>>,
+    /// The next `disconnect` fails (the node then repairs with `sync_node`).
+    fail_disconnect: AtomicBool,
+    /// How long each `sync_node` takes.
+    sync_delay: Option<Duration>,
+    /// Completed `sync_node` calls, and the heartbeats made while the last one ran.
+    syncs: AtomicU64,
+    beats_during_sync: AtomicU64,
 }
 
 impl Faulty {
@@ -69,6 +76,12 @@ impl PresenceStore for Faulty {
         k: &ConnectionId,
         clear: bool,
     ) -> Result<usize> {
+        if self.fail_disconnect.swap(false, Ordering::AcqRel) {
+            return Err(impush_core::Error::Unavailable {
+                backend: "memory",
+                source: None,
+            });
+        }
         self.inner.disconnect(n, c, k, clear).await
     }
     async fn clear_node(&self, n: &NodeId, clear: bool) -> Result<Vec<DroppedConnection>> {
@@ -80,7 +93,15 @@ impl PresenceStore for Faulty {
         c: &[(ClientId, ConnectionId)],
         clear: bool,
     ) -> Result<NodeSync> {
-        self.inner.sync_node(n, c, clear).await
+        let before = self.heartbeats.load(Ordering::Acquire);
+        if let Some(delay) = self.sync_delay {
+            tokio::time::sleep(delay).await;
+        }
+        let sync = self.inner.sync_node(n, c, clear).await;
+        let beats = self.heartbeats.load(Ordering::Acquire) - before;
+        self.beats_during_sync.store(beats, Ordering::Release);
+        self.syncs.fetch_add(1, Ordering::AcqRel);
+        sync
     }
     async fn heartbeat(&self, n: &NodeId, lease: Duration, st: NodeState) -> Result<bool> {
         if self.frozen.load(Ordering::Acquire) {
@@ -177,6 +198,43 @@ async fn a_stalled_upkeep_round_does_not_reap_its_own_node() {
     assert!(
         more.is_err(),
         "an event for a connection that never closed: {more:?}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// A repair that takes four leases (a slow store; re-registering thousands of connections after
+/// the node was reaped while alive) runs beside the heartbeats: they go on while it runs, so
+/// the node's lease does not run out and the others do not reap it again. A heartbeat that
+/// waited for the repair made none meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_repair_does_not_hold_the_heartbeats_back() {
+    let presence = Arc::new(Faulty {
+        sync_delay: Some(LEASE * 4),
+        ..Faulty::default()
+    });
+    let mut c = config();
+    c.cluster.node_lease = LEASE;
+    let server = ImServer::start_with(c, Arc::new(MemoryBroker::default()), presence.clone())
+        .await
+        .unwrap();
+    let h = server.helper();
+    let alice = Client::connect(&h, "alice", 1).await;
+    let _bob = Client::connect(&h, "bob", 1).await;
+    eventually(|| async { h.is_online(&id("alice")).await.unwrap().value }).await;
+    // Alice's disconnect fails to reach the store: the node repairs with a (slow) sync.
+    presence.fail_disconnect.store(true, Ordering::Release);
+    drop(alice);
+    eventually(|| async { presence.syncs.load(Ordering::Acquire) > 0 }).await;
+    let beats = presence.beats_during_sync.load(Ordering::Acquire);
+    assert!(
+        beats >= 2,
+        "{beats} heartbeats while a repair of {:?} ran (one every {:?} is due)",
+        LEASE * 4,
+        LEASE / 3
+    );
+    assert!(
+        !h.is_online(&id("alice")).await.unwrap().value,
+        "the repair removed alice's connection"
     );
     server.shutdown().await.unwrap();
 }

@@ -239,12 +239,16 @@ impl View {
         if all == 0 {
             return 0;
         }
-        let stale: usize = self
-            .nodes
-            .iter()
-            .filter(|(node, v)| *node != me && !v.alive(now))
-            .map(|(_, v)| v.connections.values().filter(|c| *c == client).count())
-            .sum();
+        let mut stale = 0;
+        for (node, v) in self.nodes.iter().filter(|(n, v)| *n != me && !v.alive(now)) {
+            let here = v.connections.values().filter(|c| *c == client).count();
+            if here > 0 {
+                // Why a count is lower than the view's: seen in a log, this tells a dead node
+                // from a live one whose heartbeats are late.
+                tracing::debug!(%client, %node, since_heard = ?now.duration_since(v.seen), lease = ?v.lease, connections = here, "not counted: the node's lease ran out");
+            }
+            stale += here;
+        }
         all.saturating_sub(stale)
     }
 

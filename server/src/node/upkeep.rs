@@ -1,7 +1,8 @@
 //! Keeping the presence store true (`docs/design.md` section 13): this node's lease, reaping nodes
 //! that died, and repairing what failed writes or a reap of a live node left wrong.
 //!
-//! Every `lease / 3` the node renews its lease. Then:
+//! Every `lease / 3` the node renews its lease, on time whatever else is under way: the repairs
+//! below run beside the heartbeats, one at a time. Then:
 //! - if the store no longer knows this node (it was reaped while alive, e.g. after a long
 //!   stall, or the store lost its data), the node registers its connections and memberships
 //!   again in one `sync_node` and re-announces them online, so events and queries agree again;
@@ -34,10 +35,30 @@ impl Node {
         // reap takes a while, and the heartbeats must not wait for it (this node's lease would
         // run out, and the others would declare it dead too).
         let mut announcing = tokio::task::JoinSet::new();
+        // Repairs (a sync with the store, channels to load again) run beside the heartbeats,
+        // one at a time: re-registering thousands of connections after this node was reaped
+        // while alive takes seconds, and a heartbeat waiting for it would let the lease run
+        // out, so the others would reap this node again.
+        let mut repairing: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
+        // The store forgot this node: told by one heartbeat only (the next one registers it
+        // again), so kept until a repair takes it.
+        let mut forgotten = false;
+        let mut last_beat: Option<Instant> = None;
         loop {
             while announcing.try_join_next().is_some() {}
+            while repairing.try_join_next().is_some() {}
             // This node's lease runs from here (the store sets it to now + lease).
             let beat = Instant::now();
+            if let Some(gap) = last_beat.map(|t| beat.duration_since(t)) {
+                if gap > lease / 2 {
+                    tracing::warn!(
+                        ?gap,
+                        ?lease,
+                        "heartbeat late: this node's lease may run out"
+                    );
+                }
+            }
+            last_beat = Some(beat);
             match self.presence.heartbeat(&self.id, lease, self.state()).await {
                 Ok(known) => {
                     let since = *healthy_since.get_or_insert_with(Instant::now);
@@ -46,11 +67,13 @@ impl Node {
                         tracing::warn!(
                             "presence store forgot this node; registering its connections again"
                         );
-                        self.sync_presence(true).await;
-                    } else if self.repair.dirty.load(std::sync::atomic::Ordering::Acquire) {
-                        self.sync_presence(false).await;
+                        forgotten = true;
                     }
-                    self.reload_channels().await;
+                    if repairing.is_empty() && (forgotten || self.needs_repair()) {
+                        let node = self.clone();
+                        let forgotten = std::mem::take(&mut forgotten);
+                        repairing.spawn(async move { node.repair(forgotten).await });
+                    }
                     self.tidy_history();
                     // Like reaping, judging other nodes dead waits for a lease of healthy
                     // heartbeats (after an outage, or at start-up, every other lease may look
@@ -73,15 +96,32 @@ impl Node {
                     healthy_since = None;
                 }
             }
+            // The next beat is due a third of a lease after this one began, however long the
+            // round took.
             tokio::select! {
                 () = cancel.cancelled() => {
                     // Shutdown waits for this loop (up to its grace): what was reaped is told.
                     while announcing.join_next().await.is_some() {}
                     return;
                 }
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep_until(beat + every) => {}
             }
         }
+    }
+
+    /// Whether a failed write or a failed channel load left something to repair.
+    fn needs_repair(&self) -> bool {
+        self.repair.dirty.load(std::sync::atomic::Ordering::Acquire)
+            || self.repair.unloaded.lock().is_ok_and(|u| !u.is_empty())
+    }
+
+    /// Makes the store agree with this node again (all of it when the store `forgotten` it),
+    /// then loads the channels that failed to load at connect.
+    async fn repair(self: Arc<Self>, forgotten: bool) {
+        if forgotten || self.repair.dirty.load(std::sync::atomic::Ordering::Acquire) {
+            self.sync_presence(forgotten).await;
+        }
+        self.reload_channels().await;
     }
 
     /// Reaps the nodes whose lease ran out; their connections, to be announced offline.
