@@ -285,6 +285,24 @@ pub async fn killed_nodes_clients_reconnect_elsewhere_and_come_home(backend: &Ba
     // before the start: n2 is live to the others as soon as it heartbeats, and a client may be
     // home before `restart` has seen n2 print that it listens.
     let restarted = Instant::now();
+    // When the helper's view had n2 dead after its restart: a return home reported as gone
+    // is most often a restarted n2 judged dead again (its connections dropped from every
+    // view), which this and the offline events of n2's own connections show.
+    let n2_dead_again = tokio::spawn({
+        let h = h.clone();
+        let n2 = n2.clone();
+        async move {
+            while h.cluster().status(&n2) == NodeStatus::Dead {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            loop {
+                if h.cluster().status(&n2) == NodeStatus::Dead {
+                    return restarted.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
     cluster.restart(1);
     let within = rebalance + Duration::from_secs(5);
     let deadline = Instant::now() + within + Duration::from_secs(20);
@@ -378,13 +396,28 @@ pub async fn killed_nodes_clients_reconnect_elsewhere_and_come_home(backend: &Ba
         .collect();
     if let Some(first) = gone.first() {
         let p = probes.iter().find(|p| p.client == *first.client()).unwrap();
+        let n2_reaped = events
+            .iter()
+            .filter(|(t, e)| {
+                *t > restarted
+                    && matches!(e, Event::Offline { node, moved: false, .. } if *node == n2)
+            })
+            .count();
+        let dead_again = if n2_dead_again.is_finished() {
+            format!("{:?}", n2_dead_again.await.unwrap())
+        } else {
+            "never".into()
+        };
         panic!(
             "{} clients reported gone while they went home, e.g. {first:?}; that client's \
-             timeline from n2's restart: {}",
+             timeline from n2's restart: {}; after the restart, {n2_reaped} connections on \
+             n2 were reported offline without a move, and the helper's view had n2 dead \
+             again after {dead_again}",
             gone.len(),
             p.timeline_since(restarted),
         );
     }
+    n2_dead_again.abort();
     let first_again = events
         .iter()
         .filter(|(t, e)| {
