@@ -247,6 +247,15 @@ pub trait PresenceStore: Send + Sync + Debug + 'static {
 
     /// Checks that the store is reachable (used by `/readyz`).
     async fn ping(&self) -> Result<()>;
+
+    /// Waits until this instance's answers include every write any node made before the call.
+    /// A store that answers from one place (Redis, memory) already does: the default returns
+    /// at once. A store whose instances answer from a view fed by a broker reads its feed up
+    /// to that point first. Called before a decision another node's recent write may change
+    /// (whether a reaped connection was its client's last one).
+    async fn catch_up(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 macro_rules! forward_presence {
@@ -317,6 +326,9 @@ macro_rules! forward_presence {
             }
             async fn ping(&self) -> Result<()> {
                 (**self).ping().await
+            }
+            async fn catch_up(&self) -> Result<()> {
+                (**self).catch_up().await
             }
         }
     };

@@ -390,3 +390,85 @@ async fn a_node_answers_the_next_request_while_a_reply_is_in_flight() {
     assert!(of_b.value.is_empty());
     drop(node);
 }
+
+/// A broker whose subscriptions deliver each message `LAG` after it was published: the feed
+/// of a busy node. Messages are read at once (in a task of their own) and held, so the lag
+/// does not add up.
+#[derive(Debug)]
+struct Lagging(Arc<dyn Broker>);
+
+const LAG: Duration = Duration::from_millis(400);
+
+#[async_trait]
+impl Broker for Lagging {
+    async fn publish(&self, topic: &str, payload: bytes::Bytes) -> Result<()> {
+        self.0.publish(topic, payload).await
+    }
+    async fn subscribe(
+        &self,
+        topic: &str,
+        mode: impush_core::SubscribeMode,
+    ) -> Result<impush_core::Subscription> {
+        use futures_util::StreamExt;
+        let mut feed = self.0.subscribe(topic, mode).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(d) = feed.next().await {
+                if tx.send((tokio::time::Instant::now(), d)).is_err() {
+                    return;
+                }
+            }
+        });
+        let held = futures_util::stream::unfold(rx, |mut rx| async move {
+            let (at, d) = rx.recv().await?;
+            tokio::time::sleep_until(at + LAG).await;
+            Some((d, rx))
+        });
+        Ok(held.boxed())
+    }
+    async fn ping(&self) -> Result<()> {
+        self.0.ping().await
+    }
+    async fn shutdown(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// `catch_up` reads an instance's feed up to now: a connection another node just made is in
+/// its answers afterwards, though its feed lags (a reaper deciding whether a dead node's
+/// connection was its client's last relies on this, `docs/design.md` section 16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_brings_a_lagging_view_up_to_another_nodes_write() {
+    let shared: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
+    let cluster = cluster_of(&["n1", "n3"]);
+    let (n1, n3): (NodeId, NodeId) = ("n1".parse().unwrap(), "n3".parse().unwrap());
+    let slow = ClusterPresence::start(
+        Arc::new(Lagging(shared.clone())),
+        "lag",
+        Some(n1.clone()),
+        cluster.clone(),
+        LEASE,
+        &cfg(),
+    )
+    .await
+    .unwrap();
+    let other = ClusterPresence::start(shared, "lag", Some(n3.clone()), cluster, LEASE, &cfg())
+        .await
+        .unwrap();
+    slow.heartbeat(&n1, LEASE, NodeState::Live).await.unwrap();
+    other.heartbeat(&n3, LEASE, NodeState::Live).await.unwrap();
+    let x: ClientId = "x".parse().unwrap();
+    other
+        .connect(&n3, &x, &"n3-1".parse().unwrap())
+        .await
+        .unwrap();
+    let before = slow.online(std::slice::from_ref(&x)).await.unwrap().value;
+    assert_eq!(
+        before,
+        vec![false],
+        "the feed lags (else this test shows nothing)"
+    );
+    slow.catch_up().await.unwrap();
+    let after = slow.online(std::slice::from_ref(&x)).await.unwrap().value;
+    assert_eq!(after, vec![true], "caught up with n3's connection");
+}

@@ -50,6 +50,8 @@ struct Faulty {
     /// Completed `sync_node` calls, and the heartbeats made while the last one ran.
     syncs: AtomicU64,
     beats_during_sync: AtomicU64,
+    /// `catch_up` calls.
+    catch_ups: AtomicU64,
 }
 
 impl Faulty {
@@ -158,6 +160,10 @@ impl PresenceStore for Faulty {
     }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
+    }
+    async fn catch_up(&self) -> Result<()> {
+        self.catch_ups.fetch_add(1, Ordering::AcqRel);
+        self.inner.catch_up().await
     }
 }
 
@@ -268,7 +274,8 @@ impl Broker for SlowEvents {
 /// Three nodes; n2 holds 120 connections and stops heartbeating (frozen, sockets open). The
 /// node that reaps it announces 120 offline events at 20 ms each (2.4 s, four leases) while
 /// its own heartbeats go on: no node reaps a live node meanwhile (n1 and n3 hold a
-/// connection each, which would be dropped), and each of n2's connections is reaped once.
+/// connection each, which would be dropped), and each of n2's connections is reaped once,
+/// its `last` asked again of a store that caught up with the other nodes' writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn announcing_a_big_reap_does_not_hold_the_heartbeats_back() {
     const HELD: usize = 120;
@@ -339,6 +346,15 @@ async fn announcing_a_big_reap_does_not_hold_the_heartbeats_back() {
     let wrong: Vec<&DroppedConnection> = dropped.iter().filter(|d| d.node != n2).collect();
     assert!(wrong.is_empty(), "live nodes reaped: {wrong:?}");
     assert_eq!(dropped.len(), HELD, "each of n2's connections reaped once");
+    // Each was its client's last: asked again, of a store caught up, before it went out.
+    let catch_ups: u64 = stores
+        .iter()
+        .map(|s| s.catch_ups.load(Ordering::Acquire))
+        .sum();
+    assert!(
+        catch_ups >= HELD as u64,
+        "{catch_ups} catch-ups for {HELD} last connections announced"
+    );
     drop(sockets);
     for n in nodes {
         n.shutdown().await.unwrap();

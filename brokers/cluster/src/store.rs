@@ -402,4 +402,10 @@ impl PresenceStore for ClusterPresence {
     async fn ping(&self) -> Result<()> {
         self.exchange.broker().ping().await
     }
+
+    /// A barrier through the feed: every message published anywhere before it (another
+    /// node's new connection included) is in this instance's view once it is read back.
+    async fn catch_up(&self) -> Result<()> {
+        self.exchange.barrier(&self.exchange).await
+    }
 }

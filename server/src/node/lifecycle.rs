@@ -237,8 +237,14 @@ impl Node {
     /// last (a reap's announcements go out in the background, thousands of them, and the
     /// nodes' views of each other lag): its new connection's online event may be out already,
     /// and a `last` now would leave the business thinking it offline while it is connected.
-    /// So each `last` is asked again just before it goes out (`docs/design.md` section 16).
+    /// So each `last` is asked again just before it goes out (`docs/design.md` section 16),
+    /// of a store that has caught up with every node's writes (a view fed by a broker may
+    /// lag by seconds on a busy node; what is left is the time from the catch-up to the
+    /// publish).
     async fn connected_again(&self, client: &ClientId) -> bool {
+        if let Err(e) = self.presence.catch_up().await {
+            self.presence_error("catch_up", &e);
+        }
         self.presence
             .online(std::slice::from_ref(client))
             .await
