@@ -95,29 +95,19 @@ fi
 step "no import circles between modules (scripts/check-circles.py)"
 python3 scripts/check-circles.py
 
-# Lints and the memory-only build need nothing the tests build and no broker: they run in the
-# background at the lowest CPU priority, in a target directory of their own (clippy's check
-# artefacts are never the test build's, and one directory would make each wait for the
-# other's lock), and report with the other background jobs. Run one after the other in the
-# foreground they took ~200 s of a fresh clone's run.
-lints() {
-  export CARGO_TARGET_DIR="$root/target/lint"
-  echo "== cargo clippy"
-  cargo clippy --workspace --all-targets -- -D warnings
-  echo "== memory-only build compiles no broker client"
-  cargo check -q -p impush-server --no-default-features
-  local clients
-  clients=$(cargo tree -p impush-server --no-default-features -e normal,build --prefix none \
-    | grep -Eo '^(fred|lapin|rdkafka|rdkafka-sys|async-nats) ' | sort -u || true)
-  if [ -n "$clients" ]; then
-    echo "the memory-only build depends on broker clients: $clients"
-    return 1
-  fi
-  # The registry's own tests without any broker feature: a kind compiled out names its feature.
-  cargo test -q -p impush-brokers --no-default-features --lib
-}
-step "background: clippy, the memory-only build"
-side lints nice -n 19 bash -c "$(declare -f lints); root='$root'; set -euo pipefail; lints"
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "memory-only build compiles no broker client"
+cargo check -q -p impush-server --no-default-features
+clients=$(cargo tree -p impush-server --no-default-features -e normal,build --prefix none \
+  | grep -Eo '^(fred|lapin|rdkafka|rdkafka-sys|async-nats) ' | sort -u || true)
+if [ -n "$clients" ]; then
+  echo "the memory-only build depends on broker clients: $clients" >&2
+  exit 1
+fi
+# The registry's own tests without any broker feature: a kind compiled out names its feature.
+cargo test -q -p impush-brokers --no-default-features --lib
 
 step "build every test target and the binaries the other steps drive"
 cargo nextest run --workspace --no-run
@@ -137,7 +127,7 @@ export IMPUSH_REQUIRE_BROKERS=1
 # mostly wait on leases, restarts and fault windows), and the steps after them find it done.
 # (Started with the build instead, they slowed it: clippy took 156 s and the test build 308 s
 # in that run, 131 s and 243 s without them.)
-step "background: fuzz build, npm installs (clippy and the memory-only build may still run)"
+step "background: fuzz build, npm installs"
 side fuzz-build nice -n 19 scripts/fuzz.sh --build
 for dir in clients/js examples/chat/e2e tests/admin-e2e; do
   side "npm-${dir//\//-}" nice -n 19 bash -c "cd $dir && npm ci --no-audit --no-fund --loglevel=error"
@@ -147,7 +137,7 @@ step "cargo nextest (every member, the NATS custom broker example included) and 
 cargo nextest run --workspace --no-fail-fast
 cargo test -q --workspace --doc
 
-step "background jobs (clippy, memory-only build, fuzz build, npm installs)"
+step "background jobs (fuzz build, npm installs)"
 wait_jobs
 
 # The rest side by side: each step into its own log; a failing one prints its log.
