@@ -8,6 +8,7 @@
 
 use std::{sync::Arc, time::Instant};
 
+use futures_util::FutureExt;
 use impush_core::{ClientId, DroppedConnection, Event};
 use tokio_util::sync::CancellationToken;
 
@@ -242,13 +243,26 @@ impl Node {
     /// lag by seconds on a busy node; what is left is the time from the catch-up to the
     /// publish).
     async fn connected_again(&self, client: &ClientId) -> bool {
-        if let Err(e) = self.presence.catch_up().await {
-            self.presence_error("catch_up", &e);
-        }
+        self.catch_up_presence().await;
         self.presence
             .online(std::slice::from_ref(client))
             .await
             .is_ok_and(|a| a.value.first().copied().unwrap_or(false))
+    }
+
+    /// Catches the presence store up with every node's writes (one catch-up serves the
+    /// callers of the same moment: `catch_up`); on failure, logs it and goes on with the
+    /// view as it is.
+    pub(super) async fn catch_up_presence(&self) {
+        let presence = self.presence.clone();
+        let outcome = self
+            .repair
+            .catch_ups
+            .wait(move || async move { presence.catch_up().await.map_err(Arc::new) }.boxed())
+            .await;
+        if let Err(e) = outcome {
+            self.presence_error("catch_up", &e);
+        }
     }
 
     pub(super) fn mark_dirty(&self) {

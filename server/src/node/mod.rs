@@ -19,9 +19,11 @@
 //! - `linger`: memberships that outlive a dropped link for `[channels] linger`.
 //! - `history`: channel and broadcast streams: numbering the ones this node owns, keeping
 //!   every stream's recent publications, and resuming reconnecting clients.
+//! - `catch_up`: catch-ups of the presence store shared by the callers that need one at once.
 //! - `dedupe`: ids of recent messages, so a redelivered or retried message reaches sockets once.
 
 mod batch;
+mod catch_up;
 mod dedupe;
 mod delivery;
 mod feeds;
@@ -146,6 +148,8 @@ struct Repair {
     dirty: AtomicBool,
     /// Clients whose channel memberships could not be loaded when they connected.
     unloaded: Mutex<HashSet<ClientId>>,
+    /// Catch-ups of the store before a `last` another node may change (`catch_up`).
+    catch_ups: catch_up::CatchUps,
     /// Held shared by attach/detach while they write presence, exclusively by a sync, so a sync
     /// never works from a snapshot that a concurrent connect is about to change.
     gate: AsyncRwLock<()>,

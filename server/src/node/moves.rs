@@ -118,9 +118,7 @@ impl Node {
         // A moved client connects to its next node at once: what that node wrote must be in
         // the view this count comes from, or a client that is back looks gone.
         if moved {
-            if let Err(e) = self.presence.catch_up().await {
-                self.presence_error("catch_up", &e);
-            }
+            self.catch_up_presence().await;
         }
         let remaining = {
             let _gate = self.repair.gate.read().await;
