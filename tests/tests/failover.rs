@@ -164,6 +164,69 @@ async fn a_stopped_nodes_clients_are_handed_to_the_next_node() {
     pair.stop(1).await;
 }
 
+/// A node sends its guests home only once the readers of the live view (helpers and the other
+/// nodes read it every third of a lease) can have seen their owner live: a client closed before
+/// that would be handed this node's URL again, and moved twice. So no guest is closed within
+/// half a lease of its owner's first heartbeat (which the presence store is watched for).
+#[tokio::test]
+async fn guests_wait_until_readers_of_the_view_can_see_their_owner_live() {
+    let mut pair = Pair::start(|_| {}).await;
+    let lease = pair.configs[0].cluster.node_lease;
+    let h1 = pair.helper(0);
+    pair.stop(1).await;
+    let guests: Vec<ClientId> = (0..10)
+        .map(|k| homed_on(&h1, 1, &format!("guest{k}x")))
+        .collect();
+    for g in &guests {
+        eventually(|| async { node_of_url(&h1, g) == "n1" }).await;
+    }
+    let mut sockets = Vec::new();
+    for g in &guests {
+        sockets.push(Client::connect(&h1, g.as_str(), 1).await);
+    }
+    let n2: impush_core::NodeId = "n2".parse().unwrap();
+    let live_at = tokio::spawn({
+        let presence = pair.presence.clone();
+        async move {
+            loop {
+                let live = presence.live_nodes().await.unwrap();
+                if live.iter().any(|l| l.node == n2) {
+                    return tokio::time::Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let closed_at: Vec<_> = sockets
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let code = c.close_code().await;
+                (code, tokio::time::Instant::now())
+            })
+        })
+        .collect();
+    pair.up(1).await;
+    let live_at = live_at.await.unwrap();
+    let mut first_close = None;
+    for c in closed_at {
+        let (code, at) = c.await.unwrap();
+        assert_eq!(code, 1012, "sent home with 1012");
+        first_close = Some(first_close.map_or(at, |f: tokio::time::Instant| f.min(at)));
+    }
+    let after = first_close.unwrap().saturating_duration_since(live_at);
+    // A reader's next read comes within a third of a lease; half as much again is the margin
+    // (sent at once, the first guest went ~350 ms after the heartbeat here, lease 900 ms).
+    assert!(
+        after >= lease / 3 + lease / 6,
+        "the first guest was sent home {after:?} after its owner's first heartbeat; readers of \
+         the view read it every {:?}",
+        lease / 3
+    );
+    pair.stop(0).await;
+    pair.stop(1).await;
+}
+
 #[tokio::test]
 async fn a_drain_moves_clients_without_a_logout() {
     let mut pair = Pair::start(|_| {}).await;

@@ -66,10 +66,19 @@ impl Node {
         }
     }
 
-    /// Moves home, gradually, the clients here whose owner is another live node.
+    /// Moves home, gradually, the clients here whose owner is another live node: not before
+    /// helpers and the other nodes, which read the live view every third of a lease, can have
+    /// seen that owner live too. Until they have, a client closed now would be handed this
+    /// node's URL again, and moved a second time (as a drain waits before its first close).
     fn send_guests_home(self: &Arc<Self>) {
         if self.state() == NodeState::Draining {
             return; // the drain moves everyone anyway
+        }
+        // Rounds come every third of a lease: the one that saw the change and the next skip,
+        // so the first close comes after every reader's next read, with room to spare.
+        let changed = *self.view_changed.lock().unwrap_or_else(|e| e.into_inner());
+        if changed.elapsed() < self.lease / 3 + std::time::Duration::from_millis(50) {
+            return;
         }
         let me = &self.id;
         let guests = self

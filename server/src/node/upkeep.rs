@@ -97,14 +97,16 @@ impl Node {
                 }
             }
             // The next beat is due a third of a lease after this one began, however long the
-            // round took.
+            // round took; after a round that took longer than that, a short pause still, so a
+            // starved node does not hammer its store back to back.
+            let next = (beat + every).max(Instant::now() + every / 4);
             tokio::select! {
                 () = cancel.cancelled() => {
                     // Shutdown waits for this loop (up to its grace): what was reaped is told.
                     while announcing.join_next().await.is_some() {}
                     return;
                 }
-                () = tokio::time::sleep_until(beat + every) => {}
+                () = tokio::time::sleep_until(next) => {}
             }
         }
     }
