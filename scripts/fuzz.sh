@@ -2,8 +2,11 @@
 # Builds the cargo-fuzz targets in fuzz/ and runs each for N seconds (default 60); exits
 # non-zero when a target crashes (the input is kept in fuzz/artifacts/<target>/).
 #
-#   ./scripts/fuzz.sh [seconds] [target...]
-#   ./scripts/fuzz.sh --build      # only build every target (scripts/test.sh does it early)
+#   ./scripts/fuzz.sh [--dev] [seconds] [target...]
+#   ./scripts/fuzz.sh [--dev] --build   # only build every target
+#
+# `--dev` builds without optimizations: fewer runs a second, but a build a fraction as long,
+# which suits the short run of scripts/test.sh; longer runs want the optimized default.
 #
 # Targets: client_frame (the client frame parser), token (the connect-token verifier), envelope
 # (the broker envelope decoder: NodeCommand, ClusterCommand, Event) and config (impush.toml into
@@ -17,10 +20,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_only=false
-if [ "${1:-}" = --build ]; then
-  build_only=true
+profile=()
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --build) build_only=true ;;
+    --dev) profile=(--dev) ;;
+    *) break ;;
+  esac
   shift
-fi
+done
 secs=${1:-60}
 shift || true
 
@@ -37,7 +45,7 @@ fi
 
 start=$SECONDS
 # One build for every target (they share the crate's dependencies), quiet unless it fails.
-if ! build_log=$(cargo fuzz build --sanitizer none 2>&1); then
+if ! build_log=$(cargo fuzz build "${profile[@]}" --sanitizer none 2>&1); then
   echo "$build_log" >&2
   exit 1
 fi
@@ -52,7 +60,7 @@ jobs=${IMPUSH_FUZZ_JOBS:-$(nproc)}
 run_one() {
   local t=$1 log="fuzz/target/$1.log" t0=$SECONDS runs
   mkdir -p "fuzz/target/corpus/$t" "fuzz/corpus/$t"
-  if cargo fuzz run --sanitizer none "$t" "fuzz/target/corpus/$t" "fuzz/corpus/$t" -- \
+  if cargo fuzz run "${profile[@]}" --sanitizer none "$t" "fuzz/target/corpus/$t" "fuzz/corpus/$t" -- \
       -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       >"$log" 2>&1; then
     runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' || echo '?')
