@@ -1,11 +1,12 @@
 //! Catching the presence store up with every node's writes (`PresenceStore::catch_up`, in
-//! `docs/design.md` section 3) before a `last` that another node's new connection may change
-//! (section 16): a reaped connection's, and a moved one's at the end of its grace.
+//! `docs/design.md` section 3) before a moved connection's `last` at the end of its grace
+//! (section 16), shared by the moves that end together.
 //!
-//! A catch-up of cluster presence is a barrier through the broker, a round trip; a reap of
-//! thousands of connections, or thousands of moves ending together, would make one each. So a
-//! catch-up that began at most [`REUSE`] before a caller asked serves it too, and callers
-//! arriving while one is under way wait for that one when it is recent enough.
+//! A catch-up of cluster presence is a barrier through the broker, a round trip; thousands of
+//! moves ending together would make one each. So a catch-up that began at most [`REUSE`]
+//! before a caller asked serves it too (the moved client reconnected seconds before its grace
+//! ended), and callers arriving while one is under way wait for that one when it is recent
+//! enough. A reaper's `last` has a catch-up of its own (`Node::connected_again`).
 
 use std::{sync::Arc, time::Duration};
 

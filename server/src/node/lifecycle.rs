@@ -243,7 +243,11 @@ impl Node {
     /// lag by seconds on a busy node; what is left is the time from the catch-up to the
     /// publish).
     async fn connected_again(&self, client: &ClientId) -> bool {
-        self.catch_up_presence().await;
+        // A catch-up of its own, begun now, not one shared with the moment before: a client
+        // reconnecting just then is exactly the one whose `last` may be wrong.
+        if let Err(e) = self.presence.catch_up().await {
+            self.presence_error("catch_up", &e);
+        }
         self.presence
             .online(std::slice::from_ref(client))
             .await
