@@ -63,6 +63,25 @@ fn cluster_of(ids: &[&str]) -> Cluster {
     Cluster::new(nodes, PartitionerKind::default()).unwrap()
 }
 
+/// The instance of `node` over `broker`, with the suite's lease and timeout.
+async fn node_over(
+    broker: Arc<dyn Broker>,
+    prefix: &str,
+    node: &NodeId,
+    cluster: &Cluster,
+) -> ClusterPresence {
+    ClusterPresence::start(
+        broker,
+        prefix,
+        Some(node.clone()),
+        cluster.clone(),
+        LEASE,
+        &cfg(),
+    )
+    .await
+    .unwrap()
+}
+
 impl Adapter {
     async fn new() -> Self {
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
@@ -356,16 +375,7 @@ async fn a_node_answers_the_next_request_while_a_reply_is_in_flight() {
         seen: 0.into(),
         pair: tokio::sync::Barrier::new(2),
     });
-    let node = ClusterPresence::start(
-        paired.clone(),
-        "pr",
-        Some(n1.clone()),
-        cluster.clone(),
-        LEASE,
-        &cfg(),
-    )
-    .await
-    .unwrap();
+    let node = node_over(paired.clone(), "pr", &n1, &cluster).await;
     // A node that heartbeated publishes its state, so the helper starts synced.
     node.heartbeat(&n1, LEASE, NodeState::Live).await.unwrap();
     let helper = ClusterPresence::start(shared, "pr", None, cluster, LEASE, &cfg())
@@ -442,19 +452,8 @@ async fn catch_up_brings_a_lagging_view_up_to_another_nodes_write() {
     let shared: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
     let cluster = cluster_of(&["n1", "n3"]);
     let (n1, n3): (NodeId, NodeId) = ("n1".parse().unwrap(), "n3".parse().unwrap());
-    let slow = ClusterPresence::start(
-        Arc::new(Lagging(shared.clone())),
-        "lag",
-        Some(n1.clone()),
-        cluster.clone(),
-        LEASE,
-        &cfg(),
-    )
-    .await
-    .unwrap();
-    let other = ClusterPresence::start(shared, "lag", Some(n3.clone()), cluster, LEASE, &cfg())
-        .await
-        .unwrap();
+    let slow = node_over(Arc::new(Lagging(shared.clone())), "lag", &n1, &cluster).await;
+    let other = node_over(shared, "lag", &n3, &cluster).await;
     slow.heartbeat(&n1, LEASE, NodeState::Live).await.unwrap();
     other.heartbeat(&n3, LEASE, NodeState::Live).await.unwrap();
     let x: ClientId = "x".parse().unwrap();

@@ -167,6 +167,15 @@ impl PresenceStore for Faulty {
     }
 }
 
+/// One node over `presence`, with the tests' lease.
+async fn start_over(presence: &Arc<Faulty>) -> ImServer {
+    let mut c = config();
+    c.cluster.node_lease = LEASE;
+    ImServer::start_with(c, Arc::new(MemoryBroker::default()), presence.clone())
+        .await
+        .unwrap()
+}
+
 /// The round after heartbeat `STALL_AFTER` stalls for two leases before it reaps: the node's
 /// own lease has run out by then, and a reap would drop its live connection and announce it
 /// offline (then, a heartbeat later, online again as "forgotten"). It must skip that reap:
@@ -177,11 +186,7 @@ async fn a_stalled_upkeep_round_does_not_reap_its_own_node() {
         stall_after: Some(STALL_AFTER),
         ..Faulty::default()
     });
-    let mut c = config();
-    c.cluster.node_lease = LEASE;
-    let server = ImServer::start_with(c, Arc::new(MemoryBroker::default()), presence.clone())
-        .await
-        .unwrap();
+    let server = start_over(&presence).await;
     let h = server.helper();
     let mut events = h.events().await.unwrap();
     let _alice = Client::connect(&h, "alice", 1).await;
@@ -218,11 +223,7 @@ async fn a_long_repair_does_not_hold_the_heartbeats_back() {
         sync_delay: Some(LEASE * 4),
         ..Faulty::default()
     });
-    let mut c = config();
-    c.cluster.node_lease = LEASE;
-    let server = ImServer::start_with(c, Arc::new(MemoryBroker::default()), presence.clone())
-        .await
-        .unwrap();
+    let server = start_over(&presence).await;
     let h = server.helper();
     let alice = Client::connect(&h, "alice", 1).await;
     let _bob = Client::connect(&h, "bob", 1).await;
