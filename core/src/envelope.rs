@@ -4,7 +4,7 @@
 //! - `{prefix}.inbox.{node}`: [`NodeCommand`]s for one node, read as `Queue{group = node}` so that
 //!   messages for a restarting node wait for it;
 //! - `{prefix}.all`: [`ClusterCommand`]s every node acts on (channel messages, broadcasts,
-//!   membership changes), read `Fanout`;
+//!   membership changes, re-announces of connections), read `Fanout`;
 //! - `{prefix}.events`: [`Event`]s (online/offline) for the business, read by helpers;
 //! - `{prefix}.presence`: only with `[presence] kind = "cluster"`, what the nodes tell each
 //!   other about connections and memberships; its messages are defined by that store
@@ -212,6 +212,13 @@ pub enum ClusterCommand {
         /// The channel.
         channel: ChannelName,
         /// Who left.
+        clients: Vec<ClientId>,
+    },
+    /// An offline event saying `last` went out for these clients while they had a connection
+    /// (a new one crossed it): each node holding a connection of theirs announces it online
+    /// again, after that `last` (`docs/design.md` section 16, "Events").
+    Reannounce {
+        /// The clients.
         clients: Vec<ClientId>,
     },
 }

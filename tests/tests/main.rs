@@ -10,6 +10,7 @@ mod support;
 mod admin;
 mod batch;
 mod cluster_presence;
+mod crossed;
 mod device_delivery;
 mod disk;
 mod e2e;

@@ -90,6 +90,9 @@ pub struct Metrics {
     pub(crate) unacked_requeued: AtomicU64,
     /// Connections closed with 1012 to move their client (drain, return home).
     pub(crate) moved: AtomicU64,
+    /// Offline events saying `last` that a new connection of their client crossed: found
+    /// connected after they went out, the client's connections were announced again.
+    pub(crate) lasts_crossed: AtomicU64,
     /// Stored messages handed over to their client's owner (a per-node inbox store).
     pub(crate) inboxes_handed_over: AtomicU64,
     /// Streams reconnecting clients resumed without a gap (0), and those they could not (1).
@@ -233,6 +236,12 @@ impl Metrics {
     /// Connections closed with 1012 to move their client (drain, return home).
     pub fn moved(&self) -> u64 {
         self.moved.load(Ordering::Relaxed)
+    }
+
+    /// Offline events saying `last` found crossed by a new connection of their client after
+    /// they went out (its connections were announced again).
+    pub fn lasts_crossed(&self) -> u64 {
+        self.lasts_crossed.load(Ordering::Relaxed)
     }
 
     /// Messages kept in the offline inbox.

@@ -189,6 +189,14 @@ impl Metrics {
             &[(None, load(&self.moved).to_string())],
         );
         family(
+            "impush_lasts_crossed_total",
+            "counter",
+            "Offline events saying last:true this node published that a new connection of \
+             the client crossed (found connected just after): its connections were announced \
+             online again.",
+            &[(None, load(&self.lasts_crossed).to_string())],
+        );
+        family(
             "impush_inbox_handed_over_total",
             "counter",
             "Stored messages this node handed over to their client's owner (a store kept per \

@@ -79,6 +79,10 @@ impl Node {
                 Err(e) => self.undecodable(&e, acker),
             },
             Feed::All => match envelope::decode::<ClusterCommand>("cluster command", &payload) {
+                Ok(ClusterCommand::Reannounce { clients }) => {
+                    acker.ack();
+                    self.reannounce(clients);
+                }
                 Ok(cmd) => {
                     if self.first_publication(&cmd) {
                         self.on_cluster_command(cmd);

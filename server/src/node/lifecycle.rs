@@ -215,13 +215,19 @@ impl Node {
 
     /// Publishes offline events for connections that ended without their node saying so (a
     /// crashed node, this node's previous run, ghosts). Their metadata is unknown here.
-    pub(crate) async fn announce_dropped(&self, dropped: Vec<DroppedConnection>) {
+    ///
+    /// A crashed node's client may have connected again elsewhere since its connection was
+    /// judged its last (a reap's announcements go out in the background, thousands of them,
+    /// and the nodes' views of each other lag): each `last` is asked again just before it goes
+    /// out, of a store caught up since (`docs/design.md` section 16), and once more after
+    /// (`crossed`).
+    pub(crate) async fn announce_dropped(self: &Arc<Self>, dropped: Vec<DroppedConnection>) {
         for mut d in dropped {
-            if d.last && self.connected_again(&d.client).await {
+            if d.last && self.connected_now(&d.client).await {
                 d.last = false;
             }
             tracing::warn!(node = %d.node, client = %d.client, connection = %d.connection, last = d.last, "publishing offline for a connection that ended without a goodbye");
-            self.publish_event(&Event::Offline {
+            self.publish_offline(Event::Offline {
                 client: d.client,
                 node: d.node,
                 connection: d.connection,
@@ -233,34 +239,12 @@ impl Node {
         }
     }
 
-    /// Whether `client` has a connection again, by the store's view now. A client of a
-    /// crashed node may have connected again elsewhere since its connection was judged its
-    /// last (a reap's announcements go out in the background, thousands of them, and the
-    /// nodes' views of each other lag): its new connection's online event may be out already,
-    /// and a `last` now would leave the business thinking it offline while it is connected.
-    /// So each `last` is asked again just before it goes out (`docs/design.md` section 16),
-    /// of a store that has caught up with every node's writes (a view fed by a broker may
-    /// lag by seconds on a busy node; what is left is the time from the catch-up to the
-    /// publish).
-    async fn connected_again(&self, client: &ClientId) -> bool {
-        // A catch-up of its own, begun now, not one shared with the moment before: a client
-        // reconnecting just then is exactly the one whose `last` may be wrong.
-        if let Err(e) = self.presence.catch_up().await {
-            self.presence_error("catch_up", &e);
-        }
-        self.presence
-            .online(std::slice::from_ref(client))
-            .await
-            .is_ok_and(|a| a.value.first().copied().unwrap_or(false))
-    }
-
     /// Catches the presence store up with every node's writes (one catch-up serves the
     /// callers of the same moment: `catch_up`); on failure, logs it and goes on with the
     /// view as it is.
     pub(super) async fn catch_up_presence(&self) {
         let presence = self.presence.clone();
         let outcome = self
-            .repair
             .catch_ups
             .wait(move || async move { presence.catch_up().await.map_err(Arc::new) }.boxed())
             .await;

@@ -3,7 +3,7 @@
 //! - `feeds`: the two broker subscriptions. The inbox (`{prefix}.inbox.{node}`,
 //!   `Queue{group = node id}`) carries [`NodeCommand`](impush_core::envelope::NodeCommand)s
 //!   (point-to-point deliveries, receipts for local senders, kicks); `{prefix}.all` (`Fanout`)
-//!   carries cluster commands (channel messages, broadcasts, membership changes).
+//!   carries cluster commands (channel messages, broadcasts, membership changes, re-announces).
 //! - `delivery`: turning commands into frames for local sockets; `batch`: several messages in
 //!   one inbox payload, acked once all of them settled.
 //! - `receipts`: the task that acts on settled messages (receipts, broker acks) and coalesces
@@ -20,10 +20,12 @@
 //! - `history`: channel and broadcast streams: numbering the ones this node owns, keeping
 //!   every stream's recent publications, and resuming reconnecting clients.
 //! - `catch_up`: catch-ups of the presence store shared by the callers that need one at once.
+//! - `crossed`: a `last` a new connection crossed, found after it went out and repaired.
 //! - `dedupe`: ids of recent messages, so a redelivered or retried message reaches sockets once.
 
 mod batch;
 mod catch_up;
+mod crossed;
 mod dedupe;
 mod delivery;
 mod feeds;
@@ -114,6 +116,8 @@ pub(crate) struct Node {
     /// lately: a retried publication is not numbered and delivered twice.
     published: dedupe::RecentIds,
     repair: Repair,
+    /// Catch-ups of the presence store before a `last` another node's writes may change.
+    catch_ups: catch_up::CatchUps,
     keeping: pending::Keeping,
     /// The node's presence lease.
     pub(crate) lease: Duration,
@@ -148,8 +152,6 @@ struct Repair {
     dirty: AtomicBool,
     /// Clients whose channel memberships could not be loaded when they connected.
     unloaded: Mutex<HashSet<ClientId>>,
-    /// Catch-ups of the store before a `last` another node may change (`catch_up`).
-    catch_ups: catch_up::CatchUps,
     /// Held shared by attach/detach while they write presence, exclusively by a sync, so a sync
     /// never works from a snapshot that a concurrent connect is about to change.
     gate: AsyncRwLock<()>,
@@ -197,6 +199,7 @@ impl Node {
             recent,
             published,
             repair: Repair::default(),
+            catch_ups: catch_up::CatchUps::default(),
             keeping: pending::Keeping::default(),
             lease: parts.cluster_config.node_lease,
             cluster_timing: parts.cluster_config,

@@ -148,7 +148,7 @@ impl Node {
             self.linger(vec![client.clone()]);
         }
         tracing::info!(%client, connection = %handle.connection, last, moved, "disconnected");
-        self.publish_event(&Event::Offline {
+        self.publish_offline(Event::Offline {
             client: client.clone(),
             node: self.id.clone(),
             connection: handle.connection.clone(),

@@ -292,16 +292,32 @@ pub async fn wait_online(h: &ImHelper, clients: &[ClientId]) {
 
 /// Polls `cond` every 100 ms until it holds, failing after `within`: for conditions that cost
 /// a query over many clients, or a look at many probes.
-pub async fn poll<F, Fut>(what: &str, within: Duration, mut cond: F)
+pub async fn poll<F, Fut>(what: &str, within: Duration, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        poll_until(within, cond).await,
+        "{what}: not within {within:?}"
+    );
+}
+
+/// Polls `cond` every 100 ms until it holds (`true`) or `within` passed (`false`): for a wait
+/// whose failure the checks after it explain better.
+pub async fn poll_until<F, Fut>(within: Duration, mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = Instant::now() + within;
     while !cond().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    true
 }
 
 /// Polls `cond` until it holds, failing after [`WAIT`].

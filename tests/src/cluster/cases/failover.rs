@@ -19,7 +19,7 @@ use impush_core::{ClientId, ConnectionId, Event, NodeId, NodeStatus};
 use serde_json::json;
 
 use crate::cluster::{
-    clients::{clients_on, poll, EventLog},
+    clients::{clients_on, poll, poll_until, EventLog},
     harness::{Backend, Cluster, Spec},
     http::post,
     probe::{Control, Probe},
@@ -169,6 +169,17 @@ pub async fn killed_nodes_clients_reconnect_elsewhere_and_come_home(backend: &Ba
             }
         },
     )
+    .await;
+    // A `last` that a reconnect crossed is followed by the connection's online again
+    // (`docs/design.md` section 16): the events are judged once every client's replay ends
+    // online, or when the wait ran out (the checks below then say which and why).
+    poll_until(WAIT_LONG, || {
+        let (log, clients) = (&log, &clients);
+        async move {
+            let events = log.events();
+            clients.iter().all(|c| online_after_replay(&events, c))
+        }
+    })
     .await;
     let events = log.events();
     let mut reaped_last = 0;
