@@ -175,6 +175,27 @@ impl Cluster {
         &self.nodes[i.min(self.nodes.len() - 1)]
     }
 
+    /// The nodes that keep `client`'s channel memberships where a store keeps them per node
+    /// (cluster presence, `docs/design.md` section 3): its home and the next node in its order,
+    /// whatever their state, so that losing one of them (a crash, a restart) loses nothing.
+    /// The next node is also where the client sits while its home is away. One node in a
+    /// cluster of one.
+    pub fn keepers(&self, client: &ClientId) -> Vec<&NodeEntry> {
+        let home = self
+            .partitioner
+            .node_for(client, &self.ids)
+            .min(self.nodes.len() - 1);
+        let mut keepers = vec![&self.nodes[home]];
+        if let Some(next) = self
+            .partitioner
+            .node_for_among(client, &self.ids, &|i| i != home)
+            .and_then(|i| self.nodes.get(i))
+        {
+            keepers.push(next);
+        }
+        keepers
+    }
+
     /// The first node after `skip` in `client`'s order that is live: where it sat while
     /// `skip` was away (and where it still is until it moves back).
     pub fn owner_without(&self, client: &ClientId, skip: &NodeId) -> Option<&NodeEntry> {
@@ -363,6 +384,46 @@ mod tests {
             None,
         );
         assert!(clients.iter().all(|cl| c.owner(cl) == c.home(cl)));
+    }
+
+    /// A client's keepers are its home and the node it moves to when its home dies, whatever
+    /// the view says; one node alone keeps everything.
+    #[test]
+    fn keepers_are_home_and_where_the_client_goes_without_it() {
+        for kind in [PartitionerKind::Rendezvous, PartitionerKind::Modulo] {
+            let c = cluster(3, kind);
+            let clients: Vec<ClientId> =
+                (0..300).map(|i| format!("{i}").parse().unwrap()).collect();
+            let mut seconds = std::collections::HashSet::new();
+            for cl in &clients {
+                let home = c.home(cl).id.clone();
+                let keepers: Vec<NodeId> = c.keepers(cl).iter().map(|e| e.id.clone()).collect();
+                assert_eq!(keepers.len(), 2);
+                assert_eq!(keepers[0], home);
+                assert_ne!(keepers[1], home);
+                let alive: Vec<NodeLease> = c
+                    .nodes()
+                    .iter()
+                    .filter(|e| e.id != home)
+                    .map(|e| lease(e.id.as_str(), NodeState::Live))
+                    .collect();
+                c.apply_leases(&alive, None);
+                assert_eq!(c.owner(cl).id, keepers[1], "{kind:?}: where {cl} goes");
+                let still: Vec<NodeId> = c.keepers(cl).iter().map(|e| e.id.clone()).collect();
+                assert_eq!(still, keepers, "keepers do not follow the view");
+                seconds.insert(keepers[1].clone());
+                c.apply_leases(
+                    &c.nodes()
+                        .iter()
+                        .map(|e| lease(e.id.as_str(), NodeState::Live))
+                        .collect::<Vec<_>>(),
+                    None,
+                );
+            }
+            assert_eq!(seconds.len(), 3, "{kind:?}: every node keeps for others");
+        }
+        let one = cluster(1, PartitionerKind::Rendezvous);
+        assert_eq!(one.keepers(&"a".parse().unwrap()).len(), 1);
     }
 
     #[test]

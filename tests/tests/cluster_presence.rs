@@ -471,3 +471,77 @@ async fn catch_up_brings_a_lagging_view_up_to_another_nodes_write() {
     let after = slow.online(std::slice::from_ref(&x)).await.unwrap().value;
     assert_eq!(after, vec![true], "caught up with n3's connection");
 }
+
+/// Memberships survive their owner (`docs/design.md` section 3): a client's home and the next
+/// node in its order both keep them. Its home crashes (its instance and memory gone): the
+/// other keeper answers for its channels and takes a join meanwhile; the home restarts empty
+/// and takes the other keeper's copy, so it answers with both channels. Counted once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memberships_survive_a_crash_and_restart_of_their_owner() {
+    use impush_core::NodeStatus;
+
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
+    let cluster = cluster_of(&["n1", "n2", "n3"]);
+    let ids: Vec<NodeId> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let mut nodes = Vec::new();
+    for id in &ids {
+        nodes.push(Some(node_over(broker.clone(), "keep", id, &cluster).await));
+    }
+    // Each settles its (empty) previous run once all answer, as nodes starting together do.
+    for (node, id) in nodes.iter().zip(&ids) {
+        node.as_ref().unwrap().clear_node(id, false).await.unwrap();
+    }
+    let helper =
+        ClusterPresence::start(broker.clone(), "keep", None, cluster.clone(), LEASE, &cfg())
+            .await
+            .unwrap();
+    let c: ClientId = (0..)
+        .map(|i| format!("c{i}").parse::<ClientId>().unwrap())
+        .find(|c| cluster.home(c).id == ids[1])
+        .unwrap();
+    let (room, hall): (ChannelName, ChannelName) =
+        ("room".parse().unwrap(), "hall".parse().unwrap());
+    helper
+        .join_channel(&room, std::slice::from_ref(&c))
+        .await
+        .unwrap();
+
+    // n2 crashes; the live view counts it dead.
+    nodes[1] = None;
+    cluster.set_status(&ids[1], NodeStatus::Dead);
+    let channels = helper.client_channels(&c).await.unwrap();
+    assert!(channels.missing.is_empty(), "{channels:?}");
+    assert_eq!(
+        channels.value,
+        vec![room.clone()],
+        "the other keeper has them"
+    );
+    helper
+        .join_channel(&hall, std::slice::from_ref(&c))
+        .await
+        .unwrap();
+
+    // n2 restarts with nothing in memory and takes the copy kept with it.
+    let back = node_over(broker.clone(), "keep", &ids[1], &cluster).await;
+    back.clear_node(&ids[1], false).await.unwrap();
+    nodes[1] = Some(back);
+    cluster.set_status(&ids[1], NodeStatus::Live);
+    let channels = helper.client_channels(&c).await.unwrap();
+    assert!(channels.missing.is_empty(), "{channels:?}");
+    assert_eq!(channels.value, vec![hall.clone(), room.clone()]);
+    let members = helper.channel_members(&room).await.unwrap();
+    assert_eq!(members.value, vec![c.clone()]);
+    let listed = helper.channels().await.unwrap().value;
+    let counted: Vec<(String, usize)> = listed
+        .iter()
+        .map(|i| (i.name.to_string(), i.members))
+        .collect();
+    assert_eq!(
+        counted,
+        vec![("hall".to_string(), 1), ("room".to_string(), 1)],
+        "each member counted once"
+    );
+}

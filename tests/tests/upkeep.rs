@@ -52,6 +52,9 @@ struct Faulty {
     beats_during_sync: AtomicU64,
     /// `catch_up` calls.
     catch_ups: AtomicU64,
+    /// The next `client_channels` answers partially: nothing, with a node missing (cluster
+    /// presence when no keeper of the client's memberships answered).
+    partial_channels: AtomicBool,
 }
 
 impl Faulty {
@@ -153,6 +156,12 @@ impl PresenceStore for Faulty {
         self.inner.channel_online(ch).await
     }
     async fn client_channels(&self, c: &ClientId) -> Result<Answer<Vec<ChannelName>>> {
+        if self.partial_channels.swap(false, Ordering::AcqRel) {
+            return Ok(Answer {
+                value: Vec::new(),
+                missing: vec!["n9".parse().unwrap()],
+            });
+        }
         self.inner.client_channels(c).await
     }
     async fn channels(&self) -> Result<Answer<Vec<ChannelInfo>>> {
@@ -243,6 +252,38 @@ async fn a_long_repair_does_not_hold_the_heartbeats_back() {
         !h.is_online(&id("alice")).await.unwrap().value,
         "the repair removed alice's connection"
     );
+    server.shutdown().await.unwrap();
+}
+
+/// A connection whose channel memberships came back partially (no keeper answered) is not
+/// left without them: the node asks again until it gets the whole answer, and the channel's
+/// messages reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_answered_partially_are_asked_again() {
+    let presence = Arc::new(Faulty::default());
+    let server = start_over(&presence).await;
+    let h = server.helper();
+    let room: ChannelName = "room".parse().unwrap();
+    h.join_channel(&room, &[id("p")]).await.unwrap();
+    presence.partial_channels.store(true, Ordering::Release);
+    let mut p = Client::connect(&h, "p", 1).await;
+    eventually(|| async { !presence.partial_channels.load(Ordering::Acquire) }).await;
+    let received = async {
+        loop {
+            h.send_channel_message(&id("system"), &room, &"hello")
+                .await
+                .unwrap();
+            if let Ok(frame) = tokio::time::timeout(Duration::from_millis(300), p.next_json()).await
+            {
+                return frame;
+            }
+        }
+    };
+    let frame = tokio::time::timeout(Duration::from_secs(5), received)
+        .await
+        .expect("the room's message reaches p once its channels are asked again");
+    assert_eq!(frame["data"], "hello");
+    drop(p);
     server.shutdown().await.unwrap();
 }
 

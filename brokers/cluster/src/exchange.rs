@@ -20,7 +20,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use crate::{
     machine::Machine,
     rpc::{BarrierKey, Barriers, Gathered, Pending},
-    wire::{Query, Wire},
+    wire::{Query, Reply, Wire},
 };
 
 const BACKEND: &str = "cluster presence";
@@ -179,23 +179,26 @@ impl Exchange {
         Ok(gathered)
     }
 
-    /// Sends `query` for `clients` to the owner of each one's memberships; fails naming the
-    /// owners that did not confirm in time.
-    pub(crate) async fn to_owners(
+    /// Sends `query` for `clients` to every keeper of each one's memberships the live view
+    /// does not count dead (`Machine::by_keeper`); fails naming the keepers that did not
+    /// confirm in time. Returns the replies.
+    pub(crate) async fn to_keepers(
         &self,
         clients: &[ClientId],
         query: impl Fn(Vec<ClientId>) -> Query,
-    ) -> Result<()> {
-        let by_owner = self.machine().by_owner(clients);
+    ) -> Result<Vec<Reply>> {
+        let by_keeper = self.machine().by_keeper(clients);
         let mut failed = Vec::new();
-        for (owner, group) in by_owner {
-            let g = self.ask(Some(&owner), query(group)).await?;
+        let mut replies = Vec::new();
+        for (keeper, group) in by_keeper {
+            let g = self.ask(Some(&keeper), query(group)).await?;
             if !g.missing.is_empty() {
-                failed.push(owner);
+                failed.push(keeper);
             }
+            replies.extend(g.replies.into_iter().map(|(_, r)| r));
         }
         if failed.is_empty() {
-            return Ok(());
+            return Ok(replies);
         }
         let names: Vec<String> = failed.iter().map(ToString::to_string).collect();
         Err(unavailable(format!(

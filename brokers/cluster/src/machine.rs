@@ -1,9 +1,9 @@
 //! The state machine of cluster presence: what one instance knows and the rules that change it.
 //!
 //! An instance knows its [`View`] of every node's connections; a node also knows its own
-//! connections (the truth the view mirrors), the [`Memberships`] of the clients it owns, and
+//! connections (the truth the view mirrors), the [`Memberships`] of the clients it keeps, and
 //! where it stands with the cluster (`known`, `ready`, whether its own heartbeats come back).
-//! Here: that state, who owns a client's memberships ([`Machine::memberships_owner`]) and what
+//! Here: that state, who keeps a client's memberships ([`Machine::keepers`]) and what
 //! the view answers. `feed` is what a message read from `{prefix}.presence` does and what a
 //! request gets; `own` is what the node's own presence operations do.
 //!
@@ -21,7 +21,9 @@ use std::{
     time::Duration,
 };
 
-use impush_core::{ClientId, Cluster, ConnectionId, DroppedConnection, NodeId};
+use impush_core::{
+    ChannelName, ClientId, Cluster, ConnectionId, DroppedConnection, NodeId, NodeStatus,
+};
 use tokio::time::Instant;
 
 use crate::{
@@ -47,7 +49,7 @@ pub(crate) struct Machine {
     view: View,
     /// This node's own connections (a node instance only): the truth the view mirrors.
     local: HashMap<ConnectionId, ClientId>,
-    /// Memberships of the clients this node owns.
+    /// Memberships of the clients this node keeps (`Machine::keepers`).
     memberships: Memberships,
     /// Whether the cluster still counts this node as alive (false before the first heartbeat,
     /// after a clear, and after another node reaped it).
@@ -86,6 +88,11 @@ impl Machine {
         }
     }
 
+    /// The configured lease.
+    pub(crate) fn lease(&self) -> Duration {
+        self.lease
+    }
+
     pub(crate) fn view(&self) -> &View {
         &self.view
     }
@@ -97,35 +104,112 @@ impl Machine {
 
     // ---- ownership ----
 
-    /// The node that owns `client`'s channel memberships: the only node that records its joins
-    /// and leaves, drops them when the client is gone, and answers for its channels. Every
-    /// ownership decision of this crate goes through here.
-    pub(crate) fn memberships_owner(&self, client: &ClientId) -> NodeId {
-        self.cluster.owner(client).id.clone()
+    /// The nodes that keep `client`'s channel memberships: its home and the next node in its
+    /// order (`Cluster::keepers`), whatever their state. Both record its joins and leaves and
+    /// drop them when the client is gone, so either one alone still has them after the other
+    /// crashed or restarted (`docs/design.md` section 3). Every ownership decision of this
+    /// crate goes through here.
+    pub(crate) fn keepers(&self, client: &ClientId) -> Vec<NodeId> {
+        self.cluster
+            .keepers(client)
+            .into_iter()
+            .map(|e| e.id.clone())
+            .collect()
     }
 
-    /// `clients` grouped by the owner of their memberships.
-    pub(crate) fn by_owner(&self, clients: &[ClientId]) -> BTreeMap<NodeId, Vec<ClientId>> {
+    /// The node that answers for `client`'s channels: its first keeper the live view does not
+    /// count dead (its home when none is alive: asking it then reports it missing).
+    pub(crate) fn memberships_owner(&self, client: &ClientId) -> NodeId {
+        let keepers = self.keepers(client);
+        keepers
+            .iter()
+            .find(|k| self.cluster.status(k) != NodeStatus::Dead)
+            .unwrap_or(&keepers[0])
+            .clone()
+    }
+
+    /// `clients` grouped by each keeper a write must reach: every keeper the live view does
+    /// not count dead (the home, when it counts both dead: the write then fails naming it).
+    pub(crate) fn by_keeper(&self, clients: &[ClientId]) -> BTreeMap<NodeId, Vec<ClientId>> {
         let mut out: BTreeMap<NodeId, Vec<ClientId>> = BTreeMap::new();
         for c in clients {
-            out.entry(self.memberships_owner(c))
-                .or_default()
-                .push(c.clone());
+            let keepers = self.keepers(c);
+            let mut alive: Vec<&NodeId> = keepers
+                .iter()
+                .filter(|k| self.cluster.status(k) != NodeStatus::Dead)
+                .collect();
+            if alive.is_empty() {
+                alive.push(&keepers[0]);
+            }
+            for k in alive {
+                out.entry(k.clone()).or_default().push(c.clone());
+            }
         }
         out
     }
 
-    /// Whether this instance is the node owning `client`'s memberships.
-    fn owns(&self, client: &ClientId) -> bool {
+    /// Whether this instance is a node keeping `client`'s memberships.
+    fn keeps(&self, client: &ClientId) -> bool {
+        self.me
+            .as_ref()
+            .is_some_and(|me| self.keepers(client).contains(me))
+    }
+
+    /// Whether this node is the one answering for `client`'s channels now (its counts include
+    /// the client; the other keeper's do not, so no client is counted twice).
+    fn answers_for(&self, client: &ClientId) -> bool {
         self.me
             .as_ref()
             .is_some_and(|me| self.memberships_owner(client) == *me)
     }
 
-    /// `client` left every channel, if this node owns its memberships.
-    fn leave_all_if_owned(&mut self, client: &ClientId) {
-        if self.owns(client) {
+    /// `client` left every channel, if this node keeps its memberships.
+    fn leave_all_if_kept(&mut self, client: &ClientId) {
+        if self.keeps(client) {
             self.memberships.leave_all(client);
+        }
+    }
+
+    /// The memberships this node keeps with `other` (the clients both keep), for `other` to
+    /// take after it restarted or was counted dead.
+    pub(crate) fn kept_with(&self, other: &NodeId) -> Vec<(ClientId, Vec<ChannelName>)> {
+        let mut kept: Vec<(ClientId, Vec<ChannelName>)> = self
+            .memberships
+            .clients()
+            .filter(|c| self.keepers(c).contains(other))
+            .map(|c| (c.clone(), self.memberships.channels_of(c)))
+            .collect();
+        kept.sort();
+        kept
+    }
+
+    /// Takes `from`'s copy of the memberships both keep (`kept`, from [`Machine::kept_with`]):
+    /// `from` was alive while this node was not (restarting, or counted dead), so its copy has
+    /// every write this one missed; a client it no longer lists left its channels meanwhile.
+    pub(crate) fn take_kept(&mut self, from: &NodeId, kept: Vec<(ClientId, Vec<ChannelName>)>) {
+        let Some(me) = self.me.clone() else {
+            return;
+        };
+        let shared: Vec<ClientId> = self
+            .memberships
+            .clients()
+            .filter(|c| {
+                let k = self.keepers(c);
+                k.contains(&me) && k.contains(from)
+            })
+            .cloned()
+            .collect();
+        for c in &shared {
+            self.memberships.leave_all(c);
+        }
+        for (client, channels) in kept {
+            let k = self.keepers(&client);
+            if !(k.contains(&me) && k.contains(from)) {
+                continue;
+            }
+            for ch in channels {
+                self.memberships.join(&ch, std::slice::from_ref(&client));
+            }
         }
     }
 
@@ -166,10 +250,10 @@ impl Machine {
     }
 
     /// The clients whose last connection is among `dropped` leave their channels (those this
-    /// node owns).
+    /// node keeps).
     fn leave_all_of_last(&mut self, dropped: &[DroppedConnection]) {
         for d in dropped.iter().filter(|d| d.last) {
-            self.leave_all_if_owned(&d.client);
+            self.leave_all_if_kept(&d.client);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What one instance knows: its [`View`] of every node's connections (all instances keep one,
 //! from the nodes' deltas and heartbeats), and, on a node, the [`Memberships`] of the clients
-//! that node owns (only the owner holds them; others ask it).
+//! that node keeps (each client's two keepers hold them; others ask one).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -275,7 +275,7 @@ impl View {
     }
 }
 
-/// The channel memberships of the clients a node owns.
+/// The channel memberships of the clients a node keeps.
 #[derive(Debug, Default)]
 pub(crate) struct Memberships {
     of_client: HashMap<ClientId, BTreeSet<ChannelName>>,
@@ -328,6 +328,11 @@ impl Memberships {
         }
     }
 
+    /// Every client with at least one membership.
+    pub(crate) fn clients(&self) -> impl Iterator<Item = &ClientId> {
+        self.of_client.keys()
+    }
+
     pub(crate) fn members(&self, channel: &ChannelName) -> Vec<ClientId> {
         self.of_channel
             .get(channel)
@@ -342,16 +347,19 @@ impl Memberships {
             .unwrap_or_default()
     }
 
-    /// Per channel: members, and how many of them `view` has online.
-    pub(crate) fn counts(&self, view: &View) -> Vec<(ChannelName, usize, usize)> {
+    /// Per channel: the members `counted` selects, and how many of them `view` has online
+    /// (channels with none left out).
+    pub(crate) fn counts(
+        &self,
+        view: &View,
+        counted: impl Fn(&ClientId) -> bool,
+    ) -> Vec<(ChannelName, usize, usize)> {
         self.of_channel
             .iter()
-            .map(|(ch, members)| {
-                let online = members
-                    .iter()
-                    .filter(|c| view.connections_of(c) > 0)
-                    .count();
-                (ch.clone(), members.len(), online)
+            .filter_map(|(ch, members)| {
+                let mine: Vec<&ClientId> = members.iter().filter(|c| counted(c)).collect();
+                let online = mine.iter().filter(|c| view.connections_of(c) > 0).count();
+                (!mine.is_empty()).then(|| (ch.clone(), mine.len(), online))
             })
             .collect()
     }

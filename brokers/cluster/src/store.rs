@@ -21,6 +21,7 @@ use tokio_util::sync::DropGuard;
 
 use crate::{
     exchange::Exchange,
+    keep,
     machine::Machine,
     wire::{Query, Reply, Wire},
     ClusterPresenceConfig,
@@ -180,6 +181,7 @@ impl PresenceStore for ClusterPresence {
         if let Some(msg) = msg {
             self.exchange.publish(&msg).await?;
         }
+        keep::take_now_and_later(&self.exchange, me).await;
         Ok(dropped)
     }
 
@@ -195,6 +197,9 @@ impl PresenceStore for ClusterPresence {
                 .machine()
                 .sync(me, connections, clear_channels, Instant::now());
         self.publish_all(msgs).await?;
+        // Counted dead meanwhile: joins and leaves of the clients kept here went only to
+        // their other keeper.
+        keep::take_now_and_later(&self.exchange, me).await;
         Ok(sync)
     }
 
@@ -275,25 +280,15 @@ impl PresenceStore for ClusterPresence {
     }
 
     async fn leave_all_if_offline(&self, client: &ClientId) -> Result<bool> {
-        let owner = self.exchange.machine().memberships_owner(client);
-        let g = self
+        let replies = self
             .exchange
-            .ask(
-                Some(&owner),
-                Query::LeaveIfOffline {
-                    client: client.clone(),
-                },
-            )
+            .to_keepers(std::slice::from_ref(client), |_| Query::LeaveIfOffline {
+                client: client.clone(),
+            })
             .await?;
-        if !g.missing.is_empty() {
-            return Err(Error::Unavailable {
-                backend: "cluster presence",
-                source: Some(format!("node {owner} did not answer").into()),
-            });
-        }
-        Ok(g.replies
+        Ok(replies
             .iter()
-            .any(|(_, r)| matches!(r, Reply::Left { left: true })))
+            .any(|r| matches!(r, Reply::Left { left: true })))
     }
 
     async fn join_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
@@ -301,11 +296,12 @@ impl PresenceStore for ClusterPresence {
             return Ok(());
         }
         self.exchange
-            .to_owners(clients, |group| Query::Join {
+            .to_keepers(clients, |group| Query::Join {
                 channel: channel.clone(),
                 clients: group,
             })
             .await
+            .map(drop)
     }
 
     async fn leave_channel(&self, channel: &ChannelName, clients: &[ClientId]) -> Result<()> {
@@ -313,11 +309,12 @@ impl PresenceStore for ClusterPresence {
             return Ok(());
         }
         self.exchange
-            .to_owners(clients, |group| Query::Leave {
+            .to_keepers(clients, |group| Query::Leave {
                 channel: channel.clone(),
                 clients: group,
             })
             .await
+            .map(drop)
     }
 
     async fn channel_members(&self, channel: &ChannelName) -> Result<Answer<Vec<ClientId>>> {
@@ -348,28 +345,44 @@ impl PresenceStore for ClusterPresence {
         Ok(members.map(|c| c.iter().filter(|c| m.view().connections_of(c) > 0).count()))
     }
 
+    /// Asks the first keeper alive; if it does not answer (its death not yet in the live
+    /// view), the other keeper, which has the same memberships.
     async fn client_channels(&self, client: &ClientId) -> Result<Answer<Vec<ChannelName>>> {
-        let owner = self.exchange.machine().memberships_owner(client);
-        let g = self
-            .exchange
-            .ask(
-                Some(&owner),
-                Query::ClientChannels {
-                    client: client.clone(),
-                },
-            )
-            .await?;
-        let value = g
-            .replies
-            .into_iter()
-            .find_map(|(n, r)| match r {
-                Reply::Channels { channels } if n == owner => Some(channels),
+        let keepers = {
+            let m = self.exchange.machine();
+            let first = m.memberships_owner(client);
+            let mut keepers = m.keepers(client);
+            keepers.sort_by_key(|k| *k != first);
+            keepers
+        };
+        let mut missing = Vec::new();
+        for keeper in keepers {
+            let g = self
+                .exchange
+                .ask(
+                    Some(&keeper),
+                    Query::ClientChannels {
+                        client: client.clone(),
+                    },
+                )
+                .await?;
+            let answer = g.replies.into_iter().find_map(|(n, r)| match r {
+                Reply::Channels { channels } if n == keeper => Some(channels),
                 _ => None,
-            })
-            .unwrap_or_default();
+            });
+            match answer {
+                Some(value) => {
+                    return Ok(Answer {
+                        value,
+                        missing: Vec::new(),
+                    })
+                }
+                None => missing.push(keeper),
+            }
+        }
         Ok(Answer {
-            value,
-            missing: g.missing,
+            value: Vec::new(),
+            missing,
         })
     }
 

@@ -73,27 +73,30 @@ pub(crate) enum Wire {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "q", rename_all = "snake_case")]
 pub(crate) enum Query {
-    /// Record that `clients` (owned by the node) joined `channel`.
+    /// Record that `clients` (kept by the node) joined `channel`.
     Join {
         channel: ChannelName,
         clients: Vec<ClientId>,
     },
-    /// Record that `clients` (owned by the node) left `channel`.
+    /// Record that `clients` (kept by the node) left `channel`.
     Leave {
         channel: ChannelName,
         clients: Vec<ClientId>,
     },
     /// The node's clients in `channel`.
     ChannelMembers { channel: ChannelName },
-    /// Member and online counts of the node's clients per channel.
+    /// Member and online counts per channel of the clients the node answers for.
     ChannelCounts,
-    /// The channels of `client` (owned by the node).
+    /// The channels of `client` (kept by the node).
     ClientChannels { client: ClientId },
-    /// If `client` (owned by the node) has no connection in the node's view, its memberships
+    /// If `client` (kept by the node) has no connection in the node's view, its memberships
     /// end; answered with whether they did.
     LeaveIfOffline { client: ClientId },
     /// What the answering node's view holds for `node` (a restarted node asks what it lost).
     ConnectionsOf { node: NodeId },
+    /// The memberships the answering node keeps with `node` (a node that restarted, or was
+    /// counted dead, takes the copy of the keeper that was alive meanwhile).
+    KeptWith { node: NodeId },
     /// Publish your `NodeState` (a view of you drifted or is being built).
     State,
 }
@@ -117,5 +120,8 @@ pub(crate) enum Reply {
     },
     Left {
         left: bool,
+    },
+    Kept {
+        memberships: Vec<(ClientId, Vec<ChannelName>)>,
     },
 }

@@ -196,6 +196,16 @@ impl Node {
     /// try again (the client would otherwise miss its channels' messages).
     pub(super) async fn load_channels(&self, client: &ClientId) -> bool {
         match self.presence.client_channels(client).await {
+            // A partial answer (cluster presence: no keeper of its memberships answered) is
+            // not the whole truth: what it says is joined, and they are asked again later.
+            Ok(chans) if !chans.missing.is_empty() => {
+                self.registry.join_all(client, &chans);
+                tracing::warn!(%client, missing = ?chans.missing, "channel memberships not all known: asking again later");
+                if let Ok(mut unloaded) = self.repair.unloaded.lock() {
+                    unloaded.insert(client.clone());
+                }
+                false
+            }
             Ok(chans) => {
                 self.registry.join_all(client, &chans);
                 if let Ok(mut unloaded) = self.repair.unloaded.lock() {

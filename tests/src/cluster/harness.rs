@@ -73,6 +73,12 @@ impl Spec {
         self
     }
 
+    /// Memberships outlive their clients' connections (`[channels] persist = true`).
+    pub fn with_persistent_memberships(mut self) -> Self {
+        self.extra.push_str("[channels]\npersist = true\n");
+        self
+    }
+
     /// `[cluster]` drain and return-home keys instead of the short defaults.
     pub fn moves(mut self, toml: impl Into<String>) -> Self {
         self.moves = toml.into();

@@ -99,6 +99,7 @@ macro_rules! __cluster_group {
     (cluster_presence $backend:path) => {
         $crate::__cluster_cases!($backend;
             silent_node_gives_partial_answers_then_goes_offline,
+            memberships_outlive_their_owner,
         );
     };
     (durable_broker $backend:path) => {

@@ -70,7 +70,7 @@ impl Machine {
     ) {
         self.view.remove(node, connection);
         if cleared && self.view.connections_of(client) == 0 {
-            self.leave_all_if_owned(client);
+            self.leave_all_if_kept(client);
         }
     }
 
@@ -105,7 +105,7 @@ impl Machine {
         if clear {
             for d in dropped.iter().filter(|d| d.last) {
                 if self.view.connections_of(&d.client) == 0 {
-                    self.leave_all_if_owned(&d.client);
+                    self.leave_all_if_kept(&d.client);
                 }
             }
         }
@@ -172,7 +172,7 @@ impl Machine {
                 clients: self.memberships.members(&channel),
             },
             Query::ChannelCounts => Reply::Counts {
-                counts: self.memberships.counts(&self.view),
+                counts: self.memberships.counts(&self.view, |c| self.answers_for(c)),
             },
             Query::ClientChannels { client } => Reply::Channels {
                 channels: self.memberships.channels_of(&client),
@@ -187,6 +187,9 @@ impl Machine {
             }
             Query::ConnectionsOf { node } => Reply::Connections {
                 connections: self.view.connections_on(&node),
+            },
+            Query::KeptWith { node } => Reply::Kept {
+                memberships: self.kept_with(&node),
             },
             Query::State => {
                 let state = self.ready.then(|| self.state_message()).flatten();

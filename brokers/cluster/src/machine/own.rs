@@ -47,7 +47,7 @@ impl Machine {
         let left = self.view.live_connections_of(client, me, now);
         let cleared = clear_channels && left == 0;
         if cleared {
-            self.leave_all_if_owned(client);
+            self.leave_all_if_kept(client);
         }
         let msg = Wire::Disconnected {
             node: me.clone(),

@@ -19,7 +19,10 @@ use impush_core::{ClientId, ConnectionId, Event, NodeId, NodeStatus};
 use serde_json::json;
 
 use crate::cluster::{
-    clients::{clients_on, poll, poll_until, EventLog},
+    clients::{
+        client_on, clients_on, connect, next_json_within, poll, poll_until, wait_online, EventLog,
+        Ws,
+    },
     harness::{Backend, Cluster, Spec},
     http::post,
     probe::{Control, Probe},
@@ -490,6 +493,78 @@ pub async fn killed_nodes_clients_reconnect_elsewhere_and_come_home(backend: &Ba
 
 /// How long the heavier conditions get (queries over 1,500 clients on a loaded machine).
 const WAIT_LONG: Duration = Duration::from_secs(30);
+
+/// Cluster presence with `[channels] persist = true` (`docs/design.md` sections 3 and 16): a
+/// client's rooms outlive its owner. `m`, at home on n2, joins a room; n2 is killed: `m`'s
+/// memberships are still known (its other keeper answers), and on the live node it connects
+/// to again it gets the room's messages. n2 restarts with nothing in memory: it takes the
+/// other keeper's copy, answers for `m`'s rooms again, and `m` back home gets the room there.
+pub async fn memberships_outlive_their_owner(backend: &Backend) {
+    let Some(url) = backend.shared_url() else {
+        return;
+    };
+    let spec = Spec::new(3, "2s").with_persistent_memberships();
+    let mut cluster = Cluster::start(backend, &url, &spec);
+    let h = cluster.helper().await;
+    let m = client_on(&h, 1, "m");
+    let from: ClientId = "system".parse().unwrap();
+    let room: impush_core::ChannelName = "kept".parse().unwrap();
+    let mut ws = connect(&h, &m).await;
+    wait_online(&h, std::slice::from_ref(&m)).await;
+    h.join_channel(&room, std::slice::from_ref(&m))
+        .await
+        .unwrap();
+    receive_from_room(&h, &mut ws, &from, &room, "at home").await;
+
+    let n2: NodeId = "n2".parse().unwrap();
+    cluster.kill9(1);
+    drop(ws);
+    poll("the helper's view counts n2 dead", WAIT_LONG, || async {
+        h.cluster().status(&n2) == NodeStatus::Dead
+    })
+    .await;
+    let kept = h.client_channels(&m).await.unwrap();
+    assert!(kept.missing.is_empty(), "{kept:?}");
+    assert_eq!(kept.value, vec![room.clone()], "kept by m's other keeper");
+    let mut ws = connect(&h, &m).await;
+    receive_from_room(&h, &mut ws, &from, &room, "away").await;
+
+    cluster.restart(1);
+    poll("the helper's view has n2 live again", WAIT_LONG, || async {
+        h.cluster().status(&n2) == NodeStatus::Live
+    })
+    .await;
+    let kept = h.client_channels(&m).await.unwrap();
+    assert!(kept.missing.is_empty(), "{kept:?}");
+    assert_eq!(kept.value, vec![room.clone()], "n2 took its copy back");
+    drop(ws);
+    let mut ws = connect(&h, &m).await;
+    receive_from_room(&h, &mut ws, &from, &room, "home again").await;
+    cluster.assert_running();
+}
+
+/// Sends to `room` until `ws` gets it: a connection just attached may not have its channels
+/// loaded yet (they are loaded once the store counts it).
+async fn receive_from_room(
+    h: &impush_helper::ImHelper,
+    ws: &mut Ws,
+    from: &ClientId,
+    room: &impush_core::ChannelName,
+    text: &str,
+) {
+    let deadline = Instant::now() + WAIT_LONG;
+    loop {
+        h.send_channel_message(from, room, &text).await.unwrap();
+        let got = next_json_within(ws, Duration::from_millis(500)).await;
+        if got.as_ref().is_some_and(|f| f["data"] == text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no \"{text}\" from {room} (last frame {got:?})"
+        );
+    }
+}
 
 /// Each of `clients` with the connection an online event put on `node` (the first one).
 fn on_node(log: &EventLog, clients: &[ClientId], node: &str) -> HashMap<ClientId, ConnectionId> {

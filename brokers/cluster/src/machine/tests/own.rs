@@ -2,6 +2,8 @@
 
 use std::collections::BTreeSet;
 
+use impush_core::NodeStatus;
+
 use super::*;
 
 #[test]
@@ -184,15 +186,84 @@ fn a_clear_drops_everything_the_node_held_and_others_forget_it() {
     ));
 }
 
+/// Each client's memberships are kept by its home and the next node (`ByPrefix`: `n1-x` by
+/// n1 and n2); writes go to both unless the view counts one dead, reads to the first alive.
 #[test]
-fn memberships_belong_to_one_owner_per_client() {
+fn memberships_are_kept_by_two_nodes_per_client() {
     let t0 = Instant::now();
     let m = node("n1", t0);
+    assert_eq!(m.keepers(&c("n3-a")), vec![n("n3"), n("n1")]);
     assert_eq!(m.memberships_owner(&c("n2-a")), n("n2"));
     let clients = [c("n1-a"), c("n3-b"), c("n1-c")];
-    let groups = m.by_owner(&clients);
-    assert_eq!(groups.keys().collect::<Vec<_>>(), vec![&n("n1"), &n("n3")]);
-    assert_eq!(groups[&n("n1")], vec![c("n1-a"), c("n1-c")]);
+    let groups = m.by_keeper(&clients);
+    assert_eq!(
+        groups.keys().collect::<Vec<_>>(),
+        vec![&n("n1"), &n("n2"), &n("n3")]
+    );
+    assert_eq!(groups[&n("n1")], vec![c("n1-a"), c("n3-b"), c("n1-c")]);
+    assert_eq!(groups[&n("n2")], vec![c("n1-a"), c("n1-c")]);
+    assert_eq!(groups[&n("n3")], vec![c("n3-b")]);
+
+    // n1 dead: its clients' writes go to n2 alone, which answers for them.
+    m.cluster.set_status(&n("n1"), NodeStatus::Dead);
+    let groups = m.by_keeper(&[c("n1-a")]);
+    assert_eq!(groups.keys().collect::<Vec<_>>(), vec![&n("n2")]);
+    assert_eq!(m.memberships_owner(&c("n1-a")), n("n2"));
+    // Both dead: the write goes to the home, whose silence fails it.
+    m.cluster.set_status(&n("n2"), NodeStatus::Dead);
+    assert_eq!(
+        m.by_keeper(&[c("n1-a")]).keys().collect::<Vec<_>>(),
+        vec![&n("n1")]
+    );
+    assert_eq!(m.memberships_owner(&c("n1-a")), n("n1"));
+}
+
+/// A restarted keeper takes the other keeper's copy of what both keep: joins it missed come
+/// in, memberships that ended meanwhile go, and clients the other does not keep with it are
+/// left alone.
+#[test]
+fn a_keeper_takes_the_other_keepers_copy_of_what_both_keep() {
+    let t0 = Instant::now();
+    let mut alive = node("n2", t0);
+    join(&mut alive, "room", &["n1-a", "n1-b", "n2-c"]);
+    join(&mut alive, "hall", &["n1-a"]);
+    let mut back = node("n1", t0);
+    // What n1 had before it was away: n1-b in "old" (it left since), n3-d (kept with n3).
+    join(&mut back, "old", &["n1-b", "n3-d"]);
+    let kept = alive.kept_with(&n("n1"));
+    assert_eq!(
+        kept.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(),
+        vec!["n1-a", "n1-b"],
+        "only the clients both keep ({kept:?})"
+    );
+    back.take_kept(&n("n2"), kept);
+    assert_eq!(channels_of(&mut back, "n1-a"), vec![ch("hall"), ch("room")]);
+    assert_eq!(channels_of(&mut back, "n1-b"), vec![ch("room")]);
+    assert_eq!(channels_of(&mut back, "n3-d"), vec![ch("old")]);
+    assert!(
+        channels_of(&mut back, "n2-c").is_empty(),
+        "not n1's to keep"
+    );
+}
+
+/// Channel counts come from the node answering for each client, so a client kept twice is
+/// counted once.
+#[test]
+fn counts_come_from_the_first_alive_keeper_only() {
+    let t0 = Instant::now();
+    let mut n1 = node("n1", t0);
+    let mut n2 = node("n2", t0);
+    for m in [&mut n1, &mut n2] {
+        join(m, "room", &["n1-a"]);
+    }
+    let counts = |m: &mut Machine| match m.answer(Query::ChannelCounts).0 {
+        Reply::Counts { counts } => counts,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(counts(&mut n1), vec![(ch("room"), 1, 0)]);
+    assert!(counts(&mut n2).is_empty());
+    n2.cluster.set_status(&n("n1"), NodeStatus::Dead);
+    assert_eq!(counts(&mut n2), vec![(ch("room"), 1, 0)]);
 }
 
 #[test]
