@@ -11,6 +11,10 @@
 //!   redelivers those to another member (or the next one to subscribe) after [`NAK_DELAY`]
 //!   (3 s, see there why not at once), instead of after `ack_wait`. A member that dies without
 //!   this gets its messages redelivered after `ack_wait`.
+//! - A member that left may still have a pull request on the server for up to
+//!   [`PULL_EXPIRES`]: a message published in that window can be handed to it after it stopped
+//!   reading, and reaches the group after `ack_wait` (late, not lost). Keep `ack_wait` short
+//!   where that delay matters.
 
 use std::{
     collections::HashMap,
