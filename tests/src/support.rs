@@ -12,7 +12,9 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use impush_core::{ChannelName, ClientId, ConnectionId, Delivery, NodeId, Result, Subscription};
+use impush_core::{
+    ChannelName, ClientId, ConnectionId, Delivery, Event, NodeId, Result, Subscription,
+};
 
 /// How long a case waits for one expected message before failing.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
@@ -178,4 +180,27 @@ pub(crate) fn node(ns: &str, name: &str) -> NodeId {
 
 pub(crate) fn conn(ns: &str, name: &str) -> ConnectionId {
     ConnectionId::new(format!("{ns}-{name}")).expect("test connection id is valid")
+}
+
+/// Whether `client` is online once `events` are replayed in order as a business does: online
+/// at a `first`, offline at a `last`, the rest changes nothing; `online_before` is where the
+/// replay starts.
+pub fn online_after_replay<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+    client: &ClientId,
+    online_before: bool,
+) -> bool {
+    let mut online = online_before;
+    for e in events {
+        match e {
+            Event::Online {
+                client: c, first, ..
+            } if c == client && *first => online = true,
+            Event::Offline {
+                client: c, last, ..
+            } if c == client && *last => online = false,
+            _ => {}
+        }
+    }
+    online
 }

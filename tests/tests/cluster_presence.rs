@@ -87,18 +87,7 @@ impl Adapter {
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
         let owner_id: NodeId = "owner".parse().unwrap();
         let cluster = cluster_of(&[owner_id.as_str()]);
-        let owner = Arc::new(
-            ClusterPresence::start(
-                broker.clone(),
-                PREFIX,
-                Some(owner_id.clone()),
-                cluster.clone(),
-                LEASE,
-                &cfg(),
-            )
-            .await
-            .unwrap(),
-        );
+        let owner = Arc::new(node_over(broker.clone(), PREFIX, &owner_id, &cluster).await);
         owner
             .heartbeat(&owner_id, OWNER_LEASE, NodeState::Live)
             .await

@@ -14,10 +14,12 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use impush_core::{
-    Broker, ClientId, Event, MemoryBroker, MemoryPresenceStore, NodeEntry, PresenceStore, Result,
+    Broker, Event, MemoryBroker, MemoryPresenceStore, NodeEntry, PresenceStore, Result,
     SubscribeMode, Subscription,
 };
 use impush_helper::ImHelper;
+use impush_server::ImServer;
+use impush_tests::online_after_replay;
 use support::{config, id, start_cluster_over, Client};
 use tokio::sync::watch;
 
@@ -32,9 +34,7 @@ struct HeldOfflines {
 #[async_trait]
 impl Broker for HeldOfflines {
     async fn publish(&self, topic: &str, payload: bytes::Bytes) -> Result<()> {
-        let offline = topic.ends_with(".events")
-            && std::str::from_utf8(&payload).is_ok_and(|p| p.contains(r#""type":"offline""#));
-        if offline {
+        if support::is_offline_event(topic, &payload) {
             let mut open = self.open.clone();
             let _ = open.wait_for(|o| *o).await;
         }
@@ -51,22 +51,17 @@ impl Broker for HeldOfflines {
     }
 }
 
-/// Whether replaying `events` as a business does (online at `first`, offline at `last`) ends
-/// with `client` online.
-fn online_after_replay(events: &[Event], client: &ClientId) -> bool {
-    let mut online = false;
-    for e in events {
-        match e {
-            Event::Online {
-                client: c, first, ..
-            } if c == client && *first => online = true,
-            Event::Offline {
-                client: c, last, ..
-            } if c == client && *last => online = false,
-            _ => {}
-        }
-    }
-    online
+/// Two nodes over one memory broker and presence store; offline events wait until the
+/// returned sender says `true` (`open` at once when `true`).
+async fn two_nodes(open: bool) -> (watch::Sender<bool>, Vec<ImServer>) {
+    let (gate, held) = watch::channel(open);
+    let broker: Arc<dyn Broker> = Arc::new(HeldOfflines {
+        inner: Arc::new(MemoryBroker::default()),
+        open: held,
+    });
+    let presence: Arc<dyn PresenceStore> = Arc::new(MemoryPresenceStore::new());
+    let nodes = start_cluster_over(broker, vec![presence.clone(), presence], |_| {}).await;
+    (gate, nodes)
 }
 
 /// The next event (within 10 s), kept in `seen`.
@@ -86,13 +81,7 @@ async fn next(events: &mut impush_helper::EventStream, seen: &mut Vec<Event>) ->
 /// the events end with `x` online.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_crossed_by_a_new_connection_is_followed_by_its_online_again() {
-    let (open, held) = watch::channel(false);
-    let broker: Arc<dyn Broker> = Arc::new(HeldOfflines {
-        inner: Arc::new(MemoryBroker::default()),
-        open: held,
-    });
-    let presence: Arc<dyn PresenceStore> = Arc::new(MemoryPresenceStore::new());
-    let nodes = start_cluster_over(broker, vec![presence.clone(), presence], |_| {}).await;
+    let (open, nodes) = two_nodes(false).await;
     let h = nodes[0].helper();
     let x = (0..)
         .map(|k| format!("x{k}"))
@@ -136,7 +125,7 @@ async fn a_last_crossed_by_a_new_connection_is_followed_by_its_online_again() {
             if node.as_str() == "n2" && metadata["on"] == "n2"),
         "n2 announces x's connection again: {again:?}"
     );
-    assert!(online_after_replay(&seen, &cx), "{seen:?}");
+    assert!(online_after_replay(&seen, &cx, false), "{seen:?}");
     assert_eq!(nodes[0].metrics().lasts_crossed(), 1);
     drop(on_n2);
     for n in nodes {
@@ -148,13 +137,7 @@ async fn a_last_crossed_by_a_new_connection_is_followed_by_its_online_again() {
 /// online event is repeated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_nothing_crossed_stays_the_last_word() {
-    let (_open, held) = watch::channel(true);
-    let broker: Arc<dyn Broker> = Arc::new(HeldOfflines {
-        inner: Arc::new(MemoryBroker::default()),
-        open: held,
-    });
-    let presence: Arc<dyn PresenceStore> = Arc::new(MemoryPresenceStore::new());
-    let nodes = start_cluster_over(broker, vec![presence.clone(), presence], |_| {}).await;
+    let (_open, nodes) = two_nodes(true).await;
     let h = nodes[0].helper();
     let mut events = h.events().await.unwrap();
     let alone = Client::connect(&h, "alone", 1).await;

@@ -297,9 +297,7 @@ const EVENT_PUBLISH: Duration = Duration::from_millis(600);
 #[async_trait]
 impl Broker for SlowEvents {
     async fn publish(&self, topic: &str, payload: bytes::Bytes) -> Result<()> {
-        let offline = topic.ends_with(".events")
-            && std::str::from_utf8(&payload).is_ok_and(|p| p.contains(r#""type":"offline""#));
-        if offline {
+        if support::is_offline_event(topic, &payload) {
             tokio::time::sleep(EVENT_PUBLISH).await;
         }
         self.0.publish(topic, payload).await

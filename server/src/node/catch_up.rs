@@ -24,6 +24,14 @@ use tokio::time::Instant;
 /// to reconnect after a close and have its new node announce it.
 pub(crate) const REUSE: Duration = Duration::from_millis(100);
 
+/// Which catch-up serves a caller: one begun at most [`REUSE`] before it asked
+/// ([`CatchUps::wait`]), or only one begun after ([`CatchUps::wait_fresh`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Since {
+    Recently,
+    Now,
+}
+
 /// A catch-up's outcome, shared by every caller it serves.
 pub(crate) type Outcome = Result<(), Arc<impush_core::Error>>;
 

@@ -12,10 +12,9 @@
 
 use std::sync::Arc;
 
-use futures_util::FutureExt;
 use impush_core::{envelope, envelope::ClusterCommand, ClientId, Event};
 
-use super::Node;
+use super::{catch_up::Since, Node};
 use crate::metrics::Metrics;
 
 impl Node {
@@ -59,18 +58,14 @@ impl Node {
     /// writes made before this call (a catch-up begun after it; one begun earlier may miss
     /// the very connection that matters).
     pub(super) async fn connected_now(&self, client: &ClientId) -> bool {
-        let presence = self.presence.clone();
-        let outcome = self
-            .catch_ups
-            .wait_fresh(move || async move { presence.catch_up().await.map_err(Arc::new) }.boxed())
-            .await;
-        if let Err(e) = outcome {
-            self.presence_error("catch_up", &e);
+        self.catch_up_presence(Since::Now).await;
+        match self.presence.online(std::slice::from_ref(client)).await {
+            Ok(a) => a.value.first().copied().unwrap_or(false),
+            Err(e) => {
+                self.presence_error("online", &e);
+                false
+            }
         }
-        self.presence
-            .online(std::slice::from_ref(client))
-            .await
-            .is_ok_and(|a| a.value.first().copied().unwrap_or(false))
     }
 
     /// Announces again the local connections of `clients` (a `reannounce` read on

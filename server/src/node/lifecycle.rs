@@ -13,6 +13,7 @@ use impush_core::{ClientId, DroppedConnection, Event};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    catch_up::Since,
     history::{ResumeRequest, Unreadable},
     Node,
 };
@@ -261,15 +262,16 @@ impl Node {
         .await;
     }
 
-    /// Catches the presence store up with every node's writes (one catch-up serves the
-    /// callers of the same moment: `catch_up`); on failure, logs it and goes on with the
-    /// view as it is.
-    pub(super) async fn catch_up_presence(&self) {
+    /// Catches the presence store up with every node's writes, by a catch-up begun `since`
+    /// (one catch-up serves the callers of the same moment: `catch_up`); on failure, logs it
+    /// and goes on with the view as it is.
+    pub(super) async fn catch_up_presence(&self, since: Since) {
         let presence = self.presence.clone();
-        let outcome = self
-            .catch_ups
-            .wait(move || async move { presence.catch_up().await.map_err(Arc::new) }.boxed())
-            .await;
+        let start = move || async move { presence.catch_up().await.map_err(Arc::new) }.boxed();
+        let outcome = match since {
+            Since::Recently => self.catch_ups.wait(start).await,
+            Since::Now => self.catch_ups.wait_fresh(start).await,
+        };
         if let Err(e) = outcome {
             self.presence_error("catch_up", &e);
         }

@@ -118,7 +118,8 @@ impl Node {
         // A moved client connects to its next node at once: what that node wrote must be in
         // the view this count comes from, or a client that is back looks gone.
         if moved {
-            self.catch_up_presence().await;
+            self.catch_up_presence(super::catch_up::Since::Recently)
+                .await;
         }
         let remaining = {
             let _gate = self.repair.gate.read().await;

@@ -185,6 +185,13 @@ impl Client {
     }
 }
 
+/// Whether a publish is an offline event (`{prefix}.events`, `"type":"offline"`): test
+/// brokers that hold or slow those down pick them out with this.
+pub fn is_offline_event(topic: &str, payload: &[u8]) -> bool {
+    topic.ends_with(".events")
+        && std::str::from_utf8(payload).is_ok_and(|p| p.contains(r#""type":"offline""#))
+}
+
 /// Polls `cond` until it holds, failing after [`WAIT`].
 pub async fn eventually<F, Fut>(cond: F)
 where

@@ -18,6 +18,8 @@ use std::{
 use impush_core::{ClientId, ConnectionId, Event, NodeId, NodeStatus};
 use serde_json::json;
 
+use crate::support::online_after_replay;
+
 use crate::cluster::{
     clients::{
         client_on, clients_on, connect, next_json_within, poll, poll_until, wait_online, EventLog,
@@ -180,7 +182,9 @@ pub async fn killed_nodes_clients_reconnect_elsewhere_and_come_home(backend: &Ba
         let (log, clients) = (&log, &clients);
         async move {
             let events = log.events();
-            clients.iter().all(|c| online_after_replay(&events, c))
+            clients
+                .iter()
+                .all(|c| online_after_replay(events.iter().map(|(_, e)| e), c, true))
         }
     })
     .await;
@@ -222,7 +226,7 @@ pub async fn killed_nodes_clients_reconnect_elsewhere_and_come_home(backend: &Ba
         // `last` may both be true, or both false, as the nodes' views catch up; a `last`
         // that leaves a connected client offline must never happen.)
         assert!(
-            online_after_replay(&events, c),
+            online_after_replay(events.iter().map(|(_, e)| e), c, true),
             "{c}: the events leave it offline (killed connection's last {offline:?}, new \
              connection's first {new_first})"
         );
@@ -523,9 +527,7 @@ pub async fn memberships_outlive_their_owner(backend: &Backend) {
         h.cluster().status(&n2) == NodeStatus::Dead
     })
     .await;
-    let kept = h.client_channels(&m).await.unwrap();
-    assert!(kept.missing.is_empty(), "{kept:?}");
-    assert_eq!(kept.value, vec![room.clone()], "kept by m's other keeper");
+    assert_rooms(&h, &m, &room, "kept by m's other keeper").await;
     let mut ws = connect(&h, &m).await;
     receive_from_room(&h, &mut ws, &from, &room, "away").await;
 
@@ -534,13 +536,23 @@ pub async fn memberships_outlive_their_owner(backend: &Backend) {
         h.cluster().status(&n2) == NodeStatus::Live
     })
     .await;
-    let kept = h.client_channels(&m).await.unwrap();
-    assert!(kept.missing.is_empty(), "{kept:?}");
-    assert_eq!(kept.value, vec![room.clone()], "n2 took its copy back");
+    assert_rooms(&h, &m, &room, "n2 took its copy back").await;
     drop(ws);
     let mut ws = connect(&h, &m).await;
     receive_from_room(&h, &mut ws, &from, &room, "home again").await;
     cluster.assert_running();
+}
+
+/// `m`'s channels are exactly `room`, in a complete answer.
+async fn assert_rooms(
+    h: &impush_helper::ImHelper,
+    m: &ClientId,
+    room: &impush_core::ChannelName,
+    why: &str,
+) {
+    let kept = h.client_channels(m).await.unwrap();
+    assert!(kept.missing.is_empty(), "{why}: {kept:?}");
+    assert_eq!(kept.value, vec![room.clone()], "{why}");
 }
 
 /// Sends to `room` until `ws` gets it: a connection just attached may not have its channels
@@ -584,24 +596,6 @@ fn on_node(log: &EventLog, clients: &[ClientId], node: &str) -> HashMap<ClientId
         }
     }
     found
-}
-
-/// Whether `client`, online before, is online once its events are replayed in order as a
-/// business does: online at a `first`, offline at a `last`, the rest changes nothing.
-fn online_after_replay(events: &[(Instant, Event)], client: &ClientId) -> bool {
-    let mut online = true;
-    for (_, e) in events {
-        match e {
-            Event::Online {
-                client: c, first, ..
-            } if c == client && *first => online = true,
-            Event::Offline {
-                client: c, last, ..
-            } if c == client && *last => online = false,
-            _ => {}
-        }
-    }
-    online
 }
 
 /// The `last` of every offline event of connection `conn`.
