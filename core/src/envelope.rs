@@ -98,6 +98,12 @@ pub struct Deliver {
     pub ts: u64,
     /// Whether the sender wants receipts.
     pub receipt: bool,
+    /// Sent on by a node that got it for a receiver it does not hold and does not own (the
+    /// sender's view of the cluster differed from that node's): the node it was sent on to
+    /// never sends it further (`docs/design.md` section 16). Absent means `false`, so nodes of
+    /// any version read each other's messages.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forwarded: bool,
 }
 
 /// Where a channel or broadcast publication sits in its stream (`docs/design.md` section 15):
@@ -324,6 +330,7 @@ mod tests {
             data: RawValue::from_string(r#"{"text":"hi","n":[1,2]}"#.into()).unwrap(),
             ts: 1,
             receipt: true,
+            forwarded: false,
         });
         let bytes = encode("cmd", &cmd).unwrap();
         let back: NodeCommand = decode("cmd", &bytes).unwrap();
@@ -342,6 +349,7 @@ mod tests {
             data: RawValue::from_string(format!(r#"{{"for":"{to}"}}"#)).unwrap(),
             ts: 7,
             receipt: false,
+            forwarded: false,
         };
         let bytes = encode("cmd", &NodeCommand::DeliverMany(vec![one("a"), one("b")])).unwrap();
         let text = std::str::from_utf8(&bytes).unwrap();

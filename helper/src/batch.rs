@@ -208,6 +208,7 @@ impl ImHelper {
                     data,
                     ts,
                     receipt: m.receipt,
+                    forwarded: false,
                 };
                 match shares.iter_mut().find(|s| s.node == node) {
                     Some(s) => s.add(i, d),
@@ -310,6 +311,7 @@ mod tests {
             data: RawValue::from_string(format!("\"{}\"", "x".repeat(bytes))).unwrap(),
             ts: 1,
             receipt: false,
+            forwarded: false,
         }
     }
 

@@ -363,6 +363,7 @@ impl ImHelper {
                 data: data.clone(),
                 ts,
                 receipt,
+                forwarded: false,
             });
             self.publish(&self.topics.inbox(node), &cmd).await?;
         }

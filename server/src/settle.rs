@@ -135,6 +135,9 @@ enum Fate {
     Kept,
     /// ...or could not be.
     NotKept,
+    /// It had no socket here and was sent on to its owner, which reports it (receipts,
+    /// inbox) as if it had come there first.
+    Forwarded,
 }
 
 #[derive(Debug)]
@@ -240,6 +243,20 @@ impl Settlement {
         }
     }
 
+    /// The message for `to` as a node sends it on to their owner (marked so it goes no
+    /// further).
+    pub(crate) fn forwarded_to(&self, to: Vec<ClientId>) -> impush_core::envelope::Deliver {
+        impush_core::envelope::Deliver {
+            id: self.id.clone(),
+            from: self.sender.clone(),
+            to,
+            data: self.data.clone(),
+            ts: self.ts,
+            receipt: self.receipt,
+            forwarded: true,
+        }
+    }
+
     /// When the API accepted the message: unix milliseconds on the sending helper's clock.
     pub(crate) fn ts(&self) -> u64 {
         self.ts
@@ -308,6 +325,7 @@ impl Settlement {
                 Fate::Open => undelivered.push(client.clone()),
                 Fate::Kept => kept.push(client.clone()),
                 Fate::NotKept => not_kept.push(client.clone()),
+                Fate::Forwarded => {}
             }
         }
         // The receiver task outlives every settlement except at shutdown, when an unacked
@@ -349,6 +367,11 @@ impl FrameToken {
         self.outcome = Some(if kept { Fate::Kept } else { Fate::NotKept });
     }
 
+    /// The receiver had no socket here and the message was sent on to the node that owns it.
+    pub(crate) fn forwarded(mut self) {
+        self.outcome = Some(Fate::Forwarded);
+    }
+
     /// The message this frame belongs to.
     pub(crate) fn settlement(&self) -> &Arc<Settlement> {
         &self.settlement
@@ -383,6 +406,7 @@ mod tests {
             data: RawValue::from_string("1".into()).unwrap(),
             ts: 1,
             receipt: true,
+            forwarded: false,
         };
         Settlement::begin(d, vec![id("a"), id("b"), id("c")], Acker::none(), tx)
     }

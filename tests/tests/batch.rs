@@ -789,6 +789,7 @@ async fn a_dead_nodes_batch_is_rerouted_by_its_heir() {
         data: RawValue::from_string(format!("\"{data}\"")).unwrap(),
         ts: envelope::now_ms(),
         receipt: false,
+        forwarded: false,
     };
     let cmd = NodeCommand::DeliverMany(vec![
         part(&a, "to a"),

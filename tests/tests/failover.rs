@@ -381,3 +381,85 @@ async fn connect_storms_are_refused_at_the_door_with_retry_after() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// A helper whose view lags (it still counts n2 as dead, as one that heard n1 come back
+/// after a broker outage before n2) and the nodes, without an inbox: a message for a client
+/// of n2, connected there, is published to n1. n1 holds no socket of it and sees n2 owning
+/// it, so it sends it on, once: the receiver gets it and its sender's receipt says
+/// `delivered`, not `offline` first. A message for a client connected nowhere, routed the
+/// other way round (n1 dead in the lagging view), ends at its owner: one `offline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_routed_by_a_lagging_view_is_sent_on_to_its_owner() {
+    let nodes = support::start_cluster(2, |_| {}).await;
+    let h = nodes[0].helper();
+    let home = |node: &str, not: &str| {
+        (0..)
+            .map(|k| format!("c{k}"))
+            .find(|c| c != not && h.cluster().home(&id(c)).id.as_str() == node)
+            .unwrap()
+    };
+    let (s, b) = (home("n1", ""), home("n2", ""));
+    let absent = home("n1", &s);
+    let mut sender = Client::connect(&h, &s, 1).await;
+    let mut receiver = Client::connect(&h, &b, 1).await;
+
+    let lagging = |dead: &str| {
+        let cluster =
+            impush_core::Cluster::new(h.cluster().nodes().to_vec(), Default::default()).unwrap();
+        cluster.set_status(&dead.parse().unwrap(), NodeStatus::Dead);
+        ImHelper::new(impush_helper::HelperParts {
+            cluster,
+            signer: impush_core::token::TokenSigner::new(
+                support::SECRET.as_bytes(),
+                Duration::from_secs(60),
+                4096,
+            )
+            .unwrap(),
+            broker: h.broker().clone(),
+            presence: h.presence().clone(),
+            prefix: "impush".into(),
+            history: false,
+        })
+    };
+    let n2_dead = lagging("n2");
+    assert_eq!(n2_dead.cluster().owner(&id(&b)).id.as_str(), "n1");
+    let sent = n2_dead
+        .send_message(&id(&s), &[id(&b)], &"sent on", true)
+        .await
+        .unwrap();
+    let got = receiver.next_json().await;
+    assert_eq!(
+        (got["id"].as_str(), &got["data"]),
+        (Some(sent.id.as_str()), &Value::from("sent on"))
+    );
+    let receipt = sender.next_json().await;
+    assert_eq!(receipt["type"], "receipt", "{receipt}");
+    assert_eq!(receipt["status"], "delivered", "{receipt}");
+    assert_eq!(receipt["to"], serde_json::json!([b]), "{receipt}");
+
+    let n1_dead = lagging("n1");
+    assert_eq!(n1_dead.cluster().owner(&id(&absent)).id.as_str(), "n2");
+    n1_dead
+        .send_message(&id(&s), &[id(&absent)], &"nobody there", true)
+        .await
+        .unwrap();
+    let receipt = sender.next_json().await;
+    assert_eq!(receipt["status"], "offline", "{receipt}");
+    assert_eq!(receipt["to"], serde_json::json!([absent]), "{receipt}");
+    sender.expect_silence(Duration::from_millis(300)).await;
+    receiver.expect_silence(Duration::from_millis(100)).await;
+
+    let text = reqwest::get(format!("http://{}/metrics", nodes[0].local_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("impush_messages_forwarded_total{node=\"n1\"} 1"),
+        "{text}"
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

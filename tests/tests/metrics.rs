@@ -153,6 +153,7 @@ async fn delivery_latency_runs_from_the_accepted_ts_to_the_written_frame() {
             data: RawValue::from_string("1".into()).unwrap(),
             ts,
             receipt: false,
+            forwarded: false,
         });
         envelope::encode("command", &d).unwrap()
     };

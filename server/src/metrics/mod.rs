@@ -97,6 +97,8 @@ pub struct Metrics {
     pub(crate) inboxes_handed_over: AtomicU64,
     /// Streams reconnecting clients resumed without a gap (0), and those they could not (1).
     pub(crate) resumes: [AtomicU64; 2],
+    /// Direct messages sent on to their receiver's owner (`node::forward`).
+    pub(crate) forwarded: AtomicU64,
     /// Commands of a dead node's inbox re-routed by this node.
     pub(crate) taken_over: AtomicU64,
     /// WebSocket connects refused by `limits.connect_rate` (node) and `connect_rate_per_ip`.

@@ -204,6 +204,13 @@ impl Metrics {
             &[(None, load(&self.inboxes_handed_over).to_string())],
         );
         family(
+            "impush_messages_forwarded_total",
+            "counter",
+            "Direct messages that reached this node for a receiver it neither held nor owned \
+             (the sender's view of the cluster differed) and that it sent on to the owner.",
+            &[(None, load(&self.forwarded).to_string())],
+        );
+        family(
             "impush_taken_over_total",
             "counter",
             "Commands of a dead node's inbox this node re-routed to their new owners.",

@@ -192,6 +192,7 @@ mod tests {
             data: RawValue::from_string("1".into()).unwrap(),
             ts: 1,
             receipt: false,
+            forwarded: false,
         }
     }
 

@@ -45,10 +45,14 @@ impl Node {
         }
         .to_json()
         .into();
+        // Without an inbox, a receiver neither here nor owned here is sent on to its owner
+        // (`forward`), once: a message sent on already ends here.
+        let may_forward = self.offline.is_none() && !d.forwarded;
         let settlement = Settlement::begin(d, receivers, acker, self.outcomes.settled.clone());
         let mut written = 0u64;
         let keep_absent = self.offline.is_some();
         let mut absent = Vec::new();
+        let mut elsewhere = Vec::new();
         for (i, to) in settlement.receivers().iter().enumerate() {
             let mut took = false;
             self.registry.for_client(to, |s| {
@@ -76,10 +80,17 @@ impl Node {
                 // connection, which waits for that before reading the inbox, gets it before
                 // anything newer (order per sender).
                 absent.push((to.clone(), settlement.token(i)));
+            } else if !took && may_forward {
+                if let Some(owner) = self.owner_elsewhere(to) {
+                    elsewhere.push((owner, to.clone(), settlement.token(i)));
+                }
             }
         }
         if !absent.is_empty() {
             self.keep_for_absent(&settlement, absent);
+        }
+        if !elsewhere.is_empty() {
+            self.forward(&settlement, elsewhere);
         }
         settlement.queued();
         self.metrics.out(OutKind::Message, written);

@@ -74,6 +74,7 @@ impl Node {
                 data: m.data,
                 ts: m.ts,
                 receipt: m.receipt,
+                forwarded: false,
             });
             let Ok(payload) = envelope::encode("node command", &cmd) else {
                 continue;

@@ -29,6 +29,7 @@ mod crossed;
 mod dedupe;
 mod delivery;
 mod feeds;
+mod forward;
 mod handover;
 mod history;
 mod inbox;

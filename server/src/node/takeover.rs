@@ -118,7 +118,8 @@ impl Node {
         ok
     }
 
-    async fn publish_command(&self, node: &NodeId, cmd: &NodeCommand) -> bool {
+    /// Publishes `cmd` to `node`'s inbox; whether the broker took it.
+    pub(super) async fn publish_command(&self, node: &NodeId, cmd: &NodeCommand) -> bool {
         let Ok(payload) = envelope::encode("node command", cmd) else {
             return false;
         };
@@ -126,7 +127,7 @@ impl Node {
             Ok(()) => true,
             Err(e) => {
                 Metrics::bump(&self.metrics.broker_publish_errors);
-                tracing::warn!(%node, error = &e as &dyn std::error::Error, "re-routing a taken-over command failed");
+                tracing::warn!(%node, error = &e as &dyn std::error::Error, "publishing a command to a node's inbox failed");
                 false
             }
         }

@@ -293,6 +293,7 @@ mod writes {
             data: RawValue::from_string("1".into()).unwrap(),
             ts: 1,
             receipt: false,
+            forwarded: false,
         };
         let s = Settlement::begin(d, vec![ClientId::new("alice").unwrap()], Acker::none(), tx);
         (s, rx)
