@@ -26,7 +26,7 @@ use tokio_tungstenite::{
     MaybeTlsStream,
 };
 
-use super::clients::Ws;
+use super::clients::{url_addr, Ws};
 
 /// What a test asks a probe to do.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +73,23 @@ pub struct Seen {
     /// Longest time from a connection's end to the next one's opening (the first connect,
     /// which has no connection before it, does not count; a [`Control::Reset`] pause does).
     pub longest_gap: Duration,
+    /// Where the longest gap's time went, for a failing case to show.
+    pub longest_gap_was: Option<GapTimes>,
+}
+
+/// The moments of one gap between connections, in milliseconds since the probe started.
+#[derive(Debug, Clone, Default)]
+pub struct GapTimes {
+    /// The connection before it ended (its close frame read, or its socket failed).
+    pub ended: u128,
+    /// The connect that succeeded began: its URL was in hand and dialling started.
+    pub dialled: u128,
+    /// TCP connected (the handshake's HTTP request could be sent).
+    pub tcp_open: u128,
+    /// The WebSocket handshake ended (101 read).
+    pub opened: u128,
+    /// Connects refused in between.
+    pub refusals: usize,
 }
 
 /// A running probe: send it [`Control`]s, read what it [`Seen`].
@@ -156,6 +173,7 @@ async fn run(
 ) {
     let mut state = State::default();
     let mut down_since = Instant::now();
+    let mut ended_at = 0u128;
     let mut pause = Duration::ZERO;
     // Connect attempts that failed in a row, for the backoff.
     let mut failures = 0u32;
@@ -175,10 +193,21 @@ async fn run(
             }
         };
         record(&seen, |s| s.doing = format!("connecting to {node}"));
-        let ws = match tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
+        let dialled = started.elapsed().as_millis();
+        let tcp_open = std::sync::atomic::AtomicU64::new(0);
+        let ws = match tokio::time::timeout(Duration::from_secs(5), async {
+            let addr = url_addr(&url).ok_or(tungstenite::Error::Url(
+                tungstenite::error::UrlError::NoHostName,
+            ))?;
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            tcp_open.store(ms, std::sync::atomic::Ordering::Relaxed);
+            tokio_tungstenite::client_async(
+                url.as_str(),
+                tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+            )
+            .await
+        })
         .await
         {
             Ok(Ok((ws, _))) => ws,
@@ -196,11 +225,19 @@ async fn run(
                 continue;
             }
         };
+        let refused_before = failures as usize;
         failures = 0;
         let gap = down_since.elapsed();
         record(&seen, |s| {
-            if s.connections > 0 {
-                s.longest_gap = s.longest_gap.max(gap);
+            if s.connections > 0 && gap > s.longest_gap {
+                s.longest_gap = gap;
+                s.longest_gap_was = Some(GapTimes {
+                    ended: ended_at,
+                    dialled,
+                    tcp_open: u128::from(tcp_open.load(std::sync::atomic::Ordering::Relaxed)),
+                    opened: started.elapsed().as_millis(),
+                    refusals: refused_before,
+                });
             }
             s.connections += 1;
             s.doing = format!("connected to {node}");
@@ -208,6 +245,7 @@ async fn run(
         });
         let (ended, next_pause) = session(ws, &mut state, &mut control, &seen).await;
         down_since = Instant::now();
+        ended_at = started.elapsed().as_millis();
         pause = next_pause;
         if let Ended::Stop = ended {
             return;
