@@ -417,6 +417,11 @@ fn node_stderr(config: &Path) -> Stdio {
 }
 
 /// Starts `bin --config path` and waits for its "listening" line.
+/// What a node logs unless `IMPUSH_TEST_NODE_LOG` says otherwise: warnings, and how inboxes
+/// and clients move between nodes (a few lines per fault; a failing case prints them).
+const NODE_LOG: &str = "warn,impush_server::node::ownership=info,\
+    impush_server::node::handover=info,impush_server::node::takeover=info";
+
 fn spawn_node(bin: &Path, config: &Path) -> Child {
     Launch::start(bin, config)
         .listening()
@@ -439,7 +444,7 @@ impl Launch {
             .arg(config)
             .env(
                 "RUST_LOG",
-                std::env::var("IMPUSH_TEST_NODE_LOG").unwrap_or("warn".into()),
+                std::env::var("IMPUSH_TEST_NODE_LOG").unwrap_or(NODE_LOG.into()),
             )
             .stdout(Stdio::piped())
             .stderr(node_stderr(config))
