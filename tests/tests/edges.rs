@@ -73,12 +73,7 @@ async fn request(s: &mut TcpStream, path: &str) -> (u16, String) {
 
 /// A sample of `/metrics` (`name{node="n1"...labels}`), read over a fresh connection.
 async fn metric(server: &ImServer, sample: &str) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", server.local_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = support::scrape(server).await;
     text.lines()
         .find(|l| l.starts_with(sample))
         .and_then(|l| l.rsplit(' ').next())

@@ -369,12 +369,7 @@ async fn connect_storms_are_refused_at_the_door_with_retry_after() {
     tokio_tungstenite::connect_async(url.as_str())
         .await
         .expect("the refused URL still works");
-    let text = reqwest::get(format!("http://{}/metrics", server.local_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = support::scrape(&server).await;
     assert!(
         text.contains("impush_connects_throttled_total{node=\"n1\",scope=\"ip\"} 1"),
         "{text}"
@@ -449,12 +444,7 @@ async fn a_message_routed_by_a_lagging_view_is_sent_on_to_its_owner() {
     sender.expect_silence(Duration::from_millis(300)).await;
     receiver.expect_silence(Duration::from_millis(100)).await;
 
-    let text = reqwest::get(format!("http://{}/metrics", nodes[0].local_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = support::scrape(&nodes[0]).await;
     assert!(
         text.contains("impush_messages_forwarded_total{node=\"n1\"} 1"),
         "{text}"

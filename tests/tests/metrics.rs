@@ -15,18 +15,9 @@ use impush_core::{
 };
 use impush_server::ImServer;
 use serde_json::{json, value::RawValue, Value};
-use support::{id, start, Client, WAIT};
+use support::{id, scrape, start, Client, WAIT};
 
 const DASHBOARD: &str = include_str!("../../deploy/grafana/impush.json");
-
-async fn scrape(server: &ImServer) -> String {
-    reqwest::get(format!("http://{}/metrics", server.local_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 /// The value of sample `series` (the whole name and label set, as rendered), 0 when absent.
 fn sample(text: &str, series: &str) -> f64 {

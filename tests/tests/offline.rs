@@ -195,12 +195,7 @@ async fn bounds_keep_the_newest_and_count_the_rest() {
         got.iter().map(|f| f["data"].clone()).collect::<Vec<_>>(),
         vec![json!(2), json!(3), json!(4)]
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", server.local_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::scrape(&server).await;
     assert!(
         metrics.contains("impush_offline_evicted_total{node=\"n1\"} 2"),
         "{metrics}"

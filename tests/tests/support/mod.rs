@@ -248,3 +248,13 @@ pub async fn inbox_count(server: &ImServer, client: &str) -> u64 {
         .unwrap();
     body["count"].as_u64().unwrap()
 }
+
+/// The node's `/metrics` text, read over a fresh connection.
+pub async fn scrape(server: &ImServer) -> String {
+    reqwest::get(format!("http://{}/metrics", server.local_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
