@@ -3,8 +3,8 @@
 //! seen a node come back after an outage, or die). Without an offline inbox the message would
 //! end here although its receiver is connected at its owner, so it is sent on, once, to the
 //! owner this node sees (`docs/design.md` section 16, "A message routed by another view").
-//! With an inbox it is kept there and the nodes the client may be on are asked to push it
-//! (`pending`), so it is not sent on.
+//! With an inbox it is kept instead (`pending`): a shared store has the nodes the client may
+//! be on push it, a per-node store hands it over to the owner (`handover`).
 
 use std::sync::Arc;
 
@@ -30,20 +30,15 @@ impl Node {
         settlement: &Arc<Settlement>,
         to: Vec<(NodeId, ClientId, FrameToken)>,
     ) {
-        let mut by_owner: Vec<(NodeId, Vec<ClientId>, Vec<FrameToken>)> = Vec::new();
-        for (owner, client, token) in to {
-            match by_owner.iter_mut().find(|(n, _, _)| *n == owner) {
-                Some((_, clients, tokens)) => {
-                    clients.push(client);
-                    tokens.push(token);
-                }
-                None => by_owner.push((owner, vec![client], vec![token])),
-            }
-        }
+        let by_owner = super::batch::by_node(
+            to.into_iter()
+                .map(|(owner, client, token)| (owner, (client, token))),
+        );
         let node = self.clone();
         let settlement = settlement.clone();
         tokio::spawn(async move {
-            for (owner, clients, tokens) in by_owner {
+            for (owner, part) in by_owner {
+                let (clients, tokens): (Vec<ClientId>, Vec<FrameToken>) = part.into_iter().unzip();
                 let n = clients.len() as u64;
                 let cmd = NodeCommand::Deliver(settlement.forwarded_to(clients));
                 if node.publish_command(&owner, &cmd).await {
