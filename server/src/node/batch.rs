@@ -18,7 +18,7 @@ use std::sync::{
 
 use impush_core::{
     envelope::{Deliver, NodeCommand},
-    Acker, Acknowledge, ClientId, Cluster, NodeId,
+    Acker, Acknowledge, Cluster, NodeId,
 };
 
 use super::Node;
@@ -83,28 +83,29 @@ impl Acknowledge for Share {
     }
 }
 
+/// `items` grouped by node, nodes in the order they first appear, items in their order.
+pub(super) fn by_node<T>(items: impl IntoIterator<Item = (NodeId, T)>) -> Vec<(NodeId, Vec<T>)> {
+    let mut groups: Vec<(NodeId, Vec<T>)> = Vec::new();
+    for (node, item) in items {
+        match groups.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, list)) => list.push(item),
+            None => groups.push((node, vec![item])),
+        }
+    }
+    groups
+}
+
 /// The commands that carry `batch` to its receivers' owners now: per owner, in the batch's
 /// order, one `DeliverMany` (or a `Deliver` when one message goes there), each message keeping
 /// its id so a receiver's node drops a part it already had.
 pub(super) fn regroup(cluster: &Cluster, batch: Vec<Deliver>) -> Vec<(NodeId, NodeCommand)> {
-    let mut by_owner: Vec<(NodeId, Vec<Deliver>)> = Vec::new();
-    for mut d in batch {
-        let mut parts: Vec<(NodeId, Vec<ClientId>)> = Vec::new();
-        for c in std::mem::take(&mut d.to) {
-            let owner = &cluster.owner(&c).id;
-            match parts.iter_mut().find(|(n, _)| n == owner) {
-                Some((_, to)) => to.push(c),
-                None => parts.push((owner.clone(), vec![c])),
-            }
-        }
-        for (owner, to) in parts {
-            let part = Deliver { to, ..d.clone() };
-            match by_owner.iter_mut().find(|(n, _)| *n == owner) {
-                Some((_, list)) => list.push(part),
-                None => by_owner.push((owner, vec![part])),
-            }
-        }
-    }
+    let parts = batch.into_iter().flat_map(|mut d| {
+        let to = std::mem::take(&mut d.to);
+        by_node(to.into_iter().map(|c| (cluster.owner(&c).id.clone(), c)))
+            .into_iter()
+            .map(move |(owner, to)| (owner, Deliver { to, ..d.clone() }))
+    });
+    let by_owner = by_node(parts);
     by_owner
         .into_iter()
         .map(|(owner, mut list)| {
@@ -122,7 +123,7 @@ pub(super) fn regroup(cluster: &Cluster, batch: Vec<Deliver>) -> Vec<(NodeId, No
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use impush_core::{MessageId, NodeEntry, PartitionerKind};
+    use impush_core::{ClientId, MessageId, NodeEntry, PartitionerKind};
     use serde_json::value::RawValue;
 
     use super::*;

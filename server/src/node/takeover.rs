@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use futures_util::StreamExt;
 use impush_core::{
     envelope::{self, Deliver, NodeCommand},
-    ClientId, Delivery, Error, NodeId, SubscribeMode,
+    Delivery, Error, NodeId, SubscribeMode,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -102,14 +102,10 @@ impl Node {
     }
 
     async fn reroute_deliver(&self, d: Deliver) -> bool {
-        let mut by_owner: Vec<(NodeId, Vec<ClientId>)> = Vec::new();
-        for c in &d.to {
-            let owner = self.cluster.owner(c).id.clone();
-            match by_owner.iter_mut().find(|(n, _)| *n == owner) {
-                Some((_, v)) => v.push(c.clone()),
-                None => by_owner.push((owner, vec![c.clone()])),
-            }
-        }
+        let by_owner = super::batch::by_node(
+            d.to.iter()
+                .map(|c| (self.cluster.owner(c).id.clone(), c.clone())),
+        );
         let mut ok = true;
         for (owner, to) in by_owner {
             let part = NodeCommand::Deliver(Deliver { to, ..d.clone() });
