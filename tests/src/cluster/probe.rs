@@ -194,23 +194,19 @@ async fn run(
         };
         record(&seen, |s| s.doing = format!("connecting to {node}"));
         let dialled = started.elapsed().as_millis();
-        let tcp_open = std::sync::atomic::AtomicU64::new(0);
-        let ws = match tokio::time::timeout(Duration::from_secs(5), async {
+        let (ws, tcp_open) = match tokio::time::timeout(Duration::from_secs(5), async {
             let addr = url_addr(&url).ok_or(tungstenite::Error::Url(
                 tungstenite::error::UrlError::NoHostName,
             ))?;
             let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            tcp_open.store(ms, std::sync::atomic::Ordering::Relaxed);
-            tokio_tungstenite::client_async(
-                url.as_str(),
-                tokio_tungstenite::MaybeTlsStream::Plain(tcp),
-            )
-            .await
+            let tcp_open = started.elapsed().as_millis();
+            let plain = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+            let (ws, _) = tokio_tungstenite::client_async(url.as_str(), plain).await?;
+            Ok::<_, tungstenite::Error>((ws, tcp_open))
         })
         .await
         {
-            Ok(Ok((ws, _))) => ws,
+            Ok(Ok(opened)) => opened,
             failed => {
                 record(&seen, |s| {
                     s.refusals += 1;
@@ -234,7 +230,7 @@ async fn run(
                 s.longest_gap_was = Some(GapTimes {
                     ended: ended_at,
                     dialled,
-                    tcp_open: u128::from(tcp_open.load(std::sync::atomic::Ordering::Relaxed)),
+                    tcp_open,
                     opened: started.elapsed().as_millis(),
                     refusals: refused_before,
                 });
