@@ -95,11 +95,23 @@ fi
 step "no import circles between modules (scripts/check-circles.py)"
 python3 scripts/check-circles.py
 
-step "cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
+# Clippy lints the workspace's crates while they compile for the tests: its driver stands in for
+# rustc on the workspace's own crates (scripts/clippy-rustc.sh, warnings denied), so one build
+# does what `cargo clippy --workspace --all-targets -- -D warnings` and then a test build did
+# with every crate compiled twice. It builds the same targets clippy's --all-targets checks:
+# every library, binary, example and test. Every cargo command below keeps the wrapper, or it
+# would compile the workspace again.
+CLIPPY_DRIVER=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)
+export CLIPPY_DRIVER
+export RUSTC_WORKSPACE_WRAPPER="$root/scripts/clippy-rustc.sh"
+
+step "build (linted by clippy) every test target and the binaries the other steps drive"
+cargo nextest run --workspace --no-run
+cargo build -q -p impush-server --bin impush
+cargo build -q -p impush-examples --bin chat --example embedded_chat
 
 step "memory-only build compiles no broker client"
-cargo check -q -p impush-server --no-default-features
+cargo build -q -p impush-server --no-default-features --lib
 clients=$(cargo tree -p impush-server --no-default-features -e normal,build --prefix none \
   | grep -Eo '^(fred|lapin|rdkafka|rdkafka-sys|async-nats) ' | sort -u || true)
 if [ -n "$clients" ]; then
@@ -108,11 +120,6 @@ if [ -n "$clients" ]; then
 fi
 # The registry's own tests without any broker feature: a kind compiled out names its feature.
 cargo test -q -p impush-brokers --no-default-features --lib
-
-step "build every test target and the binaries the other steps drive"
-cargo nextest run --workspace --no-run
-cargo build -q -p impush-server --bin impush
-cargo build -q -p impush-examples --bin chat --example embedded_chat
 
 step "brokers"
 if ! wait "$brokers_pid"; then
@@ -150,7 +157,7 @@ side chat-e2e bash -c "cd examples/chat/e2e && CHAT_BIN='$root/target/debug/chat
 side admin-e2e bash -c "cd tests/admin-e2e && IMPUSH_BIN='$bin' npm test"
 side deploy scripts/check-deploy.sh "$bin"
 side example timeout 60 "$root/target/debug/examples/embedded_chat"
-side fuzz scripts/fuzz.sh --dev "${IMPUSH_FUZZ_SECONDS:-15}"
+side fuzz env -u RUSTC_WORKSPACE_WRAPPER scripts/fuzz.sh --dev "${IMPUSH_FUZZ_SECONDS:-15}"
 step "side by side: ${names[*]}"
 wait_jobs || exit 1
 step "done"
