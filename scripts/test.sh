@@ -9,9 +9,10 @@
 #   ./scripts/test.sh
 #
 # Rust tests run under cargo-nextest (each test its own process, several at once:
-# .config/nextest.toml), after one build of every test target; the brokers start in the
-# background meanwhile, and while the tests run so do, at the lowest CPU priority, the npm
-# installs the later steps need. The steps after the Rust tests
+# .config/nextest.toml), after one build of every test target, linted by clippy as it compiles;
+# the brokers start in the background meanwhile, and while the tests after the rolling restarts
+# run so do, at the lowest CPU priority, the npm installs and the fuzz build the later steps
+# need. The steps after the Rust tests
 # (schemathesis, the JavaScript client, the browser tests, the deploy files, the example, the
 # fuzz targets) run side by side, each into its own log, printed when it fails.
 # Needs a Rust toolchain (rustup), Node >= 20 with npm, and root or sudo for apt: it installs
@@ -129,24 +130,33 @@ fi
 eval "$(scripts/brokers.sh env)"
 export IMPUSH_REQUIRE_BROKERS=1
 
-# Work that waits on no test result (the npm installs) runs in the background at the lowest
-# CPU priority while the Rust tests run: they leave CPU idle (the cluster cases mostly wait on
-# leases, restarts and fault windows), and the steps after them find it done. The fuzz build
-# no longer does: building the fuzz targets (the whole server, optimized) overlapped the
-# Redis rolling-restart case in three fresh-clone runs, where that case took 66-75 s instead
-# of its 34 s alone and failed its bounds each time; the short fuzz run below builds without
-# optimizations instead, after the tests.
-step "background: npm installs"
+# The rolling restarts first, alone: how long each client is away is what they check, so
+# nothing else runs beside them (.config/nextest.toml gives them every slot as well).
+step "cargo nextest: the rolling restarts, alone"
+rc=0
+cargo nextest run --workspace --no-fail-fast -E 'test(rolling_restart)' || rc=$?
+
+# Work that waits on no test result runs in the background while the other Rust tests run, at
+# the lowest CPU priority (SCHED_IDLE: CPU no test wants): the cluster cases mostly wait on
+# leases, restarts and fault windows, leaving the cores ~40% idle, and the steps after the
+# tests find it done. That is the npm installs and the short fuzz run's build (without
+# optimizations, in fuzz/'s own target dir). Not beside the rolling restarts: an optimized fuzz
+# build at nice 19 once overlapped the Redis one in three fresh-clone runs, which then took
+# 66-75 s instead of 34 s and failed its bounds each time.
+step "background: npm installs, the fuzz build"
 for dir in clients/js examples/chat/e2e tests/admin-e2e; do
-  side "npm-${dir//\//-}" nice -n 19 bash -c "cd $dir && npm ci --no-audit --no-fund --loglevel=error"
+  side "npm-${dir//\//-}" chrt -i 0 bash -c "cd $dir && npm ci --no-audit --no-fund --loglevel=error"
 done
+side fuzz-build chrt -i 0 env -u RUSTC_WORKSPACE_WRAPPER scripts/fuzz.sh --dev --build
 
-step "cargo nextest (every member, the NATS custom broker example included) and doctests"
-cargo nextest run --workspace --no-fail-fast
-cargo test -q --workspace --doc
+step "cargo nextest: every other test (every member, the NATS custom broker example included)"
+cargo nextest run --workspace --no-fail-fast -E 'not test(rolling_restart)' || rc=$?
+step "doctests"
+cargo test -q --workspace --doc || rc=$?
 
-step "background jobs (npm installs)"
-wait_jobs
+step "background jobs (npm installs, fuzz build)"
+wait_jobs || rc=1
+[ "$rc" -eq 0 ] || exit "$rc"
 
 # The rest side by side: each step into its own log; a failing one prints its log.
 scripts/brokers.sh install chromium >/dev/null
