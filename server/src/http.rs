@@ -20,8 +20,8 @@ use crate::{
     api,
     app::{error, App},
     metrics::Metrics,
-    node::ResumeRequest,
-    session::{Socket, UpgradeRejection, WsUpgrade},
+    node::{Accepted, ResumeRequest},
+    session::{Links, Socket, UpgradeRejection, WsUpgrade},
     throttle::Refused,
 };
 
@@ -66,6 +66,9 @@ struct WsQuery {
     token: Option<String>,
     /// What a reconnecting client saw of its streams (`docs/design.md` section 15).
     resume: Option<String>,
+    /// The client's name for this connection, and for the one it replaces (`session::Links`).
+    link: Option<String>,
+    replaces: Option<String>,
 }
 
 /// Whether a WebSocket upgrade may come from the `Origin` in `headers`: any when
@@ -153,11 +156,20 @@ async fn ws(
             "this Origin is not in limits.allowed_origins",
         );
     }
-    let (token, resume) = match query {
-        Ok(Query(q)) => (q.token, q.resume),
-        Err(_) => (None, None),
+    let (token, resume, links) = match query {
+        Ok(Query(q)) => (
+            q.token,
+            q.resume,
+            Links::parse(q.link.as_deref(), q.replaces.as_deref()),
+        ),
+        Err(_) => (None, None, Ok(Links::default())),
     };
     let resume = resume.map(|r| ResumeRequest::parse(&r));
+    // Refused before the token is spent: the client can fix its URL and use it.
+    let links = match links {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_link", e.to_string()),
+    };
     let claims = match token {
         None => Err(TokenError::Missing),
         Some(t) => app.nonces.verify(&app.signer, &t, now_ms()),
@@ -193,15 +205,14 @@ async fn ws(
         let Some(socket) = Socket::from_upgraded(upgraded) else {
             return;
         };
-        node.serve_connection(
-            socket,
-            claims.client,
-            claims.metadata,
+        let accepted = Accepted {
+            client: claims.client,
+            metadata: claims.metadata,
             resume,
-            shutdown,
+            links,
             requested,
-        )
-        .await;
+        };
+        node.serve_connection(socket, accepted, shutdown).await;
     }));
     response
 }

@@ -258,6 +258,19 @@ impl Registry {
         }
     }
 
+    /// The first session of `client` that `pick` selects.
+    pub(crate) fn find(
+        &self,
+        client: &ClientId,
+        mut pick: impl FnMut(&SessionHandle) -> bool,
+    ) -> Option<Arc<SessionHandle>> {
+        read(&self.clients)
+            .get(client)?
+            .iter()
+            .find(|s| pick(s))
+            .cloned()
+    }
+
     /// The sessions of the local clients `pick` selects.
     pub(crate) fn sessions_of(
         &self,

@@ -74,6 +74,74 @@ async fn an_unacked_message_comes_back_redelivered_after_the_link_drops() {
     server.shutdown().await.unwrap();
 }
 
+/// A client back before the node noticed its old link died names that link (`replaces=`): the
+/// node closes the old connection (4009) first, so what it held comes first on the new one,
+/// ahead of a message sent while it connects: order per sender. Written and unacked messages
+/// are in the inbox already; the one that shows the difference was never written (the old
+/// link is at `limits.max_unacked`): without `replaces` it stays queued there until that link's
+/// ping timeout and arrives after the newer one. A `replaces` naming no link of this client
+/// changes nothing; a malformed name is refused before the token is spent.
+#[tokio::test]
+async fn a_link_named_as_replaced_hands_back_what_it_held_first() {
+    let server = with_inbox(|c| c.limits.max_unacked = 2).await;
+    let h = server.helper();
+    let url = |query: &str| {
+        let info = h.prepare_connect(&id("alice"), Value::Null).unwrap();
+        (format!("{}&{query}", info.url), info.url)
+    };
+    let mut old = Client::connect_url(&url("link=tab-1").0).await;
+    eventually(|| async { server.metrics().open_connections() == 1 }).await;
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        let m = h
+            .send_message(&id("bob"), &[id("alice")], &json!(n), false)
+            .await
+            .unwrap();
+        sent.push(m.id);
+    }
+    // Two written (read here, never acked), the third held back by flow control.
+    for want in &sent[..2] {
+        assert_eq!(old.next_json().await["id"], want.as_str());
+    }
+    old.expect_silence(Duration::from_millis(200)).await;
+    // `old` stays open and unread: to the node, a link that is still there.
+    let mut new = Client::connect_url(&url("link=tab-2&replaces=tab-1").0).await;
+    let fourth = h
+        .send_message(&id("bob"), &[id("alice")], &json!(3), false)
+        .await
+        .unwrap();
+    sent.push(fourth.id);
+    for (n, want) in sent.iter().enumerate() {
+        let f = new.next_json().await;
+        assert_eq!(f["id"], want.as_str(), "frame {n}: {f}");
+        if n < 2 {
+            assert_eq!(f["redelivered"], true, "frame {n}: {f}");
+        }
+        new.send_json(json!({"type": "ack", "id": want.as_str()}))
+            .await;
+    }
+    assert_eq!(old.close_code().await, 4009);
+    eventually(|| async { server.metrics().open_connections() == 1 }).await;
+
+    // Naming a link this client does not have: nothing is closed.
+    let _other = Client::connect_url(&url("link=tab-3&replaces=tab-9").0).await;
+    eventually(|| async { server.metrics().open_connections() == 2 }).await;
+    new.expect_silence(Duration::from_millis(200)).await;
+
+    // A malformed name: 400 naming the parameters, and the token is still good.
+    for bad in ["link=tab%2F1", "replaces=", "link=%C3%A9"] {
+        let (with_bad, plain) = url(bad);
+        let (status, body) = support::refused_status(&with_bad).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_link")),
+            "{bad}: {body}"
+        );
+        let _ok = Client::connect_url(&plain).await;
+    }
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_acked_message_is_not_kept_and_not_redelivered() {
     let server = with_inbox(|_| {}).await;

@@ -53,6 +53,15 @@ const DEFAULTS = {
   resumeChannels: 256,
 };
 
+/** 16 random letters and digits naming this client's sockets (crypto when the runtime has it). */
+function linkPrefix() {
+  const abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  const bytes = new Uint8Array(16);
+  if (globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return Array.from(bytes, (b) => abc[b % abc.length]).join("");
+}
+
 /** What the `error` event carries. `kind` says where it came from. */
 export class ImpushClientError extends Error {
   constructor(kind, message, { cause, frame } = {}) {
@@ -83,6 +92,13 @@ export class ImpushClient {
   #moved = false; // the last loss was a 1012 answered at once, and no connection was stable since
   #retryAfter = undefined; // seconds, from the getUrl failure that ends the current attempt
   #resuming = null; // what the current attempt asked to resume: { channels, broadcast }
+  // Socket names (`link=`): a random prefix per client and a count. A reconnect names the last
+  // socket that opened (`replaces=`): if the node still holds it (a reset it has not read, a
+  // frozen path), it closes it and hands back what it held first, in order.
+  #linkPrefix = linkPrefix();
+  #links = 0;
+  #attemptLink = null; // the name of the socket being opened
+  #openLink = null; // the name of the last socket that opened
 
   // Pending timer ids by purpose; at most one of each.
   #pending = { retry: undefined, connect: undefined, ping: undefined, pong: undefined };
@@ -233,7 +249,7 @@ export class ImpushClient {
       (u) => {
         if (run !== this.#run) return;
         if (typeof u === "string" && u !== "") {
-          this.#open(run, this.#withResume(u));
+          this.#open(run, this.#withLink(this.#withResume(u)));
         } else if (isResponse(u)) {
           // e.g. `getUrl: () => fetch(...)` answered 429/503: its Retry-After is honoured.
           this.#urlFailed(run, u);
@@ -267,6 +283,7 @@ export class ImpushClient {
     // Handlers compare against this.#ws, so a socket we gave up on can no longer act.
     ws.onopen = () => {
       if (ws !== this.#ws) return;
+      this.#openLink = this.#attemptLink;
       this.#clear("connect");
       this.#openedAt = this.#timers.now();
       this.#schedulePing();
@@ -460,6 +477,13 @@ export class ImpushClient {
     epochs.delete(epoch);
     epochs.set(epoch, before === undefined ? offset : Math.max(before, offset));
     if (epochs.size > RESUME_EPOCHS) epochs.delete(epochs.keys().next().value);
+  }
+
+  /** `url` plus this socket's name and the one it replaces (see #linkPrefix). */
+  #withLink(url) {
+    this.#attemptLink = `${this.#linkPrefix}-${++this.#links}`;
+    const replaces = this.#openLink === null ? "" : `&replaces=${this.#openLink}`;
+    return `${url}${url.includes("?") ? "&" : "?"}link=${this.#attemptLink}${replaces}`;
   }
 
   /**

@@ -61,6 +61,11 @@ function track(t) {
   return t;
 }
 
+/** `url` without the socket names the client appends last (`link=`, `replaces=`). */
+function bare(url) {
+  return url.replace(/[?&]link=[^&]*(&replaces=[^&]*)?$/, "");
+}
+
 describe("connecting", () => {
   test("connects on construction; handlers registered after `new` see connecting, then connected", async () => {
     const t = track(setup());
@@ -71,7 +76,32 @@ describe("connecting", () => {
       { state: "connected", attempt: 0 },
     ]);
     assert.equal(t.client.state, "connected");
-    assert.equal(t.last().url, "ws://node.test/ws?token=t1");
+    assert.equal(bare(t.last().url), "ws://node.test/ws?token=t1");
+  });
+
+  test("each socket is named; a reconnect names the last socket that opened as the one it replaces", async () => {
+    const t = track(setup());
+    const s1 = await t.connectNow();
+    const q1 = new URL(s1.url).searchParams;
+    assert.match(q1.get("link"), /^[A-Za-z0-9]{16}-1$/);
+    assert.equal(q1.get("replaces"), null);
+    // An attempt that never opens is not what the next one replaces.
+    t.last().serverClose(1006);
+    await t.clock.advance(MAX);
+    t.last().serverClose(1006);
+    await t.clock.advance(MAX);
+    t.last().open();
+    const q3 = new URL(t.last().url).searchParams;
+    assert.equal(t.WS.sockets.length, 3);
+    assert.equal(q3.get("replaces"), q1.get("link"));
+    assert.notEqual(q3.get("link"), q1.get("link"));
+    assert.equal(q3.get("link").split("-")[0], q1.get("link").split("-")[0]);
+    const s4 = await reconnect(t);
+    assert.equal(new URL(s4.url).searchParams.get("replaces"), q3.get("link"));
+    // Another client has names of its own.
+    const other = track(setup());
+    const o1 = await other.connectNow();
+    assert.notEqual(new URL(o1.url).searchParams.get("link"), q1.get("link"));
   });
 
   test("autoConnect: false waits for connect()", async () => {
@@ -98,7 +128,7 @@ describe("connecting", () => {
     await clock.advance(0);
     for (let i = 1; i <= 4; i++) {
       assert.equal(calls, i);
-      assert.equal(t.last().url, `ws://node.test/ws?token=p${i}`);
+      assert.equal(bare(t.last().url), `ws://node.test/ws?token=p${i}`);
       t.last().open();
       t.last().serverClose(1001, "shutting down");
       await clock.advance(MAX);
@@ -672,7 +702,7 @@ describe("resume", () => {
     s.receive({ type: "channel", id: "c4", channel: "plain", from: "bob", data: 0, ts: 1 }); // history off
     s.receive({ type: "message", id: "m1", from: "bob", data: 0, ts: 1, offset: 3, epoch: "e1" });
     const s2 = await reconnect(t);
-    assert.match(s2.url, /^ws:\/\/node\.test\/ws\?token=t2&resume=[^&]+$/);
+    assert.match(bare(s2.url), /^ws:\/\/node\.test\/ws\?token=t2&resume=[^&]+$/);
     assert.deepEqual(resumeOf(s2.url), { channels: { room: { e1: 2 }, other: { e9: 7 } }, broadcast: { e1: 5 } });
     const connected = t.events.state.filter((e) => e.state === "connected");
     assert.deepEqual(connected, [
@@ -788,7 +818,7 @@ describe("resume", () => {
     for (let i = 0; i < 300; i++) s.receive(chf(`m${i}`, name(i), i + 1, "n1-k2x9-1"));
     s.receive(bcf("b", 1, "n1-k2x9-1"));
     s = await reconnect(t);
-    const encoded = s.url.split("resume=")[1];
+    const encoded = bare(s.url).split("resume=")[1];
     assert.ok(encoded.length <= 6000, `${encoded.length} characters`);
     assert.ok(encoded.length > 5000, `the budget is used: ${encoded.length} characters`);
     const asked = Object.keys(resumeOf(s.url).channels);

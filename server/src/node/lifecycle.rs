@@ -19,31 +19,55 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    session::{self, Context, End, SessionHandle, Socket},
+    session::{self, Context, End, Links, SessionHandle, Socket},
 };
 
 /// Offline events of dropped connections announced at once (`Node::announce_dropped`).
 const ANNOUNCING: usize = 32;
 
+/// What an accepted connect request asked for, read from its token and URL.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub(crate) client: ClientId,
+    /// What `prepare_connect` signed in; it travels with the online/offline events.
+    pub(crate) metadata: serde_json::Value,
+    /// The streams to resume (`docs/design.md` section 15).
+    pub(crate) resume: Option<Result<ResumeRequest, Unreadable>>,
+    /// Its name and the link it replaces (`session::Links`).
+    pub(crate) links: Links,
+    /// When its upgrade request arrived: connect time ends once it is attached.
+    pub(crate) requested: Instant,
+}
+
 impl Node {
-    /// Runs one accepted WebSocket of `client` until it closes; `requested` is when its
-    /// upgrade request arrived (connect time ends once it is attached).
+    /// Runs one accepted WebSocket until it closes.
     pub(crate) async fn serve_connection(
         self: Arc<Self>,
         socket: Socket,
-        client: ClientId,
-        metadata: serde_json::Value,
-        resume: Option<Result<ResumeRequest, Unreadable>>,
+        accepted: Accepted,
         shutdown: CancellationToken,
-        requested: Instant,
     ) {
-        let handle = Arc::new(SessionHandle::new(
+        let Accepted {
             client,
-            self.next_connection_id(),
             metadata,
-            &self.limits,
-            self.metrics.clone(),
-        ));
+            resume,
+            links,
+            requested,
+        } = accepted;
+        let handle = Arc::new(
+            SessionHandle::new(
+                client,
+                self.next_connection_id(),
+                metadata,
+                &self.limits,
+                self.metrics.clone(),
+            )
+            .linked(links.this),
+        );
+        // The link this one replaces hands back what it held before the inbox is read.
+        if let Some(old) = links.replaces {
+            self.supersede(&handle.client, old).await;
+        }
         if let Some(Ok(r)) = &resume {
             handle.mute(r.streams.iter().map(|(k, _)| k.clone()).collect());
         }
@@ -68,6 +92,7 @@ impl Node {
         self.keep_orphans(&handle, &unwritten, &unacked);
         drop(unwritten);
         self.requeue_unacked(&handle, unacked);
+        handle.set_ended();
         if let (End::Close(code), Some(socket)) = (end, socket) {
             session::close_socket(socket, code).await;
         }

@@ -39,6 +39,7 @@ mod moves;
 mod ownership;
 mod pending;
 mod receipts;
+mod supersede;
 mod takeover;
 mod upkeep;
 
@@ -62,6 +63,7 @@ use tokio_util::{sync::DropGuard, task::TaskTracker};
 pub(crate) use feeds::Feed;
 pub(crate) use history::{Lanes, ResumeRequest};
 pub(crate) use inbox::OfflineInbox;
+pub(crate) use lifecycle::Accepted;
 pub(crate) use receipts::Inboxes;
 
 use crate::{metrics::Metrics, registry::Registry, settle::Outcomes, webhooks::Webhooks};

@@ -21,6 +21,7 @@ use impush_core::{config::LimitsConfig, ClientId, ConnectionId, MessageId};
 use super::{
     acks::{AckSource, Ackable, PendingAcks},
     close, direct,
+    link::LinkId,
     outbox::{Direct, Outbox, Step},
     read::{ReadError, Reader},
     socket::{Conn, Unfinished},
@@ -79,6 +80,11 @@ pub(crate) struct SessionHandle {
     must_ack: AtomicBool,
     /// Non-zero once the connection must close: the close code (the first reason wins).
     close_code: AtomicU16,
+    /// Set once the connection ended and what it held went back to the inbox (writes in
+    /// flight at least): a connection replacing it waits for this (`super::link`).
+    ended: AtomicBool,
+    /// The client's name for this connection (`LinkId::raw`; 0: none).
+    link: u64,
     max_frames: u32,
     max_unacked: u32,
     max_pending_acks: u32,
@@ -123,6 +129,8 @@ impl SessionHandle {
             moving: AtomicBool::new(false),
             must_ack: AtomicBool::new(false),
             close_code: AtomicU16::new(0),
+            ended: AtomicBool::new(false),
+            link: 0,
             max_frames: small(limits.outbound_queue.max(1)),
             max_unacked: small(limits.max_unacked),
             max_pending_acks: small(limits.max_pending_acks),
@@ -132,6 +140,27 @@ impl SessionHandle {
             acks: Mutex::new(None),
             rare: Mutex::new(None),
         }
+    }
+
+    /// The same handle, named `link` by its client.
+    pub(crate) fn linked(mut self, link: Option<LinkId>) -> Self {
+        self.link = LinkId::raw(link);
+        self
+    }
+
+    /// Whether its client named this connection `link`.
+    pub(crate) fn is_link(&self, link: LinkId) -> bool {
+        self.link != 0 && self.link == LinkId::raw(Some(link))
+    }
+
+    /// Marks the connection ended, what it held handed back (see `ended`).
+    pub(crate) fn set_ended(&self) {
+        self.ended.store(true, Ordering::Release);
+    }
+
+    /// Whether [`SessionHandle::set_ended`] was called.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// Runs `f` on the rare state, allocating it if needed and freeing it once empty.

@@ -44,6 +44,7 @@ mod acks;
 mod direct;
 mod drive;
 mod handle;
+mod link;
 mod outbox;
 mod rate;
 mod read;
@@ -57,6 +58,7 @@ pub(crate) use acks::{AckSource, Ackable};
 pub(crate) use direct::Pacer;
 pub(crate) use drive::{drive, Context, End};
 pub(crate) use handle::SessionHandle;
+pub(crate) use link::{LinkId, Links};
 pub(crate) use socket::{close_socket, Socket};
 pub(crate) use upgrade::{UpgradeRejection, WsUpgrade};
 

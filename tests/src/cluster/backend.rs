@@ -30,6 +30,7 @@ pub struct Backend {
     pub(super) helper_backends: fn() -> Backends,
     pub(super) cleanup: Option<Cleanup>,
     pub(super) refusal_within: Duration,
+    pub(super) order_counted_only: bool,
 }
 
 impl Backend {
@@ -60,6 +61,7 @@ impl Backend {
             helper_backends: Backends::with_defaults,
             cleanup: None,
             refusal_within: Duration::from_secs(4),
+            order_counted_only: false,
         }
     }
 
@@ -115,6 +117,20 @@ impl Backend {
     pub fn refusal_within(mut self, within: Duration) -> Self {
         self.refusal_within = within;
         self
+    }
+
+    /// The loss probe with links reset and frozen counts and prints order per sender instead of
+    /// checking it (loss and duplicates are checked all the same): for a backbone where the
+    /// probe still sees a stored message arrive after newer live ones (Kafka, README "Nothing
+    /// lost, nobody stranded").
+    pub fn order_counted_only(mut self) -> Self {
+        self.order_counted_only = true;
+        self
+    }
+
+    /// Whether the loss probe checks order per sender (see [`Backend::order_counted_only`]).
+    pub fn checks_order(&self) -> bool {
+        !self.order_counted_only
     }
 
     /// The name given to [`Backend::new`].

@@ -6,7 +6,8 @@
 //! reconnects at once on 1012 and after a short pause otherwise (a refused connect: after its
 //! `Retry-After`, or a backoff from 100 ms to 1 s), acks every message the node
 //! asks it to, drops duplicate ids (counting them), keeps the last offset per epoch of each
-//! channel and of the broadcast stream and sends them as `resume=` when it reconnects. A test
+//! channel and of the broadcast stream and sends them as `resume=` when it reconnects, and
+//! names each connection (`link=`) and the one the next replaces (`replaces=`). A test
 //! can reset its link (RST, no close handshake), freeze it (stop reading, as a phone whose
 //! radio stalls), or stop it; then it reads [`Seen`].
 
@@ -177,6 +178,9 @@ async fn run(
     let mut pause = Duration::ZERO;
     // Connect attempts that failed in a row, for the backoff.
     let mut failures = 0u32;
+    // Each connection is named (`link=`); the next names the last one it replaces, which the
+    // node closes first if it still holds it (a reset it has not read, a frozen path).
+    let (mut attempts, mut last_link) = (0u64, None::<String>);
     loop {
         if !pause.is_zero() {
             record(&seen, |s| s.doing = format!("waiting {pause:?}"));
@@ -185,8 +189,17 @@ async fn run(
                 c = control.recv() => if matches!(c, Some(Control::Stop) | None) { return },
             }
         }
+        attempts += 1;
+        let link = format!("l{attempts}");
         let (url, node) = match helper.prepare_connect(&client, Value::Null) {
-            Ok(info) => (with_resume(&info.url, &state), info.node.to_string()),
+            Ok(info) => {
+                let replaces = last_link
+                    .as_ref()
+                    .map(|l| format!("&replaces={l}"))
+                    .unwrap_or_default();
+                let url = format!("{}&link={link}{replaces}", info.url);
+                (with_resume(&url, &state), info.node.to_string())
+            }
             Err(_) => {
                 pause = Duration::from_millis(100);
                 continue;
@@ -223,6 +236,7 @@ async fn run(
         };
         let refused_before = failures as usize;
         failures = 0;
+        last_link = Some(link);
         let gap = down_since.elapsed();
         record(&seen, |s| {
             if s.connections > 0 && gap > s.longest_gap {

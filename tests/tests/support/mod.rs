@@ -106,7 +106,12 @@ impl Client {
 
     pub async fn connect_with(helper: &ImHelper, client: &str, metadata: Value) -> Client {
         let info = helper.prepare_connect(&id(client), metadata).unwrap();
-        let (ws, _) = tokio_tungstenite::connect_async(info.url.as_str())
+        Self::connect_url(info.url.as_str()).await
+    }
+
+    /// Connects with a connect URL as given (no wait for the node to register it).
+    pub async fn connect_url(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
         Client { ws }
