@@ -11,8 +11,8 @@
 # Rust tests run under cargo-nextest (each test its own process, several at once:
 # .config/nextest.toml), after one build of every test target, linted by clippy as it compiles;
 # the brokers start in the background meanwhile, and while the tests after the rolling restarts
-# run so do, at the lowest CPU priority, the npm installs and the fuzz build the later steps
-# need. The steps after the Rust tests
+# run so do, at the lowest CPU priority, the memory-only build and the npm installs and fuzz
+# build the later steps need. The steps after the Rust tests
 # (schemathesis, the JavaScript client, the browser tests, the deploy files, the example, the
 # fuzz targets) run side by side, each into its own log, printed when it fails.
 # Needs a Rust toolchain (rustup), Node >= 20 with npm, and root or sudo for apt: it installs
@@ -114,16 +114,17 @@ cargo nextest run --workspace --no-run
 # compiled most dependencies a second time: ~110 s of a fresh-clone run.)
 cargo build -q --workspace --all-targets
 
-step "memory-only build compiles no broker client"
-cargo build -q -p impush-server --no-default-features --lib
-clients=$(cargo tree -p impush-server --no-default-features -e normal,build --prefix none \
-  | grep -Eo '^(fred|lapin|rdkafka|rdkafka-sys|async-nats) ' | sort -u || true)
-if [ -n "$clients" ]; then
-  echo "the memory-only build depends on broker clients: $clients" >&2
-  exit 1
-fi
-# The registry's own tests without any broker feature: a kind compiled out names its feature.
-cargo test -q -p impush-brokers --no-default-features --lib
+# The test runs below start the test binaries this build left, with nextest's reuse-build
+# metadata instead of asking cargo again: cargo's lock on target/ is then free for the
+# memory-only build, which runs in the background beside them.
+reuse="$root/target/nextest-reuse"
+mkdir -p "$reuse"
+cargo nextest list --workspace --list-type binaries-only --message-format json >"$reuse/binaries.json"
+cargo metadata --format-version 1 >"$reuse/cargo.json"
+run_tests() {
+  cargo nextest run --binaries-metadata "$reuse/binaries.json" --cargo-metadata "$reuse/cargo.json" \
+    --no-fail-fast "$@"
+}
 
 step "brokers"
 if ! wait "$brokers_pid"; then
@@ -137,27 +138,30 @@ export IMPUSH_REQUIRE_BROKERS=1
 # nothing else runs beside them (.config/nextest.toml gives them every slot as well).
 step "cargo nextest: the rolling restarts, alone"
 rc=0
-cargo nextest run --workspace --no-fail-fast -E 'test(rolling_restart)' || rc=$?
+run_tests -E 'test(rolling_restart)' || rc=$?
 
 # Work that waits on no test result runs in the background while the other Rust tests run, at
 # the lowest CPU priority (SCHED_IDLE: CPU no test wants): the cluster cases mostly wait on
 # leases, restarts and fault windows, leaving the cores ~40% idle, and the steps after the
-# tests find it done. That is the npm installs and the short fuzz run's build (without
-# optimizations, in fuzz/'s own target dir). Not beside the rolling restarts: an optimized fuzz
-# build at nice 19 once overlapped the Redis one in three fresh-clone runs, which then took
-# 66-75 s instead of 34 s and failed its bounds each time.
-step "background: npm installs, the fuzz build"
+# tests find it done. That is the npm installs, the short fuzz run's build (without
+# optimizations, in fuzz/'s own target dir) and the memory-only build (scripts/
+# check-memory-only.sh: the server with no broker feature depends on no broker client). Not
+# beside the rolling restarts: an optimized fuzz build at nice 19 once overlapped the Redis one
+# in three fresh-clone runs, which then took 66-75 s instead of 34 s and failed its bounds each
+# time.
+step "background: npm installs, the fuzz build, the memory-only build"
 for dir in clients/js examples/chat/e2e tests/admin-e2e; do
   side "npm-${dir//\//-}" chrt -i 0 bash -c "cd $dir && npm ci --no-audit --no-fund --loglevel=error"
 done
 side fuzz-build chrt -i 0 env -u RUSTC_WORKSPACE_WRAPPER scripts/fuzz.sh --dev --build
+side memory-only chrt -i 0 scripts/check-memory-only.sh
 
 step "cargo nextest: every other test (every member, the NATS custom broker example included)"
-cargo nextest run --workspace --no-fail-fast -E 'not test(rolling_restart)' || rc=$?
+run_tests -E 'not test(rolling_restart)' || rc=$?
 step "doctests"
 cargo test -q --workspace --doc || rc=$?
 
-step "background jobs (npm installs, fuzz build)"
+step "background jobs (npm installs, fuzz build, memory-only build)"
 wait_jobs || rc=1
 [ "$rc" -eq 0 ] || exit "$rc"
 
@@ -170,7 +174,9 @@ side chat-e2e bash -c "cd examples/chat/e2e && CHAT_BIN='$root/target/debug/chat
 side admin-e2e bash -c "cd tests/admin-e2e && IMPUSH_BIN='$bin' npm test"
 side deploy scripts/check-deploy.sh "$bin"
 side example timeout 60 "$root/target/debug/examples/embedded_chat"
-side fuzz env -u RUSTC_WORKSPACE_WRAPPER scripts/fuzz.sh --dev "${IMPUSH_FUZZ_SECONDS:-15}"
+# Every fuzz target at once, below the browser tests' priority: each still runs its 15 s.
+side fuzz env -u RUSTC_WORKSPACE_WRAPPER IMPUSH_FUZZ_JOBS="${IMPUSH_FUZZ_JOBS:-4}" \
+  nice -n 10 scripts/fuzz.sh --dev "${IMPUSH_FUZZ_SECONDS:-15}"
 step "side by side: ${names[*]}"
 wait_jobs || exit 1
 step "done"
