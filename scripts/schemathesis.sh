@@ -4,6 +4,7 @@
 # key and the memory backends. Exits non-zero when a check fails.
 #
 #   ./scripts/schemathesis.sh [extra schemathesis args...]
+#   ./scripts/schemathesis.sh --install   # only install schemathesis (scripts/test.sh does it early)
 #
 # schemathesis is pinned in scripts/schemathesis-requirements.txt and installed into a private
 # venv ($IMPUSH_SCHEMATHESIS_VENV, default ~/.cache/impush/schemathesis-venv), never system-wide.
@@ -29,6 +30,9 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "version $want\$";
     python3 -m venv "$venv"
   fi
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+fi
+if [ "${1:-}" = --install ]; then
+  exit 0
 fi
 
 bin=${IMPUSH_BIN:-$root/target/debug/impush}

@@ -149,25 +149,25 @@ run_tests -E 'test(rolling_restart)' || rc=$?
 # beside the rolling restarts: an optimized fuzz build at nice 19 once overlapped the Redis one
 # in three fresh-clone runs, which then took 66-75 s instead of 34 s and failed its bounds each
 # time.
-step "background: npm installs, the fuzz build, the memory-only build"
+step "background: npm installs, the fuzz build, the memory-only build, chromium, schemathesis"
 for dir in clients/js examples/chat/e2e tests/admin-e2e; do
   side "npm-${dir//\//-}" chrt -i 0 bash -c "cd $dir && npm ci --no-audit --no-fund --loglevel=error"
 done
 side fuzz-build chrt -i 0 env -u RUSTC_WORKSPACE_WRAPPER scripts/fuzz.sh --dev --build
 side memory-only chrt -i 0 scripts/check-memory-only.sh
+# What the browser and schemathesis steps install on a machine that lacks it (apt, pip).
+side chromium chrt -i 0 scripts/brokers.sh install chromium
+side schemathesis-venv chrt -i 0 scripts/schemathesis.sh --install
 
 step "cargo nextest: every other test (every member, the NATS custom broker example included)"
 run_tests -E 'not test(rolling_restart)' || rc=$?
-step "doctests"
-cargo test -q --workspace --doc || rc=$?
-
-step "background jobs (npm installs, fuzz build, memory-only build)"
+step "background jobs (npm installs, fuzz build, memory-only build, chromium, schemathesis)"
 wait_jobs || rc=1
 [ "$rc" -eq 0 ] || exit "$rc"
 
 # The rest side by side: each step into its own log; a failing one prints its log.
-scripts/brokers.sh install chromium >/dev/null
 bin="$root/target/debug/impush"
+side doctests cargo test -q --workspace --doc
 side schemathesis env IMPUSH_BIN="$bin" scripts/schemathesis.sh
 side js bash -c "cd clients/js && IMPUSH_BIN='$bin' npm test"
 side chat-e2e bash -c "cd examples/chat/e2e && CHAT_BIN='$root/target/debug/chat' npm test"
