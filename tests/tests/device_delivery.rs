@@ -23,6 +23,20 @@ async fn with_inbox(f: impl FnOnce(&mut impush_server::Config)) -> ImServer {
     .await
 }
 
+/// Sends `data` from bob to alice for each of `data`, without receipts; the ids in order.
+async fn send_to_alice(server: &ImServer, data: impl IntoIterator<Item = Value>) -> Vec<String> {
+    let h = server.helper();
+    let mut ids = Vec::new();
+    for d in data {
+        let sent = h
+            .send_message(&id("bob"), &[id("alice")], &d, false)
+            .await
+            .unwrap();
+        ids.push(sent.id.to_string());
+    }
+    ids
+}
+
 /// The next receipt frame for message `id`.
 async fn receipt(c: &mut Client, id: &str) -> String {
     loop {
@@ -91,14 +105,7 @@ async fn a_link_named_as_replaced_hands_back_what_it_held_first() {
     };
     let mut old = Client::connect_url(&url("link=tab-1").0).await;
     eventually(|| async { server.metrics().open_connections() == 1 }).await;
-    let mut sent = Vec::new();
-    for n in 0..3 {
-        let m = h
-            .send_message(&id("bob"), &[id("alice")], &json!(n), false)
-            .await
-            .unwrap();
-        sent.push(m.id);
-    }
+    let mut sent = send_to_alice(&server, (0..3).map(|n| json!(n))).await;
     // Two written (read here, never acked), the third held back by flow control.
     for want in &sent[..2] {
         assert_eq!(old.next_json().await["id"], want.as_str());
@@ -106,11 +113,7 @@ async fn a_link_named_as_replaced_hands_back_what_it_held_first() {
     old.expect_silence(Duration::from_millis(200)).await;
     // `old` stays open and unread: to the node, a link that is still there.
     let mut new = Client::connect_url(&url("link=tab-2&replaces=tab-1").0).await;
-    let fourth = h
-        .send_message(&id("bob"), &[id("alice")], &json!(3), false)
-        .await
-        .unwrap();
-    sent.push(fourth.id);
+    sent.extend(send_to_alice(&server, [json!(3)]).await);
     for (n, want) in sent.iter().enumerate() {
         let f = new.next_json().await;
         assert_eq!(f["id"], want.as_str(), "frame {n}: {f}");
@@ -169,14 +172,7 @@ async fn writes_wait_for_acks_past_max_unacked() {
     let server = with_inbox(|c| c.limits.max_unacked = 3).await;
     let h = server.helper();
     let mut alice = Client::connect(&h, "alice", 1).await;
-    let mut ids = Vec::new();
-    for i in 0..6 {
-        let r = h
-            .send_message(&id("bob"), &[id("alice")], &json!(i), false)
-            .await
-            .unwrap();
-        ids.push(r.id.to_string());
-    }
+    let ids = send_to_alice(&server, (0..6).map(|i| json!(i))).await;
     for want in &ids[..3] {
         assert_eq!(alice.next_json().await["id"], want.as_str());
     }
