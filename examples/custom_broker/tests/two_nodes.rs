@@ -5,7 +5,8 @@
 //! WebSocket clients on every node. The cases cover messages across nodes with receipts,
 //! channels, broadcast, the online/offline events the helper sees, a kick across nodes, node
 //! kills, restarts and freezes, floods with receipts and with the offline inbox, broken links,
-//! and (on a private `nats-server` of each case's own) NATS stalled, frozen and restarted.
+//! (on a private `nats-server` of each case's own) NATS stalled, frozen and restarted, 1,500
+//! clients of a killed node moving and coming home, and a rolling restart under traffic.
 //!
 //! The shared server is `IMPUSH_TEST_NATS_URL` (`scripts/brokers.sh up nats`); without it the
 //! cases print SKIPPED, or fail when `IMPUSH_REQUIRE_BROKERS` is set. Each cluster's stream
@@ -77,4 +78,4 @@ fn nats() -> Backend {
     .offline("kind = \"disk\"\npath = \"{dir}/offline-{node}.redb\"")
 }
 
-impush_tests::cluster_suite!(nats; private_broker, durable_broker, cluster_presence, broker_proxy);
+impush_tests::cluster_suite!(nats; private_broker, durable_broker, cluster_presence, broker_proxy, failover, rolling);

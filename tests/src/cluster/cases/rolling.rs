@@ -227,12 +227,16 @@ pub async fn rolling_restart_loses_nothing(backend: &Backend) {
         "[{}] rolling restart of 3 nodes in {rolled:?} (stops took {stops:?}) under {RATE} \
          sends/s: {} direct and {} channel messages accepted ({} refused), 0 direct lost; \
          {unrecovered} resume recovered:false answers excusing {excused} channel frames; \
-         {moves} reconnects, longest gap {longest:?}; connects per second (max over 1 s, \
+         {moves} reconnects, longest gap {longest:?} ({who}: {:?}); connects per second (max over 1 s, \
          count) per node {rates:?}, {refusals} refused; {duplicates} duplicate frames dropped",
         backend.name(),
         sent.direct.len(),
         sent.channel.len(),
         sent.refused,
+        probes
+            .iter()
+            .find(|p| p.client == who)
+            .and_then(|p| p.seen().longest_gap_was),
     );
     cluster.assert_running();
 }
