@@ -9,7 +9,7 @@
 use std::{sync::Arc, time::Instant};
 
 use futures_util::{FutureExt, StreamExt};
-use impush_core::{ClientId, DroppedConnection, Event};
+use impush_core::{ClientId, DroppedConnection, Event, MessageId};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -19,7 +19,8 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    session::{self, Context, End, Links, SessionHandle, Socket},
+    session::{self, Ackable, Context, End, Links, SessionHandle, Socket},
+    settle::FrameToken,
 };
 
 /// Offline events of dropped connections announced at once (`Node::announce_dropped`).
@@ -85,11 +86,7 @@ impl Node {
             must_ack: self.must_ack(),
         };
         let (end, socket) = session::drive(socket, &handle, ctx).await;
-        Box::pin(self.detach(handle.clone())).await;
-        // Nobody can push to it any more: settle what it never wrote.
-        let unwritten = handle.take_unwritten();
-        let unacked = handle.take_unacked();
-        self.keep_orphans(&handle, &unwritten, &unacked);
+        let (unwritten, unacked) = Box::pin(self.detach(handle.clone())).await;
         drop(unwritten);
         self.requeue_unacked(&handle, unacked);
         handle.set_ended();
@@ -182,17 +179,29 @@ impl Node {
 
     /// Unregisters a closed connection: local index, then presence (and channel membership
     /// when it was the client's last) and the offline event; for a connection closed to move
-    /// its client, presence only after `cluster.move_grace` (see `moves`).
-    async fn detach(self: &Arc<Self>, handle: Arc<SessionHandle>) {
+    /// its client, presence only after `cluster.move_grace` (see `moves`). Returns what it
+    /// never wrote and what was never acked, whose inbox writes have started.
+    async fn detach(
+        self: &Arc<Self>,
+        handle: Arc<SessionHandle>,
+    ) -> (Vec<FrameToken>, Vec<(MessageId, Ackable)>) {
         let client = &handle.client;
         let _guard = self.client_lock(client).lock().await;
         let last = self.registry.remove(&handle);
+        // Nobody can push to it any more: what it never wrote (or got no ack for) goes to the
+        // inbox, its writes counted in flight before the client lock is let go, so a next
+        // connection of the client, which waits for them, reads them before anything newer
+        // (counted after the lock, a reconnect in between read the inbox without them and got
+        // them after newer messages stored meanwhile).
+        let unwritten = handle.take_unwritten();
+        let unacked = handle.take_unacked();
+        self.keep_orphans(&handle, &unwritten, &unacked);
         self.metrics
             .connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if handle.close_code() == session::close::MOVED {
             self.park(handle.clone(), last);
-            return;
+            return (unwritten, unacked);
         }
         self.leave_presence(&handle, false).await;
         if last {
@@ -201,6 +210,7 @@ impl Node {
                 unloaded.remove(client);
             }
         }
+        (unwritten, unacked)
     }
 
     /// With a shared inbox, another node may still store messages for this client for a
