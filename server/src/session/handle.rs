@@ -83,8 +83,8 @@ pub(crate) struct SessionHandle {
     /// Set once the connection ended and what it held went back to the inbox (writes in
     /// flight at least): a connection replacing it waits for this (`super::link`).
     ended: AtomicBool,
-    /// The client's name for this connection (`LinkId::raw`; 0: none).
-    link: u64,
+    /// The client's name for this connection, when it gave one.
+    link: Option<LinkId>,
     max_frames: u32,
     max_unacked: u32,
     max_pending_acks: u32,
@@ -130,7 +130,7 @@ impl SessionHandle {
             must_ack: AtomicBool::new(false),
             close_code: AtomicU16::new(0),
             ended: AtomicBool::new(false),
-            link: 0,
+            link: None,
             max_frames: small(limits.outbound_queue.max(1)),
             max_unacked: small(limits.max_unacked),
             max_pending_acks: small(limits.max_pending_acks),
@@ -144,13 +144,13 @@ impl SessionHandle {
 
     /// The same handle, named `link` by its client.
     pub(crate) fn linked(mut self, link: Option<LinkId>) -> Self {
-        self.link = LinkId::raw(link);
+        self.link = link;
         self
     }
 
     /// Whether its client named this connection `link`.
     pub(crate) fn is_link(&self, link: LinkId) -> bool {
-        self.link != 0 && self.link == LinkId::raw(Some(link))
+        self.link == Some(link)
     }
 
     /// Marks the connection ended, what it held handed back (see `ended`).

@@ -9,14 +9,17 @@
 //! the client's own sockets are searched, and names are the client's random strings, so a
 //! collision could only close another socket of the same client, which then reconnects.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::{
+    hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
+    num::NonZeroU64,
+};
 
 /// The longest link name accepted.
 pub(crate) const MAX_LINK: usize = 64;
 
-/// A link name as the node keeps it (never 0).
+/// A link name as the node keeps it: non-zero, so `Option<LinkId>` is eight bytes too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LinkId(u64);
+pub(crate) struct LinkId(NonZeroU64);
 
 /// What a connect request says of its links.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,12 +56,7 @@ impl LinkId {
         }
         // The same name gives the same id within one process, which is all a node compares.
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);
-        Ok(Self(hash.max(1)))
-    }
-
-    /// The id as stored in a session (`0` stands for none).
-    pub(crate) fn raw(link: Option<Self>) -> u64 {
-        link.map_or(0, |l| l.0)
+        Ok(Self(NonZeroU64::new(hash).unwrap_or(NonZeroU64::MIN)))
     }
 }
 
@@ -81,7 +79,6 @@ mod tests {
             assert_eq!(Links::parse(Some(bad), None), Err(BadLink), "{bad:?}");
             assert_eq!(Links::parse(None, Some(bad)), Err(BadLink), "{bad:?}");
         }
-        assert_ne!(LinkId::raw(a.this), 0);
-        assert_eq!(LinkId::raw(None), 0);
+        assert_eq!(std::mem::size_of::<Option<LinkId>>(), 8);
     }
 }
