@@ -48,11 +48,8 @@ fn rabbitmq() -> Backend {
     .offline("kind = \"disk\"\npath = \"{dir}/offline-{node}.redb\"")
     // publish_timeout = 1s, plus slack for a loaded CI machine (3 s was passed by 7 ms once).
     .refusal_within(Duration::from_secs(4))
-    // As on Kafka, the links probe saw stored messages arrive after newer live ones now and
-    // then (one fresh-clone run in six, one local run in three): a link the node has not
-    // seen die yet still takes messages it never writes, and a newer link that named only
-    // the link between them gets the newer ones live first. Order is counted here; loss and
-    // duplicates are checked.
+    // Stored messages still arrive after newer live ones now and then: see
+    // `Backend::order_counted_only`.
     .order_counted_only()
 }
 
