@@ -9,10 +9,7 @@ use crate::support;
 
 use std::{collections::HashMap, time::Duration};
 
-use impush_core::{
-    Answer, ChannelInfo, ChannelName, ClientId, ConnectionId, DroppedConnection, NodeId, NodeLease,
-    NodeState, NodeSync, PresenceStore, Result,
-};
+use impush_core::ChannelName;
 use impush_helper::ImHelper;
 use serde_json::{json, Value};
 use support::{id, start, start_cluster, Client};
@@ -216,81 +213,6 @@ async fn bad_resume_requests_get_a_clear_answer_and_nobody_elses_messages() {
     server.shutdown().await.unwrap();
 }
 
-/// A presence store whose `connect` takes a while, as a real store's round trip does: the
-/// window in which a new connection is registered but its resume not yet done.
-#[derive(Debug)]
-struct SlowConnect(std::sync::Arc<dyn PresenceStore>);
-
-#[async_trait::async_trait]
-impl PresenceStore for SlowConnect {
-    async fn connect(&self, n: &NodeId, c: &ClientId, k: &ConnectionId) -> Result<usize> {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        self.0.connect(n, c, k).await
-    }
-    async fn disconnect(
-        &self,
-        n: &NodeId,
-        c: &ClientId,
-        k: &ConnectionId,
-        clear: bool,
-    ) -> Result<usize> {
-        self.0.disconnect(n, c, k, clear).await
-    }
-    async fn clear_node(&self, n: &NodeId, clear: bool) -> Result<Vec<DroppedConnection>> {
-        self.0.clear_node(n, clear).await
-    }
-    async fn sync_node(
-        &self,
-        n: &NodeId,
-        c: &[(ClientId, ConnectionId)],
-        clear: bool,
-    ) -> Result<NodeSync> {
-        self.0.sync_node(n, c, clear).await
-    }
-    async fn heartbeat(&self, n: &NodeId, lease: Duration, st: NodeState) -> Result<bool> {
-        self.0.heartbeat(n, lease, st).await
-    }
-    async fn live_nodes(&self) -> Result<Vec<NodeLease>> {
-        self.0.live_nodes().await
-    }
-    async fn reap_expired(&self, clear: bool) -> Result<Vec<DroppedConnection>> {
-        self.0.reap_expired(clear).await
-    }
-    async fn connections(&self, c: &ClientId) -> Result<Answer<usize>> {
-        self.0.connections(c).await
-    }
-    async fn online(&self, c: &[ClientId]) -> Result<Answer<Vec<bool>>> {
-        self.0.online(c).await
-    }
-    async fn online_clients(&self) -> Result<Answer<Vec<ClientId>>> {
-        self.0.online_clients().await
-    }
-    async fn leave_all_if_offline(&self, c: &ClientId) -> Result<bool> {
-        self.0.leave_all_if_offline(c).await
-    }
-    async fn join_channel(&self, ch: &ChannelName, c: &[ClientId]) -> Result<()> {
-        self.0.join_channel(ch, c).await
-    }
-    async fn leave_channel(&self, ch: &ChannelName, c: &[ClientId]) -> Result<()> {
-        self.0.leave_channel(ch, c).await
-    }
-    async fn channel_members(&self, ch: &ChannelName) -> Result<Answer<Vec<ClientId>>> {
-        self.0.channel_members(ch).await
-    }
-    async fn channel_online(&self, ch: &ChannelName) -> Result<Answer<usize>> {
-        self.0.channel_online(ch).await
-    }
-    async fn client_channels(&self, c: &ClientId) -> Result<Answer<Vec<ChannelName>>> {
-        self.0.client_channels(c).await
-    }
-    async fn channels(&self) -> Result<Answer<Vec<ChannelInfo>>> {
-        self.0.channels().await
-    }
-    async fn ping(&self) -> Result<()> {
-        self.0.ping().await
-    }
-}
-
 /// Publications keep flowing while the client reconnects: each reaches it exactly once,
 /// replayed or live, offsets without a gap. (Several threads: the feed delivers while the
 /// connection attaches.)
@@ -303,9 +225,12 @@ async fn a_resume_racing_live_publications_loses_and_repeats_nothing() {
     let server = impush_server::ImServer::start_with(
         c,
         std::sync::Arc::new(impush_core::MemoryBroker::default()),
-        std::sync::Arc::new(SlowConnect(std::sync::Arc::new(
-            impush_core::MemoryPresenceStore::new(),
-        ))),
+        // `connect` taking a while, as a real store's round trip does: the window in which a
+        // new connection is registered but its resume not yet done.
+        std::sync::Arc::new(support::SlowPresence::new(
+            Duration::from_millis(30),
+            Duration::ZERO,
+        )),
     )
     .await
     .unwrap();

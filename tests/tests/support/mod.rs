@@ -7,7 +7,9 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use impush_core::{
-    config::Secret, Broker, ClientId, MemoryBroker, MemoryPresenceStore, NodeEntry, PresenceStore,
+    config::Secret, Answer, Broker, ChannelInfo, ChannelName, ClientId, ConnectionId,
+    DroppedConnection, MemoryBroker, MemoryPresenceStore, NodeEntry, NodeId, NodeLease, NodeState,
+    NodeSync, PresenceStore, Result as PResult,
 };
 use impush_helper::ImHelper;
 use impush_server::{Config, ImServer};
@@ -262,4 +264,95 @@ pub async fn scrape(server: &ImServer) -> String {
         .text()
         .await
         .unwrap()
+}
+
+/// A memory presence store whose `connect` and `disconnect` take a while, as a real store's
+/// round trips do: the windows in which a connection is registered but not yet attached, or
+/// closed but not yet detached.
+#[derive(Debug)]
+pub struct SlowPresence {
+    inner: MemoryPresenceStore,
+    connect: Duration,
+    disconnect: Duration,
+}
+
+impl SlowPresence {
+    pub fn new(connect: Duration, disconnect: Duration) -> Self {
+        Self {
+            inner: MemoryPresenceStore::new(),
+            connect,
+            disconnect,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PresenceStore for SlowPresence {
+    async fn connect(&self, n: &NodeId, c: &ClientId, k: &ConnectionId) -> PResult<usize> {
+        tokio::time::sleep(self.connect).await;
+        self.inner.connect(n, c, k).await
+    }
+    async fn disconnect(
+        &self,
+        n: &NodeId,
+        c: &ClientId,
+        k: &ConnectionId,
+        clear: bool,
+    ) -> PResult<usize> {
+        tokio::time::sleep(self.disconnect).await;
+        self.inner.disconnect(n, c, k, clear).await
+    }
+    async fn clear_node(&self, n: &NodeId, clear: bool) -> PResult<Vec<DroppedConnection>> {
+        self.inner.clear_node(n, clear).await
+    }
+    async fn sync_node(
+        &self,
+        n: &NodeId,
+        c: &[(ClientId, ConnectionId)],
+        clear: bool,
+    ) -> PResult<NodeSync> {
+        self.inner.sync_node(n, c, clear).await
+    }
+    async fn heartbeat(&self, n: &NodeId, lease: Duration, st: NodeState) -> PResult<bool> {
+        self.inner.heartbeat(n, lease, st).await
+    }
+    async fn live_nodes(&self) -> PResult<Vec<NodeLease>> {
+        self.inner.live_nodes().await
+    }
+    async fn reap_expired(&self, clear: bool) -> PResult<Vec<DroppedConnection>> {
+        self.inner.reap_expired(clear).await
+    }
+    async fn connections(&self, c: &ClientId) -> PResult<Answer<usize>> {
+        self.inner.connections(c).await
+    }
+    async fn online(&self, c: &[ClientId]) -> PResult<Answer<Vec<bool>>> {
+        self.inner.online(c).await
+    }
+    async fn online_clients(&self) -> PResult<Answer<Vec<ClientId>>> {
+        self.inner.online_clients().await
+    }
+    async fn leave_all_if_offline(&self, c: &ClientId) -> PResult<bool> {
+        self.inner.leave_all_if_offline(c).await
+    }
+    async fn join_channel(&self, ch: &ChannelName, c: &[ClientId]) -> PResult<()> {
+        self.inner.join_channel(ch, c).await
+    }
+    async fn leave_channel(&self, ch: &ChannelName, c: &[ClientId]) -> PResult<()> {
+        self.inner.leave_channel(ch, c).await
+    }
+    async fn channel_members(&self, ch: &ChannelName) -> PResult<Answer<Vec<ClientId>>> {
+        self.inner.channel_members(ch).await
+    }
+    async fn channel_online(&self, ch: &ChannelName) -> PResult<Answer<usize>> {
+        self.inner.channel_online(ch).await
+    }
+    async fn client_channels(&self, c: &ClientId) -> PResult<Answer<Vec<ChannelName>>> {
+        self.inner.client_channels(c).await
+    }
+    async fn channels(&self) -> PResult<Answer<Vec<ChannelInfo>>> {
+        self.inner.channels().await
+    }
+    async fn ping(&self) -> PResult<()> {
+        self.inner.ping().await
+    }
 }
