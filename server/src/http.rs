@@ -196,6 +196,15 @@ async fn ws(
     let (response, on_upgrade) = upgrade.accept();
     let node = app.node.clone();
     let shutdown = app.shutdown.clone();
+    // Before the 101 goes out: a client that gives up on this socket at once can name it in
+    // its next connect, and the node finds it (`node::supersede`).
+    let arrival = node.arrive(Accepted {
+        client: claims.client,
+        metadata: claims.metadata,
+        resume,
+        links,
+        requested,
+    });
     // The session takes the raw socket after the 101 and speaks WebSocket itself
     // (`session`): no library buffers per connection.
     tokio::spawn(app.sessions.track_future(async move {
@@ -205,14 +214,7 @@ async fn ws(
         let Some(socket) = Socket::from_upgraded(upgraded) else {
             return;
         };
-        let accepted = Accepted {
-            client: claims.client,
-            metadata: claims.metadata,
-            resume,
-            links,
-            requested,
-        };
-        node.serve_connection(socket, accepted, shutdown).await;
+        node.serve_connection(socket, arrival, shutdown).await;
     }));
     response
 }

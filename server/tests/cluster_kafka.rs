@@ -54,9 +54,6 @@ fn kafka() -> Backend {
     .private(|| private_tansu().map(ProcessBroker::boxed))
     // No Redis needed: each node keeps its clients' inboxes in a local file.
     .offline("kind = \"disk\"\npath = \"{dir}/offline-{node}.redb\"")
-    // Stored messages still arrive after newer live ones now and then: see
-    // `Backend::order_counted_only`.
-    .order_counted_only()
 }
 
 impush_tests::cluster_suite!(kafka; private_broker, cluster_presence);

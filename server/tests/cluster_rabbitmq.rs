@@ -48,9 +48,6 @@ fn rabbitmq() -> Backend {
     .offline("kind = \"disk\"\npath = \"{dir}/offline-{node}.redb\"")
     // publish_timeout = 1s, plus slack for a loaded CI machine (3 s was passed by 7 ms once).
     .refusal_within(Duration::from_secs(4))
-    // Stored messages still arrive after newer live ones now and then: see
-    // `Backend::order_counted_only`.
-    .order_counted_only()
 }
 
 impush_tests::cluster_suite!(rabbitmq; private_broker, durable_broker, cluster_presence, broker_proxy, partitions, failover, rolling);

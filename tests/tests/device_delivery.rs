@@ -9,7 +9,7 @@
 
 use crate::support;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use impush_server::ImServer;
 use serde_json::{json, Value};
@@ -142,6 +142,40 @@ async fn a_link_named_as_replaced_hands_back_what_it_held_first() {
         );
         let _ok = Client::connect_url(&plain).await;
     }
+    server.shutdown().await.unwrap();
+}
+
+/// A reconnect can name a link the node is still connecting (its client gave up on it at
+/// once): that link is closed too (4009), not left open to take live messages it never
+/// writes. Here `tab-1` is slow to hand back what it held (its presence store answers a
+/// disconnect in a second), so `tab-2`, which replaces it, is still connecting when `tab-3`
+/// names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_replaced_while_still_connecting_is_closed_too() {
+    let mut c = support::config();
+    c.offline.enabled = true;
+    let presence = support::SlowPresence::new(Duration::ZERO, Duration::from_secs(1));
+    let server = ImServer::start_with(
+        c,
+        Arc::new(impush_core::MemoryBroker::default()),
+        Arc::new(presence),
+    )
+    .await
+    .unwrap();
+    let h = server.helper();
+    let url = |query: &str| {
+        let info = h.prepare_connect(&id("alice"), Value::Null).unwrap();
+        format!("{}&{query}", info.url)
+    };
+    let mut first = Client::connect_url(&url("link=tab-1")).await;
+    eventually(|| async { server.metrics().open_connections() == 1 }).await;
+    let mut second = Client::connect_url(&url("link=tab-2&replaces=tab-1")).await;
+    let mut third = Client::connect_url(&url("link=tab-3&replaces=tab-2")).await;
+    assert_eq!(first.close_code().await, 4009, "tab-1");
+    assert_eq!(second.close_code().await, 4009, "tab-2");
+    eventually(|| async { server.metrics().open_connections() == 1 }).await;
+    let sent = send_to_alice(&server, [json!("after")]).await;
+    assert_eq!(third.next_json().await["id"], sent[0].as_str());
     server.shutdown().await.unwrap();
 }
 

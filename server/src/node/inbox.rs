@@ -144,8 +144,7 @@ impl Node {
             .fetch_add(pushed, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Queues `session`'s stored messages before it is visible to live deliveries, so they
-    /// come first.
+    /// Queues `session`'s stored messages ahead of the live ones held while it attaches.
     pub(super) async fn drain_into(&self, session: &SessionHandle) {
         let mut pushed = 0u64;
         for (frame, stored) in self.inbox_frames(&session.client).await {

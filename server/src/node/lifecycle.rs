@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 use super::{
     catch_up::Since,
     history::{ResumeRequest, Unreadable},
+    supersede::Listed,
     Node,
 };
 use crate::{
     metrics::Metrics,
-    session::{self, Ackable, Context, End, Links, SessionHandle, Socket},
+    session::{self, Ackable, Context, End, LinkId, Links, SessionHandle, Socket},
     settle::FrameToken,
 };
 
@@ -40,14 +41,20 @@ pub(crate) struct Accepted {
     pub(crate) requested: Instant,
 }
 
+/// An accepted connect request whose socket is being upgraded: its session exists and, when
+/// named, can be replaced by name from now on (`supersede`), before the client has its 101.
+#[derive(Debug)]
+pub(crate) struct Arrival {
+    handle: Arc<SessionHandle>,
+    resume: Option<Result<ResumeRequest, Unreadable>>,
+    replaces: Option<LinkId>,
+    requested: Instant,
+    _listed: Option<Listed>,
+}
+
 impl Node {
-    /// Runs one accepted WebSocket until it closes.
-    pub(crate) async fn serve_connection(
-        self: Arc<Self>,
-        socket: Socket,
-        accepted: Accepted,
-        shutdown: CancellationToken,
-    ) {
+    /// Makes the session of an accepted connect request, before its upgrade is answered.
+    pub(crate) fn arrive(self: &Arc<Self>, accepted: Accepted) -> Arrival {
         let Accepted {
             client,
             metadata,
@@ -65,9 +72,32 @@ impl Node {
             )
             .linked(links.this),
         );
+        Arrival {
+            _listed: self.list_arriving(&handle),
+            handle,
+            resume,
+            replaces: links.replaces,
+            requested,
+        }
+    }
+
+    /// Runs one accepted WebSocket until it closes.
+    pub(crate) async fn serve_connection(
+        self: Arc<Self>,
+        socket: Socket,
+        arrival: Arrival,
+        shutdown: CancellationToken,
+    ) {
+        let Arrival {
+            handle,
+            resume,
+            replaces,
+            requested,
+            _listed: listed,
+        } = arrival;
         // The link this one replaces hands back what it held before the inbox is read.
-        if let Some(old) = links.replaces {
-            self.supersede(&handle.client, old).await;
+        if let Some(old) = replaces {
+            self.supersede(&handle, old).await;
         }
         if let Some(Ok(r)) = &resume {
             handle.mute(r.streams.iter().map(|(k, _)| k.clone()).collect());
@@ -75,6 +105,7 @@ impl Node {
         // Boxed: attach and detach are large futures needed once, and the task keeps the space
         // of its largest state for its whole life.
         Box::pin(self.attach(&handle, resume, requested)).await;
+        drop(listed);
         // Shutdown closes every session in the index; one attached just after that sweep sees
         // the token instead (the sweep runs after the token is cancelled).
         if shutdown.is_cancelled() {
@@ -102,8 +133,8 @@ impl Node {
         });
     }
 
-    /// Registers a new connection: stored messages queued first, then the local index (live
-    /// messages from here on), presence, channels, online event. Connect time (from
+    /// Registers a new connection: the local index (live messages from here on, held with an
+    /// inbox), stored messages queued ahead of them, presence, channels, online event. Connect time (from
     /// `requested`) is observed once it is attached; observing it here, inside the boxed
     /// future, keeps the start time out of the session task that lives as long as the socket.
     async fn attach(
@@ -114,18 +145,24 @@ impl Node {
     ) {
         let client = &handle.client;
         let _guard = self.client_lock(client).lock().await;
+        // With an inbox, live messages arriving while this attaches are held until the inbox
+        // was read at the end (they would overtake messages on their way into it). Held, not
+        // kept: the socket is in the index before the inbox is read, so no write for this
+        // client starts after the wait below, and the inbox it reads holds everything older.
+        // (Read before the socket was in the index, a message kept meanwhile could land
+        // before an older one still being written: `30 32`, then `31` from the later read.)
         if self.offline.is_some() {
-            // Live messages arriving while this attaches wait until the inbox was read at the
-            // end (they would overtake messages on their way into it).
             handle.hold();
-            self.wait_for_inbox_writes(client).await;
-            self.drain_into(handle).await;
         }
         let (first, excess) = self
             .registry
             .add(handle, self.limits.max_connections_per_client);
         for old in excess {
             old.replace();
+        }
+        if self.offline.is_some() {
+            self.wait_for_inbox_writes(client).await;
+            self.drain_into(handle).await;
         }
         self.metrics
             .connections

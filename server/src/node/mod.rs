@@ -112,6 +112,8 @@ pub(crate) struct Node {
     conn_seq: AtomicU64,
     lock_hasher: RandomState,
     client_locks: Box<[AsyncMutex<()>]>,
+    /// Named connections accepted and not attached yet (`supersede`).
+    arriving: supersede::Arriving,
     outcomes: Outcomes,
     /// Ids of point-to-point messages delivered lately (redeliveries, retried sends).
     recent: dedupe::RecentIds,
@@ -195,6 +197,7 @@ impl Node {
             client_locks: (0..CLIENT_LOCK_STRIPES)
                 .map(|_| AsyncMutex::new(()))
                 .collect(),
+            arriving: supersede::Arriving::default(),
             outcomes: Outcomes {
                 settled: settled_tx,
                 reports: reports_tx,

@@ -148,6 +148,11 @@ impl SessionHandle {
         self
     }
 
+    /// Whether its client named this connection.
+    pub(crate) fn has_link(&self) -> bool {
+        self.link.is_some()
+    }
+
     /// Whether its client named this connection `link`.
     pub(crate) fn is_link(&self, link: LinkId) -> bool {
         self.link == Some(link)

@@ -30,7 +30,6 @@ pub struct Backend {
     pub(super) helper_backends: fn() -> Backends,
     pub(super) cleanup: Option<Cleanup>,
     pub(super) refusal_within: Duration,
-    pub(super) order_counted_only: bool,
 }
 
 impl Backend {
@@ -61,7 +60,6 @@ impl Backend {
             helper_backends: Backends::with_defaults,
             cleanup: None,
             refusal_within: Duration::from_secs(4),
-            order_counted_only: false,
         }
     }
 
@@ -117,22 +115,6 @@ impl Backend {
     pub fn refusal_within(mut self, within: Duration) -> Self {
         self.refusal_within = within;
         self
-    }
-
-    /// The loss probe with links reset and frozen counts and prints order per sender instead of
-    /// checking it (loss and duplicates are checked all the same): for a backbone where the
-    /// probe still sees stored messages arrive after newer live ones. Kafka and RabbitMQ, each
-    /// node's inbox in its own file: in about one run of three a receiver's third connection got
-    /// `22 23 24` stored after `25 26 27` live, its second connection having got nothing; the
-    /// cause is not found yet (`docs/design.md` section 15, "Order per sender").
-    pub fn order_counted_only(mut self) -> Self {
-        self.order_counted_only = true;
-        self
-    }
-
-    /// Whether the loss probe checks order per sender (see [`Backend::order_counted_only`]).
-    pub fn checks_order(&self) -> bool {
-        !self.order_counted_only
     }
 
     /// The name given to [`Backend::new`].

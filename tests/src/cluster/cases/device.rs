@@ -57,17 +57,16 @@ async fn loss_probe(backend: &Backend, kill: bool) {
     chaos.await.expect("chaos task");
 
     // Order per sender is checked with links reset and frozen (a client back before its node
-    // saw its old link die names it, and gets what it held first), except on a backbone that
-    // counts it only (`Backend::order_counted_only`). Across a node crash, what waited in the
-    // dead node's inbox arrives after newer messages sent to the client's next node meanwhile
-    // (`docs/design.md` section 15): there order is counted and printed. Loss and duplicates
-    // are checked everywhere.
+    // saw its old link die names it, and gets what it held first). Across a node crash, what
+    // waited in the dead node's inbox arrives after newer messages sent to the client's next
+    // node meanwhile (`docs/design.md` section 15): there order is counted and printed. Loss
+    // and duplicates are checked everywhere.
     let label = format!(
         "{}{}",
         backend.name(),
         if kill { ", node killed" } else { "" }
     );
-    let ordered = !kill && backend.checks_order();
+    let ordered = !kill;
     loss::check_every_receiver(&probes, &sent, ordered, &label).await;
 }
 
