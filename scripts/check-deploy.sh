@@ -3,6 +3,7 @@
 # (deploy/README.md says what that leaves unchecked):
 #
 #   scripts/check-deploy.sh [path/to/impush]     # default: target/debug/impush, built if missing
+#   scripts/check-deploy.sh --install            # only install what the checks need, then exit
 #
 # - deploy/Dockerfile read stage by stage: a builder running `cargo build --locked --release`, a
 #   slim runtime stage copying the binary alone, a numeric non-root USER, ENTRYPOINT, EXPOSE and
@@ -44,7 +45,7 @@ if ! cmp -s "$req" "$venv/.requirements" 2>/dev/null; then
   rm -rf "$venv"
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     # Debian splits venv support out of python3.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -o DPkg::Lock::Timeout=300 -y -q python3-venv >/dev/null
     python3 -m venv "$venv"
   fi
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
@@ -53,7 +54,10 @@ fi
 
 if ! command -v systemd-analyze >/dev/null; then
   echo "check-deploy: installing systemd (for systemd-analyze)" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends systemd >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -o DPkg::Lock::Timeout=300 -y -q --no-install-recommends systemd >/dev/null
+fi
+if [ "${1:-}" = --install ]; then
+  exit 0
 fi
 
 bin=${1:-${IMPUSH_BIN:-}}

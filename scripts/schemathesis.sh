@@ -26,7 +26,7 @@ if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "version $want\$";
   echo "schemathesis: installing $want into $venv" >&2
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     # Debian splits venv support out of python3.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -o DPkg::Lock::Timeout=300 -y -q python3-venv >/dev/null
     python3 -m venv "$venv"
   fi
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"

@@ -50,6 +50,7 @@ class Node:
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen([binary, *spec.args], env=env, stdout=out, stderr=err, cwd=workdir)
         self.addr = ""
+        self.terminated = False
 
     def stderr_tail(self) -> str:
         with open(self.err_path, encoding="utf-8", errors="replace") as f:
@@ -70,9 +71,15 @@ class Node:
             time.sleep(0.05)
         raise CheckFailed(f"node {self.spec.node_id} did not start within {STEP:.0f}s")
 
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
+    def terminate(self) -> None:
+        """Sends SIGTERM once, if the node still runs; `stop` waits for the exit."""
+        if not self.terminated and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            self.terminated = True
+
+    def stop(self) -> int | None:
+        self.terminate()
+        if self.proc.poll() is None:
             try:
                 self.proc.wait(timeout=STEP)
             except subprocess.TimeoutExpired:
@@ -235,6 +242,10 @@ def run_cluster(
                 port = first.addr.rsplit(":", 1)[1]
                 live = subprocess.run([a.replace("6001", port) for a in healthcheck], capture_output=True, timeout=STEP)
                 require(live.returncode == 0, f"HEALTHCHECK exited {live.returncode} against a live node {live.stderr.decode().strip()}")
+            # SIGTERM to every node at once, as a deployment stops them: each drains (waits a third
+            # of a lease for the others to see it go) side by side, not one after another.
+            for node in running:
+                node.terminate()
             for node in running:
                 code = node.stop()
                 require(code == 0, f"node {node.spec.node_id} exited {code} after SIGTERM: {node.stderr_tail()}")

@@ -52,7 +52,7 @@ pub async fn rolling_restart_loses_nothing(backend: &Backend) {
     let spec = Spec::new(3, "2s")
         .with_offline()
         .limits(format!("connect_rate = {CONNECT_RATE}\n"))
-        .moves("drain_period = \"2s\"\nrebalance_period = \"4s\"\nmove_grace = \"1s\"\n");
+        .moves("drain_period = \"2s\"\nrebalance_period = \"3s\"\nmove_grace = \"1s\"\n");
     let mut cluster = Cluster::start(backend, &url, &spec);
     let h = cluster.helper().await;
     let clients: Vec<ClientId> = (0..CLIENTS).map(|k| id(&format!("roll{k}"))).collect();
