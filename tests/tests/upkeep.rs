@@ -55,6 +55,9 @@ struct Faulty {
     /// The next `client_channels` answers partially: nothing, with a node missing (cluster
     /// presence when no keeper of the client's memberships answered).
     partial_channels: AtomicBool,
+    /// Heartbeats fail (the store cannot be reached), counted in `failed_beats`.
+    unreachable: AtomicBool,
+    failed_beats: AtomicU64,
 }
 
 impl Faulty {
@@ -111,6 +114,13 @@ impl PresenceStore for Faulty {
     async fn heartbeat(&self, n: &NodeId, lease: Duration, st: NodeState) -> Result<bool> {
         if self.frozen.load(Ordering::Acquire) {
             return Ok(true);
+        }
+        if self.unreachable.load(Ordering::Acquire) {
+            self.failed_beats.fetch_add(1, Ordering::AcqRel);
+            return Err(impush_core::Error::Unavailable {
+                backend: "memory",
+                source: None,
+            });
         }
         self.heartbeats.fetch_add(1, Ordering::AcqRel);
         self.inner.heartbeat(n, lease, st).await
@@ -253,6 +263,71 @@ async fn a_long_repair_does_not_hold_the_heartbeats_back() {
         "the repair removed alice's connection"
     );
     server.shutdown().await.unwrap();
+}
+
+/// The node cannot reach the store for longer than its lease; meanwhile another node reaps it
+/// (its connection dropped from the store, announced offline), and then a heartbeat it sent
+/// during the outage lands late and registers it again (a link that stalled and delivered
+/// what it held when it healed), so the store "knows" it when its heartbeats get through
+/// again. The node must still take itself for reaped: register its connection again and
+/// announce it online, so queries and events say online, as the socket is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaped_while_cut_off_registers_again_though_a_late_heartbeat_hid_the_reap() {
+    let presence = Arc::new(Faulty::default());
+    let server = start_over(&presence).await;
+    let h = server.helper();
+    let mut events = h.events().await.unwrap();
+    let _alice = Client::connect(&h, "alice", 1).await;
+    eventually(|| async { h.is_online(&id("alice")).await.unwrap().value }).await;
+
+    presence.unreachable.store(true, Ordering::Release);
+    // Another node's reap, once the lease has run out: alice's connection leaves the store.
+    let reaped = async {
+        loop {
+            let dropped = presence.inner.reap_expired(false).await.unwrap();
+            if dropped.iter().any(|d| d.client == id("alice")) {
+                return;
+            }
+            tokio::time::sleep(LEASE / 10).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), reaped)
+        .await
+        .expect("the node's lease runs out while it cannot heartbeat");
+    assert!(!h.is_online(&id("alice")).await.unwrap().value);
+    // The late heartbeat: the store knows the node again, without its connection.
+    let node: NodeId = "n1".parse().unwrap();
+    presence
+        .inner
+        .heartbeat(&node, LEASE, NodeState::Live)
+        .await
+        .unwrap();
+    assert!(presence.failed_beats.load(Ordering::Acquire) > 0);
+    presence.unreachable.store(false, Ordering::Release);
+
+    eventually(|| async { h.is_online(&id("alice")).await.unwrap().value }).await;
+    // The first online event was alice's connect; the one after it, the re-announcement.
+    online_event(&mut events, "alice").await;
+    online_event(&mut events, "alice").await;
+    server.shutdown().await.unwrap();
+}
+
+/// The next online event of `client` (up to 5 s).
+async fn online_event<S>(events: &mut S, client: &str) -> Event
+where
+    S: futures_util::Stream<Item = Result<Event>> + Unpin,
+{
+    let next = async {
+        loop {
+            let ev = events.next().await.unwrap().unwrap();
+            if matches!(&ev, Event::Online { client: c, .. } if *c == id(client)) {
+                return ev;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .expect("an online event")
 }
 
 /// A connection whose channel memberships came back partially (no keeper answered) is not

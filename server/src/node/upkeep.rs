@@ -4,8 +4,10 @@
 //! Every `lease / 3` the node renews its lease, on time whatever else is under way: the repairs
 //! below run beside the heartbeats, one at a time. Then:
 //! - if the store no longer knows this node (it was reaped while alive, e.g. after a long
-//!   stall, or the store lost its data), the node registers its connections and memberships
-//!   again in one `sync_node` and re-announces them online, so events and queries agree again;
+//!   stall, or the store lost its data), or may have reaped it (no heartbeat succeeded for a
+//!   whole lease), the node registers its connections and memberships again in one
+//!   `sync_node` and re-announces online the ones the store had dropped, so events and
+//!   queries agree again;
 //! - else, if a connect/disconnect write failed since the last round, `sync_node` replaces the
 //!   store's view of this node with the local truth (no ghost, nobody missing);
 //! - channel memberships that could not be loaded at connect are loaded again;
@@ -44,6 +46,9 @@ impl Node {
         // again), so kept until a repair takes it.
         let mut forgotten = false;
         let mut last_beat: Option<Instant> = None;
+        // When the last heartbeat that succeeded began: the lease it renewed ran out a lease
+        // later at the earliest.
+        let mut renewed: Option<Instant> = None;
         loop {
             while announcing.try_join_next().is_some() {}
             while repairing.try_join_next().is_some() {}
@@ -69,6 +74,19 @@ impl Node {
                         );
                         forgotten = true;
                     }
+                    // A whole lease without a heartbeat: another node may have reaped this
+                    // one (and announced its connections offline) even though the store knows
+                    // it now. A heartbeat sent during the outage can land late, after the
+                    // reap (a link that stalled and then delivered what it held), and
+                    // register this node again; "known" then hides the reap. The sync adds
+                    // back, and announces online, only the connections the store lacks.
+                    if renewed.is_some_and(|t| t.elapsed() > lease) && !forgotten {
+                        tracing::warn!(
+                            "no heartbeat for a whole lease; registering this node's connections again"
+                        );
+                        forgotten = true;
+                    }
+                    renewed = Some(beat);
                     if repairing.is_empty() && (forgotten || self.needs_repair()) {
                         let node = self.clone();
                         let forgotten = std::mem::take(&mut forgotten);
