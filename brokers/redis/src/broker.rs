@@ -164,13 +164,7 @@ impl Broker for RedisBroker {
                     group.clone(),
                     ack_rx,
                 ));
-                Cursor::Group(Member {
-                    group,
-                    consumer: uuid::Uuid::new_v4().simple().to_string(),
-                    acks,
-                    claim_idle: self.cfg.claim_idle,
-                    next_sweep: tokio::time::Instant::now(),
-                })
+                Cursor::Group(Member::new(group, acks, self.cfg.claim_idle))
             }
         };
         let (tx, rx) = mpsc::channel(BATCH as usize * 4);

@@ -6,16 +6,22 @@
 //! `XADD` in flight), so the entry is acked once all its payloads are ([`EntryAcks`]). Acks go
 //! to a task per subscription that sends one `XACK` per batch, off the subscriber's path.
 //!
+//! A read whose answer never arrived (the connection timed out or broke with the reply on its
+//! way) leaves entries pending under the reader's own consumer name, which no sweep of its
+//! own claims and no other member claims while it stays active: after a failed read the reader
+//! reads its own pending entries again (`XREADGROUP` from id 0), skipping those its subscriber
+//! still holds ([`InFlight`]).
+//!
 //! A member that dies leaves its entries pending under its consumer name. Every member sweeps
 //! the group now and then ([`claim_orphans`]): entries pending on *another* consumer for longer
 //! than `claim_idle` are claimed (`XCLAIM`) and delivered again; consumers with nothing pending
 //! that stayed idle for long are deleted, so restarts do not grow the group without bound.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
     time::Duration,
 };
@@ -37,24 +43,36 @@ const ACK_BATCH: usize = 512;
 /// entries are then delivered again after a restart: at-least-once still holds).
 const MAX_UNSENT_ACKS: usize = 100_000;
 
+/// The entries a consumer has handed to its subscriber and not seen acked yet: what a re-read
+/// of the consumer's own pending entries must not deliver a second time.
+pub(crate) type InFlight = Arc<Mutex<HashSet<String>>>;
+
 /// The payloads of one stream entry still to be acked.
 #[derive(Debug)]
 pub(crate) struct EntryAcks {
     remaining: AtomicUsize,
     id: String,
     acks: mpsc::UnboundedSender<String>,
+    in_flight: InFlight,
 }
 
 impl EntryAcks {
+    /// Counts `payloads` acks for entry `id`, which is in flight until the last.
     pub(crate) fn new(
         id: String,
         payloads: usize,
         acks: mpsc::UnboundedSender<String>,
+        in_flight: &InFlight,
     ) -> Arc<Self> {
+        in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone());
         Arc::new(Self {
             remaining: AtomicUsize::new(payloads),
             id,
             acks,
+            in_flight: in_flight.clone(),
         })
     }
 }
@@ -65,6 +83,11 @@ pub(crate) struct PayloadAck(pub(crate) Arc<EntryAcks>);
 impl Acknowledge for PayloadAck {
     fn ack(self: Box<Self>) {
         if self.0.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.0.id);
             // The task is gone only when the subscription is: the entry stays pending and is
             // claimed by the next member, which is what an unacked delivery means.
             let _ = self.0.acks.send(self.0.id.clone());

@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, PoisonError,
     },
     time::Duration,
 };
@@ -132,13 +132,39 @@ fn id_key(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-/// A consumer of a group: its name, where its acks go, and when it last swept for orphans.
+/// A consumer of a group: its name, where its acks go, when it last swept for orphans, and
+/// whether it is reading its own pending entries again.
 pub(crate) struct Member {
     pub(crate) group: String,
     pub(crate) consumer: String,
     pub(crate) acks: mpsc::UnboundedSender<String>,
     pub(crate) claim_idle: Duration,
     pub(crate) next_sweep: Instant,
+    /// What the subscriber holds and has not acked.
+    pub(crate) in_flight: group::InFlight,
+    /// After a failed read: the id after which its own pending entries are read next (the
+    /// reply of the failed read may have carried entries that are now pending on this
+    /// consumer and were never delivered).
+    pub(crate) own_pending: Option<String>,
+}
+
+impl Member {
+    /// A new member of `group` (a consumer name of its own).
+    pub(crate) fn new(
+        group: String,
+        acks: mpsc::UnboundedSender<String>,
+        claim_idle: Duration,
+    ) -> Self {
+        Self {
+            group,
+            consumer: uuid::Uuid::new_v4().simple().to_string(),
+            acks,
+            claim_idle,
+            next_sweep: Instant::now(),
+            in_flight: group::InFlight::default(),
+            own_pending: None,
+        }
+    }
 }
 
 pub(crate) async fn ensure_group(
@@ -169,6 +195,9 @@ async fn read(
                 .await?
         }
         Cursor::Group(m) => {
+            if let Some(after) = m.own_pending.take() {
+                return own_pending(reader, topic, m, &after).await;
+            }
             if Instant::now() >= m.next_sweep {
                 m.next_sweep = Instant::now() + m.claim_idle / 2;
                 match group::claim_orphans(reader, topic, &m.group, &m.consumer, m.claim_idle).await
@@ -203,6 +232,50 @@ async fn read(
             fred::error::Error::new(fred::error::ErrorKind::Parse, detail)
         }
     })
+}
+
+/// The next batch of `m`'s own pending entries after id `after`, without those its subscriber
+/// holds; `m.own_pending` is set to go on after them, or left empty when none are left.
+async fn own_pending(
+    reader: &Client,
+    topic: &str,
+    m: &mut Member,
+    after: &str,
+) -> Result<Vec<Entry>, fred::error::Error> {
+    let v: Value = reader
+        .xreadgroup(
+            m.group.as_str(),
+            m.consumer.as_str(),
+            Some(BATCH),
+            None,
+            false,
+            topic,
+            after,
+        )
+        .await
+        .inspect_err(|_| m.own_pending = Some(after.to_owned()))?;
+    let entries = match parse_entries(v, topic) {
+        Ok(e) => e,
+        Err(e) => {
+            // Not worth a retry loop: what cannot be read here is claimed by another member
+            // once it idles past `claim_idle`.
+            tracing::warn!(%topic, error = &e as &dyn std::error::Error, "cannot read this consumer's own pending entries");
+            return Ok(Vec::new());
+        }
+    };
+    let Some((last, _)) = entries.last() else {
+        return Ok(entries);
+    };
+    m.own_pending = Some(last.clone());
+    let held = m.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+    let lost: Vec<Entry> = entries
+        .into_iter()
+        .filter(|(id, _)| !held.contains(id))
+        .collect();
+    if !lost.is_empty() {
+        tracing::info!(%topic, group = %m.group, entries = lost.len(), "reading again entries whose read failed");
+    }
+    Ok(lost)
 }
 
 /// The payloads of one entry in publish order (fields are `0`, `1`, ...; others are skipped).
@@ -274,9 +347,12 @@ pub(crate) async fn run_reader(
                             let _ = m.acks.send(id);
                             continue;
                         }
-                        Cursor::Group(m) => {
-                            Some(EntryAcks::new(id, payloads.len(), m.acks.clone()))
-                        }
+                        Cursor::Group(m) => Some(EntryAcks::new(
+                            id,
+                            payloads.len(),
+                            m.acks.clone(),
+                            &m.in_flight,
+                        )),
                     };
                     for payload in payloads {
                         let delivery = match &acks {
@@ -311,8 +387,13 @@ pub(crate) async fn run_reader(
                 }
             }
             Err(e) => {
-                if let Cursor::After(f) = &mut cursor {
-                    f.behind = true; // entries may be trimmed while we cannot read
+                match &mut cursor {
+                    // Entries may be trimmed while we cannot read.
+                    Cursor::After(f) => f.behind = true,
+                    // The failed read may have taken entries whose reply never came.
+                    Cursor::Group(m) => {
+                        m.own_pending.get_or_insert_with(|| "0".to_owned());
+                    }
                 }
                 if !failing {
                     tracing::warn!(%topic, error = &e as &dyn std::error::Error, "redis subscription read failed; retrying");
