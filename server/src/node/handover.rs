@@ -23,7 +23,14 @@ impl Node {
     /// Starts a handover round unless one is running or the store is shared.
     pub(super) fn hand_over_inboxes(self: &Arc<Self>) {
         let Some(inbox) = &self.offline else { return };
-        if inbox.store.is_shared() || self.handing_over.swap(true, Ordering::AcqRel) {
+        // Not while the view is settling: a node just back may still have its inbox read by
+        // the node that took it over while it was away, which sends what it reads to the owner
+        // *it* sees, possibly this node again, whose duplicate check then drops a message it
+        // has already handed over (lost, seen over NATS in the API node partition case).
+        if inbox.store.is_shared()
+            || self.view_changed_lately()
+            || self.handing_over.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let node = self.clone();

@@ -30,11 +30,17 @@ impl Node {
         self.cluster.set_status(&self.id, NodeStatus::of(state));
     }
 
+    /// Whether the live view changed within the last two leases: other nodes, helpers and a
+    /// dead node's heir may not have caught up yet.
+    pub(super) fn view_changed_lately(&self) -> bool {
+        let changed = *self.view_changed.lock().unwrap_or_else(|e| e.into_inner());
+        changed.elapsed() < self.lease * 2
+    }
+
     /// Whether client ownership may be moving: a node is not live, or the view changed within
     /// the last two leases (other nodes and helpers may not have caught up).
     pub(crate) fn ownership_unsettled(&self) -> bool {
-        let changed = *self.view_changed.lock().unwrap_or_else(|e| e.into_inner());
-        changed.elapsed() < self.lease * 2
+        self.view_changed_lately()
             || self
                 .cluster
                 .statuses()
