@@ -372,6 +372,22 @@ impl Inner {
         Ok(ReceiverStream::new(rx).boxed())
     }
 
+    /// A request the server itself answers (`$JS.API.INFO`), within `request_timeout`: the
+    /// client's own state says "connected" for as long as its pings have not timed out, and a
+    /// flush only hands bytes to the kernel, so over a link that silently stopped carrying
+    /// anything (a partition, a stalled path) both look healthy; an answer does not.
+    async fn round_trip(&self, op: &str) -> Result<()> {
+        if self.client.connection_state() != State::Connected {
+            return Err(Error::op(&self.addr, op, true, "not connected (reconnecting)").into());
+        }
+        let request = self.client.request("$JS.API.INFO", Bytes::new());
+        match tokio::time::timeout(self.cfg.request_timeout, request).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::op(&self.addr, op, true, e).into()),
+            Err(_) => Err(Error::timeout(&self.addr, op, self.cfg.request_timeout).into()),
+        }
+    }
+
     async fn flush(&self, op: &str) -> Result<()> {
         if self.client.connection_state() != State::Connected {
             return Err(Error::op(&self.addr, op, true, "not connected (reconnecting)").into());
@@ -440,7 +456,7 @@ impl Broker for NatsBroker {
 
     async fn ping(&self) -> Result<()> {
         self.inner.check_open()?;
-        self.inner.flush("ping").await
+        self.inner.round_trip("ping").await
     }
 
     async fn shutdown(&self) -> Result<()> {
