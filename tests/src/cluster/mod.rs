@@ -32,9 +32,10 @@
 //! - `failover`: 1,500 clients of a killed node reconnect elsewhere and come home;
 //! - `rolling`: a rolling restart of every node under traffic (its gap bound is timing: a
 //!   backbone opts in once it holds there on the CI machine);
-//! - `partitions`: a node whose broker writes are lost, then healed
-//!   (needs the `broker_proxy` setup: a node's broker link through the proxy, and a broker
-//!   client whose readiness check sees a blackholed link);
+//! - `partitions`: a node cut from the broker for two leases (both ways, or only its writes
+//!   lost), then healed, and the node whose API takes the sends cut the same way (needs the
+//!   `broker_proxy` setup: a node's broker link through the proxy, and a broker client whose
+//!   readiness check asks the broker for an answer, so it sees a link that stopped carrying);
 //! - `broker_proxy`: a node's broker link through a [`FaultProxy`](crate::proxy::FaultProxy),
 //!   for brokers whose clients use the address in the URL (not Kafka's, whose brokers
 //!   advertise their own).
@@ -115,6 +116,8 @@ macro_rules! __cluster_group {
     (partitions $backend:path) => {
         $crate::__cluster_cases!($backend;
             node_whose_broker_writes_are_lost_then_healed,
+            node_cut_from_the_broker_then_healed,
+            api_node_cut_from_the_broker_answers_503_and_retries_complete,
         );
     };
     (failover $backend:path) => {

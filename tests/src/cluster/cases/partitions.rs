@@ -13,7 +13,7 @@
 //!
 //! Kafka's clients connect where the brokers advertise themselves, not to the address in the
 //! URL, so a node's broker link cannot be put behind a proxy there: the broker cases are in
-//! the `broker_proxy` group, which Kafka's suite leaves out. The frozen client link runs on
+//! the `partitions` group, which Kafka's suite leaves out. The frozen client link runs on
 //! every backbone.
 
 #![allow(clippy::unwrap_used)] // a case is a test body: a failed step fails the test
@@ -64,9 +64,11 @@ enum Cut {
 /// channel delivery reaches node 2 again, and every message the API accepted reaches every
 /// receiver.
 ///
-/// Not in a group yet: about half its runs end with the events saying two of node 2's kept
-/// clients are offline after the heal while the queries (rightly) say online: the reaper's
-/// offline announcements for those connections can come after node 2 announced them again.
+/// What it found: a heartbeat node 2 sent during the cut landed after the heal and registered
+/// it again, so node 2 never took itself for reaped and its kept clients stayed offline in
+/// the events (the node now re-registers after any whole lease without a heartbeat); and an
+/// inbox entry whose read timed out in the cut stayed pending on node 2's own Redis consumer,
+/// where nothing claims it (the reader now reads its own pending entries after a failed read).
 pub async fn node_cut_from_the_broker_then_healed(backend: &Backend) {
     node_partition(backend, Cut::BothWays).await;
 }
@@ -238,8 +240,10 @@ async fn node_partition(backend: &Backend, cut: Cut) {
 /// its key and answered 200 with the id the key names, and then every receiver has every
 /// message exactly once: each accepted or retried id, no frame repeated.
 ///
-/// Not in a group yet: in some loaded runs a few accepted messages never reach a receiver
-/// (Redis and RabbitMQ, about one run in three of the full suite).
+/// What it found over NATS (a store per node): a node handed a client's inbox back to node 1
+/// as soon as it saw node 1 live, while the node that had taken node 1's inbox over still
+/// read it and sent the messages back to the first node, whose duplicate check dropped them.
+/// Handing over now waits until the view has been settled for two leases.
 pub async fn api_node_cut_from_the_broker_answers_503_and_retries_complete(backend: &Backend) {
     let Some(url) = backend.shared_url() else {
         return;
