@@ -291,23 +291,64 @@ impl Cluster {
     }
 }
 
-/// Keeps `cluster`'s live view current from `presence` every `every`, until dropped (a
-/// helper's task; a node does this in its own upkeep). Errors keep the last view: a store
-/// that cannot be read is no evidence that any node died.
+/// Keeps `cluster`'s live view current from `presence`, reading it every third of `lease`,
+/// until dropped (a helper's task; a node does this in its own upkeep). Errors keep the last
+/// view: a store that cannot be read is no evidence that any node died. Nor is the first
+/// lease of reads after such an outage: a store that was stalled or cut off for everyone
+/// lists every lease as expired until the nodes have renewed theirs, so until a whole lease
+/// of reads has succeeded this reader learns who is back but declares nobody dead, as a node
+/// does ([`Judge`]).
 pub async fn follow_live_nodes(
     cluster: Cluster,
     presence: Arc<dyn PresenceStore>,
-    every: Duration,
+    lease: Duration,
 ) {
+    let mut judge = Judge::new(lease);
     loop {
         match presence.live_nodes().await {
-            Ok(leases) => cluster.apply_leases(&leases, None),
-            Err(e) => tracing::debug!(
-                error = &e as &dyn std::error::Error,
-                "cannot read live nodes; keeping the last view"
-            ),
+            Ok(leases) => {
+                if judge.read_succeeded(std::time::Instant::now()) {
+                    cluster.apply_leases(&leases, None);
+                } else {
+                    cluster.apply_leases_without_deaths(&leases, None);
+                }
+            }
+            Err(e) => {
+                judge.read_failed();
+                tracing::debug!(
+                    error = &e as &dyn std::error::Error,
+                    "cannot read live nodes; keeping the last view"
+                )
+            }
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(lease / 3).await;
+    }
+}
+
+/// When a reader of the live view may declare nodes dead: after a whole lease of successful
+/// reads since it started or since its last failed one.
+#[derive(Debug)]
+struct Judge {
+    lease: Duration,
+    healthy_since: Option<std::time::Instant>,
+}
+
+impl Judge {
+    fn new(lease: Duration) -> Self {
+        Self {
+            lease,
+            healthy_since: None,
+        }
+    }
+
+    /// A read succeeded at `now`: whether deaths it shows may be believed.
+    fn read_succeeded(&mut self, now: std::time::Instant) -> bool {
+        let since = *self.healthy_since.get_or_insert(now);
+        now.duration_since(since) >= self.lease
+    }
+
+    fn read_failed(&mut self) {
+        self.healthy_since = None;
     }
 }
 
@@ -316,6 +357,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn deaths_are_believed_after_a_whole_lease_of_good_reads() {
+        let lease = Duration::from_secs(3);
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut judge = Judge::new(lease);
+        // At start-up, as after an outage, every lease may look expired.
+        assert!(!judge.read_succeeded(at(0)));
+        assert!(!judge.read_succeeded(at(2_999)));
+        assert!(judge.read_succeeded(at(3_000)));
+        // A failed read starts the wait again.
+        judge.read_failed();
+        assert!(!judge.read_succeeded(at(4_000)));
+        assert!(!judge.read_succeeded(at(6_999)));
+        assert!(judge.read_succeeded(at(7_000)));
+    }
 
     fn cluster(n: usize, kind: PartitionerKind) -> Cluster {
         let nodes = (1..=n)

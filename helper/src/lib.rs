@@ -144,7 +144,7 @@ impl HelperBuilder {
         let follow = tokio::spawn(impush_core::follow_live_nodes(
             cluster.clone(),
             presence.clone(),
-            config.cluster.node_lease / 3,
+            config.cluster.node_lease,
         ));
         let mut helper = ImHelper::new(HelperParts {
             cluster,
