@@ -453,3 +453,51 @@ async fn a_message_routed_by_a_lagging_view_is_sent_on_to_its_owner() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A message another node already sent on (`forwarded`) goes no further: n1 holds no socket of
+/// its receiver and sees n2 owning it, as in the case above, but a second hop could bounce a
+/// message between two nodes whose views disagree. It ends at n1 (the sender hears `offline`)
+/// and the receiver, connected at n2, does not get it; n1 forwards nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_on_once_is_not_sent_on_again() {
+    use impush_core::envelope::{self, Deliver, NodeCommand};
+    let nodes = support::start_cluster(2, |_| {}).await;
+    let h = nodes[0].helper();
+    let home = |node: &str| {
+        (0..)
+            .map(|k| format!("c{k}"))
+            .find(|c| h.cluster().home(&id(c)).id.as_str() == node)
+            .unwrap()
+    };
+    let (s, b) = (home("n1"), home("n2"));
+    let mut sender = Client::connect(&h, &s, 1).await;
+    let mut receiver = Client::connect(&h, &b, 1).await;
+    let message = impush_core::MessageId::generate();
+    let cmd = NodeCommand::Deliver(Deliver {
+        id: message.clone(),
+        from: id(&s),
+        to: vec![id(&b)],
+        data: serde_json::value::RawValue::from_string("\"second hop\"".into()).unwrap(),
+        ts: envelope::now_ms(),
+        receipt: true,
+        forwarded: true,
+    });
+    let inbox = impush_core::Topics::new("impush").inbox(&"n1".parse().unwrap());
+    h.broker()
+        .publish(&inbox, envelope::encode("command", &cmd).unwrap())
+        .await
+        .unwrap();
+    let receipt = sender.next_json().await;
+    assert_eq!(receipt["type"], "receipt", "{receipt}");
+    assert_eq!(receipt["id"], message.to_string(), "{receipt}");
+    assert_eq!(receipt["status"], "offline", "{receipt}");
+    receiver.expect_silence(Duration::from_millis(300)).await;
+    let text = support::scrape(&nodes[0]).await;
+    assert!(
+        text.contains("impush_messages_forwarded_total{node=\"n1\"} 0"),
+        "{text}"
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -257,8 +257,8 @@ async fn own_pending(
     let entries = match parse_entries(v, topic) {
         Ok(e) => e,
         Err(e) => {
-            // Not worth a retry loop: what cannot be read here is claimed by another member
-            // once it idles past `claim_idle`.
+            // A reply that cannot be parsed would not parse on a retry either: the entries
+            // stay pending, for another member of the group to claim past `claim_idle`.
             tracing::warn!(%topic, error = &e as &dyn std::error::Error, "cannot read this consumer's own pending entries");
             return Ok(Vec::new());
         }
