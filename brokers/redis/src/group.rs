@@ -43,8 +43,10 @@ const ACK_BATCH: usize = 512;
 /// entries are then delivered again after a restart: at-least-once still holds).
 const MAX_UNSENT_ACKS: usize = 100_000;
 
-/// The entries a consumer has handed to its subscriber and not seen acked yet: what a re-read
-/// of the consumer's own pending entries must not deliver a second time.
+/// The entries a consumer has handed to its subscriber that the subscriber still holds (an
+/// entry leaves when its last delivery is acked or dropped): what a re-read of the consumer's
+/// own pending entries must not deliver a second time. One the subscriber let go unacked is
+/// pending and not held: a re-read delivers it again.
 pub(crate) type InFlight = Arc<Mutex<HashSet<String>>>;
 
 /// The payloads of one stream entry still to be acked.
@@ -57,7 +59,8 @@ pub(crate) struct EntryAcks {
 }
 
 impl EntryAcks {
-    /// Counts `payloads` acks for entry `id`, which is in flight until the last.
+    /// Counts `payloads` acks for entry `id`, which is in flight until its deliveries are
+    /// gone (acked, or dropped unacked).
     pub(crate) fn new(
         id: String,
         payloads: usize,
@@ -77,17 +80,21 @@ impl EntryAcks {
     }
 }
 
+impl Drop for EntryAcks {
+    fn drop(&mut self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
 /// Acks one payload of an entry; the last one acks the entry.
 pub(crate) struct PayloadAck(pub(crate) Arc<EntryAcks>);
 
 impl Acknowledge for PayloadAck {
     fn ack(self: Box<Self>) {
         if self.0.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&self.0.id);
             // The task is gone only when the subscription is: the entry stays pending and is
             // claimed by the next member, which is what an unacked delivery means.
             let _ = self.0.acks.send(self.0.id.clone());

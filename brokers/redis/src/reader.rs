@@ -213,17 +213,7 @@ async fn read(
                     }
                 }
             }
-            reader
-                .xreadgroup(
-                    m.group.as_str(),
-                    m.consumer.as_str(),
-                    Some(BATCH),
-                    block,
-                    false,
-                    topic,
-                    ">",
-                )
-                .await?
+            read_group(reader, topic, m, block, ">").await?
         }
     };
     parse_entries(v, topic).map_err(|e| match e {
@@ -234,6 +224,28 @@ async fn read(
     })
 }
 
+/// One `XREADGROUP` of `m` from `from` (`>`: entries never delivered; an id: this consumer's
+/// own pending entries after it).
+async fn read_group(
+    reader: &Client,
+    topic: &str,
+    m: &Member,
+    block: Option<u64>,
+    from: &str,
+) -> Result<Value, fred::error::Error> {
+    reader
+        .xreadgroup(
+            m.group.as_str(),
+            m.consumer.as_str(),
+            Some(BATCH),
+            block,
+            false,
+            topic,
+            from,
+        )
+        .await
+}
+
 /// The next batch of `m`'s own pending entries after id `after`, without those its subscriber
 /// holds; `m.own_pending` is set to go on after them, or left empty when none are left.
 async fn own_pending(
@@ -242,16 +254,7 @@ async fn own_pending(
     m: &mut Member,
     after: &str,
 ) -> Result<Vec<Entry>, fred::error::Error> {
-    let v: Value = reader
-        .xreadgroup(
-            m.group.as_str(),
-            m.consumer.as_str(),
-            Some(BATCH),
-            None,
-            false,
-            topic,
-            after,
-        )
+    let v = read_group(reader, topic, m, None, after)
         .await
         .inspect_err(|_| m.own_pending = Some(after.to_owned()))?;
     let entries = match parse_entries(v, topic) {
