@@ -297,13 +297,13 @@ impl Cluster {
 /// lease of reads after such an outage: a store that was stalled or cut off for everyone
 /// lists every lease as expired until the nodes have renewed theirs, so until a whole lease
 /// of reads has succeeded this reader learns who is back but declares nobody dead, as a node
-/// does ([`Judge`]).
+/// does ([`DeathJudge`]).
 pub async fn follow_live_nodes(
     cluster: Cluster,
     presence: Arc<dyn PresenceStore>,
     lease: Duration,
 ) {
-    let mut judge = Judge::new(lease);
+    let mut judge = DeathJudge::new(lease);
     loop {
         match presence.live_nodes().await {
             Ok(leases) => {
@@ -325,16 +325,19 @@ pub async fn follow_live_nodes(
     }
 }
 
-/// When a reader of the live view may declare nodes dead: after a whole lease of successful
-/// reads since it started or since its last failed one.
+/// When a reader of the live view (a helper's [`follow_live_nodes`], a node's upkeep) may
+/// declare nodes dead: after a whole lease of successful reads since it started or since its
+/// last failed one. Until then every lease may look expired (a store that was stalled or cut
+/// off, for everyone or for this reader) without any node having died.
 #[derive(Debug)]
-struct Judge {
+pub struct DeathJudge {
     lease: Duration,
     healthy_since: Option<std::time::Instant>,
 }
 
-impl Judge {
-    fn new(lease: Duration) -> Self {
+impl DeathJudge {
+    /// A judge for nodes renewing leases of `lease`.
+    pub fn new(lease: Duration) -> Self {
         Self {
             lease,
             healthy_since: None,
@@ -342,12 +345,19 @@ impl Judge {
     }
 
     /// A read succeeded at `now`: whether deaths it shows may be believed.
-    fn read_succeeded(&mut self, now: std::time::Instant) -> bool {
-        let since = *self.healthy_since.get_or_insert(now);
-        now.duration_since(since) >= self.lease
+    pub fn read_succeeded(&mut self, now: std::time::Instant) -> bool {
+        self.healthy_since.get_or_insert(now);
+        self.trusted(now)
     }
 
-    fn read_failed(&mut self) {
+    /// Whether, at `now`, reads have succeeded without a failure for a whole lease.
+    pub fn trusted(&self, now: std::time::Instant) -> bool {
+        self.healthy_since
+            .is_some_and(|since| now.duration_since(since) >= self.lease)
+    }
+
+    /// A read failed: the wait starts again with the next success.
+    pub fn read_failed(&mut self) {
         self.healthy_since = None;
     }
 }
@@ -363,7 +373,7 @@ mod tests {
         let lease = Duration::from_secs(3);
         let t0 = std::time::Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut judge = Judge::new(lease);
+        let mut judge = DeathJudge::new(lease);
         // At start-up, as after an outage, every lease may look expired.
         assert!(!judge.read_succeeded(at(0)));
         assert!(!judge.read_succeeded(at(2_999)));

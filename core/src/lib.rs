@@ -41,7 +41,7 @@ pub mod redact;
 pub mod token;
 
 pub use broker::{Acker, Acknowledge, Broker, Delivery, SubscribeMode, Subscription};
-pub use cluster::{follow_live_nodes, Cluster, NodeEntry, NodeStatus};
+pub use cluster::{follow_live_nodes, Cluster, DeathJudge, NodeEntry, NodeStatus};
 pub use envelope::{Event, ReceiptStatus, Topics};
 pub use error::{BoxError, Error, Result, TokenError};
 pub use id::{parse_all, ChannelName, ClientId, ConnectionId, MessageId, NodeId, MAX_ID_BYTES};

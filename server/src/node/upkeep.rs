@@ -31,8 +31,9 @@ impl Node {
     pub(crate) async fn run_upkeep(self: Arc<Self>, lease: Duration, cancel: CancellationToken) {
         let every = lease / 3;
         let mut first = true;
-        // Since when heartbeats have succeeded without interruption.
-        let mut healthy_since: Option<Instant> = None;
+        // Whether heartbeats have succeeded for a whole lease without a failure: only then are
+        // other nodes' expired leases evidence of their death.
+        let mut judge = impush_core::DeathJudge::new(lease);
         // Offline events of reaped connections being published: one publish each, so a big
         // reap takes a while, and the heartbeats must not wait for it (this node's lease would
         // run out, and the others would declare it dead too).
@@ -66,7 +67,7 @@ impl Node {
             last_beat = Some(beat);
             match self.presence.heartbeat(&self.id, lease, self.state()).await {
                 Ok(known) => {
-                    let since = *healthy_since.get_or_insert_with(Instant::now);
+                    let trusted = judge.read_succeeded(Instant::now().into_std());
                     // The very first heartbeat of a run finds no entry: start-up cleared it.
                     if !known && !first {
                         tracing::warn!(
@@ -96,13 +97,13 @@ impl Node {
                     // Like reaping, judging other nodes dead waits for a lease of healthy
                     // heartbeats (after an outage, or at start-up, every other lease may look
                     // expired); who came back is learned at once.
-                    self.refresh_view(since.elapsed() >= lease).await;
+                    self.refresh_view(trusted).await;
                     first = false;
                     // A round that stalled (a starved process, a slow store) may end after
                     // this node's own lease ran out: the store then lists this node among the
                     // expired, and a reap would drop its live connections and announce them
                     // offline. Reap only while the lease just renewed surely still runs.
-                    if since.elapsed() >= lease && beat.elapsed() < lease / 2 {
+                    if judge.trusted(Instant::now().into_std()) && beat.elapsed() < lease / 2 {
                         if let Some(dropped) = self.reap_dead_nodes().await {
                             let node = self.clone();
                             announcing.spawn(async move { node.announce_dropped(dropped).await });
@@ -111,7 +112,7 @@ impl Node {
                 }
                 Err(e) => {
                     self.presence_error("heartbeat", &e);
-                    healthy_since = None;
+                    judge.read_failed();
                 }
             }
             // The next beat is due a third of a lease after this one began, however long the
