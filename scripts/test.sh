@@ -11,10 +11,10 @@
 # Rust tests run under cargo-nextest (each test its own process, several at once:
 # .config/nextest.toml), after one build of every test target, linted by clippy as it compiles;
 # the brokers start in the background meanwhile, and while the tests after the rolling restarts
-# run so do, at the lowest CPU priority, the memory-only build and the npm installs and fuzz
-# build the later steps need. The steps after the Rust tests
-# (schemathesis, the JavaScript client, the browser tests, the deploy files, the example, the
-# fuzz targets) run side by side, each into its own log, printed when it fails.
+# run so do, at the lowest CPU priority, the memory-only build, schemathesis, the fuzz run and
+# the installs the later steps need. The steps after the Rust tests (the doctests, the
+# JavaScript client, the browser tests, the deploy files, the example) run side by side, each
+# into its own log, printed when it fails.
 # Needs a Rust toolchain (rustup), Node >= 20 with npm, and root or sudo for apt: it installs
 # and starts the brokers itself (scripts/brokers.sh up: Redis, RabbitMQ, NATS and a
 # Kafka-protocol broker on loopback) and Chromium, and runs the broker tests strictly: a broker
@@ -40,6 +40,7 @@ brokers_pid=$!
 logs=$(mktemp -d)
 pids=()
 names=()
+starts=()
 # A run that stops early (a lint fails) takes its background jobs with it.
 stop_jobs() {
   local pid
@@ -53,17 +54,23 @@ trap stop_jobs EXIT
 side() {
   local name=$1
   shift
-  ( "$@" ) >"$logs/$name.log" 2>&1 &
+  (
+    rc=0
+    "$@" || rc=$?
+    echo "$SECONDS" >"$logs/$name.end"
+    exit "$rc"
+  ) >"$logs/$name.log" 2>&1 &
   pids+=("$!")
   names+=("$name")
+  starts+=("$SECONDS")
 }
-# Waits for every job started so far, says how each ended, prints the log of each that failed,
-# and forgets them; fails if one did.
+# Waits for every job started so far, says how each ended and how long it took (the longest
+# bounds its step), prints the log of each that failed, and forgets them; fails if one did.
 wait_jobs() {
   local failed=() i
   for i in "${!pids[@]}"; do
     if wait "${pids[$i]}"; then
-      echo "${names[$i]}: ok" >&2
+      echo "${names[$i]}: ok ($(($(cat "$logs/${names[$i]}.end") - starts[i]))s)" >&2
     else
       echo "${names[$i]}: FAILED" >&2
       failed+=("${names[$i]}")
@@ -75,6 +82,7 @@ wait_jobs() {
   done
   pids=()
   names=()
+  starts=()
   [ "${#failed[@]}" -eq 0 ]
 }
 step "cargo fmt --check"
@@ -146,42 +154,42 @@ run_tests -E 'test(rolling_restart)' || rc=$?
 # Work that waits on no test result runs in the background while the other Rust tests run, at
 # the lowest CPU priority (SCHED_IDLE: CPU no test wants): the cluster cases mostly wait on
 # leases, restarts and fault windows, leaving the cores ~40% idle, and the steps after the
-# tests find it done. That is the npm installs, the short fuzz run's build (without
-# optimizations, in fuzz/'s own target dir) and the memory-only build (scripts/
-# check-memory-only.sh: the server with no broker feature depends on no broker client). Not
-# beside the rolling restarts: an optimized fuzz build at nice 19 once overlapped the Redis one
-# in three fresh-clone runs, which then took 66-75 s instead of 34 s and failed its bounds each
-# time.
-step "background: npm installs, the fuzz build, the memory-only build, chromium, the schemathesis and deploy-check venvs"
+# tests find it done. That is the npm installs, the memory-only build (scripts/
+# check-memory-only.sh: the server with no broker feature depends on no broker client), the
+# short fuzz run (built without optimizations, in fuzz/'s own target dir; each target fuzzes
+# for its 15 s on whatever CPU the tests leave, so it runs fewer inputs than on a quiet
+# machine: `scripts/fuzz.sh 600` is the longer run) and schemathesis against a node of its own
+# (it bound the last step: 21 s alone, ~40 s beside the browser tests). Not beside the rolling
+# restarts: an optimized fuzz build at nice 19 once overlapped the Redis one in three
+# fresh-clone runs, which then took 66-75 s instead of 34 s and failed its bounds each time.
+step "background: npm installs, the fuzz run, the memory-only build, chromium, the deploy-check venv and schemathesis"
+bin="$root/target/debug/impush"
 for dir in clients/js examples/chat/e2e tests/admin-e2e; do
   side "npm-${dir//\//-}" chrt -i 0 bash -c "cd $dir && npm ci --no-audit --no-fund --loglevel=error"
 done
-side fuzz-build chrt -i 0 env -u RUSTC_WORKSPACE_WRAPPER scripts/fuzz.sh --dev --build
+# Every fuzz target at once: each still runs its 15 s.
+side fuzz chrt -i 0 env -u RUSTC_WORKSPACE_WRAPPER IMPUSH_FUZZ_JOBS="${IMPUSH_FUZZ_JOBS:-4}" \
+  scripts/fuzz.sh --dev "${IMPUSH_FUZZ_SECONDS:-15}"
 side memory-only chrt -i 0 scripts/check-memory-only.sh
-# What the browser, schemathesis and deploy-check steps install on a machine that lacks it (apt,
-# pip).
+# What the browser and deploy-check steps install on a machine that lacks it (apt, pip).
 side chromium chrt -i 0 scripts/brokers.sh install chromium
 # One job for both venvs: each may need apt (python3-venv, systemd), one apt at a time.
-side python-venvs chrt -i 0 bash -c "scripts/schemathesis.sh --install && scripts/check-deploy.sh --install"
+side python-venvs chrt -i 0 bash -c "scripts/schemathesis.sh --install && scripts/check-deploy.sh --install \
+  && IMPUSH_BIN='$bin' scripts/schemathesis.sh"
 
 step "cargo nextest: every other test (every member, the NATS custom broker example included)"
 run_tests -E 'not test(rolling_restart)' || rc=$?
-step "background jobs (npm installs, fuzz build, memory-only build, chromium, schemathesis and deploy-check venvs)"
+step "background jobs (npm installs, fuzz run, memory-only build, chromium, venvs and schemathesis)"
 wait_jobs || rc=1
 [ "$rc" -eq 0 ] || exit "$rc"
 
 # The rest side by side: each step into its own log; a failing one prints its log.
-bin="$root/target/debug/impush"
 side doctests cargo test -q --workspace --doc
-side schemathesis env IMPUSH_BIN="$bin" scripts/schemathesis.sh
 side js bash -c "cd clients/js && IMPUSH_BIN='$bin' npm test"
 side chat-e2e bash -c "cd examples/chat/e2e && CHAT_BIN='$root/target/debug/chat' npm test"
 side admin-e2e bash -c "cd tests/admin-e2e && IMPUSH_BIN='$bin' npm test"
 side deploy scripts/check-deploy.sh "$bin"
 side example timeout 60 "$root/target/debug/examples/embedded_chat"
-# Every fuzz target at once, below the browser tests' priority: each still runs its 15 s.
-side fuzz env -u RUSTC_WORKSPACE_WRAPPER IMPUSH_FUZZ_JOBS="${IMPUSH_FUZZ_JOBS:-4}" \
-  nice -n 10 scripts/fuzz.sh --dev "${IMPUSH_FUZZ_SECONDS:-15}"
 step "side by side: ${names[*]}"
 wait_jobs || exit 1
 step "done"
