@@ -241,3 +241,62 @@ async fn without_require_ack_a_written_message_leaves_at_once() {
     alice.expect_silence(Duration::from_millis(500)).await;
     server.shutdown().await.unwrap();
 }
+
+/// A socket closes with a message from the inbox it never acked, while its client's newer
+/// connection is on another node and read the (shared) inbox before that message was in it:
+/// the closing node pushes the inbox where the client is now, instead of leaving the message
+/// for the client's next connect. (In the loss probe: a link frozen while its client was
+/// moving between nodes held a message a node had stored and pushed to that link only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_a_closed_socket_held_is_pushed_to_its_clients_connection_elsewhere() {
+    let store = Arc::new(
+        impush_core::MemoryOfflineStore::new(impush_core::InboxLimits::default()).shared_by_nodes(),
+    );
+    // A long lease: a node reads a new connection's shared inbox once more a third of a
+    // lease after it attached (`drain_again_later`), which would deliver the message here
+    // after ~10 s whatever happens to the closing socket; the case is over long before.
+    let nodes = support::start_cluster_sharing_inbox(2, store.clone(), |c| {
+        c.cluster.node_lease = Duration::from_secs(30);
+    })
+    .await;
+    let h = nodes[0].helper();
+    let alice = (0..)
+        .map(|k| format!("alice{k}"))
+        .find(|c| h.cluster().home(&id(c)).id.as_str() == "n2")
+        .unwrap();
+    // Her connection at home, n2, reads an empty inbox.
+    let mut at_home = Client::connect(&h, &alice, 1).await;
+
+    // Then a message goes into her inbox, by a path that tells no node (as a node pushing
+    // it to a socket of hers it holds itself does), and a connection of hers on n1 gets it.
+    let message = impush_core::StoredMessage {
+        id: impush_core::MessageId::new("m-held-elsewhere").unwrap(),
+        from: id("bob"),
+        data: serde_json::value::to_raw_value(&json!("hi")).unwrap(),
+        ts: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+        receipt: false,
+        written: false,
+    };
+    impush_core::OfflineStore::store(&*store, &id(&alice), message)
+        .await
+        .unwrap();
+    let on_n1 = support::helper_seeing_dead(&h, "n2")
+        .prepare_connect(&id(&alice), Value::Null)
+        .unwrap();
+    let n1 = format!("ws://{}/", nodes[0].local_addr());
+    assert!(on_n1.url.as_str().starts_with(&n1), "{}", on_n1.url);
+    let mut elsewhere = Client::connect_url(on_n1.url.as_str()).await;
+    assert_eq!(elsewhere.next_json().await["id"], "m-held-elsewhere");
+
+    // That link dies unacked: the message reaches her at home, without a reconnect.
+    elsewhere.reset();
+    let got = at_home.next_json().await;
+    assert_eq!(got["id"], "m-held-elsewhere", "{got}");
+    assert_eq!(got["data"], "hi", "{got}");
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

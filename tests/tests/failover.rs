@@ -398,25 +398,7 @@ async fn a_message_routed_by_a_lagging_view_is_sent_on_to_its_owner() {
     let mut sender = Client::connect(&h, &s, 1).await;
     let mut receiver = Client::connect(&h, &b, 1).await;
 
-    let lagging = |dead: &str| {
-        let cluster =
-            impush_core::Cluster::new(h.cluster().nodes().to_vec(), Default::default()).unwrap();
-        cluster.set_status(&dead.parse().unwrap(), NodeStatus::Dead);
-        ImHelper::new(impush_helper::HelperParts {
-            cluster,
-            signer: impush_core::token::TokenSigner::new(
-                support::SECRET.as_bytes(),
-                Duration::from_secs(60),
-                4096,
-            )
-            .unwrap(),
-            broker: h.broker().clone(),
-            presence: h.presence().clone(),
-            prefix: "impush".into(),
-            history: false,
-        })
-    };
-    let n2_dead = lagging("n2");
+    let n2_dead = support::helper_seeing_dead(&h, "n2");
     assert_eq!(n2_dead.cluster().owner(&id(&b)).id.as_str(), "n1");
     let sent = n2_dead
         .send_message(&id(&s), &[id(&b)], &"sent on", true)
@@ -432,7 +414,7 @@ async fn a_message_routed_by_a_lagging_view_is_sent_on_to_its_owner() {
     assert_eq!(receipt["status"], "delivered", "{receipt}");
     assert_eq!(receipt["to"], serde_json::json!([b]), "{receipt}");
 
-    let n1_dead = lagging("n1");
+    let n1_dead = support::helper_seeing_dead(&h, "n1");
     assert_eq!(n1_dead.cluster().owner(&id(&absent)).id.as_str(), "n2");
     n1_dead
         .send_message(&id(&s), &[id(&absent)], &"nobody there", true)

@@ -24,6 +24,8 @@ const SWEEP_EVERY: u64 = 4096;
 #[derive(Debug)]
 pub struct MemoryOfflineStore {
     limits: InboxLimits,
+    /// Handed to several nodes in one process ([`MemoryOfflineStore::shared_by_nodes`]).
+    shared: bool,
     inboxes: Mutex<HashMap<ClientId, Inbox>>,
     stores: AtomicU64,
 }
@@ -75,9 +77,18 @@ impl MemoryOfflineStore {
     pub fn new(limits: InboxLimits) -> Self {
         Self {
             limits,
+            shared: false,
             inboxes: Mutex::new(HashMap::new()),
             stores: AtomicU64::new(0),
         }
+    }
+
+    /// The same store, for handing to every node of a cluster in one process (embedded
+    /// nodes, tests): it then says it is shared ([`OfflineStore::is_shared`]), so the nodes
+    /// treat it as they treat a central store such as Redis.
+    pub fn shared_by_nodes(mut self) -> Self {
+        self.shared = true;
+        self
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, HashMap<ClientId, Inbox>>> {
@@ -204,7 +215,7 @@ impl OfflineStore for MemoryOfflineStore {
     }
 
     fn is_shared(&self) -> bool {
-        false
+        self.shared
     }
 }
 

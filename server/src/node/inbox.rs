@@ -146,11 +146,15 @@ impl Node {
 
     /// Queues `session`'s stored messages ahead of the live ones held while it attaches.
     pub(super) async fn drain_into(&self, session: &SessionHandle) {
-        let mut pushed = 0u64;
+        let mut pushed = Vec::new();
         for (frame, stored) in self.inbox_frames(&session.client).await {
-            pushed += u64::from(session.push_stored(frame, stored));
+            let id = stored.id.clone();
+            if session.push_stored(frame, stored) {
+                pushed.push(id);
+            }
         }
-        self.count_drained(pushed);
+        tracing::debug!(client = %session.client, connection = %session.connection, ?pushed, "inbox read on connect");
+        self.count_drained(pushed.len() as u64);
     }
 
     /// Pushes `client`'s stored messages to each of its local sockets that does not have them
@@ -174,9 +178,14 @@ impl Node {
             if !to(session) {
                 return;
             }
+            let mut ids = Vec::new();
             for (frame, stored) in &frames {
-                pushed += u64::from(session.push_stored(frame.clone(), stored.clone()));
+                if session.push_stored(frame.clone(), stored.clone()) {
+                    ids.push(&stored.id);
+                }
             }
+            tracing::debug!(%client, connection = %session.connection, pushed = ?ids, "inbox pushed");
+            pushed += ids.len() as u64;
         });
         self.count_drained(pushed);
     }

@@ -165,6 +165,12 @@ impl Node {
         }
         let client = handle.client.clone();
         let moved = handle.close_code() == crate::session::close::MOVED;
+        tracing::debug!(
+            %client,
+            connection = %handle.connection,
+            orphans = ?orphans.iter().map(|m| &m.id).collect::<Vec<_>>(),
+            "keeping what a closed socket did not deliver"
+        );
         for m in &orphans {
             self.keeping.start(&client, &m.id);
         }
@@ -225,6 +231,7 @@ impl Node {
                             .await;
                         node.keeping.finish(&client, &message.id);
                         let was_kept = !kept.is_empty();
+                        tracing::debug!(%client, id = %message.id, was_kept, "kept for an absent receiver");
                         token.kept(was_kept);
                         if node.registry.is_local(&client) {
                             // Connected meanwhile (its connection read its inbox before this
@@ -266,6 +273,7 @@ impl Node {
         let Ok(payload) = impush_core::envelope::encode("node command", &cmd) else {
             return;
         };
+        tracing::debug!(%client, ?targets, "asking where the client may be to push its inbox");
         let mut told = std::collections::HashSet::new();
         for node in targets {
             if node != self.id && told.insert(node.clone()) {
@@ -285,14 +293,27 @@ impl Node {
     /// A socket of `handle.client` closed with messages written and never acked: those no
     /// other socket of the client still holds went back to the inbox (they were kept there
     /// when they settled), and their senders hear `stored`.
+    ///
+    /// The client may already have its next connection, here or on another node, and that
+    /// one read the inbox when it attached. A message this socket had from the inbox (not
+    /// live) may have gone in after that read: stored by a node that saw this socket and
+    /// pushed it here only, telling nobody else. So the inbox is pushed where the client may
+    /// be now; left alone, it would wait for the client's next connect. (Live ones are
+    /// stored again and pushed on by `keep_orphans`.)
     pub(crate) fn requeue_unacked(
-        &self,
+        self: &Arc<Self>,
         handle: &SessionHandle,
         unacked: Vec<(MessageId, Ackable)>,
     ) {
         if unacked.is_empty() {
             return;
         }
+        tracing::debug!(
+            client = %handle.client,
+            connection = %handle.connection,
+            unacked = ?unacked.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            "a socket closed with messages not acked"
+        );
         let mut back = Vec::new();
         for (id, a) in unacked {
             let mut elsewhere = false;
@@ -306,6 +327,20 @@ impl Node {
         self.metrics
             .unacked_requeued
             .fetch_add(back.len() as u64, Ordering::Relaxed);
+        if back
+            .iter()
+            .any(|(_, a)| matches!(a.source, AckSource::Stored))
+        {
+            let (node, client) = (self.clone(), handle.client.clone());
+            tokio::spawn(async move {
+                if node.registry.is_local(&client) {
+                    let _guard = node.client_lock(&client).lock().await;
+                    node.drain_inbox(&client).await;
+                } else {
+                    node.tell_where_it_may_be(&client).await;
+                }
+            });
+        }
         for (id, a) in back {
             if a.receipt {
                 self.metrics.receipt(ReceiptStatus::Stored, 1);

@@ -133,16 +133,16 @@ pub async fn check_every_receiver(
                 break;
             }
             if Instant::now() > deadline {
-                let missing: Vec<usize> = sent
+                let missing: Vec<(usize, &str)> = sent
                     .accepted
                     .iter()
                     .enumerate()
                     .filter(|(_, id)| !got.contains(id.as_str()))
-                    .map(|(i, _)| i)
+                    .map(|(i, id)| (i, id.as_str()))
                     .collect();
                 panic!(
-                    "{label}: {}: {} of {} accepted messages never arrived (accepted as number \
-                     {missing:?}); connections {:?}, closes {:?}",
+                    "{label}: {}: {} of {} accepted messages never arrived (accepted as number, \
+                     id: {missing:?}); connections {:?}, closes {:?}",
                     p.client,
                     missing.len(),
                     want.len(),

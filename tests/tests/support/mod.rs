@@ -52,11 +52,36 @@ pub async fn start_cluster(n: usize, f: impl Fn(&mut Config)) -> Vec<ImServer> {
     start_cluster_over(broker, vec![presence; n], f).await
 }
 
+/// [`start_cluster`] with the offline inbox on, every node handed `inbox` (one store they all
+/// read, as they would a central one: [`impush_core::MemoryOfflineStore::shared_by_nodes`]).
+pub async fn start_cluster_sharing_inbox(
+    n: usize,
+    inbox: Arc<dyn impush_core::OfflineStore>,
+    f: impl Fn(&mut Config),
+) -> Vec<ImServer> {
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
+    let presence: Arc<dyn PresenceStore> = Arc::new(MemoryPresenceStore::new());
+    let on = |c: &mut Config| {
+        c.offline.enabled = true;
+        f(c);
+    };
+    start_nodes(broker, vec![presence; n], Some(inbox), on).await
+}
+
 /// Starts one node in this process per entry of `presences` (node `i` sees the presence store
 /// `presences[i]`), all over `broker`, ids `n1`, `n2`, ...
 pub async fn start_cluster_over(
     broker: Arc<dyn Broker>,
     presences: Vec<Arc<dyn PresenceStore>>,
+    f: impl Fn(&mut Config),
+) -> Vec<ImServer> {
+    start_nodes(broker, presences, None, f).await
+}
+
+async fn start_nodes(
+    broker: Arc<dyn Broker>,
+    presences: Vec<Arc<dyn PresenceStore>>,
+    inbox: Option<Arc<dyn impush_core::OfflineStore>>,
     f: impl Fn(&mut Config),
 ) -> Vec<ImServer> {
     let addrs = free_addrs(presences.len());
@@ -75,13 +100,36 @@ pub async fn start_cluster_over(
         c.node.listen = *a;
         c.cluster.nodes = nodes.clone();
         f(&mut c);
-        servers.push(
-            ImServer::start_with(c, broker.clone(), presence)
-                .await
-                .expect("node starts"),
-        );
+        let mut node = ImServer::builder(c)
+            .broker(broker.clone())
+            .presence(presence);
+        if let Some(inbox) = &inbox {
+            node = node.offline(inbox.clone());
+        }
+        servers.push(node.start().await.expect("node starts"));
     }
     servers
+}
+
+/// A helper over `h`'s backends whose view has node `dead` dead: it routes messages and hands
+/// out connect URLs as a helper or node that missed `dead`'s lease would.
+pub fn helper_seeing_dead(h: &ImHelper, dead: &str) -> ImHelper {
+    let cluster =
+        impush_core::Cluster::new(h.cluster().nodes().to_vec(), Default::default()).unwrap();
+    cluster.set_status(&dead.parse().unwrap(), impush_core::NodeStatus::Dead);
+    ImHelper::new(impush_helper::HelperParts {
+        cluster,
+        signer: impush_core::token::TokenSigner::new(
+            SECRET.as_bytes(),
+            Duration::from_secs(60),
+            4096,
+        )
+        .unwrap(),
+        broker: h.broker().clone(),
+        presence: h.presence().clone(),
+        prefix: "impush".into(),
+        history: false,
+    })
 }
 
 pub fn id(s: &str) -> ClientId {
