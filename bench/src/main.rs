@@ -3,7 +3,8 @@
 //! Run with: `cargo run --release -p impush-bench -- <scenario> [options]` (see BENCHMARKS.md).
 //!
 //! Scenarios: `idle` (sockets held, memory and CPU per socket, connect rate), `p2p`
-//! (point-to-point messages/s and latency), `fanout` (one channel, frames/s, last-member
+//! (point-to-point messages/s and latency), `batch` (point-to-point through the HTTP API's batch
+//! endpoint), `fanout` (one channel, frames/s, last-member
 //! latency), each on the memory broker or Redis; `paced` (one channel at an everyday rate:
 //! last-member latency and node CPU per frame against the cost of one `write()`); `rolling`
 //! (a rolling restart of 3 nodes under traffic: gaps, reconnect rates, losses). Nodes run as
@@ -11,6 +12,7 @@
 //! worker processes (`impush-bench worker`) spread over several loopback source addresses
 //! (`rolling`'s reconnecting clients run in the bench process).
 
+mod batch;
 mod fleet;
 mod hist;
 mod idle;
@@ -81,6 +83,20 @@ enum Cmd {
         /// How long to sample idle CPU; longer than the 25 s ping interval so pings count.
         #[arg(long, default_value_t = 30)]
         idle_secs: u64,
+    },
+    /// Point-to-point messages through the HTTP API's batch endpoint
+    /// (`POST /api/v1/messages/batch`) to one node process, memory backends.
+    Batch {
+        #[arg(long, default_value_t = 1000)]
+        receivers: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+        /// Messages per request (the node takes at most `limits.max_batch_messages`, 1,000).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 4)]
+        in_flight: usize,
     },
     /// Point-to-point messages through ImHelper.
     P2p {
@@ -292,6 +308,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             };
             idle::idle(&o, &plan).await
         }
+        Cmd::Batch {
+            receivers,
+            messages,
+            batch,
+            in_flight,
+        } => {
+            let plan = batch::BatchPlan {
+                receivers,
+                messages,
+                batch,
+                in_flight,
+            };
+            batch::batch(&o, &plan).await
+        }
         Cmd::P2p {
             broker,
             nodes,
@@ -417,6 +447,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             idle::idle(&o, &lone).await?;
             scenarios::p2p(&o, "memory", 1, 10, 200, None, 8).await?;
             scenarios::p2p(&o, "memory", 1, 10, 100, Some(1000), 8).await?;
+            let tiny = batch::BatchPlan {
+                receivers: 10,
+                messages: 200,
+                batch: 50,
+                in_flight: 2,
+            };
+            batch::batch(&o, &tiny).await?;
             scenarios::fanout(&o, "memory", 1, 20, 5, Duration::ZERO).await?;
             let clusters = [
                 ("redis", &o.redis_url),

@@ -380,7 +380,7 @@ impl Bench {
 }
 
 /// Seconds from `start_ns` to the end of the last 100 ms bucket in which frames arrived.
-fn span_secs(m: &Merged, start_ns: u64) -> f64 {
+pub(crate) fn span_secs(m: &Merged, start_ns: u64) -> f64 {
     let last = m.timeline.keys().next_back().copied().unwrap_or(0);
     let end_ns = (last + 1) * 100_000_000;
     (end_ns.saturating_sub(start_ns)) as f64 / 1e9

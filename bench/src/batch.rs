@@ -1,0 +1,201 @@
+//! The batch scenario: point-to-point messages sent through the HTTP API's batch endpoint
+//! (`POST /api/v1/messages/batch`, `docs/design.md` section 7) to one node process on the
+//! memory backends, each message to one of the connected receivers in turn. It measures what a
+//! backend pushing notifications sees end to end: messages delivered per second (first request
+//! to last frame), publish-to-client latency, request latency, and the node's CPU per message.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use impush_core::ClientId;
+use serde_json::{json, Value};
+
+use crate::{
+    fleet::{Fleet, NodeProc},
+    hist::LatHist,
+    report::{self, latency_json, median_at, Check},
+    scenarios::{n1_urls, span_secs, tmpdir, write_configs, Opts, API_KEY},
+    sys,
+    worker::now_ns,
+};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// What the batch scenario is asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchPlan {
+    pub(crate) receivers: usize,
+    pub(crate) messages: u64,
+    /// Messages per request (at most the node's `limits.max_batch_messages`, 1,000 by default).
+    pub(crate) batch: usize,
+    /// Requests in flight at once.
+    pub(crate) in_flight: usize,
+}
+
+/// What the requests of one run came to.
+#[derive(Default)]
+struct Sent {
+    accepted: u64,
+    refused: u64,
+    requests: LatHist,
+}
+
+pub(crate) async fn batch(o: &Opts, p: &BatchPlan) -> Res<()> {
+    if p.batch == 0 || p.receivers == 0 {
+        return Err("--batch and --receivers must be at least 1".into());
+    }
+    let mut runs = Vec::new();
+    let mut all_lat = LatHist::default();
+    let mut last_timeline = Default::default();
+    for run in 0..o.runs {
+        let dir = tmpdir("batch")?;
+        let (cfgs, _) = write_configs(&dir, 1, "")?;
+        let node = NodeProc::start(&cfgs[0]).await?;
+        let clients: Vec<ClientId> = (0..p.receivers)
+            .map(|i| format!("r{i}").parse())
+            .collect::<Result<_, _>>()?;
+        let urls = n1_urls(&node.addr, &clients)?;
+        let (mut fleet, _) = Fleet::start(urls, o.workers, o.source_ips, 256, false).await?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(p.in_flight)
+            .build()?;
+        let url = format!("http://{}/api/v1/messages/batch", node.addr);
+
+        let cpu0 = sys::cpu_split(node.pid());
+        let start_ns = now_ns();
+        let started = Instant::now();
+        let batches = p.messages.div_ceil(p.batch as u64);
+        let sent = futures_util::stream::iter(0..batches)
+            .map(|b| send_one(&http, &url, p, b))
+            .buffer_unordered(p.in_flight.max(1))
+            .fold(Sent::default(), |mut acc, r| async move {
+                match r {
+                    Ok((accepted, refused, took)) => {
+                        acc.accepted += accepted;
+                        acc.refused += refused;
+                        acc.requests.record(took);
+                    }
+                    Err(e) => {
+                        eprintln!("batch request failed: {e}");
+                        acc.refused += p.batch as u64;
+                    }
+                }
+                acc
+            })
+            .await;
+        let send_secs = started.elapsed().as_secs_f64();
+        let m = fleet
+            .wait_received(sent.accepted, Duration::from_secs(120))
+            .await?;
+        let cpu1 = sys::cpu_split(node.pid());
+        let secs = span_secs(&m, start_ns);
+        let per_message = |d: f64| d * 1e6 / m.received.max(1) as f64;
+        let r = json!({
+            "run": run,
+            "accepted": sent.accepted,
+            "refused": sent.refused,
+            "delivered": m.received,
+            "send_secs": send_secs,
+            "accepted_per_sec": sent.accepted as f64 / send_secs.max(1e-9),
+            "delivered_per_sec": m.received as f64 / secs.max(1e-9),
+            "latency": latency_json(&m.latency),
+            "request_latency": latency_json(&sent.requests),
+            "server_user_us_per_message": per_message(cpu1.0 - cpu0.0),
+            "server_kernel_us_per_message": per_message(cpu1.1 - cpu0.1),
+        });
+        println!("run {run}: {r}");
+        all_lat.merge(&m.latency);
+        last_timeline = m.timeline.clone();
+        runs.push(r);
+        fleet.stop().await;
+        node.stop().await;
+    }
+    let delivered = median_at(&runs, &["delivered_per_sec"]);
+    let lost: u64 = runs
+        .iter()
+        .map(|r| {
+            let accepted = r["accepted"].as_u64().unwrap_or(0);
+            accepted.saturating_sub(r["delivered"].as_u64().unwrap_or(0))
+        })
+        .sum();
+    let summary = json!({
+        "delivered_per_sec (median)": delivered,
+        "accepted_per_sec (median)": median_at(&runs, &["accepted_per_sec"]),
+        "latency_p50_ms (median)": median_at(&runs, &["latency", "p50_ms"]),
+        "latency_p99_ms (median)": median_at(&runs, &["latency", "p99_ms"]),
+        "request_p99_ms (median)": median_at(&runs, &["request_latency", "p99_ms"]),
+        "server_user_us_per_message (median)": median_at(&runs, &["server_user_us_per_message"]),
+        "server_kernel_us_per_message (median)": median_at(&runs, &["server_kernel_us_per_message"]),
+        "refused": runs.iter().map(|r| r["refused"].as_u64().unwrap_or(0)).sum::<u64>(),
+        "lost": lost,
+    });
+    let checks = [
+        Check {
+            name: "direct messages delivered via the HTTP batch endpoint, one node",
+            target: ">= 200000/s".into(),
+            measured: format!("{delivered:.0}/s"),
+            met: delivered >= 200_000.0,
+        },
+        Check {
+            name: "accepted messages lost",
+            target: "0".into(),
+            measured: lost.to_string(),
+            met: lost == 0,
+        },
+    ];
+    let params = json!({
+        "receivers": p.receivers, "messages": p.messages, "batch": p.batch,
+        "in_flight": p.in_flight, "workers": o.workers, "runs": o.runs,
+    });
+    let tag = format!("batch-{}x{}", p.messages, p.batch);
+    report::write(
+        &o.out,
+        &tag,
+        params,
+        runs,
+        summary,
+        &checks,
+        Some((&all_lat, &last_timeline)),
+    )?;
+    Ok(())
+}
+
+/// Sends batch number `b` (its messages round robin over the receivers, each carrying its
+/// send time for the clients' latency); how many were accepted and refused, and how long the
+/// request took (ns).
+async fn send_one(
+    http: &reqwest::Client,
+    url: &str,
+    p: &BatchPlan,
+    b: u64,
+) -> Res<(u64, u64, u64)> {
+    let first = b * p.batch as u64;
+    let n = (p.messages - first).min(p.batch as u64);
+    let t = now_ns();
+    let messages: Vec<Value> = (first..first + n)
+        .map(|i| {
+            json!({
+                "from": "bench",
+                "to": [format!("r{}", i % p.receivers as u64)],
+                "data": {"t": t, "s": i},
+            })
+        })
+        .collect();
+    let r = http
+        .post(url)
+        .bearer_auth(API_KEY)
+        .json(&json!({ "messages": messages }))
+        .send()
+        .await?;
+    let status = r.status();
+    let answer: Value = r.json().await?;
+    let took = now_ns().saturating_sub(t);
+    if !status.is_success() {
+        return Err(format!("{status}: {answer}").into());
+    }
+    let results = answer["results"]
+        .as_array()
+        .ok_or("no results in the answer")?;
+    let accepted = results.iter().filter(|r| r.get("error").is_none()).count() as u64;
+    Ok((accepted, n - accepted, took))
+}
