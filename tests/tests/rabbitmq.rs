@@ -104,3 +104,71 @@ async fn overlong_topics_are_refused() {
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
     b.shutdown().await.expect("shutdown");
 }
+
+/// A subscribe that RabbitMQ answers too late (past `publish_timeout`, dropped wherever it
+/// waited) leaves no consumer behind: left on an open channel, a consumer registered after all
+/// would take a share of the queue group's messages and never ack them while the connection
+/// lives (in the cluster suite's API-node-cut case, a node taking over a dead node's inbox
+/// held two of its messages that way). Replies from RabbitMQ are delayed 300 ms each on the
+/// slow broker's link, so its subscribe (channel, qos, declare, bind, consume: five round
+/// trips) gives up at 1.35 s with `basic.consume` sent and unanswered; then a second member of
+/// the group must get every message published.
+#[tokio::test]
+async fn a_subscribe_answered_too_late_leaves_no_consumer_holding_messages() {
+    let Some(cfg) = config() else { return };
+    let upstream: std::net::SocketAddr = cfg
+        .url
+        .rsplit_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|hostport| hostport.parse().ok())
+        .expect("IMPUSH_TEST_RABBITMQ_URL names host:port");
+    let proxy = impush_tests::proxy::FaultProxy::start(upstream)
+        .await
+        .expect("proxy");
+    let via = cfg
+        .url
+        .replace(&upstream.to_string(), &proxy.addr().to_string());
+    let slow = RabbitMqBroker::connect(&RabbitMqConfig {
+        url: via,
+        publish_timeout: Duration::from_millis(1350),
+        ..cfg.clone()
+    })
+    .await
+    .expect("connect through the proxy");
+    let good = RabbitMqBroker::connect(&cfg).await.expect("connect");
+    let topic = format!("late-subscribe-{}", impush_tests::unique_ns());
+    let group = impush_core::SubscribeMode::Queue {
+        group: "members".into(),
+    };
+
+    proxy.delay(
+        impush_tests::proxy::Direction::ToClient,
+        Duration::from_millis(300),
+    );
+    let late = slow.subscribe(&topic, group.clone()).await;
+    proxy.heal();
+    drop(late);
+    let mut member = good.subscribe(&topic, group).await.expect("subscribe");
+    for i in 0..40 {
+        good.publish(&topic, format!("m{i}").into())
+            .await
+            .expect("publish");
+    }
+    let mut got = std::collections::HashSet::new();
+    let all = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures_util::StreamExt;
+        while got.len() < 40 {
+            let d = member.next().await.expect("stream open").expect("delivery");
+            got.insert(d.ack());
+        }
+    })
+    .await;
+    assert!(
+        all.is_ok(),
+        "the group's live member got {} of 40 messages: a consumer left by the late subscribe \
+         holds the rest",
+        got.len()
+    );
+    slow.shutdown().await.expect("shutdown");
+    good.shutdown().await.expect("shutdown");
+}

@@ -147,6 +147,7 @@ pub(crate) async fn open(
         .create_channel()
         .await
         .map_err(Error::op("channel.open"))?;
+    let opening = Opening(Some(ch.clone()));
     let mut args = FieldTable::default();
     let max_len = i64::try_from(cfg.queue_max_len).unwrap_or(i64::MAX);
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(max_len));
@@ -209,11 +210,33 @@ pub(crate) async fn open(
         )
         .await
         .map_err(Error::op("basic.consume"))?;
+    opening.done();
     Ok(Generation {
         ch,
         consumer,
         link: link.clone(),
     })
+}
+
+/// The channel of an [`open`] under way. Dropped before it is done (the open failed, or it
+/// was abandoned: a subscribe past `publish_timeout` drops it wherever it waits), it closes
+/// the channel: a lapin channel stays open when its handles are dropped, and a consumer that
+/// RabbitMQ registered on it after all would take a share of the queue's messages (up to the
+/// prefetch) that nobody reads or acks while the connection lives. Closing it requeues them.
+struct Opening(Option<Channel>);
+
+impl Opening {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let (Some(ch), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move { close(&ch).await });
+        }
+    }
 }
 
 /// Starts the task that feeds `sub`'s subscriber, from `first`; returns the subscriber's end.
