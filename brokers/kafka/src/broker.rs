@@ -91,6 +91,7 @@ impl KafkaBroker {
                 closed: AtomicBool::new(false),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                members: Default::default(),
             }),
         };
         if let Err(e) = broker.ping().await {

@@ -4,6 +4,7 @@ mod broker;
 mod client;
 mod config;
 mod error;
+mod members;
 mod offsets;
 mod shared;
 mod subscription;

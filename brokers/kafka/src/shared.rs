@@ -13,6 +13,7 @@ use crate::{
     client::{Ctx, Health},
     config::KafkaConfig,
     error::Error,
+    members::Members,
     topics::Topics,
 };
 
@@ -28,6 +29,8 @@ pub(crate) struct Inner {
     pub(crate) cancel: CancellationToken,
     /// The subscription tasks, so that shutdown waits for their last commits.
     pub(crate) tasks: TaskTracker,
+    /// This process's queue-group members (a new one joins once those leaving are gone).
+    pub(crate) members: Members,
 }
 
 /// The clients publishing and creating topics; replaced together when the producer is.

@@ -233,6 +233,7 @@ pub(crate) async fn fanout(
         tx,
         mode: Mode::Fanout { next: start },
         replaced: None,
+        closed: None,
     };
     inner.tasks.spawn(task.run());
     Ok(stream_of(rx, None))
@@ -246,6 +247,8 @@ pub(crate) async fn queue(
     group_name: &str,
 ) -> Result<Subscription> {
     let group_id = format!("{topic}:{group_name}");
+    let settle = inner.cfg.session_timeout + inner.cfg.request_timeout * 2;
+    inner.members.left(&group_id, settle).await;
     let group = Group::new(topic.to_owned());
     let consumer = create_consumer(&inner, &group_id, Some(group.clone()))?;
     let (c, bootstrap, t, timeout) = (
@@ -267,6 +270,11 @@ pub(crate) async fn queue(
     }
     let mut assignments = group.assignments();
     let (tx, rx) = mpsc::channel(BUFFER);
+    let subscriber = tx.downgrade();
+    let closed = inner.members.join(
+        &group_id,
+        Box::new(move || subscriber.upgrade().is_none_or(|tx| tx.is_closed())),
+    );
     let task = Task {
         inner: inner.clone(),
         consumer,
@@ -278,12 +286,12 @@ pub(crate) async fn queue(
             group: group.clone(),
         },
         replaced: None,
+        closed: Some(closed),
     };
     inner.tasks.spawn(task.run());
     // Return once this member has its first assignment, so the group is settled before the
     // caller publishes (a rebalance with messages in flight redelivers them). Not waiting
     // would lose nothing: the group's position is committed already.
-    let settle = inner.cfg.session_timeout + inner.cfg.request_timeout * 2;
     if tokio::time::timeout(settle, assignments.changed())
         .await
         .is_err()
@@ -383,6 +391,9 @@ struct Task {
     mode: Mode,
     /// When the consumer was last replaced.
     replaced: Option<Instant>,
+    /// A queue member's token in [`Members`](crate::members::Members), cancelled once its
+    /// consumer is closed.
+    closed: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// How a consumer error is reported: once when a spell of errors starts, again when it ends.
@@ -651,5 +662,8 @@ impl Task {
     async fn finish(self) {
         let group = self.mode.group();
         close(&self.inner, self.consumer, group, self.topics, true).await;
+        if let Some(closed) = self.closed {
+            closed.cancel();
+        }
     }
 }
