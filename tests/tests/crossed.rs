@@ -83,10 +83,7 @@ async fn next(events: &mut impush_helper::EventStream, seen: &mut Vec<Event>) ->
 async fn a_last_crossed_by_a_new_connection_is_followed_by_its_online_again() {
     let (open, nodes) = two_nodes(false).await;
     let h = nodes[0].helper();
-    let x = (0..)
-        .map(|k| format!("x{k}"))
-        .find(|c| h.cluster().home(&id(c)).id.as_str() == "n1")
-        .unwrap();
+    let x = support::homed_on(&h, 0, "x");
     let cx = id(&x);
     // A helper that knows only n2: it hands out n2's URL for any client.
     let mut only_n2 = config().helper_config();

@@ -260,10 +260,7 @@ async fn a_message_a_closed_socket_held_is_pushed_to_its_clients_connection_else
     })
     .await;
     let h = nodes[0].helper();
-    let alice = (0..)
-        .map(|k| format!("alice{k}"))
-        .find(|c| h.cluster().home(&id(c)).id.as_str() == "n2")
-        .unwrap();
+    let alice = support::homed_on(&h, 1, "alice");
     // Her connection at home, n2, reads an empty inbox.
     let mut at_home = Client::connect(&h, &alice, 1).await;
 

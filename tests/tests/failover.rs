@@ -125,11 +125,7 @@ impl Pair {
 
 /// A client id whose home is node `n{i+1}`.
 fn homed_on(h: &ImHelper, i: usize, tag: &str) -> ClientId {
-    let want = format!("n{}", i + 1);
-    (0..)
-        .map(|k| id(&format!("{tag}{k}")))
-        .find(|c| h.cluster().home(c).id.as_str() == want)
-        .unwrap()
+    id(&support::homed_on(h, i, tag))
 }
 
 fn node_of_url(h: &ImHelper, c: &ClientId) -> String {
@@ -387,14 +383,8 @@ async fn connect_storms_are_refused_at_the_door_with_retry_after() {
 async fn a_message_routed_by_a_lagging_view_is_sent_on_to_its_owner() {
     let nodes = support::start_cluster(2, |_| {}).await;
     let h = nodes[0].helper();
-    let home = |node: &str, not: &str| {
-        (0..)
-            .map(|k| format!("c{k}"))
-            .find(|c| c != not && h.cluster().home(&id(c)).id.as_str() == node)
-            .unwrap()
-    };
-    let (s, b) = (home("n1", ""), home("n2", ""));
-    let absent = home("n1", &s);
+    let (s, b) = (support::homed_on(&h, 0, "c"), support::homed_on(&h, 1, "c"));
+    let absent = support::homed_on(&h, 0, "absent");
     let mut sender = Client::connect(&h, &s, 1).await;
     let mut receiver = Client::connect(&h, &b, 1).await;
 
@@ -445,13 +435,7 @@ async fn a_message_sent_on_once_is_not_sent_on_again() {
     use impush_core::envelope::{self, Deliver, NodeCommand};
     let nodes = support::start_cluster(2, |_| {}).await;
     let h = nodes[0].helper();
-    let home = |node: &str| {
-        (0..)
-            .map(|k| format!("c{k}"))
-            .find(|c| h.cluster().home(&id(c)).id.as_str() == node)
-            .unwrap()
-    };
-    let (s, b) = (home("n1"), home("n2"));
+    let (s, b) = (support::homed_on(&h, 0, "c"), support::homed_on(&h, 1, "c"));
     let mut sender = Client::connect(&h, &s, 1).await;
     let mut receiver = Client::connect(&h, &b, 1).await;
     let message = impush_core::MessageId::generate();

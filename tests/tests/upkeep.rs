@@ -418,11 +418,7 @@ async fn announcing_a_big_reap_does_not_hold_the_heartbeats_back() {
     // One client on each node that stays: a reaped live node would show in their drops.
     let mut sockets = Vec::new();
     for i in [0, 2] {
-        let node: NodeId = format!("n{}", i + 1).parse().unwrap();
-        let c = (0..)
-            .map(|k| format!("stays{k}"))
-            .find(|c| h.cluster().home(&id(c)).id == node)
-            .unwrap();
+        let c = support::homed_on(&h, i, "stays");
         sockets.push(Client::connect_with(&h, &c, serde_json::Value::Null).await);
     }
     for c in &held {

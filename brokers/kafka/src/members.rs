@@ -55,6 +55,10 @@ impl Members {
                 return;
             };
             members.retain(|m| !m.closed.is_cancelled());
+            if members.is_empty() {
+                groups.remove(group);
+                return;
+            }
             members
                 .iter()
                 .filter(|m| (m.gone)())

@@ -146,15 +146,18 @@ impl Node {
 
     /// Queues `session`'s stored messages ahead of the live ones held while it attaches.
     pub(super) async fn drain_into(&self, session: &SessionHandle) {
-        let mut pushed = Vec::new();
+        // Which ids went to which socket is for the debug log only: gathered only for it.
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        let (mut pushed, mut ids) = (0u64, Vec::new());
         for (frame, stored) in self.inbox_frames(&session.client).await {
-            let id = stored.id.clone();
+            let id = debug.then(|| stored.id.clone());
             if session.push_stored(frame, stored) {
-                pushed.push(id);
+                pushed += 1;
+                ids.extend(id);
             }
         }
-        tracing::debug!(client = %session.client, connection = %session.connection, ?pushed, "inbox read on connect");
-        self.count_drained(pushed.len() as u64);
+        tracing::debug!(client = %session.client, connection = %session.connection, pushed = ?ids, "inbox read on connect");
+        self.count_drained(pushed);
     }
 
     /// Pushes `client`'s stored messages to each of its local sockets that does not have them
@@ -173,6 +176,7 @@ impl Node {
         if frames.is_empty() {
             return;
         }
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
         let mut pushed = 0u64;
         self.registry.for_client(client, |session| {
             if !to(session) {
@@ -181,11 +185,11 @@ impl Node {
             let mut ids = Vec::new();
             for (frame, stored) in &frames {
                 if session.push_stored(frame.clone(), stored.clone()) {
-                    ids.push(&stored.id);
+                    pushed += 1;
+                    ids.extend(debug.then_some(&stored.id));
                 }
             }
             tracing::debug!(%client, connection = %session.connection, pushed = ?ids, "inbox pushed");
-            pushed += ids.len() as u64;
         });
         self.count_drained(pushed);
     }

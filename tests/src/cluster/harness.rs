@@ -354,9 +354,10 @@ impl Drop for Cluster {
         // SIGKILL, not SIGTERM: a case is over when it is dropped, and a graceful stop drains
         // every node's clients towards nodes that are stopping too (~3 s a case: over a
         // hundred cases, the longest part of the suite's wall time). Each cluster has broker
-        // names of its own (its prefix), so what a killed node leaves behind is nobody else's;
-        // the backend's cleanup below removes it. Graceful stops are tested where they are
-        // the subject (`stop_gracefully`).
+        // names of its own (its prefix), so what a killed node leaves behind (presence
+        // entries, queues, consumer-group members until their session expires) is nobody
+        // else's; a backend with a cleanup removes it below. Graceful stops are tested where
+        // they are the subject (`stop_gracefully`).
         for c in self.nodes.iter_mut().flatten() {
             let _ = c.kill();
         }

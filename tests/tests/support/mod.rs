@@ -132,6 +132,15 @@ pub fn helper_seeing_dead(h: &ImHelper, dead: &str) -> ImHelper {
     })
 }
 
+/// The first of `{tag}0`, `{tag}1`, ... whose home (in `h`'s view) is node `n{i+1}`.
+pub fn homed_on(h: &ImHelper, i: usize, tag: &str) -> String {
+    let want = format!("n{}", i + 1);
+    (0..)
+        .map(|k| format!("{tag}{k}"))
+        .find(|c| h.cluster().home(&id(c)).id.as_str() == want)
+        .unwrap()
+}
+
 pub fn id(s: &str) -> ClientId {
     ClientId::new(s).unwrap()
 }
