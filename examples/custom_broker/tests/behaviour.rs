@@ -43,7 +43,8 @@ async fn slow_fanout_subscriber_is_told_what_it_lost() {
         .subscribe(&topic, SubscribeMode::Fanout)
         .await
         .unwrap();
-    // Nobody reads while N messages arrive: the first BUFFER fit, most of the rest are lost.
+    // Nobody reads while N messages are published: the first BUFFER fit, most of the rest are
+    // lost.
     for i in 0..N {
         broker.publish(&topic, format!("{i}").into()).await.unwrap();
     }
@@ -66,11 +67,11 @@ async fn slow_fanout_subscriber_is_told_what_it_lost() {
         }
     }
     assert_eq!(expected, N, "every message was received or reported lost");
-    assert_eq!(lags.len(), 1, "{lags:?}");
-    assert!(
-        lags[0] > 0 && expected - lags[0] as usize >= BUFFER,
-        "{lags:?}"
-    );
+    // Publishing returns before the server has delivered everything, so the reader may start
+    // while messages still arrive: the loss can come in more than one report, each in place.
+    let lost: u64 = lags.iter().sum();
+    assert!(!lags.is_empty() && lost > 0, "{lags:?}");
+    assert!(N - lost as usize >= BUFFER, "the buffer's worth was kept: {lags:?}");
     broker.publish(&topic, "after".into()).await.unwrap();
     assert_eq!(next(&mut sub, "after the loss").await.unwrap(), "after");
     broker.shutdown().await.unwrap();
