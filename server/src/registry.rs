@@ -16,7 +16,7 @@ use std::{
 
 use impush_core::{ChannelName, ClientId, ConnectionId};
 
-use crate::session::{Pacer, SessionHandle};
+use crate::session::{shared_out, Pacer, SessionHandle};
 
 /// A channel or broadcast delivery that begins sooner than this after the previous one ended
 /// found a backlog: it queues its frames, so session tasks batch them.
@@ -159,7 +159,7 @@ impl Registry {
         let direct = self.streams.begin();
         let n = if direct.is_some() {
             let sessions = self.channel_sessions(channel);
-            sessions.iter().for_each(|s| f(s));
+            shared_out(&sessions, |s| f(s));
             sessions.len()
         } else {
             let index = read(&self.channels);
@@ -199,7 +199,7 @@ impl Registry {
         let n = if direct.is_some() {
             let sessions: Vec<Arc<SessionHandle>> =
                 read(&self.clients).values().flatten().cloned().collect();
-            sessions.iter().for_each(|s| f(s));
+            shared_out(&sessions, |s| f(s));
             sessions.len()
         } else {
             let clients = read(&self.clients);

@@ -71,7 +71,10 @@ async fn slow_fanout_subscriber_is_told_what_it_lost() {
     // while messages still arrive: the loss can come in more than one report, each in place.
     let lost: u64 = lags.iter().sum();
     assert!(!lags.is_empty() && lost > 0, "{lags:?}");
-    assert!(N - lost as usize >= BUFFER, "the buffer's worth was kept: {lags:?}");
+    assert!(
+        N - lost as usize >= BUFFER,
+        "the buffer's worth was kept: {lags:?}"
+    );
     broker.publish(&topic, "after".into()).await.unwrap();
     assert_eq!(next(&mut sub, "after the loss").await.unwrap(), "after");
     broker.shutdown().await.unwrap();

@@ -55,7 +55,7 @@ mod wire;
 use axum::extract::ws::Utf8Bytes;
 
 pub(crate) use acks::{AckSource, Ackable};
-pub(crate) use direct::Pacer;
+pub(crate) use direct::{shared_out, Pacer};
 pub(crate) use drive::{drive, Context, End};
 pub(crate) use handle::SessionHandle;
 pub(crate) use link::{LinkId, Links};
