@@ -7,7 +7,8 @@
 //! The iterators that deliver (`for_channel`, `for_all`, `for_client`) let the frames they push
 //! go straight to idle sockets at everyday rates (a [`Pacer`] per feed, see `session`). A
 //! channel or broadcast delivery that writes directly first copies its sessions out of the
-//! index, so its writes, slower than queueing, never hold the locks.
+//! index, so its writes, slower than queueing, never hold the locks, and shares a large one
+//! out among the runtime's workers (`session::shared_out`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -158,9 +159,7 @@ impl Registry {
     ) -> usize {
         let direct = self.streams.begin();
         let n = if direct.is_some() {
-            let sessions = self.channel_sessions(channel);
-            shared_out(&sessions, |s| f(s));
-            sessions.len()
+            shared_out(self.channel_sessions(channel), f)
         } else {
             let index = read(&self.channels);
             let clients = read(&self.clients);
@@ -199,8 +198,7 @@ impl Registry {
         let n = if direct.is_some() {
             let sessions: Vec<Arc<SessionHandle>> =
                 read(&self.clients).values().flatten().cloned().collect();
-            shared_out(&sessions, |s| f(s));
-            sessions.len()
+            shared_out(sessions, f)
         } else {
             let clients = read(&self.clients);
             let mut n = 0;

@@ -9,51 +9,100 @@
 
 use std::{
     cell::Cell,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
+use super::SessionHandle;
+
 thread_local! {
-    static ALLOWED: Cell<bool> = const { Cell::new(false) };
+    static MODE: Cell<Mode> = const { Cell::new(Mode::Queue) };
+}
+
+/// What a push on this thread does with a frame for an idle socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Queue it and wake the session task (outside delivery loops, and under a backlog).
+    Queue,
+    /// Write it at once.
+    Write,
+    /// Queue it without waking the session task: a flusher writes it (see [`shared_out`]).
+    Defer,
 }
 
 /// While alive, frames pushed on this thread may be written straight to idle sockets.
 #[derive(Debug)]
 pub(crate) struct DirectWrites {
-    before: bool,
+    before: Mode,
 }
 
 impl DirectWrites {
     fn enter() -> Self {
-        Self {
-            before: ALLOWED.replace(true),
-        }
+        Self::set(Mode::Write)
     }
 
-    /// While alive, pushes on this thread queue even inside a direct delivery.
-    fn paused() -> Self {
+    fn set(mode: Mode) -> Self {
         Self {
-            before: ALLOWED.replace(false),
+            before: MODE.replace(mode),
         }
     }
 }
 
+impl Drop for DirectWrites {
+    fn drop(&mut self) {
+        MODE.set(self.before);
+    }
+}
+
+/// What a push on this thread does with a frame for an idle socket.
+pub(super) fn mode() -> Mode {
+    MODE.get()
+}
+
+/// Whether a push on this thread may write directly.
+#[cfg(test)]
+fn allowed() -> bool {
+    mode() == Mode::Write
+}
+
 /// A delivery to fewer sockets than this writes them all itself.
 const SHARE_FROM: usize = 256;
+/// Sockets per flusher task: small enough that the workers even out their shares by taking
+/// flushers from each other, large enough that a task per chunk costs nothing per frame.
+const FLUSH_CHUNK: usize = 1024;
 
-/// Delivers to `sessions` in a direct delivery: a large one queues the first share (their
-/// session tasks woken, so the runtime's other workers write those sockets) while this thread
-/// writes the rest. Written by one thread alone, the last member of a 10,000-member channel
-/// waited for 10,000 writes in a row while the other core idled (`docs/design.md` section 12).
-/// The order of frames per socket holds either way: a socket with a frame queued takes the
-/// next one queued too.
-pub(crate) fn shared_out<T>(sessions: &[T], mut f: impl FnMut(&T)) {
-    let queued = queued_share(sessions.len(), workers());
-    if queued > 0 {
-        let _queue = DirectWrites::paused();
-        sessions[..queued].iter().for_each(&mut f);
+/// Delivers to `sessions` in a direct delivery; returns how many there were. A large one
+/// queues its frames for a share of the sockets without waking their tasks and hands that
+/// share to flusher tasks, which the runtime's other workers run, while this thread writes the
+/// rest. Written by one thread alone, the last member of a 10,000-member channel waited for
+/// 10,000 writes in a row while the other core idled; woken one by one, the share's session
+/// tasks cost a wake-up and a poll per frame (`docs/design.md` section 12). The order of frames
+/// per socket holds: a frame pushed while one is queued is queued behind it, and a flusher
+/// writes from the front.
+pub(crate) fn shared_out(
+    mut sessions: Vec<Arc<SessionHandle>>,
+    mut f: impl FnMut(&SessionHandle),
+) -> usize {
+    let n = sessions.len();
+    let share = deferred_share(n, workers());
+    if share > 0 && mode() == Mode::Write {
+        let rest = sessions.split_off(share);
+        {
+            let _defer = DirectWrites::set(Mode::Defer);
+            sessions.iter().for_each(|s| f(s));
+        }
+        while !sessions.is_empty() {
+            let chunk: Vec<_> = sessions.drain(..FLUSH_CHUNK.min(sessions.len())).collect();
+            tokio::spawn(async move { chunk.iter().for_each(|s| s.flush_deferred()) });
+        }
+        rest.iter().for_each(|s| f(s));
+    } else {
+        sessions.iter().for_each(|s| f(s));
     }
-    sessions[queued..].iter().for_each(f);
+    n
 }
 
 /// The runtime's worker threads (1 outside a runtime).
@@ -62,22 +111,11 @@ fn workers() -> usize {
 }
 
 /// How many of `n` sockets to leave to the other `workers - 1` workers.
-fn queued_share(n: usize, workers: usize) -> usize {
+fn deferred_share(n: usize, workers: usize) -> usize {
     if n < SHARE_FROM || workers < 2 {
         return 0;
     }
     n * (workers - 1) / workers
-}
-
-impl Drop for DirectWrites {
-    fn drop(&mut self) {
-        ALLOWED.set(self.before);
-    }
-}
-
-/// Whether a push on this thread may write directly.
-pub(super) fn allowed() -> bool {
-    ALLOWED.get()
 }
 
 /// Tells the deliveries of one feed whether they may write directly: a delivery that begins
@@ -138,33 +176,14 @@ mod tests {
     }
 
     #[test]
-    fn a_large_delivery_queues_a_share_for_the_other_workers() {
+    fn a_large_delivery_leaves_a_share_to_the_other_workers() {
         assert_eq!(
-            queued_share(SHARE_FROM - 1, 2),
+            deferred_share(SHARE_FROM - 1, 2),
             0,
             "small: all written here"
         );
-        assert_eq!(queued_share(10_000, 1), 0, "one worker: all written here");
-        assert_eq!(queued_share(10_000, 2), 5_000);
-        assert_eq!(queued_share(9_000, 3), 6_000);
-        let p = Pacer::new(Duration::ZERO);
-        let _g = p.begin().expect("direct");
-        let sessions: Vec<usize> = (0..1_000).collect();
-        let mut direct = Vec::new();
-        // Outside a runtime there is one worker: everything is written here.
-        shared_out(&sessions, |_| direct.push(allowed()));
-        assert!(direct.iter().all(|d| *d));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
-        let direct = rt.block_on(async {
-            let mut direct = Vec::new();
-            shared_out(&sessions, |_| direct.push(allowed()));
-            direct
-        });
-        assert_eq!(direct.iter().filter(|d| !**d).count(), 500, "half queued");
-        assert!(direct[..500].iter().all(|d| !*d), "the queued share first");
-        assert!(allowed(), "direct again after the share");
+        assert_eq!(deferred_share(10_000, 1), 0, "one worker: all written here");
+        assert_eq!(deferred_share(10_000, 2), 5_000);
+        assert_eq!(deferred_share(9_000, 3), 6_000);
     }
 }

@@ -21,6 +21,7 @@ use impush_core::{config::LimitsConfig, ClientId, ConnectionId, MessageId};
 use super::{
     acks::{AckSource, Ackable, PendingAcks},
     close, direct,
+    direct::Mode,
     link::LinkId,
     outbox::{Direct, Outbox, Step},
     read::{ReadError, Reader},
@@ -320,7 +321,9 @@ impl SessionHandle {
         if q.closed {
             return false;
         }
-        let out = if direct::allowed() && q.idle() {
+        let mode = direct::mode();
+        let idle = q.idle();
+        let out = if mode == Mode::Write && idle {
             match self.write_direct(&mut q, out) {
                 Ok(()) => return true,
                 Err(out) => out,
@@ -337,8 +340,37 @@ impl SessionHandle {
         q.bytes += len;
         q.frames.push_back(out);
         drop(q);
-        self.requeue();
+        // Deferred to an idle socket: a flusher writes it (`flush_deferred`), without waking
+        // this connection's task.
+        if !(mode == Mode::Defer && idle) {
+            self.requeue();
+        }
         true
+    }
+
+    /// Writes the untracked frames queued at the front as the session task would have (a
+    /// delivery deferred them to this flusher, see `direct::shared_out`); wakes the task for
+    /// whatever is left, so nothing stays queued without a writer.
+    pub(crate) fn flush_deferred(&self) {
+        let mut q = lock(&self.outbox);
+        while q.at_frame_boundary() {
+            let Some(out) = q.take_untracked_front() else {
+                break;
+            };
+            match q.write_direct(out) {
+                Direct::Written(out) => self.settle_direct(out),
+                Direct::Begun => break,
+                Direct::Queue(out) => {
+                    q.requeue_front(out);
+                    break;
+                }
+            }
+        }
+        let left = !q.frames.is_empty();
+        drop(q);
+        if left {
+            self.requeue();
+        }
     }
 
     /// Writes `out` straight to the idle socket (the outbox is locked); hands it back when it

@@ -7,7 +7,8 @@
 //!
 //! - **Direct writes.** At everyday rates a message reaches each socket alone. A fan-out loop
 //!   that says so (`direct`) writes its frame straight to an idle socket (nothing queued,
-//!   nothing half written): one `writev` of header and shared payload, no task wake-up.
+//!   nothing half written): one `writev` of header and shared payload, no task wake-up. A
+//!   large one leaves a share of its sockets to flusher tasks on the runtime's other workers.
 //! - **The queue.** Otherwise (a backlog, a busy or full socket, a frame that must wait) the
 //!   frame is queued and the session task woken; it writes everything queued, many frames per
 //!   `writev`. The queue is bounded in frames and bytes; a client that cannot keep up is closed

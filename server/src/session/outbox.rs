@@ -95,8 +95,31 @@ impl Outbox {
         self.conn.is_some() && self.frames.is_empty() && self.control.is_none()
     }
 
+    /// Whether the socket is there and nothing is half written or waiting before the queued
+    /// frames: the front one may be written directly ([`Outbox::take_untracked_front`]).
+    pub(super) fn at_frame_boundary(&self) -> bool {
+        self.conn.is_some() && self.front_written == 0 && self.control.is_none()
+    }
+
+    /// Takes the front frame if it is untracked (a channel or broadcast frame: nothing to
+    /// remember or settle but its latency).
+    pub(super) fn take_untracked_front(&mut self) -> Option<Outgoing> {
+        if self.frames.front()?.token.is_some() {
+            return None;
+        }
+        let out = self.frames.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(out.frame.len());
+        Some(out)
+    }
+
+    /// Puts back a frame [`Outbox::take_untracked_front`] took.
+    pub(super) fn requeue_front(&mut self, out: Outgoing) {
+        self.bytes += out.frame.len();
+        self.frames.push_front(out);
+    }
+
     /// Writes `out` at once if the socket takes it; see [`Direct`]. Call only when
-    /// [`Outbox::idle`].
+    /// [`Outbox::idle`], or with `out` just taken from the front at a frame boundary.
     pub(super) fn write_direct(&mut self, out: Outgoing) -> Direct {
         let Some(conn) = &self.conn else {
             return Direct::Queue(out);

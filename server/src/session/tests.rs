@@ -343,4 +343,69 @@ mod writes {
         assert!(h.push(frame()));
         assert_eq!(h.take_len(), 1);
     }
+
+    /// A fan-out to enough sockets that a share is left to flusher tasks on the other worker:
+    /// every frame arrives, in order, and no session task is woken for a frame to an idle
+    /// socket.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_out_fan_out_writes_every_socket_in_order_without_waking_tasks() {
+        const N: usize = 300;
+        let mut handles = Vec::new();
+        let mut clients = Vec::new();
+        let (wakes, waker) = counting_waker();
+        let mut cx = TaskContext::from_waker(&waker);
+        for _ in 0..N {
+            let (conn, client) = pair().await;
+            let h = Arc::new(handle());
+            h.install(conn, false);
+            assert_eq!(h.poll_wake(&mut cx), Poll::Ready(Wake::Frames));
+            assert_eq!(h.poll_wake(&mut cx), Poll::Pending);
+            handles.push(h);
+            clients.push(client);
+        }
+        let reader = |clients: Vec<StdStream>, n: usize| {
+            std::thread::spawn(move || {
+                clients
+                    .into_iter()
+                    .map(|mut c| {
+                        let got = read_frames(&mut c, n);
+                        (c, got)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let pacer = Pacer::new(Duration::ZERO);
+        let deliver = |i: usize| {
+            let _direct = pacer.begin();
+            let n = shared_out(handles.clone(), |s| {
+                assert!(s.push(text(format!("m{i}"))));
+            });
+            assert_eq!(n, N);
+        };
+
+        let read = reader(clients, 1);
+        deliver(0);
+        let read = tokio::task::spawn_blocking(move || read.join().unwrap())
+            .await
+            .unwrap();
+        assert!(read.iter().all(|(_, got)| got == &["m0"]));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "a task was woken");
+
+        // Back to back: the flushers of one delivery may still be at work when the next
+        // queues behind them.
+        let read = reader(read.into_iter().map(|(c, _)| c).collect(), 3);
+        for i in 1..4 {
+            deliver(i);
+        }
+        let read = tokio::task::spawn_blocking(move || read.join().unwrap())
+            .await
+            .unwrap();
+        for (_, got) in &read {
+            assert_eq!(got, &["m1", "m2", "m3"]);
+        }
+        assert!(
+            handles.iter().all(|h| h.take_len() == 0),
+            "frames left queued"
+        );
+    }
 }
