@@ -24,6 +24,10 @@ use crate::session::{shared_out, Pacer, SessionHandle};
 const STREAM_GAP: std::time::Duration = std::time::Duration::from_micros(500);
 /// The same for point-to-point deliveries, which are short and frequent.
 const DIRECT_GAP: std::time::Duration = std::time::Duration::from_micros(50);
+/// A delivery that begins this long after the previous one ended is paced: a large one may
+/// share its sockets out among the runtime's workers. Sooner, it is part of a burst (full
+/// speed measured 23% fewer frames/s with every delivery sharing out).
+const SHARE_GAP: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Local connections and local channel members, as returned by [`Registry::snapshot`].
 pub(crate) type Snapshot = (
@@ -46,8 +50,8 @@ impl Default for Registry {
         Self {
             clients: RwLock::default(),
             channels: RwLock::default(),
-            streams: Pacer::new(STREAM_GAP),
-            direct: Pacer::new(DIRECT_GAP),
+            streams: Pacer::new(STREAM_GAP, SHARE_GAP),
+            direct: Pacer::new(DIRECT_GAP, SHARE_GAP),
         }
     }
 }

@@ -9,14 +9,9 @@
 
 use std::{
     cell::Cell,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
-
-use super::SessionHandle;
 
 thread_local! {
     static MODE: Cell<Mode> = const { Cell::new(Mode::Queue) };
@@ -29,7 +24,9 @@ pub(super) enum Mode {
     Queue,
     /// Write it at once.
     Write,
-    /// Queue it without waking the session task: a flusher writes it (see [`shared_out`]).
+    /// Write it at once; a large delivery shares its sockets out (`share`).
+    Paced,
+    /// Queue it without waking the session task: a flusher writes it (see `share`).
     Defer,
 }
 
@@ -40,11 +37,11 @@ pub(crate) struct DirectWrites {
 }
 
 impl DirectWrites {
-    fn enter() -> Self {
-        Self::set(Mode::Write)
+    fn enter(mode: Mode) -> Self {
+        Self::set(mode)
     }
 
-    fn set(mode: Mode) -> Self {
+    pub(super) fn set(mode: Mode) -> Self {
         Self {
             before: MODE.replace(mode),
         }
@@ -62,78 +59,41 @@ pub(super) fn mode() -> Mode {
     MODE.get()
 }
 
+impl Mode {
+    /// Whether a frame for an idle socket is written at once.
+    pub(super) fn writes(self) -> bool {
+        matches!(self, Mode::Write | Mode::Paced)
+    }
+}
+
 /// Whether a push on this thread may write directly.
 #[cfg(test)]
 fn allowed() -> bool {
-    mode() == Mode::Write
-}
-
-/// A delivery to fewer sockets than this writes them all itself.
-const SHARE_FROM: usize = 256;
-/// Sockets per flusher task: small enough that the workers even out their shares by taking
-/// flushers from each other, large enough that a task per chunk costs nothing per frame.
-const FLUSH_CHUNK: usize = 1024;
-
-/// Delivers to `sessions` in a direct delivery; returns how many there were. A large one
-/// queues its frames for a share of the sockets without waking their tasks and hands that
-/// share to flusher tasks, which the runtime's other workers run, while this thread writes the
-/// rest. Written by one thread alone, the last member of a 10,000-member channel waited for
-/// 10,000 writes in a row while the other core idled; woken one by one, the share's session
-/// tasks cost a wake-up and a poll per frame (`docs/design.md` section 12). The order of frames
-/// per socket holds: a frame pushed while one is queued is queued behind it, and a flusher
-/// writes from the front.
-pub(crate) fn shared_out(
-    mut sessions: Vec<Arc<SessionHandle>>,
-    mut f: impl FnMut(&SessionHandle),
-) -> usize {
-    let n = sessions.len();
-    let share = deferred_share(n, workers());
-    if share > 0 && mode() == Mode::Write {
-        let rest = sessions.split_off(share);
-        {
-            let _defer = DirectWrites::set(Mode::Defer);
-            sessions.iter().for_each(|s| f(s));
-        }
-        while !sessions.is_empty() {
-            let chunk: Vec<_> = sessions.drain(..FLUSH_CHUNK.min(sessions.len())).collect();
-            tokio::spawn(async move { chunk.iter().for_each(|s| s.flush_deferred()) });
-        }
-        rest.iter().for_each(|s| f(s));
-    } else {
-        sessions.iter().for_each(|s| f(s));
-    }
-    n
-}
-
-/// The runtime's worker threads (1 outside a runtime).
-fn workers() -> usize {
-    tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers())
-}
-
-/// How many of `n` sockets to leave to the other `workers - 1` workers.
-fn deferred_share(n: usize, workers: usize) -> usize {
-    if n < SHARE_FROM || workers < 2 {
-        return 0;
-    }
-    n * (workers - 1) / workers
+    mode().writes()
 }
 
 /// Tells the deliveries of one feed whether they may write directly: a delivery that begins
-/// within `gap` of the previous one's end found a backlog, and queues.
+/// within `gap` of the previous one's end found a backlog, and queues; one that begins
+/// `share_gap` or more after it is paced, and may share its sockets out (`share`). In
+/// between (a burst's deliveries, each soon after the last) a delivery writes them all itself:
+/// its flushers would race the next delivery's frames for the same sockets.
 #[derive(Debug)]
 pub(crate) struct Pacer {
     base: Instant,
     /// When the last delivery ended, in ns since `base`.
     last_end: AtomicU64,
     gap_ns: u64,
+    share_gap_ns: u64,
 }
 
 impl Pacer {
-    pub(crate) fn new(gap: Duration) -> Self {
+    pub(crate) fn new(gap: Duration, share_gap: Duration) -> Self {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Self {
             base: Instant::now(),
             last_end: AtomicU64::new(0),
-            gap_ns: u64::try_from(gap.as_nanos()).unwrap_or(u64::MAX),
+            gap_ns: ns(gap),
+            share_gap_ns: ns(share_gap),
         }
     }
 
@@ -145,7 +105,17 @@ impl Pacer {
     /// previous one too closely. Call [`Pacer::end`] when it is done.
     pub(crate) fn begin(&self) -> Option<DirectWrites> {
         let last = self.last_end.load(Ordering::Relaxed);
-        (last == 0 || self.now_ns().saturating_sub(last) >= self.gap_ns).then(DirectWrites::enter)
+        let quiet = match last {
+            0 => u64::MAX,
+            last => self.now_ns().saturating_sub(last),
+        };
+        if quiet >= self.share_gap_ns {
+            Some(DirectWrites::enter(Mode::Paced))
+        } else if quiet >= self.gap_ns {
+            Some(DirectWrites::enter(Mode::Write))
+        } else {
+            None
+        }
     }
 
     /// The delivery is done.
@@ -161,7 +131,7 @@ mod tests {
     #[test]
     fn direct_writes_only_inside_a_paced_delivery() {
         assert!(!allowed());
-        let p = Pacer::new(Duration::from_secs(3600));
+        let p = Pacer::new(Duration::from_secs(3600), Duration::from_secs(3600));
         {
             let _g = p.begin().expect("the first delivery writes directly");
             assert!(allowed());
@@ -169,21 +139,20 @@ mod tests {
         assert!(!allowed(), "the guard restores the thread's state");
         p.end();
         assert!(p.begin().is_none(), "a delivery right after another queues");
-        let quick = Pacer::new(Duration::ZERO);
+        // Paced (quiet for the share gap) shares out; a burst's delivery writes by itself.
+        let burst = Pacer::new(Duration::ZERO, Duration::from_secs(3600));
+        {
+            let _g = burst.begin().expect("the first delivery writes directly");
+            assert_eq!(mode(), Mode::Paced);
+        }
+        burst.end();
+        {
+            let _g = burst.begin().expect("past the gap");
+            assert_eq!(mode(), Mode::Write, "soon after the last: no share");
+        }
+        let quick = Pacer::new(Duration::ZERO, Duration::ZERO);
         quick.end();
         let g = quick.begin();
         assert!(g.is_some() && allowed());
-    }
-
-    #[test]
-    fn a_large_delivery_leaves_a_share_to_the_other_workers() {
-        assert_eq!(
-            deferred_share(SHARE_FROM - 1, 2),
-            0,
-            "small: all written here"
-        );
-        assert_eq!(deferred_share(10_000, 1), 0, "one worker: all written here");
-        assert_eq!(deferred_share(10_000, 2), 5_000);
-        assert_eq!(deferred_share(9_000, 3), 6_000);
     }
 }

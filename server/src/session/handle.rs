@@ -323,7 +323,7 @@ impl SessionHandle {
         }
         let mode = direct::mode();
         let idle = q.idle();
-        let out = if mode == Mode::Write && idle {
+        let out = if mode.writes() && idle {
             match self.write_direct(&mut q, out) {
                 Ok(()) => return true,
                 Err(out) => out,
@@ -349,7 +349,7 @@ impl SessionHandle {
     }
 
     /// Writes the untracked frames queued at the front as the session task would have (a
-    /// delivery deferred them to this flusher, see `direct::shared_out`); wakes the task for
+    /// delivery deferred them to this flusher, see `share::shared_out`); wakes the task for
     /// whatever is left, so nothing stays queued without a writer.
     pub(crate) fn flush_deferred(&self) {
         let mut q = lock(&self.outbox);

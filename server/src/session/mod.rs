@@ -34,6 +34,7 @@
 //! - `handle`: [`SessionHandle`], pushing frames (queued or direct), holding, muting;
 //! - `outbox`: the queue and the socket, writing frames;
 //! - `direct`: when a delivery loop may write directly;
+//! - `share`: a large direct delivery shared out among the runtime's workers;
 //! - `drive`: the socket loop, client frames, settling what was written;
 //! - `socket`: the connection taken over from the edge, the close handshake;
 //! - `upgrade`: the WebSocket handshake of `/ws`;
@@ -49,6 +50,7 @@ mod link;
 mod outbox;
 mod rate;
 mod read;
+mod share;
 mod socket;
 mod upgrade;
 mod wire;
@@ -56,10 +58,11 @@ mod wire;
 use axum::extract::ws::Utf8Bytes;
 
 pub(crate) use acks::{AckSource, Ackable};
-pub(crate) use direct::{shared_out, Pacer};
+pub(crate) use direct::Pacer;
 pub(crate) use drive::{drive, Context, End};
 pub(crate) use handle::SessionHandle;
 pub(crate) use link::{LinkId, Links};
+pub(crate) use share::shared_out;
 pub(crate) use socket::{close_socket, Socket};
 pub(crate) use upgrade::{UpgradeRejection, WsUpgrade};
 

@@ -190,7 +190,7 @@ mod writes {
         assert_eq!(h.poll_wake(&mut cx), Poll::Pending);
         let before = wakes.0.load(Ordering::SeqCst);
 
-        let pacer = Pacer::new(Duration::ZERO);
+        let pacer = Pacer::new(Duration::ZERO, Duration::ZERO);
         {
             let _direct = pacer.begin();
             assert!(h.push(text("direct".into())));
@@ -230,7 +230,7 @@ mod writes {
             l.outbound_queue_bytes = 1 << 30;
         });
         h.install(conn, false);
-        let pacer = Pacer::new(Duration::ZERO);
+        let pacer = Pacer::new(Duration::ZERO, Duration::ZERO);
         // Big frames pushed directly while the client reads nothing: the socket buffer fills,
         // one frame goes out in part and the rest queue behind it.
         let payload = |i: usize| format!("{i:06}:{}", "x".repeat(20_000 + i % 7));
@@ -304,7 +304,7 @@ mod writes {
         let (conn, mut client) = pair().await;
         let h = handle_with(|l| l.max_unacked = 2);
         h.install(conn, true);
-        let pacer = Pacer::new(Duration::ZERO);
+        let pacer = Pacer::new(Duration::ZERO, Duration::ZERO);
         let mut settled = Vec::new();
         for i in 0..3 {
             let (s, rx) = settlement(i);
@@ -338,7 +338,7 @@ mod writes {
     #[test]
     fn a_socket_no_session_drives_takes_nothing_directly() {
         let h = handle();
-        let pacer = Pacer::new(Duration::ZERO);
+        let pacer = Pacer::new(Duration::ZERO, Duration::ZERO);
         let _direct = pacer.begin();
         assert!(h.push(frame()));
         assert_eq!(h.take_len(), 1);
@@ -374,7 +374,7 @@ mod writes {
                     .collect::<Vec<_>>()
             })
         };
-        let pacer = Pacer::new(Duration::ZERO);
+        let pacer = Pacer::new(Duration::ZERO, Duration::ZERO);
         let deliver = |i: usize| {
             let _direct = pacer.begin();
             let n = shared_out(handles.clone(), |s| {
