@@ -304,9 +304,13 @@ pub async fn killed_nodes_clients_reconnect_elsewhere_and_come_home(backend: &Ba
     // before the start: n2 is live to the others as soon as it heartbeats, and a client may be
     // home before `restart` has seen n2 print that it listens.
     let restarted = Instant::now();
-    // When the helper's view had n2 dead after its restart: a return home reported as gone
-    // is most often a restarted n2 judged dead again (its connections dropped from every
-    // view), which this and the offline events of n2's own connections show.
+    // When the helper's view had n2 live again (`n2_live`: the return home is timed from
+    // there; before it, n2 is starting, joining the broker's groups: a few hundred ms on most
+    // backbones, seconds on Kafka, and nobody is sent to it), and when it had n2 dead after
+    // that: a return home reported as gone is most often a restarted n2 judged dead again (its
+    // connections dropped from every view), which this and the offline events of n2's own
+    // connections show.
+    let (live_tx, n2_live) = tokio::sync::oneshot::channel();
     let n2_dead_again = tokio::spawn({
         let h = h.clone();
         let n2 = n2.clone();
@@ -314,25 +318,13 @@ pub async fn killed_nodes_clients_reconnect_elsewhere_and_come_home(backend: &Ba
             while h.cluster().status(&n2) == NodeStatus::Dead {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            let _ = live_tx.send(restarted.elapsed());
             loop {
                 if h.cluster().status(&n2) == NodeStatus::Dead {
                     return restarted.elapsed();
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        }
-    });
-    // When the helper's view had n2 live again: the return home is timed from there. Before
-    // it, n2 is starting (joining the broker's groups: a few hundred ms on most backbones,
-    // seconds on Kafka) and nobody is sent to it.
-    let n2_live = tokio::spawn({
-        let h = h.clone();
-        let n2 = n2.clone();
-        async move {
-            while h.cluster().status(&n2) == NodeStatus::Dead {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            restarted.elapsed()
         }
     });
     cluster.restart(1);
