@@ -718,10 +718,7 @@ async fn metrics_count_what_happened() {
     support::refused_status(&bad).await;
     eventually(|| async { server.metrics().ignored_frames() >= 1 }).await;
 
-    let (status, text) = api.raw("GET", "/metrics", None, None).await;
-    assert_eq!(status, 200);
-    let text = text.as_str().unwrap().to_owned();
-    for line in [
+    let expected = [
         "impush_connections{node=\"n1\"} 2",
         "impush_frames_out_total{node=\"n1\",type=\"message\"} 1",
         "impush_frames_out_total{node=\"n1\",type=\"pong\"} 1",
@@ -733,7 +730,21 @@ async fn metrics_count_what_happened() {
         "impush_token_rejections_total{node=\"n1\"} 1",
         "impush_closes_total{node=\"n1\",reason=\"slow\"} 0",
         "# TYPE impush_connections gauge",
-    ] {
+    ];
+    // The ack's receipt is counted by the node's receipt loop, after the frame was read:
+    // wait for the page to show it rather than read it once.
+    let scrape = || async {
+        let (status, text) = api.raw("GET", "/metrics", None, None).await;
+        assert_eq!(status, 200);
+        text.as_str().unwrap().to_owned()
+    };
+    eventually(|| async {
+        let text = scrape().await;
+        expected.iter().all(|line| text.lines().any(|l| l == *line))
+    })
+    .await;
+    let text = scrape().await;
+    for line in expected {
         assert!(
             text.lines().any(|l| l == line),
             "missing `{line}` in:\n{text}"
