@@ -66,6 +66,9 @@ pub(crate) struct Machine {
     /// cut off.
     last_echo: Option<Instant>,
     echoing_since: Option<Instant>,
+    /// This node's change counter: each connection opened or closed, and each sync, counts one
+    /// (`wire`: a reader drops a full state older than a change it applied).
+    seq: u64,
 }
 
 impl Machine {
@@ -85,7 +88,23 @@ impl Machine {
             draining: false,
             last_echo: None,
             echoing_since: None,
+            seq: 0,
         }
+    }
+
+    /// Starts this node's change counter at `seq`. The store passes the wall clock in
+    /// microseconds, so a restarted node's changes count on from above its previous run's
+    /// (which would have had to make a change every microsecond of its life to get there),
+    /// and readers that remember the old run take the new one's state.
+    pub(crate) fn counting_from(mut self, seq: u64) -> Self {
+        self.seq = seq;
+        self
+    }
+
+    /// Counts one change of this node's connections; returns its number.
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
     }
 
     /// The configured lease.
@@ -246,6 +265,7 @@ impl Machine {
         Some(Wire::NodeState {
             node: self.me.clone()?,
             connections: sorted(&self.local),
+            seq: self.seq,
         })
     }
 

@@ -25,6 +25,8 @@ pub(crate) struct NodeView {
     pub(crate) asked: Option<Instant>,
     /// Its last heartbeat said it is draining.
     pub(crate) draining: bool,
+    /// The highest change counter of the node's messages applied here (`wire`).
+    pub(crate) seq: u64,
 }
 
 impl NodeView {
@@ -36,6 +38,7 @@ impl NodeView {
             synced: false,
             asked: None,
             draining: false,
+            seq: 0,
         }
     }
 
@@ -74,6 +77,14 @@ impl View {
         self.nodes
             .entry(node.clone())
             .or_insert_with(|| NodeView::new(lease, now))
+    }
+
+    /// A message of `node` with change counter `seq` was applied (nothing when the view does
+    /// not know the node: a change cannot make a node known).
+    pub(crate) fn changed(&mut self, node: &NodeId, seq: u64) {
+        if let Some(v) = self.nodes.get_mut(node) {
+            v.seq = v.seq.max(seq);
+        }
     }
 
     pub(crate) fn node(&self, node: &NodeId) -> Option<&NodeView> {

@@ -52,7 +52,11 @@ impl ClusterPresence {
         lease: Duration,
         cfg: &ClusterPresenceConfig,
     ) -> Result<Self> {
-        let machine = Machine::new(me.clone(), cluster, lease, Instant::now());
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let machine = Machine::new(me.clone(), cluster, lease, Instant::now())
+            .counting_from(u64::try_from(since_epoch.as_micros()).unwrap_or(u64::MAX / 2));
         let (exchange, stop) = Exchange::start(broker, prefix, machine, cfg.query_timeout).await?;
         // Every node publishes its state for the newcomer; a helper waits for it (bounded),
         // so its first answers are complete.

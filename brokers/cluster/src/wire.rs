@@ -2,8 +2,13 @@
 //! topic: every instance reads everything and keeps what concerns it).
 //!
 //! State messages are published by the node that owns the state, so per-publisher ordering
-//! (the broker contract) keeps each node's deltas in order. Requests and replies carry the
-//! requesting instance's id; a node answers requests addressed to it or to every node.
+//! (the broker contract) keeps each node's deltas in order. Its full state is another matter:
+//! taken at one moment and published by another task, it can reach the feed after a change
+//! made after it, and applied then it would undo that change (a connection the others never
+//! hear of again, so never announce gone). Each change and each full state therefore carries
+//! the node's change counter (`seq`), and a reader drops a state older than a change it has
+//! applied. Requests and replies carry the requesting instance's id; a node answers requests
+//! addressed to it or to every node.
 
 use impush_core::{ChannelName, ClientId, ConnectionId, DroppedConnection, NodeId};
 use serde::{Deserialize, Serialize};
@@ -17,6 +22,9 @@ pub(crate) enum Wire {
         node: NodeId,
         client: ClientId,
         connection: ConnectionId,
+        /// The node's change counter after this change (0 from nodes that predate it).
+        #[serde(default)]
+        seq: u64,
     },
     /// A connection closed on `node`; `cleared`: the client was left with none and leaves its
     /// channels (its owner drops the memberships).
@@ -25,11 +33,18 @@ pub(crate) enum Wire {
         client: ClientId,
         connection: ConnectionId,
         cleared: bool,
+        /// The node's change counter after this change (0 from nodes that predate it).
+        #[serde(default)]
+        seq: u64,
     },
     /// Everything `node` holds now (after a sync, or when asked because a view drifted).
     NodeState {
         node: NodeId,
         connections: Vec<(ClientId, ConnectionId)>,
+        /// The node's change counter when the state was taken: it holds every change up to
+        /// this one (0 from nodes that predate it).
+        #[serde(default)]
+        seq: u64,
     },
     /// Connections of `node` that are gone without their node saying so: reaped by `by`
     /// after the node's lease ran out, or cleared by the node itself at start-up.

@@ -23,15 +23,34 @@ impl Machine {
                 node,
                 client,
                 connection,
-            } if !mine(&node) => self.view.add(&node, &client, &connection, now),
+                seq,
+            } if !mine(&node) => {
+                self.view.add(&node, &client, &connection, now);
+                self.view.changed(&node, seq);
+            }
             Wire::Disconnected {
                 node,
                 client,
                 connection,
                 cleared,
-            } if !mine(&node) => self.on_disconnected(&node, &client, &connection, cleared),
-            Wire::NodeState { node, connections } if !mine(&node) => {
+                seq,
+            } if !mine(&node) => {
+                self.on_disconnected(&node, &client, &connection, cleared);
+                self.view.changed(&node, seq);
+            }
+            Wire::NodeState {
+                node,
+                connections,
+                seq,
+            } if !mine(&node) => {
+                // Taken before a change this view already has: applying it would undo that
+                // change. The change is applied, so the view is no worse without this state,
+                // and the node's next heartbeat says whether it still drifted (`wire`).
+                if self.view.node(&node).is_some_and(|v| v.seq > seq) {
+                    return None;
+                }
                 self.view.replace(&node, &connections, now);
+                self.view.changed(&node, seq);
             }
             Wire::Dropped {
                 node,

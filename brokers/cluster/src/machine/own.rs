@@ -28,6 +28,7 @@ impl Machine {
             node: me.clone(),
             client: client.clone(),
             connection: connection.clone(),
+            seq: self.next_seq(),
         };
         (self.view.live_connections_of(client, me, now), msg)
     }
@@ -54,6 +55,7 @@ impl Machine {
             client: client.clone(),
             connection: connection.clone(),
             cleared,
+            seq: self.next_seq(),
         };
         (left, msg)
     }
@@ -131,6 +133,7 @@ impl Machine {
         out.push(Wire::NodeState {
             node: me.clone(),
             connections: sorted(&self.local),
+            seq: self.next_seq(),
         });
         (NodeSync { removed, added }, out)
     }

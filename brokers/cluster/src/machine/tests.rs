@@ -64,6 +64,7 @@ fn connected(node: &str, client: &str, conn: &str) -> Wire {
         node: n(node),
         client: c(client),
         connection: k(conn),
+        seq: 0,
     }
 }
 
@@ -73,6 +74,7 @@ fn disconnected(node: &str, client: &str, conn: &str, cleared: bool) -> Wire {
         client: c(client),
         connection: k(conn),
         cleared,
+        seq: 0,
     }
 }
 
