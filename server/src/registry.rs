@@ -50,8 +50,8 @@ impl Default for Registry {
         Self {
             clients: RwLock::default(),
             channels: RwLock::default(),
-            streams: Pacer::new(STREAM_GAP, SHARE_GAP),
-            direct: Pacer::new(DIRECT_GAP, SHARE_GAP),
+            streams: Pacer::new(STREAM_GAP, Some(SHARE_GAP)),
+            direct: Pacer::new(DIRECT_GAP, None),
         }
     }
 }

@@ -37,10 +37,6 @@ pub(crate) struct DirectWrites {
 }
 
 impl DirectWrites {
-    fn enter(mode: Mode) -> Self {
-        Self::set(mode)
-    }
-
     pub(super) fn set(mode: Mode) -> Self {
         Self {
             before: MODE.replace(mode),
@@ -73,27 +69,28 @@ fn allowed() -> bool {
 }
 
 /// Tells the deliveries of one feed whether they may write directly: a delivery that begins
-/// within `gap` of the previous one's end found a backlog, and queues; one that begins
-/// `share_gap` or more after it is paced, and may share its sockets out (`share`). In
-/// between (a burst's deliveries, each soon after the last) a delivery writes them all itself:
-/// its flushers would race the next delivery's frames for the same sockets.
+/// within `gap` of the previous one's end found a backlog, and queues; with a `share_gap`, one
+/// that begins that long or more after it is paced, and may share its sockets out (`share`).
+/// In between (a burst's deliveries, each soon after the last) a delivery writes them all
+/// itself: its flushers would race the next delivery's frames for the same sockets. Feeds whose
+/// deliveries go to one client (point to point) have nothing to share and no share gap.
 #[derive(Debug)]
 pub(crate) struct Pacer {
     base: Instant,
     /// When the last delivery ended, in ns since `base`.
     last_end: AtomicU64,
     gap_ns: u64,
-    share_gap_ns: u64,
+    share_gap_ns: Option<u64>,
 }
 
 impl Pacer {
-    pub(crate) fn new(gap: Duration, share_gap: Duration) -> Self {
+    pub(crate) fn new(gap: Duration, share_gap: Option<Duration>) -> Self {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Self {
             base: Instant::now(),
             last_end: AtomicU64::new(0),
             gap_ns: ns(gap),
-            share_gap_ns: ns(share_gap),
+            share_gap_ns: share_gap.map(ns),
         }
     }
 
@@ -109,10 +106,10 @@ impl Pacer {
             0 => u64::MAX,
             last => self.now_ns().saturating_sub(last),
         };
-        if quiet >= self.share_gap_ns {
-            Some(DirectWrites::enter(Mode::Paced))
+        if self.share_gap_ns.is_some_and(|g| quiet >= g) {
+            Some(DirectWrites::set(Mode::Paced))
         } else if quiet >= self.gap_ns {
-            Some(DirectWrites::enter(Mode::Write))
+            Some(DirectWrites::set(Mode::Write))
         } else {
             None
         }
@@ -131,7 +128,7 @@ mod tests {
     #[test]
     fn direct_writes_only_inside_a_paced_delivery() {
         assert!(!allowed());
-        let p = Pacer::new(Duration::from_secs(3600), Duration::from_secs(3600));
+        let p = Pacer::new(Duration::from_secs(3600), Some(Duration::from_secs(3600)));
         {
             let _g = p.begin().expect("the first delivery writes directly");
             assert!(allowed());
@@ -140,7 +137,7 @@ mod tests {
         p.end();
         assert!(p.begin().is_none(), "a delivery right after another queues");
         // Paced (quiet for the share gap) shares out; a burst's delivery writes by itself.
-        let burst = Pacer::new(Duration::ZERO, Duration::from_secs(3600));
+        let burst = Pacer::new(Duration::ZERO, Some(Duration::from_secs(3600)));
         {
             let _g = burst.begin().expect("the first delivery writes directly");
             assert_eq!(mode(), Mode::Paced);
@@ -150,9 +147,14 @@ mod tests {
             let _g = burst.begin().expect("past the gap");
             assert_eq!(mode(), Mode::Write, "soon after the last: no share");
         }
-        let quick = Pacer::new(Duration::ZERO, Duration::ZERO);
+        let quick = Pacer::new(Duration::ZERO, Some(Duration::ZERO));
         quick.end();
         let g = quick.begin();
         assert!(g.is_some() && allowed());
+        drop(g);
+        // Point to point: never paced for a share, even the first delivery.
+        let direct = Pacer::new(Duration::ZERO, None);
+        let _g = direct.begin().expect("writes directly");
+        assert_eq!(mode(), Mode::Write);
     }
 }

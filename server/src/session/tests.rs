@@ -126,7 +126,11 @@ mod writes {
 
     use super::*;
     use crate::{
-        session::{outbox::Step, socket::Socket},
+        session::{
+            direct::{self, Mode},
+            outbox::Step,
+            socket::Socket,
+        },
         settle::{Settlement, Tracked},
     };
 
@@ -190,7 +194,7 @@ mod writes {
         assert_eq!(h.poll_wake(&mut cx), Poll::Pending);
         let before = wakes.0.load(Ordering::SeqCst);
 
-        let pacer = Pacer::new(Duration::ZERO, Duration::ZERO);
+        let pacer = Pacer::new(Duration::ZERO, Some(Duration::ZERO));
         {
             let _direct = pacer.begin();
             assert!(h.push(text("direct".into())));
@@ -230,7 +234,7 @@ mod writes {
             l.outbound_queue_bytes = 1 << 30;
         });
         h.install(conn, false);
-        let pacer = Pacer::new(Duration::ZERO, Duration::ZERO);
+        let pacer = Pacer::new(Duration::ZERO, Some(Duration::ZERO));
         // Big frames pushed directly while the client reads nothing: the socket buffer fills,
         // one frame goes out in part and the rest queue behind it.
         let payload = |i: usize| format!("{i:06}:{}", "x".repeat(20_000 + i % 7));
@@ -304,7 +308,7 @@ mod writes {
         let (conn, mut client) = pair().await;
         let h = handle_with(|l| l.max_unacked = 2);
         h.install(conn, true);
-        let pacer = Pacer::new(Duration::ZERO, Duration::ZERO);
+        let pacer = Pacer::new(Duration::ZERO, Some(Duration::ZERO));
         let mut settled = Vec::new();
         for i in 0..3 {
             let (s, rx) = settlement(i);
@@ -338,7 +342,7 @@ mod writes {
     #[test]
     fn a_socket_no_session_drives_takes_nothing_directly() {
         let h = handle();
-        let pacer = Pacer::new(Duration::ZERO, Duration::ZERO);
+        let pacer = Pacer::new(Duration::ZERO, Some(Duration::ZERO));
         let _direct = pacer.begin();
         assert!(h.push(frame()));
         assert_eq!(h.take_len(), 1);
@@ -374,7 +378,7 @@ mod writes {
                     .collect::<Vec<_>>()
             })
         };
-        let pacer = Pacer::new(Duration::ZERO, Duration::ZERO);
+        let pacer = Pacer::new(Duration::ZERO, Some(Duration::ZERO));
         let deliver = |i: usize| {
             let _direct = pacer.begin();
             let n = shared_out(handles.clone(), |s| {
@@ -406,6 +410,36 @@ mod writes {
         assert!(
             handles.iter().all(|h| h.take_len() == 0),
             "frames left queued"
+        );
+    }
+
+    /// A delivery that begins soon after the previous one (a burst, as at full speed) writes
+    /// every socket itself: shared out, its flushers raced the next delivery's frames for the
+    /// same sockets, and full-speed fan-out lost 23% of its frames a second (BENCHMARKS.md,
+    /// issue 25). A paced one, with the same sockets, does share out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bursts_delivery_shares_nothing_out() {
+        let handles: Vec<Arc<SessionHandle>> = (0..300).map(|_| Arc::new(handle())).collect();
+        let pacer = Pacer::new(Duration::ZERO, Some(Duration::from_secs(3600)));
+        let modes = |pacer: &Pacer| {
+            let direct = pacer.begin();
+            let mut seen = Vec::new();
+            shared_out(handles.clone(), |_| seen.push(direct::mode()));
+            drop(direct);
+            pacer.end();
+            seen
+        };
+        let paced = modes(&pacer);
+        assert!(
+            paced.contains(&Mode::Defer),
+            "the first delivery is paced and shares out"
+        );
+        let burst = modes(&pacer);
+        assert_eq!(burst.len(), 300);
+        assert!(
+            burst.iter().all(|m| *m == Mode::Write),
+            "a burst's delivery shared out: {:?}",
+            burst.iter().filter(|m| **m != Mode::Write).count()
         );
     }
 }
