@@ -26,12 +26,20 @@ impl Error {
     }
 }
 
-/// Whether the failure is about reaching Redis (retrying later may work).
+/// Whether the failure is about reaching Redis (retrying later may work). fred reports a
+/// command it had no connection to write to (the link is down and being re-established) as
+/// `Routing`, or as `Unknown` with this message: a send during a Redis restart answered 500
+/// instead of 503 in a CI run (`traffic_through_a_broker_restart`), and a client that retries
+/// on 503 gave up.
 fn unreachable(e: &FredError) -> bool {
     matches!(
         e.kind(),
-        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure
-    )
+        ErrorKind::IO
+            | ErrorKind::Timeout
+            | ErrorKind::Canceled
+            | ErrorKind::Backpressure
+            | ErrorKind::Routing
+    ) || (*e.kind() == ErrorKind::Unknown && e.details().starts_with("Failed to route command"))
 }
 
 impl From<Error> for CoreError {
@@ -52,4 +60,31 @@ impl From<Error> for CoreError {
 /// Maps a fred error of operation `op` straight to a core error.
 pub(crate) fn core(op: &'static str) -> impl FnOnce(FredError) -> CoreError {
     move |source| Error::Command { op, source }.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapped(kind: ErrorKind, details: &str) -> CoreError {
+        Error::Command {
+            op: "XADD",
+            source: FredError::new(kind, details.to_owned()),
+        }
+        .into()
+    }
+
+    #[test]
+    fn a_command_with_no_connection_to_go_to_is_unavailable_not_a_backend_failure() {
+        for (kind, details) in [
+            (ErrorKind::Unknown, "Failed to route command."),
+            (ErrorKind::Routing, "Failed to route command to replica."),
+            (ErrorKind::IO, "Connection closed."),
+        ] {
+            let e = mapped(kind.clone(), details);
+            assert!(e.is_transient(), "{kind:?} {details}: {e:?}");
+        }
+        let e = mapped(ErrorKind::Unknown, "something else");
+        assert!(!e.is_transient(), "{e:?}");
+    }
 }
