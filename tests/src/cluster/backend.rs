@@ -30,8 +30,6 @@ pub struct Backend {
     pub(super) helper_backends: fn() -> Backends,
     pub(super) cleanup: Option<Cleanup>,
     pub(super) refusal_within: Duration,
-    pub(super) connects_per_second: u32,
-    pub(super) move_grace: Duration,
 }
 
 impl Backend {
@@ -62,8 +60,6 @@ impl Backend {
             helper_backends: Backends::with_defaults,
             cleanup: None,
             refusal_within: Duration::from_secs(4),
-            connects_per_second: 190,
-            move_grace: Duration::from_secs(5),
         }
     }
 
@@ -119,35 +115,6 @@ impl Backend {
     pub fn refusal_within(mut self, within: Duration) -> Self {
         self.refusal_within = within;
         self
-    }
-
-    /// How many connects a second one node of a test cluster takes in comfort on this
-    /// backbone while other cases run beside it: the failover case spreads the return home of
-    /// its clients (`cluster.rebalance_period`) so as to ask for no more. A client that waits
-    /// longer than its grace to be let in is reported gone, as it should be, so asking for
-    /// more than a node can take fails the case for the machine's sake, not the code's.
-    /// Default 190.
-    pub fn connects_per_second(mut self, n: u32) -> Self {
-        self.connects_per_second = n.max(1);
-        self
-    }
-
-    /// See [`Backend::connects_per_second`].
-    pub fn connect_pace(&self) -> u32 {
-        self.connects_per_second
-    }
-
-    /// `cluster.move_grace` for the failover case's return home: how long a client moved
-    /// home may take to be let in there before it is reported gone. Default 5 s (the
-    /// setting's default).
-    pub fn move_grace(mut self, grace: Duration) -> Self {
-        self.move_grace = grace;
-        self
-    }
-
-    /// See [`Backend::move_grace`].
-    pub fn move_grace_bound(&self) -> Duration {
-        self.move_grace
     }
 
     /// The name given to [`Backend::new`].
