@@ -200,7 +200,12 @@ impl Node {
             // arrived meanwhile, in that order.
             self.wait_for_inbox_writes(client).await;
             self.drain_inbox(client).await;
-            handle.release_held();
+            let refused = handle.release_held();
+            // Replaced while it attached: what it held goes to the inbox now, counted in
+            // flight, so the client's next connection reads it before anything newer.
+            if !refused.is_empty() {
+                self.keep_orphans(handle, &refused, &[]);
+            }
             self.drain_again_later(client);
         }
         tracing::info!(%client, connection = %handle.connection, first = first_anywhere, "connected");

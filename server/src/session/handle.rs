@@ -186,15 +186,27 @@ impl SessionHandle {
     }
 
     /// Queues the held frames, in order, skipping any the offline inbox pushed meanwhile (that
-    /// socket has it: its token settles as written), and stops holding.
-    pub(crate) fn release_held(&self) {
+    /// socket has it: its token settles as written), and stops holding. Returns the
+    /// point-to-point frames it could not queue because the connection is closing already (a
+    /// link replaced while it attached): the caller keeps them for the client now. Dropped
+    /// here, they were kept only when their message settled for every receiver, seconds later
+    /// with a frozen socket elsewhere, and the client's next connection, not waiting for that,
+    /// got newer messages first (the loss probe's order check, `docs/design.md` section 15).
+    pub(crate) fn release_held(&self) -> Vec<FrameToken> {
         let mut rare = lock(&self.rare);
         // Still under the lock: a push racing this waits, then finds holding off.
         let held = rare
             .as_mut()
             .map(|r| std::mem::take(&mut r.held))
             .unwrap_or_default();
+        let mut refused = Vec::new();
         for out in held {
+            if self.close_code.load(Ordering::Acquire) != 0 {
+                if let Some(Tracked::Live(t)) = out.token {
+                    refused.push(t);
+                }
+                continue;
+            }
             if let Some(Tracked::Live(t)) = &out.token {
                 let id = t.settlement().id();
                 if rare.as_ref().is_some_and(|r| r.stored_sent.contains(id)) {
@@ -210,6 +222,7 @@ impl SessionHandle {
             *rare = None;
         }
         self.holding.store(false, Ordering::Release);
+        refused
     }
 
     /// Holds back the live frames of `streams` until [`SessionHandle::unmute`]: the client

@@ -339,6 +339,26 @@ mod writes {
         assert!(settled[2].try_recv().is_err(), "settled before written");
     }
 
+    /// A link replaced while it attached (its live frames held meanwhile) hands its held
+    /// point-to-point frames back instead of dropping them: the node keeps them for the client
+    /// at once (`Node::attach`), so the client's next connection reads them before newer ones.
+    #[test]
+    fn held_frames_of_a_link_closed_while_attaching_are_handed_back() {
+        let h = handle();
+        h.hold();
+        let (s, _rx) = settlement(7);
+        assert!(h.push(Outgoing {
+            frame: "m7".into(),
+            token: Some(Tracked::Live(s.token(0))),
+            published: 0,
+        }));
+        h.replace();
+        let refused = h.release_held();
+        assert_eq!(refused.len(), 1, "the held frame was dropped");
+        assert_eq!(refused[0].settlement().id().as_str(), "m7");
+        assert_eq!(h.take_len(), 0, "queued on a closing link");
+    }
+
     #[test]
     fn a_socket_no_session_drives_takes_nothing_directly() {
         let h = handle();
