@@ -263,11 +263,23 @@ impl Cluster {
     /// A helper of this cluster, in this process.
     pub async fn helper(&self) -> ImHelper {
         let cfg = HelperConfig::load(Some(&self.helper_config)).expect("the helper's config");
-        let h = ImHelper::builder(&cfg)
-            .backends((self.helper_backends)())
-            .connect()
-            .await
-            .expect("the helper connects");
+        // A broker busy with the cases beside this one can miss the helper's first ping (a
+        // Kafka metadata request timed out at `request_timeout` in a CI run): a transient
+        // failure is tried again, up to `WAIT`; anything else fails at once.
+        let deadline = Instant::now() + WAIT;
+        let h = loop {
+            match ImHelper::builder(&cfg)
+                .backends((self.helper_backends)())
+                .connect()
+                .await
+            {
+                Ok(h) => break h,
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("the helper connects: {e:?}"),
+            }
+        };
         // The helper's live view decides connect URLs: a case starts once it holds every
         // running node as live, as the nodes' own views do.
         let running: Vec<String> = (0..self.nodes.len())
