@@ -24,7 +24,10 @@ struct Args {
 /// kinds of `backends`, prints where it listens (and any generated credentials), and shuts
 /// down gracefully on Ctrl-C or SIGTERM.
 ///
-/// Exit codes: 0 after a clean shutdown, 2 for a bad configuration, 1 for anything else.
+/// Exit codes: 0 after a clean shutdown, 2 for a bad configuration, 75 (`EX_TEMPFAIL`) when a
+/// backend was unavailable at start (a broker not up yet, or too busy to answer within
+/// `request_timeout`: starting again later may succeed, so a supervisor can retry on it), 1
+/// for anything else.
 ///
 /// ```no_run
 /// #[tokio::main]
@@ -60,7 +63,11 @@ pub async fn run(backends: Backends) -> ExitCode {
         }
         Err(e) => {
             eprintln!("impush: {}", error_chain(&e));
-            return ExitCode::from(1);
+            return ExitCode::from(if start_may_succeed_later(&e) {
+                EXIT_TEMPFAIL
+            } else {
+                1
+            });
         }
     };
     // Installed before anything is printed: a supervisor that reads the first line and sends
@@ -113,6 +120,14 @@ pub async fn run(backends: Backends) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The exit code of a start that failed on a transient backend error (sysexits' `EX_TEMPFAIL`).
+pub const EXIT_TEMPFAIL: u8 = 75;
+
+/// Whether the start failed only because a backend was unavailable for now.
+fn start_may_succeed_later(e: &crate::Error) -> bool {
+    matches!(e, crate::Error::Core(core) if core.is_transient())
 }
 
 /// The configuration error behind `e`, if that is what it is: also one a backend's factory

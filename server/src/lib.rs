@@ -40,7 +40,7 @@ mod throttle;
 pub mod webhooks;
 
 pub use admin::AdminConfig;
-pub use cli::run;
+pub use cli::{run, EXIT_TEMPFAIL};
 pub use config::{Config, OfflineConfig};
 pub use error::{Error, Result};
 pub use impush_brokers::{BackendContext, Backends, Section};

@@ -5,10 +5,9 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    io::{BufRead, BufReader, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
@@ -17,6 +16,8 @@ use impush_helper::{Backends, HelperConfig, ImHelper};
 
 pub use super::backend::{Backend, Cleanup, StartPrivate};
 use super::brokers::kill;
+use super::launch::{spawn_node, Launch};
+
 use crate::support::{eventually_within, free_addrs, unique_ns};
 
 /// How long a case waits for one thing to happen before failing.
@@ -400,99 +401,4 @@ fn sections(backend: &Backend, url: &str, prefix: &str) -> String {
 
 fn write(path: &Path, toml: &str) {
     std::fs::write(path, toml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-}
-
-/// Where a node's log goes: the test's stderr, or with `IMPUSH_TEST_NODE_LOG_DIR` set, a file
-/// per node there (`<cluster>-n2.log`, appended to across restarts), so the nodes' lines of a
-/// failing case can be told apart.
-fn node_stderr(config: &Path) -> Stdio {
-    let Some(dir) = std::env::var_os("IMPUSH_TEST_NODE_LOG_DIR") else {
-        return Stdio::inherit();
-    };
-    let cluster = config
-        .parent()
-        .and_then(Path::file_name)
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let node = config
-        .file_stem()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let path = Path::new(&dir).join(format!("{cluster}-{node}.log"));
-    match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-    {
-        Ok(f) => Stdio::from(f),
-        Err(e) => panic!("IMPUSH_TEST_NODE_LOG_DIR: open {}: {e}", path.display()),
-    }
-}
-
-/// Starts `bin --config path` and waits for its "listening" line.
-/// What a node logs unless `IMPUSH_TEST_NODE_LOG` says otherwise: warnings, and how inboxes
-/// and clients move between nodes (a few lines per fault; a failing case prints them).
-const NODE_LOG: &str = "warn,impush_server::node::ownership=info,\
-    impush_server::node::handover=info,impush_server::node::takeover=info";
-
-fn spawn_node(bin: &Path, config: &Path) -> Child {
-    Launch::start(bin, config)
-        .listening()
-        .unwrap_or_else(|why| panic!("{why}"))
-}
-
-/// A node process started and not yet known to listen.
-struct Launch {
-    child: Child,
-    first_line: std::sync::mpsc::Receiver<String>,
-    bin: PathBuf,
-    config: PathBuf,
-}
-
-impl Launch {
-    /// Starts `bin --config path`, its stdout read on a thread of its own.
-    fn start(bin: &Path, config: &Path) -> Launch {
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(config)
-            .env(
-                "RUST_LOG",
-                std::env::var("IMPUSH_TEST_NODE_LOG").unwrap_or(NODE_LOG.into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(node_stderr(config))
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, first_line) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
-            }
-            for _ in lines {} // keep draining so the node never blocks on stdout
-        });
-        Launch {
-            child,
-            first_line,
-            bin: bin.to_owned(),
-            config: config.to_owned(),
-        }
-    }
-
-    /// The node once it printed its "listening" line (within 60 s); otherwise it is killed,
-    /// its config printed, and the error says what it printed instead.
-    fn listening(mut self) -> Result<Child, String> {
-        match self.first_line.recv_timeout(Duration::from_secs(60)) {
-            Ok(first) if first.starts_with("impush listening on") => Ok(self.child),
-            other => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let _ = writeln!(std::io::stderr(), "{}:", self.config.display());
-                let _ =
-                    std::io::stderr().write_all(&std::fs::read(&self.config).unwrap_or_default());
-                Err(format!("{} did not start: {other:?}", self.bin.display()))
-            }
-        }
-    }
 }

@@ -51,6 +51,7 @@ pub mod cases;
 pub mod clients;
 pub mod harness;
 pub mod http;
+mod launch;
 pub mod ledger;
 pub mod loss;
 pub mod probe;
