@@ -179,6 +179,67 @@ async fn a_link_replaced_while_still_connecting_is_closed_too() {
     server.shutdown().await.unwrap();
 }
 
+/// Live messages reaching a link while it attaches are held until its inbox was read. When
+/// that link is replaced before it finishes (`tab-3` names `tab-2`, whose presence connect
+/// takes a second), what it held is kept for the client at once, counted in flight, so the
+/// next connection reads it before anything newer. Kept only when its message settled for
+/// every receiver, it would wait here for `carol`, whose frame flow control holds back, and
+/// `tab-3` would get the newer message first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_link_held_while_attaching_comes_first_after_it_was_replaced() {
+    let mut c = support::config();
+    c.offline.enabled = true;
+    c.limits.max_unacked = 1;
+    let presence = support::SlowPresence::new(Duration::from_secs(1), Duration::ZERO);
+    let server = ImServer::start_with(
+        c,
+        Arc::new(impush_core::MemoryBroker::default()),
+        Arc::new(presence),
+    )
+    .await
+    .unwrap();
+    let h = server.helper();
+    // carol reads one message and never acks it: her next frame waits for flow control.
+    let mut carol = Client::connect(&h, "carol", 1).await;
+    eventually(|| async { server.metrics().open_connections() == 1 }).await;
+    let first = h
+        .send_message(&id("bob"), &[id("carol")], &json!("first"), false)
+        .await
+        .unwrap();
+    assert_eq!(carol.next_json().await["id"], first.id.as_str());
+
+    let url = |query: &str| {
+        let info = h.prepare_connect(&id("alice"), Value::Null).unwrap();
+        format!("{}&{query}", info.url)
+    };
+    let second = Client::connect_url(&url("link=tab-2")).await;
+    // Counted once its inbox was read: tab-2 now waits a second for its presence connect,
+    // holding live messages.
+    eventually(|| async { server.metrics().open_connections() == 2 }).await;
+    let held = h
+        .send_message(
+            &id("bob"),
+            &[id("alice"), id("carol")],
+            &json!("held"),
+            false,
+        )
+        .await
+        .unwrap();
+    // Delivered (alice's frame held by tab-2, carol's by flow control) before tab-2 goes.
+    eventually(|| async { server.metrics().flow_control_holds() >= 1 }).await;
+    let mut third = Client::connect_url(&url("link=tab-3&replaces=tab-2")).await;
+    let after = send_to_alice(&server, [json!("after")]).await;
+    let f = third.next_json().await;
+    assert_eq!(f["id"], held.id.as_str(), "{f}");
+    // One unacked message at a time (`max_unacked = 1`).
+    third
+        .send_json(json!({"type": "ack", "id": held.id.as_str()}))
+        .await;
+    assert_eq!(third.next_json().await["id"], after[0].as_str());
+    drop(second);
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_acked_message_is_not_kept_and_not_redelivered() {
     let server = with_inbox(|_| {}).await;

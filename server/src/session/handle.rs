@@ -187,8 +187,9 @@ impl SessionHandle {
 
     /// Queues the held frames, in order, skipping any the offline inbox pushed meanwhile (that
     /// socket has it: its token settles as written), and stops holding. Returns the
-    /// point-to-point frames it could not queue because the connection is closing already (a
-    /// link replaced while it attached): the caller keeps them for the client now. Dropped
+    /// point-to-point frames it could not queue (the connection is closing already, a link
+    /// replaced while it attached, or its queue overflowed): the caller keeps them for the
+    /// client now. Dropped
     /// here, they were kept only when their message settled for every receiver, seconds later
     /// with a frozen socket elsewhere, and the client's next connection, not waiting for that,
     /// got newer messages first (the loss probe's order check, `docs/design.md` section 15).
@@ -201,12 +202,6 @@ impl SessionHandle {
             .unwrap_or_default();
         let mut refused = Vec::new();
         for out in held {
-            if self.close_code.load(Ordering::Acquire) != 0 {
-                if let Some(Tracked::Live(t)) = out.token {
-                    refused.push(t);
-                }
-                continue;
-            }
             if let Some(Tracked::Live(t)) = &out.token {
                 let id = t.settlement().id();
                 if rare.as_ref().is_some_and(|r| r.stored_sent.contains(id)) {
@@ -216,7 +211,13 @@ impl SessionHandle {
                     continue;
                 }
             }
-            self.push_now(out);
+            if let Err(Outgoing {
+                token: Some(Tracked::Live(t)),
+                ..
+            }) = self.push_now(out)
+            {
+                refused.push(t);
+            }
         }
         if rare.as_ref().is_some_and(|r| r.is_empty()) {
             *rare = None;
@@ -321,24 +322,26 @@ impl SessionHandle {
                 return true;
             }
         }
-        self.push_now(out)
+        self.push_now(out).is_ok()
     }
 
-    fn push_now(&self, out: Outgoing) -> bool {
+    /// [`SessionHandle::push`] without holding: hands a refused frame back, so a caller that
+    /// must not let it settle late (`release_held`) can keep it.
+    fn push_now(&self, out: Outgoing) -> Result<(), Outgoing> {
         // A closing connection says so here; a finished one is refused under the queue's lock
         // once its queue was discarded.
         if self.close_code.load(Ordering::Acquire) != 0 {
-            return false;
+            return Err(out);
         }
         let mut q = lock(&self.outbox);
         if q.closed {
-            return false;
+            return Err(out);
         }
         let mode = direct::mode();
         let idle = q.idle();
         let out = if mode.writes() && idle {
             match self.write_direct(&mut q, out) {
-                Ok(()) => return true,
+                Ok(()) => return Ok(()),
                 Err(out) => out,
             }
         } else {
@@ -348,7 +351,7 @@ impl SessionHandle {
         if q.frames.len() >= self.max_frames as usize || q.bytes + len > self.max_bytes {
             drop(q);
             self.close_slow();
-            return false;
+            return Err(out);
         }
         q.bytes += len;
         q.frames.push_back(out);
@@ -358,7 +361,7 @@ impl SessionHandle {
         if !(mode == Mode::Defer && idle) {
             self.requeue();
         }
-        true
+        Ok(())
     }
 
     /// Writes the untracked frames queued at the front as the session task would have (a
