@@ -92,8 +92,12 @@ impl OutgoingMessage {
 /// The payloads bound for one node, the last one still filling.
 struct NodeShare<'a> {
     node: &'a NodeId,
-    payloads: Vec<Payload>,
+    payloads: Payloads,
 }
+
+/// Payloads filled in order: a new one starts when the last is full.
+#[derive(Default)]
+struct Payloads(Vec<Payload>);
 
 /// One broker payload: its messages (parts for this node) and which of the batch they are.
 #[derive(Default)]
@@ -103,22 +107,44 @@ struct Payload {
     messages: Vec<usize>,
 }
 
-impl<'a> NodeShare<'a> {
+impl Payloads {
     fn add(&mut self, message: usize, d: Deliver) {
         let size = estimate(&d);
         let full = |p: &Payload| {
             p.list.len() >= BATCH_PAYLOAD_MESSAGES
                 || (!p.list.is_empty() && p.bytes + size > BATCH_PAYLOAD_BYTES)
         };
-        if self.payloads.last().is_none_or(full) {
-            self.payloads.push(Payload::default());
+        if self.0.last().is_none_or(full) {
+            self.0.push(Payload::default());
         }
-        if let Some(p) = self.payloads.last_mut() {
+        if let Some(p) = self.0.last_mut() {
             p.bytes += size;
             p.list.push(d);
             p.messages.push(message);
         }
     }
+}
+
+impl Payload {
+    /// The command it is published as: `Deliver` for one message, `DeliverMany` for more.
+    fn command(mut self) -> NodeCommand {
+        match self.list.len() {
+            1 => NodeCommand::Deliver(self.list.remove(0)),
+            _ => NodeCommand::DeliverMany(self.list),
+        }
+    }
+}
+
+/// Messages bound for one node, in order, as the commands a batch send publishes to it: at
+/// most [`BATCH_PAYLOAD_MESSAGES`] messages and about [`BATCH_PAYLOAD_BYTES`] bytes each (a
+/// `Deliver` when one message is alone), in order. A node hands a client's stored messages
+/// over to its owner this way: one publish per payload, not per message.
+pub fn node_payloads(list: Vec<Deliver>) -> Vec<NodeCommand> {
+    let mut payloads = Payloads::default();
+    for (i, d) in list.into_iter().enumerate() {
+        payloads.add(i, d);
+    }
+    payloads.0.into_iter().map(Payload::command).collect()
 }
 
 /// About how many bytes `d` takes in a payload.
@@ -211,13 +237,13 @@ impl ImHelper {
                     forwarded: false,
                 };
                 match shares.iter_mut().find(|s| s.node == node) {
-                    Some(s) => s.add(i, d),
+                    Some(s) => s.payloads.add(i, d),
                     None => {
                         let mut s = NodeShare {
                             node,
-                            payloads: Vec::new(),
+                            payloads: Payloads::default(),
                         };
-                        s.add(i, d);
+                        s.payloads.add(i, d);
                         shares.push(s);
                     }
                 }
@@ -229,21 +255,19 @@ impl ImHelper {
             let topic = self.topics.inbox(s.node);
             let mut failed: Option<Error> = None;
             let mut out = Vec::new();
-            for mut p in s.payloads {
+            for mut p in s.payloads.0 {
+                let messages = std::mem::take(&mut p.messages);
                 if let Some(e) = &failed {
-                    out.push((p.messages, copy_error(e)));
+                    out.push((messages, copy_error(e)));
                     continue;
                 }
-                let cmd = match p.list.len() {
-                    1 => NodeCommand::Deliver(p.list.remove(0)),
-                    _ => NodeCommand::DeliverMany(p.list),
-                };
+                let cmd = p.command();
                 let published = match envelope::encode("command", &cmd) {
                     Ok(payload) => self.inner.broker.publish(&topic, payload).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = published {
-                    out.push((p.messages, copy_error(&e)));
+                    out.push((messages, copy_error(&e)));
                     failed = Some(e);
                 }
             }
@@ -317,30 +341,23 @@ mod tests {
 
     #[test]
     fn payloads_are_bounded_in_messages_and_bytes() {
-        let node: NodeId = "n1".parse().unwrap();
-        let mut s = NodeShare {
-            node: &node,
-            payloads: Vec::new(),
-        };
+        let mut s = Payloads::default();
         for i in 0..BATCH_PAYLOAD_MESSAGES + 1 {
             s.add(i, deliver(1));
         }
-        let sizes: Vec<usize> = s.payloads.iter().map(|p| p.list.len()).collect();
+        let sizes: Vec<usize> = s.0.iter().map(|p| p.list.len()).collect();
         assert_eq!(sizes, vec![BATCH_PAYLOAD_MESSAGES, 1]);
 
-        let mut s = NodeShare {
-            node: &node,
-            payloads: Vec::new(),
-        };
+        let mut s = Payloads::default();
         let big = BATCH_PAYLOAD_BYTES / 3;
         for i in 0..4 {
             s.add(i, deliver(big));
         }
         s.add(4, deliver(BATCH_PAYLOAD_BYTES * 2)); // too large for any payload: alone
-        let sizes: Vec<usize> = s.payloads.iter().map(|p| p.list.len()).collect();
+        let sizes: Vec<usize> = s.0.iter().map(|p| p.list.len()).collect();
         assert_eq!(sizes, vec![2, 2, 1]);
-        assert_eq!(s.payloads[2].messages, vec![4]);
-        for p in &s.payloads {
+        assert_eq!(s.0[2].messages, vec![4]);
+        for p in &s.0 {
             let encoded = envelope::encode("t", &NodeCommand::DeliverMany(p.list.clone()))
                 .unwrap()
                 .len();
@@ -350,6 +367,37 @@ mod tests {
             );
             assert!(p.bytes >= encoded - 32, "estimate {} < {encoded}", p.bytes);
         }
+    }
+
+    #[test]
+    fn a_nodes_messages_become_few_payloads_in_order() {
+        let list: Vec<Deliver> = (0..2 * BATCH_PAYLOAD_MESSAGES + 1)
+            .map(|_| deliver(1))
+            .collect();
+        let ids: Vec<MessageId> = list.iter().map(|d| d.id.clone()).collect();
+        let commands = node_payloads(list);
+        let mut seen = Vec::new();
+        let mut kinds = Vec::new();
+        for cmd in commands {
+            match cmd {
+                NodeCommand::DeliverMany(l) => {
+                    kinds.push(l.len());
+                    seen.extend(l.into_iter().map(|d| d.id));
+                }
+                NodeCommand::Deliver(d) => {
+                    kinds.push(0);
+                    seen.push(d.id);
+                }
+                _ => unreachable!(),
+            }
+        }
+        // A lone message travels as a plain `Deliver` (0 here).
+        assert_eq!(
+            kinds,
+            vec![BATCH_PAYLOAD_MESSAGES, BATCH_PAYLOAD_MESSAGES, 0]
+        );
+        assert_eq!(seen, ids);
+        assert!(node_payloads(Vec::new()).is_empty());
     }
 
     #[test]

@@ -43,7 +43,7 @@ use impush_core::{
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-pub use batch::{OutgoingMessage, BATCH_PAYLOAD_BYTES, BATCH_PAYLOAD_MESSAGES};
+pub use batch::{node_payloads, OutgoingMessage, BATCH_PAYLOAD_BYTES, BATCH_PAYLOAD_MESSAGES};
 pub use config::HelperConfig;
 pub use impush_brokers::Backends;
 pub use impush_core::{idempotency::IdempotencyKey, Answer, Broker, Error, Result};

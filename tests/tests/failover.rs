@@ -21,13 +21,17 @@ use serde_json::Value;
 use support::{config, eventually, free_addrs, id, Client};
 
 /// The pair's broker as each node holds it: a node's shutdown flushes and closes its broker,
-/// which here the other node still uses.
+/// which here the other node still uses. Counts publishes per topic.
 #[derive(Debug)]
-struct Shared(Arc<dyn Broker>);
+struct Shared(Arc<dyn Broker>, Publishes);
+
+/// Publishes per topic so far.
+type Publishes = Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
 
 #[async_trait::async_trait]
 impl Broker for Shared {
     async fn publish(&self, topic: &str, payload: bytes::Bytes) -> impush_core::Result<()> {
+        *self.1.lock().unwrap().entry(topic.to_owned()).or_default() += 1;
         self.0.publish(topic, payload).await
     }
     async fn subscribe(
@@ -48,6 +52,7 @@ impl Broker for Shared {
 /// A two-node cluster in this process whose nodes can be stopped and started again.
 struct Pair {
     broker: Arc<dyn Broker>,
+    publishes: Publishes,
     presence: Arc<dyn PresenceStore>,
     configs: Vec<Config>,
     nodes: Vec<Option<ImServer>>,
@@ -64,8 +69,10 @@ impl Pair {
                 url: format!("ws://{a}"),
             })
             .collect();
+        let publishes = Publishes::default();
         let mut pair = Pair {
-            broker: Arc::new(Shared(Arc::new(MemoryBroker::default()))),
+            broker: Arc::new(Shared(Arc::new(MemoryBroker::default()), publishes.clone())),
+            publishes,
             presence: Arc::new(MemoryPresenceStore::new()),
             configs: Vec::new(),
             nodes: Vec::new(),
@@ -156,6 +163,47 @@ async fn a_stopped_nodes_clients_are_handed_to_the_next_node() {
         .await
         .unwrap();
     assert_eq!(c.next_json().await["data"], "home");
+    pair.stop(0).await;
+    pair.stop(1).await;
+}
+
+/// With a store each node keeps for itself (memory here, `disk` in production), what a node
+/// kept for a client while the client's home was down is handed to the home once it is live
+/// again (`docs/design.md` section 16): every message, as first sent, in order, in one publish
+/// (a payload per message took a node over a minute to hand hundreds of inboxes over).
+#[tokio::test]
+async fn an_inbox_kept_while_its_owner_was_away_is_handed_home_in_one_payload() {
+    let mut pair = Pair::start(|c| c.offline.enabled = true).await;
+    let h1 = pair.helper(0);
+    let alice = homed_on(&h1, 1, "alice");
+    pair.stop(1).await;
+    eventually(|| async { node_of_url(&h1, &alice) == "n1" }).await;
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        let s = h1
+            .send_message(&id("bob"), std::slice::from_ref(&alice), &n, false)
+            .await
+            .unwrap();
+        sent.push(s.id.to_string());
+    }
+    // alice is away: n1, her owner meanwhile, keeps them.
+    eventually(|| async { support::inbox_count(pair.node(0), alice.as_str()).await == 5 }).await;
+    let home = impush_core::Topics::new("impush").inbox(&"n2".parse().unwrap());
+    let before = pair.publishes.lock().unwrap().get(&home).copied();
+    pair.up(1).await;
+    eventually(|| async { support::inbox_count(pair.node(1), alice.as_str()).await == 5 }).await;
+    let after = pair.publishes.lock().unwrap().get(&home).copied();
+    assert_eq!(
+        after.unwrap_or(0) - before.unwrap_or(0),
+        1,
+        "one payload to her home"
+    );
+    let mut c = Client::connect(&pair.helper(1), alice.as_str(), 1).await;
+    for want in &sent {
+        let f = c.next_json().await;
+        assert_eq!(f["id"], want.as_str(), "{f}");
+        assert_eq!(f["stored"], true, "{f}");
+    }
     pair.stop(0).await;
     pair.stop(1).await;
 }

@@ -65,24 +65,35 @@ impl Node {
         }
     }
 
-    /// Sends `client`'s stored messages to `owner` and removes those it took.
+    /// Sends `client`'s stored messages to `owner` and removes those it took: in as few
+    /// payloads as a batch send would use (one publish per payload, not per message: a node
+    /// handing over hundreds of inboxes after a failover, one publish per message, took longer
+    /// than a minute on a busy broker while those clients waited), in order.
     async fn hand_over(&self, client: &ClientId, owner: &impush_core::NodeId) {
         let Some(inbox) = &self.offline else { return };
         let messages = match inbox.store.fetch(client, inbox.max_per_client).await {
             Ok(m) => m,
             Err(_) => return,
         };
-        let mut moved: Vec<MessageId> = Vec::with_capacity(messages.len());
-        for m in messages {
-            let cmd = NodeCommand::Deliver(Deliver {
-                id: m.id.clone(),
+        let list: Vec<Deliver> = messages
+            .into_iter()
+            .map(|m| Deliver {
+                id: m.id,
                 from: m.from,
                 to: vec![client.clone()],
                 data: m.data,
                 ts: m.ts,
                 receipt: m.receipt,
                 forwarded: false,
-            });
+            })
+            .collect();
+        let mut moved: Vec<MessageId> = Vec::with_capacity(list.len());
+        for cmd in impush_helper::node_payloads(list) {
+            let ids: Vec<MessageId> = match &cmd {
+                NodeCommand::Deliver(d) => vec![d.id.clone()],
+                NodeCommand::DeliverMany(l) => l.iter().map(|d| d.id.clone()).collect(),
+                _ => Vec::new(),
+            };
             let Ok(payload) = envelope::encode("node command", &cmd) else {
                 continue;
             };
@@ -95,7 +106,7 @@ impl Node {
                 Metrics::bump(&self.metrics.broker_publish_errors);
                 break; // the rest waits for the next round
             }
-            moved.push(m.id);
+            moved.extend(ids);
         }
         if !moved.is_empty() {
             tracing::info!(%client, %owner, messages = moved.len(), "handed an offline inbox over to its owner");
