@@ -15,8 +15,9 @@
 //! path = "/var/lib/impush/offline-n1.redb"   # one file per node
 //! ```
 //!
-//! Every call runs in a blocking thread (redb is synchronous) in one write or read
-//! transaction, so each change is atomic and durable when it returns.
+//! Writes (every call but `ping` and `clients`, which read) run on one writer thread, as many
+//! as are waiting in one transaction and one commit (`writer`): each change is atomic, and
+//! durable when its call returns.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -25,15 +26,14 @@ use impush_core::{
     envelope::now_ms, ClientId, InboxLimits, InboxStats, MessageId, OfflineStore, Result, Stored,
     StoredMessage,
 };
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable};
 use serde::Deserialize;
 
-/// (client, ts, id) -> (size, message JSON): iteration order within a client is inbox order.
-const MESSAGES: TableDefinition<(&str, u64, &str), (u64, &[u8])> = TableDefinition::new("messages");
-/// (client, id) -> ts: finds a message by id.
-const IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("ids");
-/// client -> (count, bytes).
-const TOTALS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("totals");
+mod tables;
+mod writer;
+
+use tables::{Db, DbResult, TOTALS};
+use writer::Writer;
 
 /// How many stores between sweeps of every inbox for expired messages.
 const SWEEP_EVERY: u64 = 4096;
@@ -60,6 +60,8 @@ enum Error {
     Corrupt(#[source] serde_json::Error),
     #[error("offline inbox: the blocking task failed")]
     Join(#[source] tokio::task::JoinError),
+    #[error("offline inbox: the writer thread stopped")]
+    WriterGone,
 }
 
 impl From<Error> for impush_core::Error {
@@ -79,25 +81,10 @@ pub struct DiskOfflineStore {
 
 #[derive(Debug)]
 struct Inner {
-    db: Database,
-    path: String,
+    db: Arc<Db>,
+    writer: Writer,
     limits: InboxLimits,
     stores: std::sync::atomic::AtomicU64,
-}
-
-fn db_err<E: std::error::Error + Send + Sync + 'static>(
-    inner: &Inner,
-    what: &'static str,
-) -> impl FnOnce(E) -> impush_core::Error {
-    let path = inner.path.clone();
-    move |e| {
-        Error::Db {
-            path,
-            what,
-            source: Box::new(e),
-        }
-        .into()
-    }
 }
 
 impl DiskOfflineStore {
@@ -116,39 +103,34 @@ impl DiskOfflineStore {
                 what: "cannot open",
                 source: Box::new(e),
             })?;
+        let db = Arc::new(Db { db, path: shown });
         let store = Self {
             inner: Arc::new(Inner {
+                writer: Writer::start(&db)?,
                 db,
-                path: shown,
                 limits,
                 stores: std::sync::atomic::AtomicU64::new(0),
             }),
         };
-        // Create the tables, so that reads of an empty file work.
-        store
-            .blocking(|inner| {
-                let tx = inner
-                    .db
-                    .begin_write()
-                    .map_err(db_err(inner, "cannot write"))?;
-                tx.open_table(MESSAGES)
-                    .map_err(db_err(inner, "cannot open a table"))?;
-                tx.open_table(IDS)
-                    .map_err(db_err(inner, "cannot open a table"))?;
-                tx.open_table(TOTALS)
-                    .map_err(db_err(inner, "cannot open a table"))?;
-                tx.commit().map_err(db_err(inner, "cannot commit"))
-            })
-            .await?;
+        // Create the tables (a write transaction opens each), so that reads of an empty file
+        // work.
+        store.inner.writer.write(|_| Ok(())).await?;
         Ok(store)
     }
 
-    async fn blocking<T: Send + 'static>(
+    /// Writes asked for so far, and the commits that made them durable (fewer when writes
+    /// arrive together: they share a commit).
+    pub fn write_counts(&self) -> (u64, u64) {
+        (self.inner.writer.writes(), self.inner.writer.commits())
+    }
+
+    /// Runs a read on a blocking thread.
+    async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&Db) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
+        tokio::task::spawn_blocking(move || f(&inner.db))
             .await
             .map_err(Error::Join)?
     }
@@ -160,87 +142,12 @@ impl Inner {
     }
 }
 
-/// The open tables of one write transaction, with the inbox operations on them.
-struct Tables<'t> {
-    messages: redb::Table<'t, (&'static str, u64, &'static str), (u64, &'static [u8])>,
-    ids: redb::Table<'t, (&'static str, &'static str), u64>,
-    totals: redb::Table<'t, &'static str, (u64, u64)>,
-}
-
-type DbResult<T> = std::result::Result<T, redb::StorageError>;
-
-impl Tables<'_> {
-    /// The keys of `client`'s messages, oldest first, while `keep_going` says so.
-    fn keys_of(
-        &self,
-        client: &str,
-        mut keep_going: impl FnMut(u64) -> bool,
-    ) -> DbResult<Vec<(u64, String, u64)>> {
-        let mut out = Vec::new();
-        for item in self.messages.range((client, 0u64, "")..)? {
-            let (k, v) = item?;
-            let (c, ts, id) = k.value();
-            if c != client || !keep_going(ts) {
-                break;
-            }
-            out.push((ts, id.to_owned(), v.value().0));
-        }
-        Ok(out)
-    }
-
-    fn drop_message(&mut self, client: &str, ts: u64, id: &str, size: u64) -> DbResult<()> {
-        self.messages.remove((client, ts, id))?;
-        self.ids.remove((client, id))?;
-        let (count, bytes) = self.totals.get(client)?.map_or((0, 0), |v| v.value());
-        if count <= 1 {
-            self.totals.remove(client)?;
-        } else {
-            self.totals
-                .insert(client, (count - 1, bytes.saturating_sub(size)))?;
-        }
-        Ok(())
-    }
-
-    fn expire(&mut self, client: &str, cutoff: u64) -> DbResult<()> {
-        for (ts, id, size) in self.keys_of(client, |ts| ts < cutoff)? {
-            self.drop_message(client, ts, &id, size)?;
-        }
-        Ok(())
-    }
-
-    fn totals(&self, client: &str) -> DbResult<(u64, u64)> {
-        Ok(self.totals.get(client)?.map_or((0, 0), |v| v.value()))
-    }
-}
-
-fn write<T>(inner: &Inner, f: impl FnOnce(&mut Tables<'_>) -> DbResult<T>) -> Result<T> {
-    let tx = inner
-        .db
-        .begin_write()
-        .map_err(db_err(inner, "cannot write"))?;
-    let out = {
-        let mut tables = Tables {
-            messages: tx
-                .open_table(MESSAGES)
-                .map_err(db_err(inner, "cannot open a table"))?,
-            ids: tx
-                .open_table(IDS)
-                .map_err(db_err(inner, "cannot open a table"))?,
-            totals: tx
-                .open_table(TOTALS)
-                .map_err(db_err(inner, "cannot open a table"))?,
-        };
-        f(&mut tables).map_err(db_err(inner, "cannot read or write"))?
-    };
-    tx.commit().map_err(db_err(inner, "cannot commit"))?;
-    Ok(out)
-}
-
 #[async_trait]
 impl OfflineStore for DiskOfflineStore {
     async fn store(&self, client: &ClientId, message: StoredMessage) -> Result<Stored> {
         let limits = self.inner.limits;
-        if message.ts < self.inner.cutoff() || message.size() > limits.max_bytes {
+        let cutoff = self.inner.cutoff();
+        if message.ts < cutoff || message.size() > limits.max_bytes {
             return Ok(Stored {
                 evicted: 0,
                 kept: false,
@@ -254,9 +161,9 @@ impl OfflineStore for DiskOfflineStore {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             % SWEEP_EVERY
             == SWEEP_EVERY - 1;
-        self.blocking(move |inner| {
-            let cutoff = inner.cutoff();
-            write(inner, |t| {
+        self.inner
+            .writer
+            .write(move |t| {
                 if sweep {
                     let clients: Vec<String> = t
                         .totals
@@ -299,27 +206,26 @@ impl OfflineStore for DiskOfflineStore {
                 let kept = t.ids.get((client.as_str(), id))?.is_some();
                 Ok(Stored { evicted, kept })
             })
-        })
-        .await
+            .await
     }
 
     async fn fetch(&self, client: &ClientId, limit: usize) -> Result<Vec<StoredMessage>> {
         let client = client.to_string();
+        let cutoff = self.inner.cutoff();
         let jsons = self
-            .blocking(move |inner| {
-                let cutoff = inner.cutoff();
-                write(inner, |t| {
-                    t.expire(&client, cutoff)?;
-                    let mut out = Vec::new();
-                    for item in t.messages.range((client.as_str(), 0u64, "")..)? {
-                        let (k, v) = item?;
-                        if k.value().0 != client || out.len() >= limit {
-                            break;
-                        }
-                        out.push(v.value().1.to_vec());
+            .inner
+            .writer
+            .write(move |t| {
+                t.expire(&client, cutoff)?;
+                let mut out = Vec::new();
+                for item in t.messages.range((client.as_str(), 0u64, "")..)? {
+                    let (k, v) = item?;
+                    if k.value().0 != client || out.len() >= limit {
+                        break;
                     }
-                    Ok(out)
-                })
+                    out.push(v.value().1.to_vec());
+                }
+                Ok(out)
             })
             .await?;
         jsons
@@ -336,8 +242,9 @@ impl OfflineStore for DiskOfflineStore {
         }
         let client = client.to_string();
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        self.blocking(move |inner| {
-            write(inner, |t| {
+        self.inner
+            .writer
+            .write(move |t| {
                 for id in &ids {
                     let Some(ts) = t
                         .ids
@@ -354,15 +261,15 @@ impl OfflineStore for DiskOfflineStore {
                 }
                 Ok(())
             })
-        })
-        .await
+            .await
     }
 
     async fn stats(&self, client: &ClientId) -> Result<InboxStats> {
         let client = client.to_string();
-        self.blocking(move |inner| {
-            let cutoff = inner.cutoff();
-            write(inner, |t| {
+        let cutoff = self.inner.cutoff();
+        self.inner
+            .writer
+            .write(move |t| {
                 t.expire(&client, cutoff)?;
                 let (count, bytes) = t.totals(&client)?;
                 let oldest = t.keys_of(&client, |_| true)?.first().map(|(ts, _, _)| *ts);
@@ -372,15 +279,15 @@ impl OfflineStore for DiskOfflineStore {
                     oldest_ts: oldest,
                 })
             })
-        })
-        .await
+            .await
     }
 
     async fn clear(&self, client: &ClientId) -> Result<usize> {
         let client = client.to_string();
-        self.blocking(move |inner| {
-            let cutoff = inner.cutoff();
-            write(inner, |t| {
+        let cutoff = self.inner.cutoff();
+        self.inner
+            .writer
+            .write(move |t| {
                 t.expire(&client, cutoff)?;
                 let all = t.keys_of(&client, |_| true)?;
                 for (ts, id, size) in &all {
@@ -388,41 +295,28 @@ impl OfflineStore for DiskOfflineStore {
                 }
                 Ok(all.len())
             })
-        })
-        .await
+            .await
     }
 
     async fn ping(&self) -> Result<()> {
-        self.blocking(|inner| {
-            inner
-                .db
-                .begin_read()
-                .map(drop)
-                .map_err(db_err(inner, "cannot read"))
-        })
-        .await
+        self.read(|db| db.db.begin_read().map(drop).map_err(db.err("cannot read")))
+            .await
     }
 
     async fn clients(&self, limit: usize) -> Result<Vec<ClientId>> {
-        self.blocking(move |inner| {
-            let read = inner
-                .db
-                .begin_read()
-                .map_err(db_err(inner, "cannot read"))?;
+        self.read(move |db| {
+            let read = db.db.begin_read().map_err(db.err("cannot read"))?;
             let totals = match read.open_table(TOTALS) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(db_err(inner, "cannot open the totals")(e)),
+                Err(e) => return Err(db.err("cannot open the totals")(e)),
             };
             let mut out = Vec::new();
-            for row in totals
-                .iter()
-                .map_err(db_err(inner, "cannot list clients"))?
-            {
+            for row in totals.iter().map_err(db.err("cannot list clients"))? {
                 if out.len() >= limit {
                     break;
                 }
-                let (client, counts) = row.map_err(db_err(inner, "cannot list clients"))?;
+                let (client, counts) = row.map_err(db.err("cannot list clients"))?;
                 if counts.value().0 > 0 {
                     if let Ok(c) = ClientId::new(client.value()) {
                         out.push(c);
@@ -436,5 +330,75 @@ impl OfflineStore for DiskOfflineStore {
 
     fn is_shared(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    fn message(ts: u64, n: u64) -> StoredMessage {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("{n:032x}"),
+            "from": "bob",
+            "data": n,
+            "ts": ts + n,
+            "receipt": false,
+        }))
+        .unwrap()
+    }
+
+    /// Writes that arrive while a commit is under way share the next one: 50 stores queued
+    /// behind a held write lock take one commit, or two when the writer took the first store
+    /// alone before the others were queued; each is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_waiting_behind_a_commit_share_the_next_one() {
+        let dir = std::env::temp_dir().join(format!("impush-disk-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = DiskOfflineConfig {
+            path: dir.join("inbox.redb"),
+        };
+        let limits = InboxLimits {
+            max_per_client: 100,
+            max_bytes: 1 << 20,
+            ttl: Duration::from_secs(60),
+        };
+        let store = DiskOfflineStore::open(&cfg, limits).await.unwrap();
+        let (writes, commits) = store.write_counts();
+        let held = store.inner.db.db.begin_write().unwrap();
+        let alice: ClientId = "alice".parse().unwrap();
+        let ts = now_ms();
+        let pending: Vec<_> = (0..50)
+            .map(|n| {
+                let (store, alice) = (store.clone(), alice.clone());
+                tokio::spawn(async move { store.store(&alice, message(ts, n)).await })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.write_counts().0 < writes + 50 {
+            assert!(std::time::Instant::now() < deadline, "50 writes queued");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(held);
+        for p in pending {
+            assert!(p.await.unwrap().unwrap().kept);
+        }
+        let (writes_now, commits_now) = store.write_counts();
+        assert_eq!(writes_now, writes + 50);
+        assert!(
+            (1..=2).contains(&(commits_now - commits)),
+            "{} commits",
+            commits_now - commits
+        );
+        let kept = store.fetch(&alice, 100).await.unwrap();
+        let order: Vec<u64> = kept.iter().map(|m| m.ts).collect();
+        assert_eq!(order.len(), 50);
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
