@@ -56,7 +56,7 @@ fn kafka() -> Backend {
     .offline("kind = \"disk\"\npath = \"{dir}/offline-{node}.redb\"")
 }
 
-impush_tests::cluster_suite!(kafka; private_broker, cluster_presence);
+impush_tests::cluster_suite!(kafka; private_broker, cluster_presence, rolling);
 
 // ---------------------------------------------------------------------------------------------
 // Kafka-specific cases

@@ -189,10 +189,10 @@ impl SessionHandle {
     /// socket has it: its token settles as written), and stops holding. Returns the
     /// point-to-point frames it could not queue (the connection is closing already, a link
     /// replaced while it attached, or its queue overflowed): the caller keeps them for the
-    /// client now. Dropped
-    /// here, they were kept only when their message settled for every receiver, seconds later
-    /// with a frozen socket elsewhere, and the client's next connection, not waiting for that,
-    /// got newer messages first (the loss probe's order check, `docs/design.md` section 15).
+    /// client now. Dropped here, they were kept only when their message settled for every
+    /// receiver, seconds later with a frozen socket elsewhere, and the client's next
+    /// connection, not waiting for that, got newer messages first (the loss probe's order
+    /// check, `docs/design.md` section 15).
     pub(crate) fn release_held(&self) -> Vec<FrameToken> {
         let mut rare = lock(&self.rare);
         // Still under the lock: a push racing this waits, then finds holding off.

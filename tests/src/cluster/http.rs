@@ -14,17 +14,22 @@ use super::{
     harness::{Cluster, API_KEY},
 };
 
-/// A client per request. Building one loads the machine's root certificates (a TLS feature
-/// another crate of the workspace turns on): tens of milliseconds of CPU in a debug build,
-/// enough at 50 requests a second to starve the probes sharing the test's runtime. One shared
-/// client cures that and makes the probes harsher: it exposed an order race (fixed) and, once,
-/// a Kafka node-kill loss probe missing 27 messages that is not understood yet; until it is,
-/// the kit keeps its client per request.
+/// The kit's one HTTP client. Building a client loads the machine's root certificates (a
+/// feature another crate of the workspace turns on), which in a debug build takes tens of
+/// milliseconds of CPU: built per request, 50 sends a second kept both of a test's runtime
+/// workers busy, and the probes on them stopped reading and connecting. No idle pool: each
+/// request opens its own connection, so one kept across a node's restart is never reused.
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("an HTTP client")
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("an HTTP client")
+        })
+        .clone()
 }
 
 /// Status of a GET (`body` None) or an authenticated POST; never hangs past 10 s.
