@@ -200,6 +200,13 @@ async fn broker_and_its_subscriptions_survive_a_kafka_stall() {
             publish.as_ref().is_err_and(|e| e.is_transient()),
             "{publish:?}"
         );
+        // `publish_timeout` bounds the whole publish, retries included (a send through a
+        // stopping broker once took 7.5 s with the suite's 2 s).
+        assert!(
+            t.elapsed() < Duration::from_millis(2_500),
+            "the publish took {:?}",
+            t.elapsed()
+        );
         let ping = b.ping().await;
         assert!(ping.as_ref().is_err_and(|e| e.is_transient()), "{ping:?}");
         assert!(

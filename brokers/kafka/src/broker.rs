@@ -64,6 +64,67 @@ impl fmt::Debug for KafkaBroker {
 }
 
 impl KafkaBroker {
+    /// A publish (see `Broker::publish`), without its overall timeout.
+    async fn publish_within(&self, topic: &str, payload: Bytes) -> Result<()> {
+        let mut clients = self.clients()?;
+        let mut replaced = false;
+        loop {
+            clients.topics.ensure(topic).await?;
+            let record = FutureRecord::to(topic)
+                .key(topic.as_bytes())
+                .payload(payload.as_ref());
+            let e = match clients
+                .producer
+                .send(record, Timeout::After(self.inner.cfg.publish_timeout))
+                .await
+            {
+                Ok(_) => {
+                    clients.health.up();
+                    return Ok(());
+                }
+                Err((e, _)) => e,
+            };
+            // The topic may be gone (deleted, or lost in a broker restart; the record then
+            // times out waiting for it): check it again on the next publish.
+            clients.topics.forget(topic);
+            // An idempotent producer whose producer id or epoch the cluster no longer accepts
+            // refuses everything from now on: replace it (a new one gets a new id), and send
+            // once more with the new one. Seen with tansu: records that timed out during a
+            // stall make librdkafka bump the epoch, which tansu answers with PRODUCER_FENCED
+            // for every later record.
+            let broken = clients
+                .producer
+                .client()
+                .fatal_error()
+                .map(|(code, _)| code)
+                .or(e.rdkafka_error_code().filter(|c| {
+                    matches!(
+                        c,
+                        RDKafkaErrorCode::ProducerFenced
+                            | RDKafkaErrorCode::InvalidProducerEpoch
+                            | RDKafkaErrorCode::UnknownProducerId
+                            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                            | RDKafkaErrorCode::InvalidProducerIdMapping
+                    )
+                }));
+            if let Some(code) = broken {
+                tracing::warn!(kafka = %self.inner.bootstrap, ?code, "kafka producer refused by the cluster; replacing it");
+                clients.health.force_lost();
+                if !replaced {
+                    replaced = true;
+                    clients = self.clients()?;
+                    continue;
+                }
+            }
+            return Err(Error::Kafka {
+                bootstrap: self.inner.bootstrap.clone(),
+                op: "publish",
+                source: e,
+            }
+            .into());
+        }
+    }
+
     /// Creates the producer and admin clients and checks that the cluster answers.
     ///
     /// # Errors
@@ -150,63 +211,21 @@ fn config_error(bootstrap: &str, client: &str, e: KafkaError) -> impush_core::Er
 impl Broker for KafkaBroker {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
         check_topic(topic)?;
-        let mut clients = self.clients()?;
-        let mut replaced = false;
-        loop {
-            clients.topics.ensure(topic).await?;
-            let record = FutureRecord::to(topic)
-                .key(topic.as_bytes())
-                .payload(payload.as_ref());
-            let e = match clients
-                .producer
-                .send(record, Timeout::After(self.inner.cfg.publish_timeout))
-                .await
-            {
-                Ok(_) => {
-                    clients.health.up();
-                    return Ok(());
+        // `publish_timeout` bounds the whole publish, as configured: the topic's check, the send
+        // and a replaced producer's second send. librdkafka's own timeouts are checked on a
+        // scan of about a second, and a second send doubles them (a send through a stopping
+        // broker took 7.5 s with 2 s configured). A record given up on here may still reach the
+        // broker: the caller, answered 503, retries with the same message id.
+        let timeout = self.inner.cfg.publish_timeout;
+        tokio::time::timeout(timeout, self.publish_within(topic, payload))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Stuck {
+                    bootstrap: self.inner.bootstrap.clone(),
+                    op: "publish",
                 }
-                Err((e, _)) => e,
-            };
-            // The topic may be gone (deleted, or lost in a broker restart; the record then
-            // times out waiting for it): check it again on the next publish.
-            clients.topics.forget(topic);
-            // An idempotent producer whose producer id or epoch the cluster no longer accepts
-            // refuses everything from now on: replace it (a new one gets a new id), and send
-            // once more with the new one. Seen with tansu: records that timed out during a
-            // stall make librdkafka bump the epoch, which tansu answers with PRODUCER_FENCED
-            // for every later record.
-            let broken = clients
-                .producer
-                .client()
-                .fatal_error()
-                .map(|(code, _)| code)
-                .or(e.rdkafka_error_code().filter(|c| {
-                    matches!(
-                        c,
-                        RDKafkaErrorCode::ProducerFenced
-                            | RDKafkaErrorCode::InvalidProducerEpoch
-                            | RDKafkaErrorCode::UnknownProducerId
-                            | RDKafkaErrorCode::OutOfOrderSequenceNumber
-                            | RDKafkaErrorCode::InvalidProducerIdMapping
-                    )
-                }));
-            if let Some(code) = broken {
-                tracing::warn!(kafka = %self.inner.bootstrap, ?code, "kafka producer refused by the cluster; replacing it");
-                clients.health.force_lost();
-                if !replaced {
-                    replaced = true;
-                    clients = self.clients()?;
-                    continue;
-                }
-            }
-            return Err(Error::Kafka {
-                bootstrap: self.inner.bootstrap.clone(),
-                op: "publish",
-                source: e,
-            }
-            .into());
-        }
+                .into())
+            })
     }
 
     async fn subscribe(&self, topic: &str, mode: SubscribeMode) -> Result<Subscription> {
