@@ -44,7 +44,7 @@ use crate::{
     client::{self, Ctx, Health},
     config::KafkaConfig,
     error::Error,
-    shared::{blocking, Clients, Inner},
+    shared::{blocking, drop_detached, Clients, Inner},
     subscription,
     topics::{check_topic, Topics},
 };
@@ -157,7 +157,7 @@ impl KafkaBroker {
         };
         if let Err(e) = broker.ping().await {
             // Dropping the clients blocks (producer purge, thread joins): not on this thread.
-            tokio::task::spawn_blocking(move || drop(broker));
+            drop_detached(broker);
             return Err(e);
         }
         Ok(broker)
@@ -184,7 +184,7 @@ impl KafkaBroker {
             current.topics.forget_all();
             tracing::warn!(kafka = %inner.bootstrap, "kafka producer replaced (it lost every broker, or the cluster refused it)");
             // Dropping a producer purges and flushes it (up to 500 ms): not on this thread.
-            tokio::task::spawn_blocking(move || drop(old));
+            drop_detached(old);
         }
         Ok(current.clone())
     }

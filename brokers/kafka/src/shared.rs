@@ -44,31 +44,81 @@ pub(crate) struct Clients {
 
 impl Drop for Inner {
     /// Without a `shutdown`, the clients are still here; dropping them blocks (the producer
-    /// purges and flushes, threads are joined), so it happens on the blocking pool when there
-    /// is a runtime.
+    /// purges and flushes, threads are joined), so it happens on a thread of its own.
     fn drop(&mut self) {
         let clients = self
             .clients
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let (Some(clients), Ok(rt)) = (clients, tokio::runtime::Handle::try_current()) {
-            rt.spawn_blocking(move || drop(clients));
+        if let Some(clients) = clients {
+            drop_detached(clients);
         }
     }
 }
 
-/// Runs a blocking librdkafka call on the blocking pool.
+/// Runs a blocking librdkafka call on a thread of its own, not on the runtime's blocking pool:
+/// a call that does not return (closing a consumer whose cluster had gone for good blocked for
+/// minutes in a test) would hold up the runtime's shutdown as long, and with it a node's exit
+/// or a test's end. A detached thread is left behind instead, and ends with the process.
 pub(crate) async fn blocking<T, F>(bootstrap: &str, op: &'static str, f: F) -> Result<T>
 where
     F: FnOnce() -> Result<T> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| {
+    let stuck = || {
         Err(Error::Stuck {
             bootstrap: bootstrap.to_owned(),
             op,
         }
         .into())
-    })
+    };
+    let (done, result) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("impush-kafka".into())
+        .spawn(move || {
+            let _ = done.send(f());
+        });
+    if spawned.is_err() {
+        return stuck();
+    }
+    result.await.unwrap_or_else(|_| stuck())
+}
+
+/// Drops a librdkafka client (its drop blocks until it has closed) on a thread of its own, for
+/// the reason [`blocking`] gives.
+pub(crate) fn drop_detached<T: Send + 'static>(client: T) {
+    let _ = std::thread::Builder::new()
+        .name("impush-kafka".into())
+        .spawn(move || drop(client));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A blocking call still running does not hold up the runtime's shutdown (the blocking
+    /// pool would: a runtime's drop waits for its blocking tasks).
+    #[test]
+    fn a_call_that_does_not_return_does_not_hold_up_the_runtime() {
+        let rt = tokio::runtime::Runtime::new().expect("a runtime");
+        let (_keep, never) = std::sync::mpsc::channel::<()>();
+        rt.block_on(async {
+            let call = blocking("kafka:9092", "close consumer", move || {
+                let _ = never.recv_timeout(Duration::from_secs(30));
+                Ok(())
+            });
+            let timed_out = tokio::time::timeout(Duration::from_millis(50), call).await;
+            assert!(timed_out.is_err(), "the call is still running");
+        });
+        let t = Instant::now();
+        drop(rt);
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the runtime's drop waited {:?} for the call",
+            t.elapsed()
+        );
+    }
 }
