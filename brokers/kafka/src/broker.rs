@@ -64,9 +64,13 @@ impl fmt::Debug for KafkaBroker {
 }
 
 impl KafkaBroker {
-    /// A publish (see `Broker::publish`), without its overall timeout.
-    async fn publish_within(&self, topic: &str, payload: Bytes) -> Result<()> {
-        let mut clients = self.clients()?;
+    /// A publish (see `Broker::publish`) with `clients`, without its overall timeout.
+    async fn publish_within(
+        &self,
+        mut clients: Clients,
+        topic: &str,
+        payload: Bytes,
+    ) -> Result<()> {
         let mut replaced = false;
         loop {
             clients.topics.ensure(topic).await?;
@@ -216,10 +220,14 @@ impl Broker for KafkaBroker {
         // scan of about a second, and a second send doubles them (a send through a stopping
         // broker took 7.5 s with 2 s configured). A record given up on here may still reach the
         // broker: the caller, answered 503, retries with the same message id.
+        let clients = self.clients()?;
+        let topics = clients.topics.clone();
         let timeout = self.inner.cfg.publish_timeout;
-        tokio::time::timeout(timeout, self.publish_within(topic, payload))
+        tokio::time::timeout(timeout, self.publish_within(clients, topic, payload))
             .await
             .unwrap_or_else(|_| {
+                // As for a record that timed out: the topic may be gone, check it next time.
+                topics.forget(topic);
                 Err(Error::Stuck {
                     bootstrap: self.inner.bootstrap.clone(),
                     op: "publish",
