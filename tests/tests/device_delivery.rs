@@ -262,6 +262,38 @@ async fn an_acked_message_is_not_kept_and_not_redelivered() {
     server.shutdown().await.unwrap();
 }
 
+/// A message acked on one of the client's sockets is done for the client: another socket that
+/// also had it and then dies does not keep it again (it would come back, `redelivered`, on the
+/// next connection, a duplicate), and the sender hears `acked` once.
+#[tokio::test]
+async fn a_message_acked_on_one_socket_is_not_kept_again_by_another() {
+    let server = with_inbox(|_| {}).await;
+    let h = server.helper();
+    let mut bob = Client::connect(&h, "bob", 1).await;
+    let mut tab1 = Client::connect(&h, "alice", 1).await;
+    let mut tab2 = Client::connect(&h, "alice", 2).await;
+    let sent = h
+        .send_message(&id("bob"), &[id("alice")], &json!("both"), true)
+        .await
+        .unwrap();
+    assert_eq!(tab1.next_json().await["id"], sent.id.as_str());
+    assert_eq!(tab2.next_json().await["id"], sent.id.as_str());
+    tab2.send_json(json!({"type": "ack", "id": sent.id.as_str()}))
+        .await;
+    while receipt(&mut bob, sent.id.as_str()).await != "acked" {}
+    eventually(|| async { support::inbox_count(&server, "alice").await == 0 }).await;
+
+    // tab-1 never acked it, and its link dies; tab-2 leaves cleanly.
+    tab1.reset();
+    drop(tab2);
+    eventually(|| async { server.metrics().open_connections() == 1 }).await;
+    let mut tab3 = Client::connect(&h, "alice", 1).await;
+    tab3.expect_silence(Duration::from_millis(500)).await;
+    assert_eq!(support::inbox_count(&server, "alice").await, 0);
+    bob.expect_silence(Duration::from_millis(200)).await;
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn writes_wait_for_acks_past_max_unacked() {
     let server = with_inbox(|c| c.limits.max_unacked = 3).await;

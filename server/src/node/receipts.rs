@@ -86,6 +86,10 @@ impl Node {
                 receipt,
                 remove,
             } => {
+                // The client has it: its other sockets here stop waiting for it (see
+                // `SessionHandle::acked_elsewhere`); the one that acked holds it no longer.
+                self.registry
+                    .for_client(&receiver, |s| s.acked_elsewhere(&id));
                 // A keep still in flight removes the message itself once it is done.
                 if remove && !self.keeping.acked(&receiver, &id) {
                     g.removals

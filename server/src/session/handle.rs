@@ -265,6 +265,25 @@ impl SessionHandle {
         out
     }
 
+    /// Forgets that message `id` waits for an ack here: the client acked it on another of
+    /// its sockets. Closing with it unacked, this socket would keep it in the inbox again (a
+    /// duplicate on the next connection), and its own ack would repeat the `acked` receipt.
+    /// Wakes the writer when that frees room under `limits.max_unacked`.
+    pub(crate) fn acked_elsewhere(&self, id: &MessageId) {
+        let freed = {
+            let mut guard = lock(&self.acks);
+            let Some(acks) = guard.as_mut() else { return };
+            let freed = acks.take(id).is_some();
+            if acks.is_empty() {
+                *guard = None;
+            }
+            freed
+        };
+        if freed {
+            self.requeue();
+        }
+    }
+
     /// How many written messages wait for a required ack.
     pub(crate) fn unacked(&self) -> usize {
         lock(&self.acks).as_ref().map_or(0, |a| a.unacked())
