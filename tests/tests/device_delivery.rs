@@ -23,6 +23,31 @@ async fn with_inbox(f: impl FnOnce(&mut impush_server::Config)) -> ImServer {
     .await
 }
 
+/// A node with the inbox on whose presence store answers each connect after `connect` and each
+/// disconnect after `disconnect` (a link that attaches or ends slowly).
+async fn with_slow_presence(
+    connect: Duration,
+    disconnect: Duration,
+    f: impl FnOnce(&mut impush_server::Config),
+) -> ImServer {
+    let mut c = support::config();
+    c.offline.enabled = true;
+    f(&mut c);
+    ImServer::start_with(
+        c,
+        Arc::new(impush_core::MemoryBroker::default()),
+        Arc::new(support::SlowPresence::new(connect, disconnect)),
+    )
+    .await
+    .unwrap()
+}
+
+/// A fresh connect URL for alice with `query` added (`link=`, `replaces=`).
+fn alice_url(h: &impush_helper::ImHelper, query: &str) -> String {
+    let info = h.prepare_connect(&id("alice"), Value::Null).unwrap();
+    format!("{}&{query}", info.url)
+}
+
 /// Sends `data` from bob to alice for each of `data`, without receipts; the ids in order.
 async fn send_to_alice(server: &ImServer, data: impl IntoIterator<Item = Value>) -> Vec<String> {
     let h = server.helper();
@@ -152,21 +177,9 @@ async fn a_link_named_as_replaced_hands_back_what_it_held_first() {
 /// names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_replaced_while_still_connecting_is_closed_too() {
-    let mut c = support::config();
-    c.offline.enabled = true;
-    let presence = support::SlowPresence::new(Duration::ZERO, Duration::from_secs(1));
-    let server = ImServer::start_with(
-        c,
-        Arc::new(impush_core::MemoryBroker::default()),
-        Arc::new(presence),
-    )
-    .await
-    .unwrap();
+    let server = with_slow_presence(Duration::ZERO, Duration::from_secs(1), |_| {}).await;
     let h = server.helper();
-    let url = |query: &str| {
-        let info = h.prepare_connect(&id("alice"), Value::Null).unwrap();
-        format!("{}&{query}", info.url)
-    };
+    let url = |query: &str| alice_url(&h, query);
     let mut first = Client::connect_url(&url("link=tab-1")).await;
     eventually(|| async { server.metrics().open_connections() == 1 }).await;
     let mut second = Client::connect_url(&url("link=tab-2&replaces=tab-1")).await;
@@ -187,17 +200,10 @@ async fn a_link_replaced_while_still_connecting_is_closed_too() {
 /// `tab-3` would get the newer message first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_link_held_while_attaching_comes_first_after_it_was_replaced() {
-    let mut c = support::config();
-    c.offline.enabled = true;
-    c.limits.max_unacked = 1;
-    let presence = support::SlowPresence::new(Duration::from_secs(1), Duration::ZERO);
-    let server = ImServer::start_with(
-        c,
-        Arc::new(impush_core::MemoryBroker::default()),
-        Arc::new(presence),
-    )
-    .await
-    .unwrap();
+    let server = with_slow_presence(Duration::from_secs(1), Duration::ZERO, |c| {
+        c.limits.max_unacked = 1;
+    })
+    .await;
     let h = server.helper();
     // carol reads one message and never acks it: her next frame waits for flow control.
     let mut carol = Client::connect(&h, "carol", 1).await;
@@ -208,10 +214,7 @@ async fn what_a_link_held_while_attaching_comes_first_after_it_was_replaced() {
         .unwrap();
     assert_eq!(carol.next_json().await["id"], first.id.as_str());
 
-    let url = |query: &str| {
-        let info = h.prepare_connect(&id("alice"), Value::Null).unwrap();
-        format!("{}&{query}", info.url)
-    };
+    let url = |query: &str| alice_url(&h, query);
     let second = Client::connect_url(&url("link=tab-2")).await;
     // Counted once its inbox was read: tab-2 now waits a second for its presence connect,
     // holding live messages.
