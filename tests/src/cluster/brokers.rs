@@ -34,12 +34,45 @@ pub trait PrivateBroker: Send {
     }
 }
 
-/// `kill sig pid`; whether it worked.
+/// `kill sig pid`; whether it worked. A `-STOP` returns once every thread of `pid` has
+/// stopped: the signal is only queued when `kill` returns, and a thread still running could
+/// answer one more request (a publish "through a stalled broker" once succeeded that way).
 pub(crate) fn kill(sig: &str, pid: u32) -> bool {
-    Command::new("kill")
+    let sent = Command::new("kill")
         .args([sig, &pid.to_string()])
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    if sent && sig == "-STOP" {
+        wait_stopped(pid);
+    }
+    sent
+}
+
+/// Waits (up to 5 s) until every thread of `pid` is in the stopped state (`T` in
+/// `/proc/<pid>/task/*/stat`). Where `/proc` cannot be read it returns at once.
+fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if all_threads_stopped(pid).unwrap_or(true) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("process {pid} did not stop within 5 s of SIGSTOP");
+}
+
+/// Whether every thread of `pid` is stopped; `None` if `/proc` cannot tell.
+fn all_threads_stopped(pid: u32) -> Option<bool> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for task in tasks {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+        // The state follows the command name, which is in parentheses and may hold anything.
+        let state = stat.rsplit_once(") ")?.1.chars().next()?;
+        if !matches!(state, 'T' | 't' | 'Z' | 'X') {
+            return Some(false);
+        }
+    }
+    Some(true)
 }
 
 /// How long a broker may take to listen.
@@ -373,5 +406,47 @@ impl Drop for PrivateRabbitMq {
         self.resume();
         let _ = self.command("down").output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `kill -STOP` returns with the process stopped even when it gets little CPU: a
+    /// low-priority busy process beside busy threads of ours stays runnable for a while after
+    /// the signal is queued (what a loaded CI machine does to a broker).
+    #[test]
+    fn a_stop_returns_once_the_process_is_stopped() {
+        let mut child = Command::new("nice")
+            .args(["-n", "19", "yes"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let hogs: Vec<_> = (0..3)
+            .map(|_| {
+                let busy = busy.clone();
+                std::thread::spawn(move || {
+                    while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let mut stopped_at_return = true;
+        for _ in 0..5 {
+            assert!(kill("-STOP", child.id()));
+            stopped_at_return &= all_threads_stopped(child.id()) == Some(true);
+            assert!(kill("-CONT", child.id()));
+        }
+        busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        hogs.into_iter().for_each(|h| h.join().unwrap());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            stopped_at_return,
+            "a -STOP returned before the process stopped"
+        );
     }
 }
