@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use impush_tests::proxy::{Direction, FaultProxy, Mode};
+use impush_tests::proxy::{Direction, FaultProxy, Mode, Selector, Verdict};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -277,4 +277,52 @@ async fn dropping_the_proxy_resets_its_connections() {
     expect(&mut c, b"hi").await;
     drop(proxy);
     expect_reset(&mut c).await;
+}
+
+/// A selecting proxy acts on the connections its selector faults, told by their first bytes
+/// (which reach the upstream first, even when they took several reads to tell), and the
+/// others pass whatever the switches say: a pause, a blackhole and a reset leave them alone,
+/// and only the faulted ones are counted.
+#[tokio::test]
+async fn a_selecting_proxy_acts_only_on_the_connections_it_selects() {
+    let (echo, _ends) = echo_server().await;
+    let selector = Selector::new(|first| match first.get(..4) {
+        None => Verdict::NeedMore,
+        Some(b"cut:") => Verdict::Faulted,
+        Some(_) => Verdict::Spared,
+    });
+    let proxy = FaultProxy::start_selecting(echo, selector).await.unwrap();
+    let mut cut = connect(&proxy).await;
+    let mut kept = connect(&proxy).await;
+    // The selector needs four bytes: the faulted client sends them in two writes.
+    cut.write_all(b"cu").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    cut.write_all(b"t:a").await.unwrap();
+    expect(&mut cut, b"cut:a").await;
+    kept.write_all(b"own:a").await.unwrap();
+    expect(&mut kept, b"own:a").await;
+    assert_eq!((proxy.connections(), proxy.accepted()), (1, 1));
+
+    proxy.pause(Direction::Both);
+    cut.write_all(b"b").await.unwrap();
+    expect_quiet(&mut cut).await;
+    kept.write_all(b"b").await.unwrap();
+    expect(&mut kept, b"b").await;
+    proxy.heal();
+    expect(&mut cut, b"b").await;
+
+    proxy.blackhole(Direction::ToClient);
+    kept.write_all(b"c").await.unwrap();
+    expect(&mut kept, b"c").await;
+    proxy.reset();
+    expect_reset(&mut cut).await;
+    kept.write_all(b"d").await.unwrap();
+    expect(&mut kept, b"d").await;
+    // A new faulted connection is refused while the reset holds; a spared one is not.
+    let mut again = connect(&proxy).await;
+    again.write_all(b"cut:e").await.unwrap();
+    expect_reset(&mut again).await;
+    let mut other = connect(&proxy).await;
+    other.write_all(b"own:e").await.unwrap();
+    expect(&mut other, b"own:e").await;
 }

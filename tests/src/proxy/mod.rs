@@ -7,6 +7,9 @@
 //! memory: a blackholed direction reads and drops, a paused one stops reading (the kernel's
 //! socket buffers fill and TCP slows the sender down), a delayed one holds at most
 //! `QUEUE_CHUNKS` chunks of `CHUNK` bytes before it stops reading.
+//!
+//! A proxy may act on some of its connections only ([`FaultProxy::start_selecting`], with a
+//! [`Selector`] of `select`): the others always pass.
 
 use std::{
     io,
@@ -29,6 +32,9 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
+
+mod select;
+pub use select::{Selector, Verdict};
 
 /// Bytes read from a socket at once.
 const CHUNK: usize = 16 * 1024;
@@ -84,6 +90,9 @@ impl Switches {
 #[derive(Debug)]
 struct Shared {
     switches: watch::Sender<Switches>,
+    /// What the connections a selector spared see: never switched.
+    spared: watch::Sender<Switches>,
+    selector: Option<Selector>,
     open: AtomicUsize,
     accepted: AtomicU64,
 }
@@ -119,10 +128,29 @@ impl FaultProxy {
     /// # Errors
     /// When the loopback port cannot be bound.
     pub async fn start(upstream: SocketAddr) -> io::Result<FaultProxy> {
+        Self::start_with(upstream, None).await
+    }
+
+    /// Like [`FaultProxy::start`], but the switches act only on the connections `selector`
+    /// says are [`Verdict::Faulted`]; the others always pass, and
+    /// [`FaultProxy::connections`] and [`FaultProxy::accepted`] count only the faulted ones.
+    ///
+    /// # Errors
+    /// When the loopback port cannot be bound.
+    pub async fn start_selecting(
+        upstream: SocketAddr,
+        selector: Selector,
+    ) -> io::Result<FaultProxy> {
+        Self::start_with(upstream, Some(selector)).await
+    }
+
+    async fn start_with(upstream: SocketAddr, selector: Option<Selector>) -> io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             switches: watch::Sender::new(Switches::default()),
+            spared: watch::Sender::new(Switches::default()),
+            selector,
             open: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
         });
@@ -226,8 +254,6 @@ async fn accept_loop(
         };
         match accepted {
             Ok((client, _)) => {
-                shared.accepted.fetch_add(1, Ordering::AcqRel);
-                shared.open.fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(relay(client, upstream, shared.clone(), stop.clone()));
             }
             // Out of file descriptors and the like: pass, rather than spin.
@@ -236,8 +262,16 @@ async fn accept_loop(
     }
 }
 
-/// Counts a connection as open until dropped.
+/// Counts a faulted connection as accepted, and as open until dropped.
 struct Open(Arc<Shared>);
+
+impl Open {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.accepted.fetch_add(1, Ordering::AcqRel);
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        Self(shared)
+    }
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -252,8 +286,20 @@ async fn relay(
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
-    let _open = Open(shared.clone());
-    let switches = shared.switches.subscribe();
+    let (first, verdict) = match &shared.selector {
+        None => (Vec::new(), Verdict::Faulted),
+        Some(selector) => {
+            tokio::select! {
+                () = stop.cancelled() => return rst(client),
+                first = first_bytes(&mut client, selector) => first,
+            }
+        }
+    };
+    let (switches, _open) = if verdict == Verdict::Spared {
+        (shared.spared.subscribe(), None)
+    } else {
+        (shared.switches.subscribe(), Some(Open::new(shared.clone())))
+    };
     if switches.borrow().reset {
         rst(client);
         return;
@@ -277,14 +323,14 @@ async fn relay(
         let both_ways = async {
             tokio::join!(
                 pump(
-                    client_read,
+                    (client_read, first),
                     server_write,
                     Direction::ToUpstream,
                     switches.clone(),
                     &broken
                 ),
                 pump(
-                    server_read,
+                    (server_read, Vec::new()),
                     client_write,
                     Direction::ToClient,
                     switches.clone(),
@@ -306,6 +352,25 @@ async fn relay(
     }
 }
 
+/// Reads what `client` sends first until `selector` gives a verdict (at most
+/// [`Selector::MAX_PREFIX`] bytes, for at most [`Selector::WAIT`]; then it is faulted). The
+/// bytes read are relayed first.
+async fn first_bytes(client: &mut TcpStream, selector: &Selector) -> (Vec<u8>, Verdict) {
+    let mut first = Vec::new();
+    let deadline = Instant::now() + Selector::WAIT;
+    let mut buf = [0u8; 512];
+    while first.len() < Selector::MAX_PREFIX {
+        let read = tokio::time::timeout_at(deadline, client.read(&mut buf)).await;
+        let Ok(Ok(n @ 1..)) = read else { break };
+        first.extend_from_slice(&buf[..n]);
+        match selector.verdict(&first) {
+            Verdict::NeedMore => {}
+            verdict => return (first, verdict),
+        }
+    }
+    (first, Verdict::Faulted)
+}
+
 /// Closes `stream` with an RST instead of a FIN.
 fn rst(stream: TcpStream) {
     // Zero linger makes close() send an RST at once, without blocking the thread.
@@ -319,9 +384,10 @@ enum Chunk {
     Eof,
 }
 
-/// One direction: reads `from`, writes `to`, as the switch of `dir` says.
+/// One direction: reads `from` (after relaying what was read of it already), writes `to`, as
+/// the switch of `dir` says.
 async fn pump(
-    from: ReadHalf<'_>,
+    from: (ReadHalf<'_>, Vec<u8>),
     to: WriteHalf<'_>,
     dir: Direction,
     switches: watch::Receiver<Switches>,
@@ -335,7 +401,7 @@ async fn pump(
 }
 
 async fn read_side(
-    mut from: ReadHalf<'_>,
+    (mut from, mut first): (ReadHalf<'_>, Vec<u8>),
     tx: mpsc::Sender<Chunk>,
     dir: Direction,
     mut switches: watch::Receiver<Switches>,
@@ -355,7 +421,18 @@ async fn read_side(
                 }
             }
         }
-        let read = tokio::select! {
+        // What was read before the relay began goes first, under the mode of now.
+        let read = if first.is_empty() {
+            None
+        } else {
+            let n = first.len();
+            buf[..n].copy_from_slice(&first);
+            first.clear();
+            Some(Ok(n))
+        };
+        let read = match read {
+            Some(read) => read,
+            None => tokio::select! {
             () = broken.cancelled() => return,
             // A switch flipped while waiting: read again under the new mode (read is cancel
             // safe, nothing is lost).
@@ -366,6 +443,7 @@ async fn read_side(
                 continue;
             }
             read = from.read(&mut buf) => read,
+            },
         };
         let chunk = match read {
             Ok(0) => Chunk::Eof,
