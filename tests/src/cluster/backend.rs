@@ -6,7 +6,7 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 use impush_helper::Backends;
 
-use super::brokers::PrivateBroker;
+use super::{broker_link::BrokerLink, brokers::PrivateBroker};
 
 /// Starts a private broker instance, or `None` when it cannot be installed here (skipped).
 pub type StartPrivate = fn() -> Option<Box<dyn PrivateBroker>>;
@@ -30,6 +30,7 @@ pub struct Backend {
     pub(super) helper_backends: fn() -> Backends,
     pub(super) cleanup: Option<Cleanup>,
     pub(super) refusal_within: Duration,
+    pub(super) link: BrokerLink,
 }
 
 impl Backend {
@@ -60,6 +61,7 @@ impl Backend {
             helper_backends: Backends::with_defaults,
             cleanup: None,
             refusal_within: Duration::from_secs(4),
+            link: BrokerLink::Url,
         }
     }
 
@@ -114,6 +116,13 @@ impl Backend {
     /// timeouts in `sections` allow, plus slack. Default 4 s.
     pub fn refusal_within(mut self, within: Duration) -> Self {
         self.refusal_within = within;
+        self
+    }
+
+    /// How the clients find the broker, for the cases that put a node's broker link behind a
+    /// proxy ([`Backend::proxied_broker`]). Default [`BrokerLink::Url`].
+    pub fn broker_link(mut self, link: BrokerLink) -> Self {
+        self.link = link;
         self
     }
 

@@ -9,6 +9,7 @@
 use std::{
     fmt,
     io::Write,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -101,13 +102,16 @@ fn thaw(frozen: &mut bool, pid: u32, name: &str) {
     }
 }
 
+/// The command line of a [`ProcessBroker`] on a port, in its directory.
+type BrokerCommand = dyn Fn(u16, &Path) -> Command + Send;
+
 /// A broker server process of one test's own, on a free loopback port, with a directory of its
 /// own (removed on drop).
 pub struct ProcessBroker {
     name: &'static str,
     port: u16,
     dir: PathBuf,
-    command: fn(port: u16, dir: &Path) -> Command,
+    command: Box<BrokerCommand>,
     url: fn(port: u16) -> String,
     child: Option<Child>,
     frozen: bool,
@@ -132,13 +136,23 @@ impl ProcessBroker {
         command: fn(port: u16, dir: &Path) -> Command,
         url: fn(port: u16) -> String,
     ) -> Option<Self> {
+        Self::start_on(name, free_addrs(1)[0].port(), command, url)
+    }
+
+    /// [`ProcessBroker::start`] on `port`, with a command that may capture what it needs.
+    pub fn start_on(
+        name: &'static str,
+        port: u16,
+        command: impl Fn(u16, &Path) -> Command + Send + 'static,
+        url: fn(port: u16) -> String,
+    ) -> Option<Self> {
         let dir = std::env::temp_dir().join(format!("impush-{name}-{}", unique_ns()));
         std::fs::create_dir_all(&dir).expect("create the broker's directory");
         let mut broker = ProcessBroker {
             name,
-            port: free_addrs(1)[0].port(),
+            port,
             dir,
-            command,
+            command: Box::new(command),
             url,
             child: None,
             frozen: false,
@@ -234,6 +248,12 @@ impl PrivateBroker for ProcessBroker {
 impl Drop for ProcessBroker {
     fn drop(&mut self) {
         self.stop();
+        // Its log outlives it where the nodes' logs are kept (`IMPUSH_TEST_NODE_LOG_DIR`).
+        if let Some(logs) = std::env::var_os("IMPUSH_TEST_NODE_LOG_DIR") {
+            let log = self.dir.join(format!("{}.log", self.name));
+            let kept = Path::new(&logs).join(format!("{}-{}.log", self.name, self.port));
+            let _ = std::fs::copy(log, kept);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -280,23 +300,41 @@ pub fn tansu_bin() -> PathBuf {
 pub fn private_tansu() -> Option<ProcessBroker> {
     ProcessBroker::start(
         "tansu",
-        |port, dir| {
-            let listener = format!("tcp://127.0.0.1:{port}");
-            let mut c = Command::new(tansu_bin());
-            c.args(["broker", "--listener-url", &listener])
-                .args(["--advertised-listener-url", &listener])
-                .args(["--storage-engine", "memory://tansu/"])
-                // From its own directory: tansu reads a `.env` file in its working directory.
-                .current_dir(dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null());
-            if let Ok(log) = std::fs::File::create(dir.join("tansu.log")) {
-                c.stderr(log);
-            }
-            c
-        },
+        |port, dir| tansu(port, dir, None),
         |port| format!("127.0.0.1:{port}"),
     )
+}
+
+/// [`private_tansu`] on `port` that tells its clients to connect to `advertise` (a proxy in
+/// front of it); its URL is still its own address.
+pub fn private_tansu_advertising(port: u16, advertise: SocketAddr) -> Option<ProcessBroker> {
+    ProcessBroker::start_on(
+        "tansu",
+        port,
+        move |port, dir| tansu(port, dir, Some(advertise)),
+        |port| format!("127.0.0.1:{port}"),
+    )
+}
+
+/// The tansu command line for [`private_tansu`] and [`private_tansu_advertising`].
+fn tansu(port: u16, dir: &Path, advertise: Option<SocketAddr>) -> Command {
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let advertised = advertise.map_or_else(|| listener.clone(), |a| format!("tcp://{a}"));
+    let mut c = Command::new(tansu_bin());
+    c.args(["broker", "--listener-url", &listener])
+        .args(["--advertised-listener-url", &advertised])
+        .args(["--storage-engine", "memory://tansu/"])
+        // From its own directory: tansu reads a `.env` file in its working directory.
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    // tansu logs to stdout (`RUST_LOG` sets its level).
+    if let Ok(log) = std::fs::File::create(dir.join("tansu.log")) {
+        if let Ok(out) = log.try_clone() {
+            c.stdout(out);
+        }
+        c.stderr(log);
+    }
+    c
 }
 
 /// A RabbitMQ of one test's own, run by impush's `scripts/brokers.sh` with a state directory

@@ -44,6 +44,8 @@ pub struct Spec {
     pub moves: String,
     /// Extra `[limits]` keys of every node.
     pub limits: String,
+    /// TOML appended to one node's file (index from 0), after everything else.
+    pub node_toml: BTreeMap<usize, String>,
 }
 
 impl Spec {
@@ -58,6 +60,7 @@ impl Spec {
             moves: "drain_period = \"1s\"\nrebalance_period = \"2s\"\nmove_grace = \"1s\"\n"
                 .to_owned(),
             limits: String::new(),
+            node_toml: BTreeMap::new(),
         }
     }
 
@@ -89,6 +92,13 @@ impl Spec {
     /// With the offline inbox on.
     pub fn with_offline(mut self) -> Self {
         self.offline = true;
+        self
+    }
+
+    /// `toml` appended to node `i`'s file (from 0): tables of its own, or keys of a table the
+    /// rest of the file does not open (`[broker.properties]`).
+    pub fn node_toml(mut self, i: usize, toml: impl Into<String>) -> Self {
+        self.node_toml.entry(i).or_default().push_str(&toml.into());
         self
     }
 
@@ -186,8 +196,9 @@ impl Cluster {
             let common = common(spec.broker_urls.get(&i).map_or(url, String::as_str));
             let toml = format!(
                 "[node]\nid = \"{node}\"\nlisten = \"{a}\"\n{common}\n\
-                 [limits]\nshutdown_grace = \"3s\"\n{}{queue}{offline}",
-                spec.limits
+                 [limits]\nshutdown_grace = \"3s\"\n{}{queue}{offline}{}",
+                spec.limits,
+                spec.node_toml.get(&i).map_or("", String::as_str),
             );
             write(&cluster.config(i), &toml);
         }

@@ -12,8 +12,8 @@ use impush_core::Event;
 use crate::{
     cluster::{
         clients::{
-            client_on, connect, connect_via, eventually, next_json, next_json_within, url_addr,
-            wait_event, wait_online, with_addr,
+            client_on, connect, connect_via, eventually, next_json, next_json_within, wait_event,
+            wait_online,
         },
         harness::{Backend, Cluster, Spec},
     },
@@ -81,13 +81,12 @@ pub async fn client_link_reset_through_a_proxy_is_an_offline_event(backend: &Bac
 /// link from the broker to node 2 paused (a frozen link TCP survives), a message for node 2's
 /// client does not arrive; once it heals, it does, and node 2 never went down.
 pub async fn paused_broker_link_holds_delivery_until_healed(backend: &Backend) {
-    let Some(url) = backend.shared_url() else {
+    let Some(link) = backend.proxied_broker(1).await else {
         return;
     };
-    let broker = url_addr(&url).unwrap_or_else(|| panic!("no host:port in {url}"));
-    let proxy = FaultProxy::start(broker).await.unwrap();
-    let spec = Spec::new(2, "10s").broker_url(1, with_addr(&url, proxy.addr()));
-    let mut cluster = Cluster::start(backend, &url, &spec);
+    let proxy = &link.proxy;
+    let spec = link.spec(Spec::new(2, "10s"));
+    let mut cluster = Cluster::start(backend, &link.url, &spec);
     let h = cluster.helper().await;
     let (a, b) = (client_on(&h, 0, "a"), client_on(&h, 1, "b"));
     let _wa = connect(&h, &a).await;

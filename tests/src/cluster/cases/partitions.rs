@@ -11,10 +11,9 @@
 //!   lost bytes cannot carry on, so the heal resets the node's broker connections (as TCP
 //!   would end them in the end) and lets new ones through.
 //!
-//! Kafka's clients connect where the brokers advertise themselves, not to the address in the
-//! URL, so a node's broker link cannot be put behind a proxy there: the broker cases are in
-//! the `partitions` group, which Kafka's suite leaves out. The frozen client link runs on
-//! every backbone.
+//! The proxy comes from [`Backend::proxied_broker`]: in front of the shared broker, or for
+//! Kafka (whose clients connect where the broker advertises itself) in front of a private
+//! broker that advertises it, acting on the cut node's connections only.
 
 #![allow(clippy::unwrap_used)] // a case is a test body: a failed step fails the test
 
@@ -32,8 +31,8 @@ use tokio::time::Instant;
 use crate::{
     cluster::{
         clients::{
-            client_on, clients_on, connect, connect_via, eventually, id, next_json, url_addr,
-            wait_event, wait_online, with_addr, Ws,
+            client_on, clients_on, connect, connect_via, eventually, id, next_json, wait_event,
+            wait_online, Ws,
         },
         harness::{Backend, Cluster, Spec, WAIT},
         http::{get_json, post_keyed, send_n, status, Flow, Sent},
@@ -81,12 +80,12 @@ pub async fn node_whose_broker_writes_are_lost_then_healed(backend: &Backend) {
 }
 
 async fn node_partition(backend: &Backend, cut: Cut) {
-    let Some(url) = backend.shared_url() else {
+    let Some(link) = backend.proxied_broker(1).await else {
         return;
     };
-    let (proxy, via) = broker_proxy(&url).await;
-    let spec = Spec::new(2, "2s").with_offline().broker_url(1, via);
-    let mut cluster = Cluster::start(backend, &url, &spec);
+    let proxy = &link.proxy;
+    let spec = link.spec(Spec::new(2, "2s").with_offline());
+    let mut cluster = Cluster::start(backend, &link.url, &spec);
     let h = cluster.helper().await;
     let ledger = Ledger::start(&h).await;
     let a = client_on(&h, 0, "a");
@@ -154,7 +153,7 @@ async fn node_partition(backend: &Backend, cut: Cut) {
     let reaped = cut_at.elapsed();
     tokio::time::sleep_until(cut_at + 2 * LEASE).await; // the fault itself: two leases
 
-    heal(&proxy, cut).await;
+    heal(proxy, cut).await;
     let healed_at = Instant::now();
     let truth = [true, true, true, false];
     agree(&h, &ledger, &everyone, &truth, WAIT, "after the heal").await;
@@ -245,12 +244,12 @@ async fn node_partition(backend: &Backend, cut: Cut) {
 /// read it and sent the messages back to the first node, whose duplicate check dropped them.
 /// Handing over now waits until the view has been settled for two leases.
 pub async fn api_node_cut_from_the_broker_answers_503_and_retries_complete(backend: &Backend) {
-    let Some(url) = backend.shared_url() else {
+    let Some(link) = backend.proxied_broker(0).await else {
         return;
     };
-    let (proxy, via) = broker_proxy(&url).await;
-    let spec = Spec::new(3, "2s").with_offline().broker_url(0, via);
-    let mut cluster = Cluster::start(backend, &url, &spec);
+    let proxy = &link.proxy;
+    let spec = link.spec(Spec::new(3, "2s").with_offline());
+    let mut cluster = Cluster::start(backend, &link.url, &spec);
     let h = cluster.helper().await;
     let receivers: Vec<ClientId> = (0..3).map(|i| client_on(&h, i, "r")).collect();
     let mut probes = Vec::new();
@@ -485,14 +484,6 @@ pub async fn frozen_client_link_is_closed_and_its_pending_messages_stored(backen
         backend.name(),
         all.len()
     );
-}
-
-/// A proxy in front of the broker at `url`, and `url` through it.
-async fn broker_proxy(url: &str) -> (FaultProxy, String) {
-    let broker = url_addr(url).unwrap_or_else(|| panic!("no host:port in {url}"));
-    let proxy = FaultProxy::start(broker).await.unwrap();
-    let via = with_addr(url, proxy.addr());
-    (proxy, via)
 }
 
 /// Ends a cut. Lost writes left holes in the node's TCP streams: those connections are reset
