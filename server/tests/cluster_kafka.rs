@@ -42,9 +42,8 @@ use futures_util::StreamExt;
 use impush_core::{Broker, SubscribeMode};
 use impush_tests::{
     cluster::{
-        broker_link::BrokerLink,
         brokers::{private_tansu, private_tansu_advertising, PrivateBroker, ProcessBroker},
-        harness::{Backend, WAIT},
+        harness::{Backend, BrokerLink, WAIT},
     },
     eventually_within,
 };

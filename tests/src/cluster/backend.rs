@@ -2,14 +2,30 @@
 //! sections, where the shared broker is, the helper's registry, and optionally a private
 //! broker instance the fault cases may stop and freeze.
 
-use std::{fmt, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use impush_helper::Backends;
 
-use super::{broker_link::BrokerLink, brokers::PrivateBroker};
+use super::brokers::PrivateBroker;
 
 /// Starts a private broker instance, or `None` when it cannot be installed here (skipped).
 pub type StartPrivate = fn() -> Option<Box<dyn PrivateBroker>>;
+
+/// Starts a private Kafka-protocol broker on `port` that advertises `advertise`, or `None`
+/// when it is not installed here (skipped).
+pub type StartAdvertising = fn(port: u16, advertise: SocketAddr) -> Option<Box<dyn PrivateBroker>>;
+
+/// How a backbone's clients find the broker, and so how a node's link is put behind a proxy.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum BrokerLink {
+    /// They connect to the address in the URL (Redis, RabbitMQ, NATS): the cut node's URL
+    /// names the proxy, in front of the shared broker.
+    #[default]
+    Url,
+    /// The broker advertises where to connect (Kafka): a private broker that advertises the
+    /// proxy, which faults only the cut node's connections, told by their client id.
+    KafkaAdvertised(StartAdvertising),
+}
 
 /// Deletes what a broker at `url` keeps for a cluster's `prefix`; see [`Backend::cleanup`].
 pub type Cleanup = fn(url: &str, prefix: &str);

@@ -1,6 +1,6 @@
-//! A node's broker link behind a [`FaultProxy`], on every backbone: [`BrokerLink`] says how a
-//! backbone's clients find the broker, [`Backend::proxied_broker`] builds the proxy and what
-//! the cluster's configs need to use it.
+//! A node's broker link behind a [`FaultProxy`], on every backbone: [`Backend::proxied_broker`]
+//! builds the proxy and what the cluster's configs need to use it, as the backend's
+//! [`BrokerLink`] says.
 //!
 //! Most clients connect to the address in their URL, so a node is cut by giving it the
 //! proxy's address. A Kafka client only bootstraps there and then connects where the broker
@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 
 use super::{
+    backend::BrokerLink,
     brokers::PrivateBroker,
     clients::{url_addr, with_addr},
     harness::{Backend, Spec},
@@ -19,22 +20,6 @@ use crate::{
     proxy::{FaultProxy, Selector},
     support::free_addrs,
 };
-
-/// Starts a private Kafka-protocol broker on `port` that advertises `advertise`, or `None`
-/// when it is not installed here (skipped).
-pub type StartAdvertising = fn(port: u16, advertise: SocketAddr) -> Option<Box<dyn PrivateBroker>>;
-
-/// How a backbone's clients find the broker, and so how a node's link is put behind a proxy.
-#[derive(Clone, Copy, Debug, Default)]
-pub enum BrokerLink {
-    /// They connect to the address in the URL (Redis, RabbitMQ, NATS): the cut node's URL
-    /// names the proxy, in front of the shared broker.
-    #[default]
-    Url,
-    /// The broker advertises where to connect (Kafka): a private broker that advertises the
-    /// proxy, which faults only the cut node's connections, told by their client id.
-    KafkaAdvertised(StartAdvertising),
-}
 
 /// The Kafka client id of the node whose link a [`ProxiedBroker`] cuts.
 const CUT_CLIENT_ID: &str = "impush-cut";

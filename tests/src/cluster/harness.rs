@@ -14,7 +14,7 @@ use std::{
 use impush_core::NodeStatus;
 use impush_helper::{Backends, HelperConfig, ImHelper};
 
-pub use super::backend::{Backend, Cleanup, StartPrivate};
+pub use super::backend::{Backend, BrokerLink, Cleanup, StartAdvertising, StartPrivate};
 use super::brokers::kill;
 use super::launch::{spawn_node, Launch};
 

@@ -50,7 +50,7 @@
 //! [`Backend::broker_link`]: harness::Backend::broker_link
 
 mod backend;
-pub mod broker_link;
+mod broker_link;
 pub mod brokers;
 pub mod cases;
 pub mod clients;
@@ -60,6 +60,8 @@ mod launch;
 pub mod ledger;
 pub mod loss;
 pub mod probe;
+
+pub use broker_link::ProxiedBroker;
 
 /// Expands to one `#[tokio::test]` per cluster case that applies to `$backend` (an `fn() ->
 /// Backend`): the standard group and each group listed after `;`.
