@@ -22,4 +22,4 @@ fn redis_broker_cluster_presence() -> Backend {
     .offline("kind = \"redis\"")
 }
 
-impush_tests::cluster_suite!(redis_broker_cluster_presence; private_broker, cluster_presence, broker_proxy, partitions, one_way_partition, failover, rolling);
+impush_tests::cluster_suite!(redis_broker_cluster_presence; private_broker, cluster_presence, broker_proxy, partitions, failover, rolling);

@@ -19,15 +19,6 @@
 //! (`broker_proxy`, `partitions`) get a private tansu that advertises the proxy, which acts on
 //! the cut node's connections only (`BrokerLink::KafkaAdvertised`).
 //!
-//! Left out: `one_way_partition`. Healing a cut that lost the node's writes resets its broker
-//! connections, and a Kafka subscription that lost every broker replaces its consumer (see
-//! `impush_broker_kafka`'s subscription module: a consumer that lived through an outage
-//! crashes librdkafka on an emptied tansu). On a tansu that kept its groups, the node's new
-//! inbox member then never gets an assignment: its joins complete and its syncs are refused
-//! ("rebalance in progress") over and over, while the old member could not leave (its
-//! connections were gone when it was closed). Waiting a whole session before the new member joins did not change it. Traced
-//! with librdkafka's `debug = "cgrp"`; README "Kafka" says what it means for a deployment.
-//!
 //! Besides the shared suite: the broker itself (through the registry, as the server builds it)
 //! through a stop and a start of tansu, and through a stall.
 

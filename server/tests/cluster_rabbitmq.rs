@@ -50,7 +50,7 @@ fn rabbitmq() -> Backend {
     .refusal_within(Duration::from_secs(4))
 }
 
-impush_tests::cluster_suite!(rabbitmq; private_broker, durable_broker, cluster_presence, broker_proxy, partitions, one_way_partition, failover, rolling);
+impush_tests::cluster_suite!(rabbitmq; private_broker, durable_broker, cluster_presence, broker_proxy, partitions, failover, rolling);
 
 /// The broker itself (through the registry, as the server builds it) across a stop and a
 /// start of RabbitMQ: calls fail promptly while it is down; once it is back (with its data)

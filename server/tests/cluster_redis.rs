@@ -22,4 +22,4 @@ fn redis() -> Backend {
     .offline("kind = \"redis\"")
 }
 
-impush_tests::cluster_suite!(redis; private_broker, broker_proxy, partitions, one_way_partition, failover, rolling);
+impush_tests::cluster_suite!(redis; private_broker, broker_proxy, partitions, failover, rolling);

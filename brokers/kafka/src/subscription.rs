@@ -11,13 +11,20 @@
 //! once) on the blocking pool. Deliveries still in the channel when their partition is revoked
 //! are dropped there: the partition's next owner gets them from the committed offset.
 //!
-//! When every broker connection is lost, the task replaces its consumer with a new one once
-//! the cluster answers again, resuming where it was (fanout: the next offset of each partition;
-//! queue: the group's committed offsets). A consumer that lived through the outage would carry
-//! the old cluster's topic ids and positions, and a broker that came back empty (tansu keeps
-//! everything in memory) answers its first fetch with a reply that crashes librdkafka 2.12.1
-//! (a leader-change tag naming no topic; `rd_kafka_metadata_update_op` compares a NULL topic
-//! name). A fresh consumer asks for metadata first and never sends that fetch.
+//! When every broker connection is lost, a fanout task replaces its consumer with a new one
+//! once the cluster answers again, resuming at the next offset of each partition. A consumer
+//! that lived through the outage would carry the old cluster's topic ids and positions, and a
+//! broker that came back empty (tansu keeps everything in memory) answers its first fetch with
+//! a reply that crashes librdkafka 2.12.1 (a leader-change tag naming no topic;
+//! `rd_kafka_metadata_update_op` compares a NULL topic name). A fresh consumer asks for
+//! metadata first and never sends that fetch.
+//!
+//! A queue task pauses its consumer's partitions instead (so it sends no fetch) and asks the
+//! cluster, once it answers, whether it still has the group's committed offsets. If it does
+//! (the outage was in the network, or the broker kept its state), the consumer goes on as it
+//! was; if not (a broker that restarted empty), it is replaced and the new one resumes at what
+//! the group has then. Replacing a member of a group the cluster kept would leave the old
+//! member in it, unable to leave, and the new one without an assignment (`Task::hold`).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -349,6 +356,50 @@ fn start_position(
     Ok(())
 }
 
+/// Whether the cluster still holds a committed offset of the group on some partition of
+/// `topic`: every group this crate creates commits one before it first reads
+/// ([`start_position`]), so a cluster without one lost the group (a broker that restarted
+/// empty), and one with it kept it. Only metadata and offset requests: a consumer that lived
+/// through an outage must not fetch from a broker that restarted empty (module docs).
+/// Blocking.
+fn group_kept(
+    consumer: &KafkaConsumer,
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<bool> {
+    let unknown = Some(RDKafkaErrorCode::UnknownTopicOrPartition);
+    let md = match consumer.fetch_metadata(Some(topic), timeout) {
+        Ok(md) => md,
+        Err(e) if e.rdkafka_error_code() == unknown => return Ok(false),
+        Err(e) => return Err(Error::kafka(bootstrap, "topic metadata")(e).into()),
+    };
+    let Some(found) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(false);
+    };
+    match found.error() {
+        None => {}
+        Some(e) if RDKafkaErrorCode::from(e) == RDKafkaErrorCode::UnknownTopicOrPartition => {
+            return Ok(false)
+        }
+        Some(e) => {
+            let source = KafkaError::MetadataFetch(RDKafkaErrorCode::from(e));
+            return Err(Error::kafka(bootstrap, "topic metadata")(source).into());
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in found.partitions() {
+        tpl.add_partition(topic, p.id());
+    }
+    let committed = consumer
+        .committed_offsets(tpl, timeout)
+        .map_err(Error::kafka(bootstrap, "committed offsets"))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .any(|e| matches!(e.offset(), Offset::Offset(o) if o >= 0)))
+}
+
 /// Closes a consumer on the blocking pool: commits what `group` acked (synchronously, unless
 /// `commit` is false because the cluster is unreachable) and drops it, which leaves the group.
 async fn close(
@@ -430,7 +481,10 @@ impl Task {
             Some(RDKafkaErrorCode::AllBrokersDown)
                 if self.replaced.is_none_or(|t| t.elapsed() >= REBUILD_GAP) =>
             {
-                return self.rebuild().await;
+                return match self.mode {
+                    Mode::Queue { .. } => self.hold().await,
+                    Mode::Fanout { .. } => self.rebuild().await,
+                };
             }
             Some(RDKafkaErrorCode::UnknownTopicOrPartition) => {
                 // The topic is gone (a broker restart without persistence): create it again,
@@ -449,6 +503,73 @@ impl Task {
         // Errors come as events, one per state change or retry, not in a tight loop; a
         // replaced consumer may have queued many, which must drain fast.
         tokio::task::yield_now().await;
+        Next::Go
+    }
+
+    /// A queue member's consumer after the connection to every broker was lost: its
+    /// partitions are paused (no fetch goes out) until the cluster answers, and then it is kept
+    /// if the cluster kept the group (a committed offset is still there: the outage was in
+    /// the network, or the broker kept its state), else replaced ([`Task::rebuild`]).
+    ///
+    /// Replacing a member of a group the cluster kept would leave the old member in it, unable
+    /// to leave (its connections were gone when it was closed), and tansu never completes a
+    /// rebalance with such a member: the new one got no assignment for as long as it was
+    /// watched (`docs/design.md` section 3).
+    async fn hold(&mut self) -> Next {
+        tracing::warn!(topic = %self.topic, "lost every kafka broker; holding the group member until the cluster answers");
+        let (c, bootstrap) = (self.consumer.clone(), self.inner.bootstrap.clone());
+        let held = blocking(&self.inner.bootstrap, "pause", move || {
+            let held = c
+                .assignment()
+                .map_err(Error::kafka(&bootstrap, "assignment"))?;
+            c.pause(&held).map_err(Error::kafka(&bootstrap, "pause"))?;
+            Ok(held)
+        })
+        .await;
+        let Ok(held) = held else {
+            return self.rebuild().await;
+        };
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if self.stopped() {
+                return Next::Stop;
+            }
+            let (c, bootstrap, topic, timeout) = (
+                self.consumer.clone(),
+                self.inner.bootstrap.clone(),
+                self.topic.clone(),
+                self.inner.cfg.request_timeout,
+            );
+            let kept = blocking(&self.inner.bootstrap, "committed offsets", move || {
+                group_kept(&c, &bootstrap, &topic, timeout)
+            })
+            .await;
+            match kept {
+                Ok(true) => break,
+                Ok(false) => return self.rebuild().await,
+                Err(e) => {
+                    tracing::debug!(topic = %self.topic, error = %e, "kafka cluster not answering yet");
+                    tokio::select! {
+                        () = self.inner.cancel.cancelled() => return Next::Stop,
+                        () = self.tx.closed() => return Next::Stop,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        let (c, bootstrap) = (self.consumer.clone(), self.inner.bootstrap.clone());
+        let resumed = blocking(&self.inner.bootstrap, "resume", move || {
+            c.resume(&held)
+                .map_err(|e| Error::kafka(&bootstrap, "resume")(e).into())
+        })
+        .await;
+        if resumed.is_err() {
+            return self.rebuild().await;
+        }
+        // Reports of the outage still queued in the consumer are not a new one.
+        self.replaced = Some(Instant::now());
+        tracing::info!(topic = %self.topic, "kafka cluster kept the group; the member goes on");
         Next::Go
     }
 

@@ -78,4 +78,4 @@ fn nats() -> Backend {
     .offline("kind = \"disk\"\npath = \"{dir}/offline-{node}.redb\"")
 }
 
-impush_tests::cluster_suite!(nats; private_broker, durable_broker, cluster_presence, broker_proxy, partitions, one_way_partition, failover, rolling);
+impush_tests::cluster_suite!(nats; private_broker, durable_broker, cluster_presence, broker_proxy, partitions, failover, rolling);

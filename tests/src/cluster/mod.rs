@@ -32,12 +32,10 @@
 //! - `failover`: 1,500 clients of a killed node reconnect elsewhere and come home;
 //! - `rolling`: a rolling restart of every node under traffic (its gap bound is timing: a
 //!   backbone opts in once it holds there on the CI machine);
-//! - `partitions`: a node cut from the broker (both ways) for two leases, then healed, and the
-//!   node whose API takes the sends cut the same way (needs the `broker_proxy` setup, and a
-//!   broker client whose readiness check asks the broker for an answer, so it sees a link that
-//!   stopped carrying);
-//! - `one_way_partition`: the same cut with only the node's writes lost, healed by resetting
-//!   its broker connections (the same needs);
+//! - `partitions`: a node cut from the broker for two leases (both ways, or only its writes
+//!   lost), then healed, and the node whose API takes the sends cut the same way (needs the
+//!   `broker_proxy` setup, and a broker client whose readiness check asks the broker for an
+//!   answer, so it sees a link that stopped carrying);
 //! - `broker_proxy`: a node's broker link through a [`FaultProxy`](crate::proxy::FaultProxy)
 //!   ([`Backend::proxied_broker`]; a backbone whose broker tells clients where to connect, as
 //!   Kafka's does, says so with [`Backend::broker_link`]).
@@ -123,13 +121,9 @@ macro_rules! __cluster_group {
     };
     (partitions $backend:path) => {
         $crate::__cluster_cases!($backend;
+            node_whose_broker_writes_are_lost_then_healed,
             node_cut_from_the_broker_then_healed,
             api_node_cut_from_the_broker_answers_503_and_retries_complete,
-        );
-    };
-    (one_way_partition $backend:path) => {
-        $crate::__cluster_cases!($backend;
-            node_whose_broker_writes_are_lost_then_healed,
         );
     };
     (failover $backend:path) => {
@@ -146,7 +140,7 @@ macro_rules! __cluster_group {
         ::std::compile_error!(::std::concat!(
             "cluster_suite!: no case group `",
             ::std::stringify!($other),
-            "` (groups: private_broker, durable_broker, cluster_presence, broker_proxy, partitions, one_way_partition, failover, rolling)"
+            "` (groups: private_broker, durable_broker, cluster_presence, broker_proxy, partitions, failover, rolling)"
         ));
     };
 }
