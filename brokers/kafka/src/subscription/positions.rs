@@ -99,18 +99,11 @@ pub(super) fn start_position(
 ) -> Result<()> {
     let parts = partitions(consumer, bootstrap, topic, timeout)?;
     let missing = |consumer: &KafkaConsumer| -> Result<Vec<i32>> {
-        let mut tpl = TopicPartitionList::new();
-        for p in &parts {
-            tpl.add_partition(topic, *p);
-        }
-        let committed = consumer
-            .committed_offsets(tpl, timeout)
-            .map_err(Error::kafka(bootstrap, "committed offsets"))?;
+        let committed = committed(consumer, bootstrap, topic, &parts, timeout)?;
         Ok(committed
-            .elements()
-            .iter()
-            .filter(|e| !matches!(e.offset(), Offset::Offset(o) if o >= 0))
-            .map(|e| e.partition())
+            .into_iter()
+            .filter(|(_, at)| at.is_none())
+            .map(|(p, _)| p)
             .collect())
     };
     let todo = missing(consumer)?;
@@ -167,9 +160,22 @@ pub(super) fn group_kept(
             return Err(Error::kafka(bootstrap, "topic metadata")(source).into());
         }
     }
+    let parts: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
+    let committed = committed(consumer, bootstrap, topic, &parts, timeout)?;
+    Ok(committed.iter().any(|(_, at)| at.is_some()))
+}
+
+/// The group's committed offset on each of `parts` of `topic` (`None`: it has none there).
+fn committed(
+    consumer: &KafkaConsumer,
+    bootstrap: &str,
+    topic: &str,
+    parts: &[i32],
+    timeout: Duration,
+) -> Result<Vec<(i32, Option<i64>)>> {
     let mut tpl = TopicPartitionList::new();
-    for p in found.partitions() {
-        tpl.add_partition(topic, p.id());
+    for p in parts {
+        tpl.add_partition(topic, *p);
     }
     let committed = consumer
         .committed_offsets(tpl, timeout)
@@ -177,5 +183,9 @@ pub(super) fn group_kept(
     Ok(committed
         .elements()
         .iter()
-        .any(|e| matches!(e.offset(), Offset::Offset(o) if o >= 0)))
+        .map(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => (e.partition(), Some(o)),
+            _ => (e.partition(), None),
+        })
+        .collect())
 }
