@@ -166,9 +166,17 @@ pub(crate) async fn fanout(
         mode: Mode::Fanout { next: start },
         replaced: None,
         closed: None,
+        joining: None,
     };
     inner.tasks.spawn(task.run());
     Ok(stream_of(rx, None))
+}
+
+/// How long a new member of a group waits for an old one of this process to leave it, and
+/// one that leaves waits for its own join to end: by then the cluster has answered the join
+/// or dropped the member (its session ran out).
+fn settle(inner: &Inner) -> std::time::Duration {
+    inner.cfg.session_timeout + inner.cfg.request_timeout * 2
 }
 
 /// A queue subscription: a member of Kafka group `{topic}:{group}`.
@@ -179,7 +187,7 @@ pub(crate) async fn queue(
     group_name: &str,
 ) -> Result<Subscription> {
     let group_id = format!("{topic}:{group_name}");
-    let settle = inner.cfg.session_timeout + inner.cfg.request_timeout * 2;
+    let settle = settle(&inner);
     inner.members.left(&group_id, settle).await;
     let group = Group::new(topic.to_owned());
     let consumer = create_consumer(&inner, &group_id, Some(group.clone()))?;
@@ -219,6 +227,7 @@ pub(crate) async fn queue(
         },
         replaced: None,
         closed: Some(closed),
+        joining: Some(group.assignments()),
     };
     inner.tasks.spawn(task.run());
     // Return once this member has its first assignment, so the group is settled before the
@@ -278,6 +287,9 @@ struct Task {
     /// A queue member's token in [`Members`](crate::members::Members), cancelled once its
     /// consumer is closed.
     closed: Option<tokio_util::sync::CancellationToken>,
+    /// A queue member's assignments as of when its consumer subscribed: until one comes,
+    /// its join is under way.
+    joining: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// What the loop does after an event.
@@ -408,7 +420,24 @@ impl Task {
         self.finish().await;
     }
 
-    async fn finish(self) {
+    async fn finish(mut self) {
+        // A member that leaves while its join is still under way can be added back by that
+        // join after its leave: tansu answers a join after a pause of its own. A member added
+        // so never heartbeats and holds up the group until its session runs out. So a
+        // subscriber that gave up during the join (a node letting go of a dead node's inbox
+        // it had only just taken over) leaves once the join is done; not when the broker
+        // shuts down, which must not wait.
+        if let Some(mut joining) = self.joining.take() {
+            if !self.inner.cancel.is_cancelled() && !joining.has_changed().unwrap_or(true) {
+                let within = settle(&self.inner);
+                if tokio::time::timeout(within, joining.changed())
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(topic = %self.topic, "kafka group join still under way; leaving anyway");
+                }
+            }
+        }
         let group = self.mode.group();
         close(&self.inner, self.consumer, group, self.topics, true).await;
         if let Some(closed) = self.closed {

@@ -154,6 +154,7 @@ impl Task {
             }
         };
         let old = std::mem::replace(&mut self.consumer, new);
+        self.joining = self.mode.group().map(|g| g.assignments());
         let (inner, topics) = (self.inner.clone(), self.topics.clone());
         self.inner
             .tasks
