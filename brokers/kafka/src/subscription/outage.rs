@@ -75,10 +75,10 @@ impl Task {
     /// if the cluster kept the group (a committed offset is still there: the outage was in
     /// the network, or the broker kept its state), else replaced ([`Task::rebuild`]).
     ///
-    /// Replacing a member of a group the cluster kept would leave the old member in it, unable
-    /// to leave (its connections were gone when it was closed), and tansu never completes a
-    /// rebalance with such a member: the new one got no assignment for as long as it was
-    /// watched (`docs/design.md` section 3).
+    /// Replacing a member of a group the cluster kept would have the old member leave (or fail
+    /// to, its connections gone) while the new one joins, and tansu keeps a leader that left a
+    /// re-forming group as its leader: it refused every sync of the new member for as long as
+    /// that was watched (`docs/design.md` section 3).
     async fn hold(&mut self) -> Next {
         tracing::warn!(topic = %self.topic, "lost every kafka broker; holding the group member until the cluster answers");
         let (c, bootstrap) = (self.consumer.clone(), self.inner.bootstrap.clone());
