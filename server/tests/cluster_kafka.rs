@@ -44,6 +44,7 @@ use impush_tests::{
         harness::{Backend, BrokerLink, WAIT},
     },
     eventually_within,
+    proxy::{Direction, FaultProxy},
 };
 
 /// `[broker]` and `[presence]` for the tansu at `url`.
@@ -77,8 +78,13 @@ impush_tests::cluster_suite!(kafka; private_broker, cluster_presence, broker_pro
 /// A broker for `tansu` through the registry, as the server builds it, with the suite's
 /// timeouts.
 async fn connect_through_the_registry(tansu: &ProcessBroker) -> Arc<dyn Broker> {
+    connect_to(tansu.url()).await
+}
+
+/// [`connect_through_the_registry`] for the Kafka cluster at `url`.
+async fn connect_to(url: String) -> Arc<dyn Broker> {
     let section = impush_brokers::Section::new("kafka")
-        .set("url", tansu.url())
+        .set("url", url)
         .unwrap()
         .set("session_timeout", "6s")
         .unwrap()
@@ -107,15 +113,7 @@ async fn broker_and_its_subscriptions_survive_a_kafka_restart() {
     let ns = impush_tests::unique_ns();
     let topic = format!("{ns}.inbox");
     let mut fan = b.subscribe(&topic, SubscribeMode::Fanout).await.unwrap();
-    let mut member = b
-        .subscribe(
-            &topic,
-            SubscribeMode::Queue {
-                group: format!("{ns}-node"),
-            },
-        )
-        .await
-        .unwrap();
+    let mut member = queue_member(&b, &ns, &topic).await;
     for m in ["before-1", "before-2"] {
         b.publish(&topic, m.into()).await.unwrap();
     }
@@ -191,15 +189,7 @@ async fn broker_and_its_subscriptions_survive_a_kafka_stall() {
     let ns = impush_tests::unique_ns();
     let topic = format!("{ns}.inbox");
     let mut fan = b.subscribe(&topic, SubscribeMode::Fanout).await.unwrap();
-    let mut member = b
-        .subscribe(
-            &topic,
-            SubscribeMode::Queue {
-                group: format!("{ns}-node"),
-            },
-        )
-        .await
-        .unwrap();
+    let mut member = queue_member(&b, &ns, &topic).await;
     b.publish(&topic, "before".into()).await.unwrap();
     assert_eq!(next_item(&mut fan).await.unwrap().ack(), "before");
     assert_eq!(next_item(&mut member).await.unwrap().ack(), "before");
@@ -230,11 +220,7 @@ async fn broker_and_its_subscriptions_survive_a_kafka_stall() {
     tansu.resume();
 
     // Publishing works again, every time (not just once, before a fenced producer dies).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while b.publish(&topic, "after-0".into()).await.is_err() {
-        assert!(Instant::now() < deadline, "no publish after the stall");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    publish_once_back(&*b, &topic, "after-0").await;
     for i in 1..5 {
         b.publish(&topic, format!("after-{i}").into())
             .await
@@ -277,4 +263,68 @@ async fn next_item(
         .await
         .expect("an item after the restart")
         .expect("subscription open")
+}
+
+/// A queue member whose writes are lost for a while and whose connections to every broker are
+/// then reset, while the cluster keeps its state (a one-way partition, not a broker restart),
+/// goes on as the same member and gets what is published afterwards. Replacing it instead
+/// (what a subscription did after losing every broker) left the new member without an
+/// assignment: tansu refused its syncs for as long as this test waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_member_whose_connections_are_reset_goes_on() {
+    // Every client reaches tansu through a proxy that tansu advertises, so a reset of the
+    // proxy's connections is a reset of every broker connection.
+    let port = impush_tests::free_addrs(1)[0].port();
+    let proxy = FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    let Some(_tansu) = private_tansu_advertising(port, proxy.addr()) else {
+        return;
+    };
+    let b = connect_to(proxy.addr().to_string()).await;
+    let ns = impush_tests::unique_ns();
+    let topic = format!("{ns}.inbox");
+    let mut member = queue_member(&b, &ns, &topic).await;
+    b.publish(&topic, "before".into()).await.unwrap();
+    assert_eq!(next_item(&mut member).await.unwrap().ack(), "before");
+
+    // What the member writes is lost for a while (its heartbeats too), then its connections
+    // are reset: the one-way partition that found this.
+    proxy.blackhole(Direction::ToUpstream);
+    tokio::time::sleep(Duration::from_secs(4)).await; // the fault itself
+    proxy.reset();
+    eventually_within("every connection reset", WAIT, || async {
+        proxy.connections() == 0
+    })
+    .await;
+    proxy.heal();
+    publish_once_back(&*b, &topic, "after").await;
+    // At-least-once: "before" may come again if its offset was not committed yet.
+    let mut got = next_item(&mut member).await.unwrap().ack();
+    while got == "before" {
+        got = next_item(&mut member).await.unwrap().ack();
+    }
+    assert_eq!(got, "after");
+    b.shutdown().await.unwrap();
+}
+
+/// A queue member of `topic` in the group `{ns}-node`.
+async fn queue_member(b: &Arc<dyn Broker>, ns: &str, topic: &str) -> impush_core::Subscription {
+    b.subscribe(
+        topic,
+        SubscribeMode::Queue {
+            group: format!("{ns}-node"),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Publishes `payload` once the broker takes publishes again after a fault (within 30 s).
+async fn publish_once_back(b: &dyn Broker, topic: &str, payload: &'static str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.publish(topic, payload.into()).await.is_err() {
+        assert!(Instant::now() < deadline, "no publish after the fault");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -70,6 +70,18 @@ impl Task {
         Next::Go
     }
 
+    /// Waits `backoff` before the next try at reaching the cluster, doubling it up to 2 s;
+    /// false (stop trying) once the subscriber is gone or the broker shuts down.
+    async fn wait_to_retry(&self, backoff: &mut Duration) -> bool {
+        tokio::select! {
+            () = self.inner.cancel.cancelled() => return false,
+            () = self.tx.closed() => return false,
+            () = tokio::time::sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+        true
+    }
+
     /// A queue member's consumer after the connection to every broker was lost: its
     /// partitions are paused (no fetch goes out) until the cluster answers, and then it is kept
     /// if the cluster kept the group (a committed offset is still there: the outage was in
@@ -113,12 +125,9 @@ impl Task {
                 Ok(false) => return self.rebuild().await,
                 Err(e) => {
                     tracing::debug!(topic = %self.topic, error = %e, "kafka cluster not answering yet");
-                    tokio::select! {
-                        () = self.inner.cancel.cancelled() => return Next::Stop,
-                        () = self.tx.closed() => return Next::Stop,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !self.wait_to_retry(&mut backoff).await {
+                        return Next::Stop;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
@@ -168,12 +177,9 @@ impl Task {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::debug!(topic = %self.topic, error = %e, "kafka consumer not positioned yet");
-                    tokio::select! {
-                        () = self.inner.cancel.cancelled() => return Next::Stop,
-                        () = self.tx.closed() => return Next::Stop,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !self.wait_to_retry(&mut backoff).await {
+                        return Next::Stop;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
