@@ -9,7 +9,7 @@
 
 use std::{
     collections::{HashSet, VecDeque},
-    hash::{DefaultHasher, Hash, Hasher},
+    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -21,6 +21,9 @@ use impush_core::{config::LimitsConfig, ClientId, MessageId};
 pub(crate) struct RecentIds {
     cap: usize,
     window: Duration,
+    /// Keys digests with a per-process random key, so no caller can choose ids whose digests
+    /// collide (which would make the set's lookups linear).
+    digest: RandomState,
     seen: Mutex<Seen>,
 }
 
@@ -28,16 +31,30 @@ pub(crate) struct RecentIds {
 /// receivers of the part this node got), not the id itself.
 #[derive(Debug, Default)]
 struct Seen {
-    ids: HashSet<u64>,
+    ids: HashSet<u64, BuildHasherDefault<AsIs>>,
     /// Keys in the order they were recorded, with when.
     order: VecDeque<(Instant, u64)>,
 }
 
-fn key(id: &MessageId, part: &[ClientId]) -> u64 {
-    let mut h = DefaultHasher::new();
-    id.hash(&mut h);
-    part.hash(&mut h);
-    h.finish()
+/// The set's hasher: a key is a keyed digest already, hashing it again would only cost.
+#[derive(Debug, Default)]
+struct AsIs(u64);
+
+impl Hasher for AsIs {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; this folds anything else in all the same.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl RecentIds {
@@ -51,13 +68,14 @@ impl RecentIds {
         Self {
             cap: cap.max(1),
             window,
+            digest: RandomState::new(),
             seen: Mutex::new(Seen::default()),
         }
     }
 
     /// Records `id`; returns `false` when it was seen within the window (a duplicate).
     pub(crate) fn first_time(&self, id: &MessageId) -> bool {
-        self.first_time_at(key(id, &[]), Instant::now())
+        self.first_time_at(self.key(id, &[]), Instant::now())
     }
 
     /// Records the part of message `id` for `receivers` (sorted): one message reaches a node
@@ -65,7 +83,11 @@ impl RecentIds {
     /// inbox handed over), and each part is delivered once; the same part again (a
     /// redelivery, a retried send) is a duplicate.
     pub(crate) fn first_time_part(&self, id: &MessageId, receivers: &[ClientId]) -> bool {
-        self.first_time_at(key(id, receivers), Instant::now())
+        self.first_time_at(self.key(id, receivers), Instant::now())
+    }
+
+    fn key(&self, id: &MessageId, part: &[ClientId]) -> u64 {
+        self.digest.hash_one((id, part))
     }
 
     fn first_time_at(&self, id: u64, now: Instant) -> bool {
@@ -106,8 +128,8 @@ mod tests {
 
     use super::*;
 
-    fn ids<const N: usize>(names: [&str; N]) -> [u64; N] {
-        names.map(|s| key(&MessageId::new(s).unwrap(), &[]))
+    fn ids<const N: usize>(r: &RecentIds, names: [&str; N]) -> [u64; N] {
+        names.map(|s| r.key(&MessageId::new(s).unwrap(), &[]))
     }
 
     #[test]
@@ -127,9 +149,24 @@ mod tests {
     }
 
     #[test]
+    fn digests_are_keyed_apart_from_the_ids() {
+        let (r, other) = (
+            RecentIds::bounded(100, Duration::from_secs(300)),
+            RecentIds::bounded(100, Duration::from_secs(300)),
+        );
+        let id = MessageId::new("m").unwrap();
+        assert_eq!(r.key(&id, &[]), r.key(&id, &[]));
+        assert_ne!(
+            r.key(&id, &[]),
+            other.key(&id, &[]),
+            "an id's digest can be known in advance"
+        );
+    }
+
+    #[test]
     fn duplicates_are_caught_and_the_count_is_bounded() {
         let r = RecentIds::bounded(2, Duration::from_secs(300));
-        let [a, b, c] = ids(["a", "b", "c"]);
+        let [a, b, c] = ids(&r, ["a", "b", "c"]);
         let now = Instant::now();
         assert!(r.first_time_at(a, now));
         assert!(!r.first_time_at(a, now));
@@ -144,7 +181,7 @@ mod tests {
     fn ids_are_forgotten_after_the_window() {
         let window = Duration::from_secs(300);
         let r = RecentIds::bounded(100, window);
-        let [a, b, c] = ids(["a", "b", "c"]);
+        let [a, b, c] = ids(&r, ["a", "b", "c"]);
         let t0 = Instant::now();
         assert!(r.first_time_at(a, t0));
         assert!(r.first_time_at(b, t0 + Duration::from_secs(100)));
