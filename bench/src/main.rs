@@ -97,6 +97,10 @@ enum Cmd {
         /// Requests in flight at once.
         #[arg(long, default_value_t = 4)]
         in_flight: usize,
+        /// Send at this many messages per second (whole requests, evenly spaced) instead of as
+        /// fast as `--in-flight` allows: latency at a rate the node keeps up with.
+        #[arg(long)]
+        rate: Option<u64>,
     },
     /// Point-to-point messages through ImHelper.
     P2p {
@@ -313,12 +317,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             messages,
             batch,
             in_flight,
+            rate,
         } => {
             let plan = batch::BatchPlan {
                 receivers,
                 messages,
                 batch,
                 in_flight,
+                rate,
             };
             batch::batch(&o, &plan).await
         }
@@ -452,6 +458,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 messages: 200,
                 batch: 50,
                 in_flight: 2,
+                rate: Some(2000),
             };
             batch::batch(&o, &tiny).await?;
             scenarios::fanout(&o, "memory", 1, 20, 5, Duration::ZERO).await?;

@@ -19,7 +19,7 @@ fn every_scenario_runs_tiny_and_writes_reports() {
         "paced-20x10",
         "p2p-memory-1n",
         "p2p-memory-1n-1000rps",
-        "batch-200x50",
+        "batch-200x50-at-2000",
         "fanout-memory-1n-20",
         "inbox-memory-200",
         "inbox-disk-200",
