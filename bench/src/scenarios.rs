@@ -480,6 +480,8 @@ pub(crate) async fn p2p_with(o: &Opts, plan: &P2pPlan<'_>) -> Res<()> {
         let r = json!({
             "run": run,
             "sent": sent,
+            // Refused sends (a full queue: the node is behind) are not retried here.
+            "refused": messages - sent,
             "delivered": m.received,
             "send_secs": send_secs,
             "sent_per_sec": sent as f64 / send_secs.max(1e-9),
@@ -502,6 +504,7 @@ pub(crate) async fn p2p_with(o: &Opts, plan: &P2pPlan<'_>) -> Res<()> {
         "latency_p99_ms (median)": median_at(&runs, &["latency", "p99_ms"]),
         "latency_max_ms (median)": median_at(&runs, &["latency", "max_ms"]),
         "lost": runs.iter().map(|r| r["sent"].as_u64().unwrap_or(0).saturating_sub(r["delivered"].as_u64().unwrap_or(0))).sum::<u64>(),
+        "refused": runs.iter().map(|r| r["refused"].as_u64().unwrap_or(0)).sum::<u64>(),
     });
     let mut checks = Vec::new();
     match (broker, rate) {

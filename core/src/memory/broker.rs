@@ -29,10 +29,12 @@ const BACKEND: &str = "memory";
 /// `Arc`).
 ///
 /// Bounded: a fanout subscriber more than `fanout_capacity` messages behind gets
-/// `Err(Error::Lagged)`; a queue group holds at most `queue_capacity` undelivered messages and
-/// [`MemoryBroker::QUEUE_MAX_BYTES`] bytes and drops the oldest beyond that (reported as `Lagged`
-/// to the next member that reads). Messages published on a topic before any group subscribed to
-/// it are not retained. Unacked queue deliveries return to their group when their subscription
+/// `Err(Error::Lagged)` (fanout is at-most-once); a queue group holds at most `queue_capacity`
+/// undelivered messages and [`MemoryBroker::QUEUE_MAX_BYTES`] bytes, and a publish to a topic
+/// one of whose groups is full is refused (`Error::Unavailable`, transient: the caller retries
+/// once the consumer caught up) rather than a message the group holds being dropped. Publishers
+/// racing past the check can overshoot the bound by one message each. Messages published on a
+/// topic before any group subscribed to it are not retained. Unacked queue deliveries return to their group when their subscription
 /// is dropped.
 ///
 /// A queue group without a member keeps what is published for it for at most
@@ -65,7 +67,6 @@ struct GroupQueue {
     idle_since: AtomicU64,
     epoch: Instant,
     items: Mutex<Items>,
-    dropped: AtomicU64,
     notify: Notify,
     closed: AtomicBool,
 }
@@ -121,6 +122,24 @@ impl MemoryBroker {
     }
 }
 
+impl MemoryBroker {
+    /// A publish refused because a queue group of `topic` is full: its consumer is behind.
+    fn full(&self, topic: &str) -> Error {
+        Error::Unavailable {
+            backend: BACKEND,
+            source: Some(
+                format!(
+                    "a queue group of topic {topic} is full ({} messages or {} bytes wait for \
+                     its consumer); retry once it caught up",
+                    self.queue_capacity,
+                    Self::QUEUE_MAX_BYTES
+                )
+                .into(),
+            ),
+        }
+    }
+}
+
 fn poisoned() -> Error {
     Error::Unavailable {
         backend: BACKEND,
@@ -143,26 +162,23 @@ impl GroupQueue {
             ) >= ttl
     }
 
+    /// Whether a payload of `len` bytes fits under both bounds.
+    fn has_room(&self, len: usize) -> bool {
+        self.items.lock().is_ok_and(|items| {
+            items.queue.len() < self.capacity
+                && items.bytes.saturating_add(len) <= MemoryBroker::QUEUE_MAX_BYTES
+        })
+    }
+
     fn push(&self, payload: Bytes) {
         if let Ok(mut items) = self.items.lock() {
             items.bytes += payload.len();
             items.queue.push_back(payload);
-            while items.queue.len() > self.capacity || items.bytes > MemoryBroker::QUEUE_MAX_BYTES {
-                let Some(old) = items.queue.pop_front() else {
-                    break;
-                };
-                items.bytes -= old.len();
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
         }
         self.notify.notify_one();
     }
 
     fn pop(&self) -> Option<Result<Bytes>> {
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
-        if dropped > 0 {
-            return Some(Err(Error::Lagged { dropped }));
-        }
         let mut items = self.items.lock().ok()?;
         let item = items.queue.pop_front()?;
         items.bytes -= item.len();
@@ -262,13 +278,20 @@ impl Drop for MemberGuard {
 impl Broker for MemoryBroker {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
         let ttl = self.group_idle_ttl;
-        let groups: Vec<Arc<GroupQueue>> = self.with_topic(topic, |t| {
-            // No fanout subscriber is fine: fanout is at-most-once.
-            let _ = t.fanout.send(payload.clone());
+        let groups: Option<Vec<Arc<GroupQueue>>> = self.with_topic(topic, |t| {
             // Groups without a member for longer than the TTL go, with what they held.
             t.groups.retain(|_, g| !g.expired(ttl));
-            t.groups.values().cloned().collect()
+            // Every group or none: a message refused for one group is not half-published.
+            if !t.groups.values().all(|g| g.has_room(payload.len())) {
+                return None;
+            }
+            // No fanout subscriber is fine: fanout is at-most-once.
+            let _ = t.fanout.send(payload.clone());
+            Some(t.groups.values().cloned().collect())
         })?;
+        let Some(groups) = groups else {
+            return Err(self.full(topic));
+        };
         for g in groups {
             g.push(payload.clone());
         }
@@ -303,7 +326,6 @@ impl Broker for MemoryBroker {
                                 idle_since: AtomicU64::new(0),
                                 epoch,
                                 items: Mutex::new(Items::default()),
-                                dropped: AtomicU64::new(0),
                                 notify: Notify::new(),
                                 closed: AtomicBool::new(false),
                             })
@@ -354,23 +376,67 @@ mod tests {
 
     use super::*;
 
+    /// What the group holds is never dropped: beyond either bound the publish is refused, as
+    /// a transient error, and succeeds again once the consumer has read.
     #[tokio::test]
-    async fn queue_retention_is_bounded_in_bytes() {
+    async fn a_full_queue_group_refuses_publishes_and_keeps_what_it_holds() {
         let b = MemoryBroker::new(16, 1_000_000);
         let group = SubscribeMode::Queue { group: "g".into() };
         drop(b.subscribe("t", group.clone()).await.unwrap());
         let mb = Bytes::from(vec![0u8; 1024 * 1024]);
-        for _ in 0..70 {
+        for _ in 0..64 {
             b.publish("t", mb.clone()).await.unwrap();
         }
+        let refused = b.publish("t", mb.clone()).await.unwrap_err();
+        assert!(refused.is_transient(), "{refused:?}");
         let mut sub = b.subscribe("t", group).await.unwrap();
-        match sub.next().await {
-            Some(Err(Error::Lagged { dropped })) => assert_eq!(dropped, 6),
-            other => panic!("expected Lagged, got {other:?}"),
-        }
+        let first = sub.next().await.unwrap().unwrap();
+        assert_eq!(
+            first.ack().len(),
+            mb.len(),
+            "the oldest message was dropped"
+        );
+        b.publish("t", mb.clone()).await.unwrap();
         for _ in 0..64 {
             assert_eq!(sub.next().await.unwrap().unwrap().ack().len(), mb.len());
         }
+
+        let counted = MemoryBroker::new(16, 3);
+        let mut sub = counted
+            .subscribe("t", SubscribeMode::Queue { group: "g".into() })
+            .await
+            .unwrap();
+        for i in 0..3u8 {
+            counted.publish("t", Bytes::from(vec![i])).await.unwrap();
+        }
+        assert!(counted
+            .publish("t", Bytes::from_static(b"x"))
+            .await
+            .is_err());
+        for i in 0..3u8 {
+            assert_eq!(sub.next().await.unwrap().unwrap().ack().as_ref(), [i]);
+        }
+    }
+
+    /// A topic with a full group and one with room publishes to neither (and not to fanout).
+    #[tokio::test]
+    async fn a_refused_publish_reaches_no_group() {
+        let b = MemoryBroker::new(16, 1);
+        let mut full = b
+            .subscribe("t", SubscribeMode::Queue { group: "a".into() })
+            .await
+            .unwrap();
+        b.publish("t", Bytes::from_static(b"1")).await.unwrap();
+        let mut other = b
+            .subscribe("t", SubscribeMode::Queue { group: "b".into() })
+            .await
+            .unwrap();
+        let mut fan = b.subscribe("t", SubscribeMode::Fanout).await.unwrap();
+        assert!(b.publish("t", Bytes::from_static(b"2")).await.is_err());
+        assert_eq!(full.next().await.unwrap().unwrap().ack().as_ref(), b"1");
+        b.publish("t", Bytes::from_static(b"3")).await.unwrap();
+        assert_eq!(other.next().await.unwrap().unwrap().ack().as_ref(), b"3");
+        assert_eq!(fan.next().await.unwrap().unwrap().ack().as_ref(), b"3");
     }
 
     fn groups(b: &MemoryBroker, topic: &str) -> usize {
