@@ -34,8 +34,8 @@ const BACKEND: &str = "memory";
 /// one of whose groups is full is refused (`Error::Unavailable`, transient: the caller retries
 /// once the consumer caught up) rather than a message the group holds being dropped. Publishers
 /// racing past the check can overshoot the bound by one message each. Messages published on a
-/// topic before any group subscribed to it are not retained. Unacked queue deliveries return to their group when their subscription
-/// is dropped.
+/// topic before any group subscribed to it are not retained. Unacked queue deliveries return to
+/// their group when their subscription is dropped.
 ///
 /// A queue group without a member keeps what is published for it for at most
 /// [`group_idle_ttl`](MemoryBroker::with_group_idle_ttl) (default
@@ -120,9 +120,7 @@ impl MemoryBroker {
         });
         Ok(f(topic))
     }
-}
 
-impl MemoryBroker {
     /// A publish refused because a queue group of `topic` is full: its consumer is behind.
     fn full(&self, topic: &str) -> Error {
         Error::Unavailable {
