@@ -3,7 +3,7 @@
 //! build without a backend's feature never compiles that backend's client, and selecting it
 //! says which feature brings it.
 
-use impush_core::{MemoryBroker, MemoryOfflineStore, MemoryPresenceStore};
+use impush_core::{MemoryBroker, MemoryOfflineStore, MemoryPresenceStore, Topics};
 use serde::Deserialize;
 
 use crate::Backends;
@@ -14,7 +14,8 @@ use crate::Backends;
 pub struct MemoryBrokerConfig {
     /// Messages a fanout subscriber may fall behind before it lags (default 16384).
     pub fanout_capacity: usize,
-    /// Undelivered messages a queue group keeps (default 65536).
+    /// Undelivered messages a queue group keeps (default 65536): beyond it a send to a node's
+    /// inbox is refused (503, retried by its sender), other groups drop their oldest.
     pub queue_capacity: usize,
     /// How long a queue group with no member keeps what is published for it (default `60s`);
     /// then it is dropped, so abandoned group names (SSE `?group=`) cannot grow the process.
@@ -56,9 +57,10 @@ impl Backends {
 
 /// Registers every built-in kind this build has, and marks the others as compiled out.
 fn register(b: &mut Backends) {
-    b.register_broker("memory", |c: MemoryBrokerConfig, _| async move {
+    b.register_broker("memory", |c: MemoryBrokerConfig, ctx| async move {
         Ok(MemoryBroker::new(c.fanout_capacity, c.queue_capacity)
-            .with_group_idle_ttl(c.group_idle_ttl))
+            .with_group_idle_ttl(c.group_idle_ttl)
+            .refusing_full_inboxes(&Topics::new(&ctx.prefix)))
     });
     b.register_presence("memory", |_: MemoryPresenceConfig, _| async move {
         Ok(MemoryPresenceStore::new())

@@ -38,7 +38,12 @@ impl Topics {
 
     /// The inbox of `node`.
     pub fn inbox(&self, node: &NodeId) -> String {
-        format!("{}.inbox.{node}", self.prefix)
+        format!("{}{node}", self.inbox_prefix())
+    }
+
+    /// What every node's inbox topic starts with.
+    pub fn inbox_prefix(&self) -> String {
+        format!("{}.inbox.", self.prefix)
     }
 
     /// The cluster-wide command topic.

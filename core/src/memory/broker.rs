@@ -21,7 +21,9 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, Notify};
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
-use crate::{Acknowledge, Broker, Delivery, Error, Result, SubscribeMode, Subscription};
+use crate::{
+    envelope::Topics, Acknowledge, Broker, Delivery, Error, Result, SubscribeMode, Subscription,
+};
 
 const BACKEND: &str = "memory";
 
@@ -30,12 +32,15 @@ const BACKEND: &str = "memory";
 ///
 /// Bounded: a fanout subscriber more than `fanout_capacity` messages behind gets
 /// `Err(Error::Lagged)` (fanout is at-most-once); a queue group holds at most `queue_capacity`
-/// undelivered messages and [`MemoryBroker::QUEUE_MAX_BYTES`] bytes, and a publish to a topic
-/// one of whose groups is full is refused (`Error::Unavailable`, transient: the caller retries
-/// once the consumer caught up) rather than a message the group holds being dropped. Publishers
-/// racing past the check can overshoot the bound by one message each. Messages published on a
-/// topic before any group subscribed to it are not retained. Unacked queue deliveries return to
-/// their group when their subscription is dropped.
+/// undelivered messages and [`MemoryBroker::QUEUE_MAX_BYTES`] bytes. Beyond that, a publish to
+/// a node's inbox (with [`MemoryBroker::refusing_full_inboxes`]: what the built-in `memory`
+/// kind and `Default` do) is refused, `Error::Unavailable`, transient: its publisher, a send
+/// through the API or ImHelper, retries once the node caught up, and what was accepted is never
+/// dropped. Every other group drops its oldest, reported as `Lagged` to the member that reads
+/// next: their publishers (a node's events) do not retry, and an event group's reader resyncs
+/// on `Lagged`. Publishers racing past the check can overshoot the bound by one message each.
+/// Messages published on a topic before any group subscribed to it are not retained. Unacked
+/// queue deliveries return to their group when their subscription is dropped.
 ///
 /// A queue group without a member keeps what is published for it for at most
 /// [`group_idle_ttl`](MemoryBroker::with_group_idle_ttl) (default
@@ -47,6 +52,8 @@ pub struct MemoryBroker {
     fanout_capacity: usize,
     queue_capacity: usize,
     group_idle_ttl: Duration,
+    /// Topics starting with this (`{prefix}.inbox.`) refuse a publish to a full group.
+    refusing: Option<String>,
     epoch: Instant,
     closed: AtomicBool,
     topics: Mutex<HashMap<String, Topic>>,
@@ -67,6 +74,7 @@ struct GroupQueue {
     idle_since: AtomicU64,
     epoch: Instant,
     items: Mutex<Items>,
+    dropped: AtomicU64,
     notify: Notify,
     closed: AtomicBool,
 }
@@ -77,9 +85,11 @@ struct Items {
     bytes: usize,
 }
 
+/// 16,384 fanout, 65,536 per queue group, refusing full inboxes under the default prefix
+/// (`impush`).
 impl Default for MemoryBroker {
     fn default() -> Self {
-        Self::new(16 * 1024, 64 * 1024)
+        Self::new(16 * 1024, 64 * 1024).refusing_full_inboxes(&Topics::new("impush"))
     }
 }
 
@@ -96,6 +106,7 @@ impl MemoryBroker {
             fanout_capacity: fanout_capacity.max(1),
             queue_capacity: queue_capacity.max(1),
             group_idle_ttl: Self::DEFAULT_GROUP_IDLE_TTL,
+            refusing: None,
             epoch: Instant::now(),
             closed: AtomicBool::new(false),
             topics: Mutex::new(HashMap::new()),
@@ -106,6 +117,13 @@ impl MemoryBroker {
     /// when the next message is published on its topic), then drops it with what it held.
     pub fn with_group_idle_ttl(mut self, ttl: Duration) -> Self {
         self.group_idle_ttl = ttl;
+        self
+    }
+
+    /// Refuses a publish to a node's inbox under `topics` whose queue group is full, instead of
+    /// dropping that group's oldest message (see [`MemoryBroker`]).
+    pub fn refusing_full_inboxes(mut self, topics: &Topics) -> Self {
+        self.refusing = Some(topics.inbox_prefix());
         self
     }
 
@@ -168,15 +186,32 @@ impl GroupQueue {
         })
     }
 
-    fn push(&self, payload: Bytes) {
+    /// Appends `payload`; with `may_drop` (a topic that does not refuse, see [`MemoryBroker`])
+    /// drops the oldest beyond the bounds. Without it the bound was checked before, and only
+    /// racing publishers overshoot it.
+    fn push(&self, payload: Bytes, may_drop: bool) {
         if let Ok(mut items) = self.items.lock() {
             items.bytes += payload.len();
             items.queue.push_back(payload);
+            while may_drop
+                && (items.queue.len() > self.capacity
+                    || items.bytes > MemoryBroker::QUEUE_MAX_BYTES)
+            {
+                let Some(old) = items.queue.pop_front() else {
+                    break;
+                };
+                items.bytes -= old.len();
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.notify.notify_one();
     }
 
     fn pop(&self) -> Option<Result<Bytes>> {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            return Some(Err(Error::Lagged { dropped }));
+        }
         let mut items = self.items.lock().ok()?;
         let item = items.queue.pop_front()?;
         items.bytes -= item.len();
@@ -276,11 +311,12 @@ impl Drop for MemberGuard {
 impl Broker for MemoryBroker {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
         let ttl = self.group_idle_ttl;
+        let refusing = self.refusing.as_ref().is_some_and(|p| topic.starts_with(p));
         let groups: Option<Vec<Arc<GroupQueue>>> = self.with_topic(topic, |t| {
             // Groups without a member for longer than the TTL go, with what they held.
             t.groups.retain(|_, g| !g.expired(ttl));
             // Every group or none: a message refused for one group is not half-published.
-            if !t.groups.values().all(|g| g.has_room(payload.len())) {
+            if refusing && !t.groups.values().all(|g| g.has_room(payload.len())) {
                 return None;
             }
             // No fanout subscriber is fine: fanout is at-most-once.
@@ -291,7 +327,7 @@ impl Broker for MemoryBroker {
             return Err(self.full(topic));
         };
         for g in groups {
-            g.push(payload.clone());
+            g.push(payload.clone(), !refusing);
         }
         Ok(())
     }
@@ -324,6 +360,7 @@ impl Broker for MemoryBroker {
                                 idle_since: AtomicU64::new(0),
                                 epoch,
                                 items: Mutex::new(Items::default()),
+                                dropped: AtomicU64::new(0),
                                 notify: Notify::new(),
                                 closed: AtomicBool::new(false),
                             })
@@ -374,67 +411,94 @@ mod tests {
 
     use super::*;
 
-    /// What the group holds is never dropped: beyond either bound the publish is refused, as
-    /// a transient error, and succeeds again once the consumer has read.
+    const INBOX: &str = "impush.inbox.n1";
+
+    /// What a node's inbox holds is never dropped: beyond either bound the publish is refused,
+    /// as a transient error, and succeeds again once the consumer has read.
     #[tokio::test]
-    async fn a_full_queue_group_refuses_publishes_and_keeps_what_it_holds() {
-        let b = MemoryBroker::new(16, 1_000_000);
-        let group = SubscribeMode::Queue { group: "g".into() };
-        drop(b.subscribe("t", group.clone()).await.unwrap());
+    async fn a_full_inbox_refuses_publishes_and_keeps_what_it_holds() {
+        let b = MemoryBroker::new(16, 1_000_000).refusing_full_inboxes(&Topics::new("impush"));
+        let group = SubscribeMode::Queue { group: "n1".into() };
+        drop(b.subscribe(INBOX, group.clone()).await.unwrap());
         let mb = Bytes::from(vec![0u8; 1024 * 1024]);
         for _ in 0..64 {
-            b.publish("t", mb.clone()).await.unwrap();
+            b.publish(INBOX, mb.clone()).await.unwrap();
         }
-        let refused = b.publish("t", mb.clone()).await.unwrap_err();
+        let refused = b.publish(INBOX, mb.clone()).await.unwrap_err();
         assert!(refused.is_transient(), "{refused:?}");
-        let mut sub = b.subscribe("t", group).await.unwrap();
+        let mut sub = b.subscribe(INBOX, group).await.unwrap();
         let first = sub.next().await.unwrap().unwrap();
-        assert_eq!(
-            first.ack().len(),
-            mb.len(),
-            "the oldest message was dropped"
-        );
-        b.publish("t", mb.clone()).await.unwrap();
+        assert_eq!(first.ack().len(), mb.len(), "the oldest was dropped");
+        b.publish(INBOX, mb.clone()).await.unwrap();
         for _ in 0..64 {
             assert_eq!(sub.next().await.unwrap().unwrap().ack().len(), mb.len());
         }
 
-        let counted = MemoryBroker::new(16, 3);
+        let counted = MemoryBroker::default();
+        let counted = MemoryBroker {
+            queue_capacity: 3,
+            ..counted
+        };
         let mut sub = counted
-            .subscribe("t", SubscribeMode::Queue { group: "g".into() })
+            .subscribe(INBOX, SubscribeMode::Queue { group: "n1".into() })
             .await
             .unwrap();
         for i in 0..3u8 {
-            counted.publish("t", Bytes::from(vec![i])).await.unwrap();
+            counted.publish(INBOX, Bytes::from(vec![i])).await.unwrap();
         }
-        assert!(counted
-            .publish("t", Bytes::from_static(b"x"))
-            .await
-            .is_err());
+        assert!(
+            counted
+                .publish(INBOX, Bytes::from_static(b"x"))
+                .await
+                .is_err(),
+            "the default broker refuses for a full inbox"
+        );
         for i in 0..3u8 {
             assert_eq!(sub.next().await.unwrap().unwrap().ack().as_ref(), [i]);
         }
     }
 
-    /// A topic with a full group and one with room publishes to neither (and not to fanout).
+    /// An inbox with a full group and one with room publishes to neither, nor on fanout.
     #[tokio::test]
     async fn a_refused_publish_reaches_no_group() {
-        let b = MemoryBroker::new(16, 1);
+        let b = MemoryBroker::new(16, 1).refusing_full_inboxes(&Topics::new("impush"));
         let mut full = b
-            .subscribe("t", SubscribeMode::Queue { group: "a".into() })
+            .subscribe(INBOX, SubscribeMode::Queue { group: "a".into() })
             .await
             .unwrap();
-        b.publish("t", Bytes::from_static(b"1")).await.unwrap();
+        b.publish(INBOX, Bytes::from_static(b"1")).await.unwrap();
         let mut other = b
-            .subscribe("t", SubscribeMode::Queue { group: "b".into() })
+            .subscribe(INBOX, SubscribeMode::Queue { group: "b".into() })
             .await
             .unwrap();
-        let mut fan = b.subscribe("t", SubscribeMode::Fanout).await.unwrap();
-        assert!(b.publish("t", Bytes::from_static(b"2")).await.is_err());
+        let mut fan = b.subscribe(INBOX, SubscribeMode::Fanout).await.unwrap();
+        assert!(b.publish(INBOX, Bytes::from_static(b"2")).await.is_err());
         assert_eq!(full.next().await.unwrap().unwrap().ack().as_ref(), b"1");
-        b.publish("t", Bytes::from_static(b"3")).await.unwrap();
+        b.publish(INBOX, Bytes::from_static(b"3")).await.unwrap();
         assert_eq!(other.next().await.unwrap().unwrap().ack().as_ref(), b"3");
         assert_eq!(fan.next().await.unwrap().unwrap().ack().as_ref(), b"3");
+    }
+
+    /// Any other group (an event group, an inbox of another prefix) drops its oldest when full
+    /// and tells its next reader: its publishers do not retry, its readers resync on `Lagged`.
+    #[tokio::test]
+    async fn other_groups_drop_the_oldest_and_say_so() {
+        let b = MemoryBroker::new(16, 1_000_000).refusing_full_inboxes(&Topics::new("impush"));
+        for topic in ["impush.events", "other.inbox.n1"] {
+            let group = SubscribeMode::Queue { group: "g".into() };
+            let mut sub = b.subscribe(topic, group).await.unwrap();
+            let mb = Bytes::from(vec![0u8; 1024 * 1024]);
+            for _ in 0..70 {
+                b.publish(topic, mb.clone()).await.unwrap();
+            }
+            match sub.next().await {
+                Some(Err(Error::Lagged { dropped })) => assert_eq!(dropped, 6, "{topic}"),
+                other => panic!("expected Lagged on {topic}, got {other:?}"),
+            }
+            for _ in 0..64 {
+                assert_eq!(sub.next().await.unwrap().unwrap().ack().len(), mb.len());
+            }
+        }
     }
 
     fn groups(b: &MemoryBroker, topic: &str) -> usize {
