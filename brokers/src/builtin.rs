@@ -164,8 +164,11 @@ fn rabbitmq(b: &mut Backends) {
 fn kafka(b: &mut Backends) {
     use impush_broker_kafka::{KafkaBroker, KafkaConfig};
 
-    b.register_broker("kafka", |c: KafkaConfig, _| async move {
-        KafkaBroker::connect(&c).await
+    b.register_broker("kafka", |c: KafkaConfig, ctx| async move {
+        match &ctx.node {
+            Some(node) => KafkaBroker::connect_for_node(&c, node, &Topics::new(&ctx.prefix)).await,
+            None => KafkaBroker::connect(&c).await,
+        }
     });
 }
 

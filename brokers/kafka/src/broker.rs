@@ -29,7 +29,7 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use impush_core::{Broker, Result, SubscribeMode, Subscription};
+use impush_core::{Broker, NodeId, Result, SubscribeMode, Subscription};
 use rdkafka::{
     admin::AdminClient,
     config::FromClientConfigAndContext,
@@ -44,7 +44,7 @@ use crate::{
     client::{self, Ctx, Health},
     config::KafkaConfig,
     error::Error,
-    shared::{blocking, drop_detached, Clients, Inner},
+    shared::{blocking, drop_detached, Clients, Inner, Takeovers},
     subscription,
     topics::{check_topic, Topics},
 };
@@ -135,6 +135,24 @@ impl KafkaBroker {
     /// `Error::Config` naming the key for a bad config, `Error::Unavailable` when no broker
     /// answers within `request_timeout`.
     pub async fn connect(cfg: &KafkaConfig) -> Result<Self> {
+        Self::open(cfg, None).await
+    }
+
+    /// Connects for node `node` of the cluster whose topics are `topics`: its queue members of
+    /// another node's inbox (a takeover after that node died) join as static members, which
+    /// leave by falling silent rather than by a LeaveGroup (README "Over Kafka").
+    ///
+    /// # Errors
+    /// As [`KafkaBroker::connect`].
+    pub async fn connect_for_node(
+        cfg: &KafkaConfig,
+        node: &NodeId,
+        topics: &impush_core::envelope::Topics,
+    ) -> Result<Self> {
+        Self::open(cfg, Some(Takeovers::new(node, topics))).await
+    }
+
+    async fn open(cfg: &KafkaConfig, takeovers: Option<Takeovers>) -> Result<Self> {
         cfg.validate()?;
         let bootstrap = cfg.bootstrap_servers()?;
         let (producer, health) = new_producer(cfg, &bootstrap)?;
@@ -157,6 +175,7 @@ impl KafkaBroker {
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 members: Default::default(),
+                takeovers,
             }),
         };
         if let Err(e) = broker.ping().await {

@@ -102,6 +102,17 @@ pub(crate) fn consumer_config(cfg: &KafkaConfig, bootstrap: &str, group: &str) -
     c
 }
 
+/// Makes the consumer of `c` a static member of its group (a `group.instance.id` of its own):
+/// it leaves its group by falling silent, never by a LeaveGroup (`shared::Takeovers` says
+/// why).
+pub(crate) fn static_member(c: &mut ClientConfig) {
+    let id = c.get("group.id").unwrap_or("impush").to_owned();
+    c.set(
+        "group.instance.id",
+        format!("{id}-{}", uuid::Uuid::new_v4().simple()),
+    );
+}
+
 /// What a queue subscription's consumer shares with its task, its ackers and its stream.
 #[derive(Debug)]
 pub(crate) struct Group {
@@ -328,5 +339,30 @@ impl ConsumerContext for Ctx {
                 tracker.commit_failed(el.partition(), o);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_static_member_has_an_instance_id_of_its_own() {
+        let cfg = KafkaConfig::default();
+        let (mut a, mut b) = (
+            consumer_config(&cfg, "127.0.0.1:1", "t:n2"),
+            consumer_config(&cfg, "127.0.0.1:1", "t:n2"),
+        );
+        assert_eq!(a.get("group.instance.id"), None, "dynamic unless asked");
+        static_member(&mut a);
+        static_member(&mut b);
+        let (a, b) = (
+            a.get("group.instance.id").unwrap(),
+            b.get("group.instance.id").unwrap(),
+        );
+        assert!(a.starts_with("t:n2-"), "{a}");
+        assert_ne!(a, b, "two members of one group would fence each other");
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::{atomic::AtomicBool, Arc, Mutex};
 
-use impush_core::Result;
+use impush_core::{envelope::Topics as ClusterTopics, NodeId, Result};
 use rdkafka::producer::FutureProducer;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -31,6 +31,38 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     /// This process's queue-group members (a new one joins once those leaving are gone).
     pub(crate) members: Members,
+    /// For a node's broker: which queue members take over another node's inbox.
+    pub(crate) takeovers: Option<Takeovers>,
+}
+
+/// Tells a node's takeover of another node's inbox (a queue member of group `{topic}:{owner}`
+/// on the inbox topic of `owner`) from its own inbox.
+///
+/// A takeover member joins as a static member (`client::static_member`): it never sends a
+/// LeaveGroup, and the coordinator evicts it once it stops heartbeating. tansu 0.6 keeps a
+/// member that leaves while its group re-forms as the group's leader, refusing every other
+/// member's sync, but clears a leader evicted for silence; a takeover lets go exactly when the
+/// owner comes back and joins (README "Over Kafka").
+#[derive(Debug, Clone)]
+pub(crate) struct Takeovers {
+    node: String,
+    inbox_prefix: String,
+}
+
+impl Takeovers {
+    pub(crate) fn new(node: &NodeId, topics: &ClusterTopics) -> Self {
+        Self {
+            node: node.to_string(),
+            inbox_prefix: topics.inbox_prefix(),
+        }
+    }
+
+    /// Whether Kafka group `group_id` on `topic` is another node's inbox read by this node.
+    pub(crate) fn is_takeover(&self, topic: &str, group_id: &str) -> bool {
+        topic
+            .strip_prefix(self.inbox_prefix.as_str())
+            .is_some_and(|owner| owner != self.node && group_id == format!("{topic}:{owner}"))
+    }
 }
 
 /// The clients publishing and creating topics; replaced together when the producer is.

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use impush_core::{Acknowledge, Delivery, Result, Subscription};
 use rdkafka::{
-    config::FromClientConfigAndContext,
+    config::{ClientConfig, FromClientConfigAndContext},
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::Message,
 };
@@ -100,10 +100,11 @@ impl Mode {
 
 fn create_consumer(
     inner: &Inner,
+    topic: &str,
     group_id: &str,
     group: Option<Arc<Group>>,
 ) -> Result<Arc<KafkaConsumer>> {
-    let cfg = client::consumer_config(&inner.cfg, &inner.bootstrap, group_id);
+    let cfg = member_config(inner, topic, group_id, group.is_some());
     KafkaConsumer::from_config_and_context(&cfg, Ctx::new(&inner.bootstrap, group))
         .map(Arc::new)
         .map_err(|e| {
@@ -112,6 +113,20 @@ fn create_consumer(
                 inner.bootstrap
             ))
         })
+}
+
+/// The config of a consumer in Kafka group `group_id` on `topic`: a static member when it is a
+/// queue member taking over another node's inbox (`Takeovers`).
+fn member_config(inner: &Inner, topic: &str, group_id: &str, queue: bool) -> ClientConfig {
+    let mut cfg = client::consumer_config(&inner.cfg, &inner.bootstrap, group_id);
+    let takeover = inner
+        .takeovers
+        .as_ref()
+        .is_some_and(|t| t.is_takeover(topic, group_id));
+    if queue && takeover {
+        client::static_member(&mut cfg);
+    }
+    cfg
 }
 
 fn stream_of(rx: mpsc::Receiver<Item>, group: Option<Arc<Group>>) -> Subscription {
@@ -137,7 +152,7 @@ pub(crate) async fn fanout(
     // A group id of its own: librdkafka wants one even for self-assigned partitions. It never
     // joins the group (no subscribe) and commits nothing, so nothing rebalances.
     let group_id = format!("{topic}:fanout-{}", uuid::Uuid::new_v4().simple());
-    let consumer = create_consumer(&inner, &group_id, None)?;
+    let consumer = create_consumer(&inner, topic, &group_id, None)?;
     let (c, bootstrap, t, timeout) = (
         consumer.clone(),
         inner.bootstrap.clone(),
@@ -190,7 +205,7 @@ pub(crate) async fn queue(
     let settle = settle(&inner);
     inner.members.left(&group_id, settle).await;
     let group = Group::new(topic.to_owned());
-    let consumer = create_consumer(&inner, &group_id, Some(group.clone()))?;
+    let consumer = create_consumer(&inner, topic, &group_id, Some(group.clone()))?;
     let (c, bootstrap, t, timeout) = (
         consumer.clone(),
         inner.bootstrap.clone(),

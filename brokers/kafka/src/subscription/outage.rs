@@ -155,7 +155,8 @@ impl Task {
         if let Mode::Queue { group } = &self.mode {
             group.retire_consumer();
         }
-        let new = match create_consumer(&self.inner, &self.group_id, self.mode.group()) {
+        let new = match create_consumer(&self.inner, &self.topic, &self.group_id, self.mode.group())
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(topic = %self.topic, error = %e, "cannot replace the kafka consumer; ending the subscription");
