@@ -131,6 +131,29 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_takeover_is_another_nodes_inbox_group() {
+        let node = NodeId::new("n1").expect("a node id");
+        let t = Takeovers::new(&node, &ClusterTopics::new("app"));
+        assert!(t.is_takeover("app.inbox.n2", "app.inbox.n2:n2"));
+        assert!(
+            !t.is_takeover("app.inbox.n1", "app.inbox.n1:n1"),
+            "its own inbox"
+        );
+        assert!(
+            !t.is_takeover("app.events", "app.events:billing"),
+            "an event group"
+        );
+        assert!(
+            !t.is_takeover("app.inbox.n2", "app.inbox.n2:billing"),
+            "another group"
+        );
+        assert!(
+            !t.is_takeover("other.inbox.n2", "other.inbox.n2:n2"),
+            "another cluster"
+        );
+    }
+
     /// A blocking call still running does not hold up the runtime's shutdown (the blocking
     /// pool would: a runtime's drop waits for its blocking tasks).
     #[test]
