@@ -135,23 +135,37 @@ mod tests {
     fn a_takeover_is_another_nodes_inbox_group() {
         let node = NodeId::new("n1").expect("a node id");
         let t = Takeovers::new(&node, &ClusterTopics::new("app"));
-        assert!(t.is_takeover("app.inbox.n2", "app.inbox.n2:n2"));
-        assert!(
-            !t.is_takeover("app.inbox.n1", "app.inbox.n1:n1"),
-            "its own inbox"
-        );
-        assert!(
-            !t.is_takeover("app.events", "app.events:billing"),
-            "an event group"
-        );
-        assert!(
-            !t.is_takeover("app.inbox.n2", "app.inbox.n2:billing"),
-            "another group"
-        );
-        assert!(
-            !t.is_takeover("other.inbox.n2", "other.inbox.n2:n2"),
-            "another cluster"
-        );
+        let cases = [
+            (
+                "app.inbox.n2",
+                "app.inbox.n2:n2",
+                true,
+                "another node's inbox",
+            ),
+            ("app.inbox.n1", "app.inbox.n1:n1", false, "its own inbox"),
+            ("app.events", "app.events:billing", false, "an event group"),
+            (
+                "app.inbox.n2",
+                "app.inbox.n2:billing",
+                false,
+                "another group",
+            ),
+            (
+                "app.inbox.n2",
+                "app.inbox.n2:fanout-1f",
+                false,
+                "a fanout reader's own group",
+            ),
+            (
+                "other.inbox.n2",
+                "other.inbox.n2:n2",
+                false,
+                "another cluster",
+            ),
+        ];
+        for (topic, group_id, want, what) in cases {
+            assert_eq!(t.is_takeover(topic, group_id), want, "{what}");
+        }
     }
 
     /// A blocking call still running does not hold up the runtime's shutdown (the blocking

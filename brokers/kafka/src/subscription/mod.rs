@@ -104,7 +104,7 @@ fn create_consumer(
     group_id: &str,
     group: Option<Arc<Group>>,
 ) -> Result<Arc<KafkaConsumer>> {
-    let cfg = member_config(inner, topic, group_id, group.is_some());
+    let cfg = member_config(inner, topic, group_id);
     KafkaConsumer::from_config_and_context(&cfg, Ctx::new(&inner.bootstrap, group))
         .map(Arc::new)
         .map_err(|e| {
@@ -116,14 +116,15 @@ fn create_consumer(
 }
 
 /// The config of a consumer in Kafka group `group_id` on `topic`: a static member when it is a
-/// queue member taking over another node's inbox (`Takeovers`).
-fn member_config(inner: &Inner, topic: &str, group_id: &str, queue: bool) -> ClientConfig {
+/// queue member taking over another node's inbox (`Takeovers`; a fanout reader's group of its
+/// own never is one).
+fn member_config(inner: &Inner, topic: &str, group_id: &str) -> ClientConfig {
     let mut cfg = client::consumer_config(&inner.cfg, &inner.bootstrap, group_id);
     let takeover = inner
         .takeovers
         .as_ref()
         .is_some_and(|t| t.is_takeover(topic, group_id));
-    if queue && takeover {
+    if takeover {
         client::static_member(&mut cfg);
     }
     cfg
@@ -439,9 +440,9 @@ impl Task {
         // A member that leaves while its join is still under way can be added back by that
         // join after its leave: tansu answers a join after a pause of its own. A member added
         // so never heartbeats and holds up the group until its session runs out. So a
-        // subscriber that gave up during the join (a node letting go of a dead node's inbox
-        // it had only just taken over) leaves once the join is done; not when the broker
-        // shuts down, which must not wait.
+        // subscriber that gave up during the join (a subscription dropped right after it was
+        // made) leaves once the join is done; not when the broker shuts down, which must not
+        // wait.
         if let Some(mut joining) = self.joining.take() {
             if !self.inner.cancel.is_cancelled() && !joining.has_changed().unwrap_or(true) {
                 let within = settle(&self.inner);
